@@ -1,0 +1,783 @@
+//! DHT rendezvous: hood members find each other through a Kademlia DHT
+//! (libp2p-kad over TCP + Noise + Yamux) that runs on its own protocol
+//! (`/partybus/kad/1.0.0`, never the IPFS one) and knows no peer but the
+//! bootstrap nodes it is given: there are no default bootstrap nodes.
+//!
+//! # Records
+//!
+//! Every member of a hood announces itself with two things:
+//!
+//! * a **provider record** under the hood's rendezvous key
+//!   `sha256("partybus-rendezvous:" + hood_fingerprint)`: "peer P is in this hood";
+//! * a **value record** under its node key
+//!   `sha256("partybus-node:" + hood_fingerprint + ":" + P)` whose value lists
+//!   the node's reachable QUIC addresses (`pb1 ADDR ADDR ...`, at most
+//!   [`MAX_ADDRS_PER_RECORD`] addresses).
+//!
+//! A lookup asks for the providers of the rendezvous key, then for the value
+//! record of every provider (at most [`MAX_PROVIDERS_PER_LOOKUP`]), and
+//! reports every address as a candidate. The value record carries the
+//! publisher's TTL ([`DhtOptions::record_ttl`]) to the nodes that store it,
+//! so a node that left stops being returned within that TTL even though
+//! provider records live on (for [`PROVIDER_RECORD_TTL`] on partybus DHT
+//! nodes): a provider without a value record yields nothing.
+//!
+//! The DHT peer identity is a fresh Ed25519 key at every start; it has
+//! nothing to do with the hood certificate. Nothing found in the DHT is
+//! trusted: the mesh verifies every candidate with mutual TLS.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use libp2p::futures::StreamExt;
+use libp2p::identify;
+use libp2p::kad::{
+    self, store::MemoryStore, store::MemoryStoreConfig, GetProvidersOk, GetRecordOk, Mode,
+    QueryResult, Quorum, Record, RecordKey,
+};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{dial_opts::DialOpts, ConnectionId, NetworkBehaviour, SwarmEvent};
+use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use tokio::time::{sleep_until, Instant};
+
+use crate::{addr::is_global, BoxFuture, Discovery, DiscoveryContext, DiscoverySink, StopSignal};
+
+/// The Kademlia protocol name of the partybus DHT (not IPFS's `/ipfs/kad/1.0.0`).
+pub const KAD_PROTOCOL: &str = "/partybus/kad/1.0.0";
+/// The identify protocol version string of partybus DHT peers.
+pub const IDENTIFY_PROTOCOL: &str = "/partybus/id/1.0.0";
+/// How long a partybus DHT node keeps a provider record it was sent (the
+/// ADD_PROVIDER message carries no TTL, so the storing node decides).
+/// [`DhtOptions::reannounce`] must stay well below it.
+pub const PROVIDER_RECORD_TTL: Duration = Duration::from_secs(30 * 60);
+/// Providers a partybus DHT node keeps per rendezvous key (libp2p's default, 20,
+/// would lock a busy hood out for the provider TTL: extra providers are ignored).
+pub const MAX_PROVIDERS_PER_KEY: usize = 100;
+/// Addresses announced (and accepted) per node record.
+pub const MAX_ADDRS_PER_RECORD: usize = 16;
+/// Providers whose node records one lookup round fetches.
+pub const MAX_PROVIDERS_PER_LOOKUP: usize = 64;
+/// Addresses learnt through identify that are added to the routing table, per peer.
+const MAX_IDENTIFY_ADDRS: usize = 8;
+/// Size limit of a node record value.
+const MAX_VALUE_BYTES: usize = 2048;
+/// Upper bound of the retry backoff (bootstrap dials, failed announces).
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+const QUERY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a resolution of one bootstrap `HOST:PORT` may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of the DHT service and node.
+#[derive(Debug, thiserror::Error)]
+pub enum DhtError {
+    #[error("DHT transport setup failed: {0}")]
+    Transport(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("no listen address within {0:?}")]
+    NoListenAddr(Duration),
+}
+
+/// Options of [`DhtDiscovery`].
+#[derive(Clone, Debug)]
+pub struct DhtOptions {
+    /// Bootstrap nodes, `HOST:PORT` of their DHT TCP port (IPv6 literals in
+    /// brackets). The only peers contacted unless the DHT tells us about others.
+    pub bootstrap: Vec<String>,
+    /// The DHT's own TCP port. `None`: the same number as the node's QUIC
+    /// port (`ctx.port`) on TCP, or a random port if that one is taken.
+    pub listen_port: Option<u16>,
+    /// The address the DHT listens on; `None`: all IPv4 interfaces (0.0.0.0).
+    pub listen_ip: Option<IpAddr>,
+    /// Serve the DHT to others (Kademlia server mode: store records, answer
+    /// queries). Only useful on a node others can reach; off by default, so a
+    /// node behind NAT only uses the bootstrap nodes.
+    pub serve: bool,
+    /// Lifetime of our node record in the DHT (default 10 min). A node that
+    /// left stops being returned within it.
+    pub record_ttl: Duration,
+    /// Interval of our re-announcements (default 4 min: below half of
+    /// `record_ttl`, so one lost announcement does not make us disappear).
+    /// Clamped to at most `record_ttl / 2`.
+    pub reannounce: Duration,
+    /// Interval of lookups for the other members (default 60 s).
+    pub lookup_interval: Duration,
+}
+
+impl Default for DhtOptions {
+    fn default() -> Self {
+        DhtOptions {
+            bootstrap: Vec::new(),
+            listen_port: None,
+            listen_ip: None,
+            serve: false,
+            record_ttl: Duration::from_secs(10 * 60),
+            reannounce: Duration::from_secs(4 * 60),
+            lookup_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Rendezvous through a Kademlia DHT; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct DhtDiscovery {
+    opts: DhtOptions,
+}
+
+impl DhtDiscovery {
+    pub fn new(opts: DhtOptions) -> Self {
+        DhtDiscovery { opts }
+    }
+}
+
+/// The key under which the members of the hood with this CA fingerprint provide.
+pub fn rendezvous_key(hood_fingerprint: &str) -> Vec<u8> {
+    sha256(format!("partybus-rendezvous:{hood_fingerprint}").as_bytes())
+}
+
+/// The key of the record that lists the addresses of DHT peer `peer` in the hood.
+pub fn node_key(hood_fingerprint: &str, peer: &PeerId) -> Vec<u8> {
+    sha256(format!("partybus-node:{hood_fingerprint}:{peer}").as_bytes())
+}
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, data).as_ref().to_vec()
+}
+
+/// Encode a node record value: `pb1` then the addresses, space separated.
+pub fn encode_addrs(addrs: &[SocketAddr]) -> Vec<u8> {
+    let mut s = String::from("pb1");
+    for a in addrs.iter().take(MAX_ADDRS_PER_RECORD) {
+        s.push(' ');
+        s.push_str(&a.to_string());
+    }
+    s.into_bytes()
+}
+
+/// Decode a node record value; unknown versions and garbage yield nothing.
+pub fn decode_addrs(value: &[u8]) -> Vec<SocketAddr> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Vec::new();
+    }
+    let Ok(s) = std::str::from_utf8(value) else { return Vec::new() };
+    let mut it = s.split_ascii_whitespace();
+    if it.next() != Some("pb1") {
+        return Vec::new();
+    }
+    it.take(MAX_ADDRS_PER_RECORD).filter_map(|t| t.parse().ok()).collect()
+}
+
+/// The addresses we announce: de-duplicated, no unspecified or zero port,
+/// only global ones unless `allow_non_global`.
+fn announceable(addrs: &[SocketAddr], allow_non_global: bool) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in addrs {
+        if a.port() == 0 || a.ip().is_unspecified() || !(allow_non_global || is_global(a.ip())) {
+            continue;
+        }
+        if !out.contains(a) {
+            out.push(*a);
+        }
+        if out.len() == MAX_ADDRS_PER_RECORD {
+            break;
+        }
+    }
+    out
+}
+
+/// `ip:port` of a `/ip4|ip6/../tcp/..` multiaddr.
+fn tcp_socket_addr(ma: &Multiaddr) -> Option<SocketAddr> {
+    let mut it = ma.iter();
+    let ip: IpAddr = match it.next()? {
+        Protocol::Ip4(ip) => ip.into(),
+        Protocol::Ip6(ip) => ip.into(),
+        _ => return None,
+    };
+    match it.next()? {
+        Protocol::Tcp(port) => Some(SocketAddr::new(ip, port)),
+        _ => None,
+    }
+}
+
+/// `/ip4|ip6/X/udp/P/quic-v1`: how a QUIC address looks in the DHT.
+fn quic_multiaddr(sa: SocketAddr) -> Multiaddr {
+    let mut ma = Multiaddr::empty();
+    ma.push(match sa.ip() {
+        IpAddr::V4(ip) => Protocol::Ip4(ip),
+        IpAddr::V6(ip) => Protocol::Ip6(ip),
+    });
+    ma.push(Protocol::Udp(sa.port()));
+    ma.push(Protocol::QuicV1);
+    ma
+}
+
+fn multiaddr_of(sa: SocketAddr) -> Multiaddr {
+    let mut ma = Multiaddr::empty();
+    ma.push(match sa.ip() {
+        IpAddr::V4(ip) => Protocol::Ip4(ip),
+        IpAddr::V6(ip) => Protocol::Ip6(ip),
+    });
+    ma.push(Protocol::Tcp(sa.port()));
+    ma
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    kad: kad::Behaviour<MemoryStore>,
+    identify: identify::Behaviour,
+}
+
+/// Everything the DHT service and the plain node have in common: a swarm,
+/// the bootstrap list and the address policy.
+struct Core {
+    swarm: Swarm<Behaviour>,
+    allow_non_global: bool,
+    bootstrap: Vec<String>,
+    /// Peers we reached through a bootstrap address.
+    bootstrap_peers: HashSet<PeerId>,
+    /// Dials to bootstrap addresses in flight.
+    bootstrap_dials: HashSet<ConnectionId>,
+    next_bootstrap_dial: Instant,
+    bootstrap_backoff: Duration,
+    listen_addrs: Vec<Multiaddr>,
+}
+
+impl Core {
+    fn new(
+        allow_non_global: bool,
+        bootstrap: Vec<String>,
+        mode: Mode,
+        record_ttl: Duration,
+    ) -> Result<Core, DhtError> {
+        let keypair = libp2p::identity::Keypair::generate_ed25519();
+        let local = keypair.public().to_peer_id();
+        let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+        kcfg.set_query_timeout(QUERY_TIMEOUT)
+            .set_record_ttl(Some(record_ttl))
+            .set_provider_record_ttl(Some(PROVIDER_RECORD_TTL))
+            // We re-announce ourselves; libp2p's own publication would outlive us.
+            .set_publication_interval(None)
+            .set_provider_publication_interval(None)
+            .set_caching(kad::Caching::Disabled);
+        let store = MemoryStore::with_config(
+            local,
+            MemoryStoreConfig {
+                max_records: 4096,
+                max_value_bytes: MAX_VALUE_BYTES,
+                max_providers_per_key: MAX_PROVIDERS_PER_KEY,
+                max_provided_keys: 1024,
+            },
+        );
+        let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+            .map_err(|e| DhtError::Transport(e.to_string()))?
+            .with_behaviour(|key| {
+                let mut kad = kad::Behaviour::with_config(local, store, kcfg);
+                kad.set_mode(Some(mode));
+                let identify = identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                        .with_agent_version(format!("partybus/{}", env!("CARGO_PKG_VERSION"))),
+                );
+                Behaviour { kad, identify }
+            })
+            .map_err(|e| DhtError::Transport(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+            .build();
+        Ok(Core {
+            swarm,
+            allow_non_global,
+            bootstrap,
+            bootstrap_peers: HashSet::new(),
+            bootstrap_dials: HashSet::new(),
+            next_bootstrap_dial: Instant::now(),
+            bootstrap_backoff: Duration::from_secs(1),
+            listen_addrs: Vec::new(),
+        })
+    }
+
+    fn local_peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    fn allowed_ip(&self, ip: IpAddr) -> bool {
+        !ip.is_unspecified() && (self.allow_non_global || is_global(ip))
+    }
+
+    /// Listen on `ip:port`; with `fallback_any`, on a random port if that fails.
+    /// Waits (bounded) for the first listen address.
+    async fn listen(&mut self, ip: IpAddr, port: u16, fallback_any: bool) -> Result<(), DhtError> {
+        let ma = multiaddr_of(SocketAddr::new(ip, port));
+        if let Err(e) = self.swarm.listen_on(ma.clone()) {
+            return Err(DhtError::Listen { addr: ma.to_string(), reason: e.to_string() });
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut tried_fallback = false;
+        loop {
+            let ev = tokio::select! {
+                ev = self.swarm.select_next_some() => ev,
+                _ = sleep_until(deadline) => return Err(DhtError::NoListenAddr(Duration::from_secs(5))),
+            };
+            match ev {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    self.listen_addrs.push(address);
+                    return Ok(());
+                }
+                SwarmEvent::ListenerClosed { reason: Err(e), .. }
+                | SwarmEvent::ListenerError { error: e, .. } => {
+                    if fallback_any && !tried_fallback && port != 0 {
+                        tracing::info!(port, error = %e, "dht: TCP port taken, listening on a random port");
+                        tried_fallback = true;
+                        let any = multiaddr_of(SocketAddr::new(ip, 0));
+                        self.swarm.listen_on(any).map_err(|e| DhtError::Listen {
+                            addr: ip.to_string(),
+                            reason: e.to_string(),
+                        })?;
+                    } else {
+                        return Err(DhtError::Listen { addr: ma.to_string(), reason: e.to_string() });
+                    }
+                }
+                other => self.on_common_event(other),
+            }
+        }
+    }
+
+    /// Resolve and dial every bootstrap node we are not connected to.
+    async fn dial_bootstrap(&mut self) {
+        let connected = self.bootstrap_peers.iter().any(|p| self.swarm.is_connected(p));
+        if connected || self.bootstrap.is_empty() {
+            return;
+        }
+        for target in self.bootstrap.clone() {
+            let addrs = match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(target.as_str())).await {
+                Ok(Ok(a)) => a.collect::<Vec<_>>(),
+                Ok(Err(e)) => {
+                    tracing::warn!(%target, error = %e, "dht: cannot resolve bootstrap node (expected HOST:PORT)");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(%target, "dht: resolving bootstrap node timed out");
+                    continue;
+                }
+            };
+            for sa in addrs.into_iter().take(4) {
+                tracing::debug!(addr = %sa, "dht: dialing bootstrap node");
+                let dial = DialOpts::unknown_peer_id().address(multiaddr_of(sa)).build();
+                let id = dial.connection_id();
+                // Bounded: dials end in ConnectionEstablished or OutgoingConnectionError.
+                if self.bootstrap_dials.len() < 64 {
+                    self.bootstrap_dials.insert(id);
+                }
+                if let Err(e) = self.swarm.dial(dial) {
+                    self.bootstrap_dials.remove(&id);
+                    tracing::debug!(addr = %sa, error = %e, "dht: dial failed");
+                }
+            }
+        }
+    }
+
+    /// Dial bootstrap nodes now if due; schedules the next try with backoff.
+    async fn bootstrap_tick(&mut self) {
+        if Instant::now() < self.next_bootstrap_dial {
+            return;
+        }
+        let connected = self.bootstrap_peers.iter().any(|p| self.swarm.is_connected(p));
+        if connected {
+            self.bootstrap_backoff = Duration::from_secs(1);
+            self.next_bootstrap_dial = Instant::now() + Duration::from_secs(30);
+            return;
+        }
+        self.dial_bootstrap().await;
+        self.next_bootstrap_dial = Instant::now() + self.bootstrap_backoff;
+        self.bootstrap_backoff = (self.bootstrap_backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// Events both the service and the plain node handle the same way.
+    fn on_common_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, peer_id = %self.local_peer_id(), "dht: listening");
+                self.listen_addrs.push(address);
+            }
+            // Our bootstrap dials carry no peer id: learn it here and put
+            // the node into the routing table (kad only dials known peers).
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, connection_id, .. }
+                if self.bootstrap_dials.remove(&connection_id) =>
+            {
+                let address = endpoint.get_remote_address().clone();
+                if self.bootstrap_peers.insert(peer_id) {
+                    tracing::info!(%peer_id, %address, "dht: connected to bootstrap node");
+                }
+                self.swarm.behaviour_mut().kad.add_address(&peer_id, address);
+                let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                let kad_proto = StreamProtocol::new(KAD_PROTOCOL);
+                if !info.protocols.contains(&kad_proto) {
+                    return;
+                }
+                let mut added = 0;
+                for ma in &info.listen_addrs {
+                    if added == MAX_IDENTIFY_ADDRS {
+                        break;
+                    }
+                    if let Some(sa) = tcp_socket_addr(ma) {
+                        if sa.port() != 0 && self.allowed_ip(sa.ip()) {
+                            self.swarm.behaviour_mut().kad.add_address(&peer_id, multiaddr_of(sa));
+                            added += 1;
+                        }
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, connection_id } => {
+                if self.bootstrap_dials.remove(&connection_id) {
+                    tracing::debug!(%error, "dht: bootstrap dial failed; will retry");
+                } else {
+                    tracing::debug!(?peer_id, %error, "dht: outgoing connection failed");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Discovery for DhtDiscovery {
+    fn name(&self) -> &str {
+        "dht"
+    }
+
+    fn start(self: Box<Self>, ctx: DiscoveryContext, sink: DiscoverySink, stop: StopSignal) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            if let Err(e) = run_service(self.opts, ctx, sink, stop).await {
+                tracing::warn!(error = %e, "dht discovery stopped");
+            }
+        })
+    }
+}
+
+/// State of our own announcement.
+struct Announce {
+    /// What we last announced (empty: nothing).
+    addrs: Vec<SocketAddr>,
+    put_query: Option<kad::QueryId>,
+    next: Instant,
+    backoff: Duration,
+}
+
+async fn run_service(
+    opts: DhtOptions,
+    ctx: DiscoveryContext,
+    sink: DiscoverySink,
+    mut stop: StopSignal,
+) -> Result<(), DhtError> {
+    let record_ttl = opts.record_ttl.max(Duration::from_secs(2));
+    let reannounce = opts.reannounce.clamp(Duration::from_millis(100), record_ttl / 2);
+    let lookup_interval = opts.lookup_interval.max(Duration::from_millis(100));
+    let mode = if opts.serve { Mode::Server } else { Mode::Client };
+    let mut core = Core::new(ctx.allow_non_global, opts.bootstrap.clone(), mode, record_ttl)?;
+    let ip = opts.listen_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    match opts.listen_port {
+        Some(p) => core.listen(ip, p, false).await?,
+        None => core.listen(ip, ctx.port, true).await?,
+    }
+    let local = core.local_peer_id();
+    tracing::info!(peer_id = %local, listen = ?core.listen_addrs, serve = opts.serve, "dht discovery started");
+    if opts.bootstrap.is_empty() {
+        tracing::info!("dht: no bootstrap nodes configured; waiting for others to connect");
+    }
+
+    let rdv = RecordKey::new(&rendezvous_key(&ctx.hood_fingerprint));
+    let own_key = RecordKey::new(&node_key(&ctx.hood_fingerprint, &local));
+    let mut reachable = ctx.reachable.clone();
+    let mut ann = Announce { addrs: Vec::new(), put_query: None, next: Instant::now(), backoff: Duration::from_secs(1) };
+    let mut next_lookup = Instant::now();
+    // Node-record queries of the current lookup round: query -> provider.
+    let mut record_queries: HashMap<kad::QueryId, PeerId> = HashMap::new();
+    let mut provider_query: Option<kad::QueryId> = None;
+    let mut seen_providers: HashSet<PeerId> = HashSet::new();
+    let mut reachable_open = true;
+
+    loop {
+        core.bootstrap_tick().await;
+        let now = Instant::now();
+        if now >= ann.next {
+            let addrs = announceable(&reachable.borrow_and_update(), ctx.allow_non_global);
+            announce(&mut core, &mut ann, &rdv, &own_key, addrs, record_ttl, reannounce);
+        }
+        if now >= next_lookup {
+            next_lookup = now + lookup_interval;
+            if provider_query.is_none() {
+                seen_providers.clear();
+                provider_query = Some(core.swarm.behaviour_mut().kad.get_providers(rdv.clone()));
+            }
+        }
+        let wake = ann.next.min(next_lookup).min(core.next_bootstrap_dial);
+        tokio::select! {
+            _ = stop.stopped() => break,
+            _ = sleep_until(wake) => {}
+            r = reachable.changed(), if reachable_open => {
+                if r.is_err() {
+                    reachable_open = false;
+                } else {
+                    // Announce the new set soon (debounced a little).
+                    ann.next = ann.next.min(Instant::now() + Duration::from_millis(200));
+                }
+            }
+            ev = core.swarm.select_next_some() => {
+                match ev {
+                    SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, .. })) => {
+                        match result {
+                            QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders { providers, .. })) => {
+                                for p in providers {
+                                    if p == local || seen_providers.len() >= MAX_PROVIDERS_PER_LOOKUP
+                                        || !seen_providers.insert(p) {
+                                        continue;
+                                    }
+                                    let q = core.swarm.behaviour_mut().kad
+                                        .get_record(RecordKey::new(&node_key(&ctx.hood_fingerprint, &p)));
+                                    record_queries.insert(q, p);
+                                }
+                            }
+                            QueryResult::GetProviders(r) => {
+                                if step.last {
+                                    provider_query = None;
+                                }
+                                if let Err(e) = r {
+                                    tracing::debug!(error = %e, "dht: provider lookup failed");
+                                }
+                            }
+                            QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(pr))) => {
+                                if let Some(p) = record_queries.get(&id) {
+                                    if pr.record.publisher.is_some_and(|publ| publ != *p) {
+                                        tracing::debug!(provider = %p, "dht: node record from another publisher ignored");
+                                    } else {
+                                        for a in decode_addrs(&pr.record.value) {
+                                            if ctx.allow_non_global || is_global(a.ip()) {
+                                                sink.candidate(a, "dht");
+                                            }
+                                        }
+                                    }
+                                    // One record per provider is enough.
+                                    if let Some(mut q) = core.swarm.behaviour_mut().kad.query_mut(&id) {
+                                        q.finish();
+                                    }
+                                }
+                            }
+                            QueryResult::GetRecord(_) => {}
+                            QueryResult::PutRecord(r) if Some(id) == ann.put_query => {
+                                ann.put_query = None;
+                                match r {
+                                    Ok(_) => {
+                                        ann.backoff = Duration::from_secs(1);
+                                        tracing::debug!("dht: node record stored");
+                                    }
+                                    Err(e) => {
+                                        tracing::debug!(error = %e, "dht: storing node record failed, retrying");
+                                        ann.next = Instant::now() + ann.backoff.min(reannounce);
+                                        ann.backoff = (ann.backoff * 2).min(MAX_BACKOFF);
+                                    }
+                                }
+                            }
+                            QueryResult::StartProviding(Err(e)) => {
+                                tracing::debug!(error = %e, "dht: provider announcement failed");
+                            }
+                            _ => {}
+                        }
+                        if step.last {
+                            record_queries.remove(&id);
+                            if Some(id) == provider_query {
+                                provider_query = None;
+                            }
+                        }
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { is_new_peer: true, .. })) => {
+                        // A (re)joined DHT: an announcement that failed for lack of
+                        // peers is worth retrying right away, and so is a lookup.
+                        if ann.put_query.is_none() && ann.backoff > Duration::from_secs(1) {
+                            ann.next = Instant::now();
+                            ann.backoff = Duration::from_secs(1);
+                        }
+                    }
+                    other => core.on_common_event(other),
+                }
+            }
+        }
+    }
+
+    // Stop announcing: forget our records locally. Copies elsewhere expire
+    // within `record_ttl` (the node record) and are ignored after that.
+    let kad = &mut core.swarm.behaviour_mut().kad;
+    kad.stop_providing(&rdv);
+    kad.remove_record(&own_key);
+    let peers: Vec<PeerId> = core.swarm.connected_peers().copied().collect();
+    for p in peers {
+        let _ = core.swarm.disconnect_peer_id(p);
+    }
+    tracing::info!("dht discovery stopped");
+    Ok(())
+}
+
+fn announce(
+    core: &mut Core,
+    ann: &mut Announce,
+    rdv: &RecordKey,
+    own_key: &RecordKey,
+    addrs: Vec<SocketAddr>,
+    record_ttl: Duration,
+    reannounce: Duration,
+) {
+    ann.next = Instant::now() + reannounce;
+    let kad = &mut core.swarm.behaviour_mut().kad;
+    if addrs.is_empty() {
+        if !ann.addrs.is_empty() {
+            tracing::info!("dht: no reachable address any more; no longer announcing");
+            kad.stop_providing(rdv);
+            kad.remove_record(own_key);
+            for a in std::mem::take(&mut ann.addrs) {
+                core.swarm.remove_external_address(&quic_multiaddr(a));
+            }
+        }
+        return;
+    }
+    if ann.addrs != addrs {
+        tracing::info!(addrs = ?addrs, "dht: announcing");
+        // Provider records carry the provider's external addresses, and a
+        // DHT node does not hand out providers without any. Ours are the QUIC
+        // addresses as `/udp/P/quic-v1`: our TCP-only DHT transport never
+        // dials them, so they cost nothing but make client-mode providers visible.
+        for a in &ann.addrs {
+            core.swarm.remove_external_address(&quic_multiaddr(*a));
+        }
+        for a in &addrs {
+            core.swarm.add_external_address(quic_multiaddr(*a));
+        }
+    }
+    let kad = &mut core.swarm.behaviour_mut().kad;
+    let mut record = Record::new(own_key.clone(), encode_addrs(&addrs));
+    record.expires = Some(std::time::Instant::now() + record_ttl);
+    match kad.put_record(record, Quorum::One) {
+        Ok(q) => ann.put_query = Some(q),
+        Err(e) => tracing::warn!(error = %e, "dht: cannot store own node record"),
+    }
+    if let Err(e) = kad.start_providing(rdv.clone()) {
+        tracing::warn!(error = %e, "dht: cannot provide rendezvous key");
+    }
+    ann.addrs = addrs;
+}
+
+/// Options of a plain DHT node ([`run_dht_node`]).
+#[derive(Clone, Debug, Default)]
+pub struct DhtNodeOptions {
+    /// TCP port to listen on (0: random).
+    pub port: u16,
+    /// Other DHT nodes to join, `HOST:PORT`.
+    pub bootstrap: Vec<String>,
+    /// Keep non-global addresses (learnt from peers) in the routing table: for labs and private WANs.
+    pub allow_non_global: bool,
+    /// Address to listen on; `None`: all IPv4 interfaces.
+    pub listen_ip: Option<IpAddr>,
+}
+
+/// A plain DHT node (Kademlia server) that belongs to no hood and needs no
+/// certificates: the bootstrap server (`partybus dht`).
+pub struct DhtNode {
+    core: Core,
+}
+
+impl DhtNode {
+    /// Create the node and start listening.
+    pub async fn bind(opts: DhtNodeOptions) -> Result<DhtNode, DhtError> {
+        // Records on a plain node live as long as their publisher says (the
+        // TTL travels with the record), and at most this long.
+        let mut core = Core::new(opts.allow_non_global, opts.bootstrap, Mode::Server, Duration::from_secs(60 * 60))?;
+        let ip = opts.listen_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        core.listen(ip, opts.port, false).await?;
+        Ok(DhtNode { core })
+    }
+
+    /// This node's DHT peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.core.local_peer_id()
+    }
+
+    /// Listen addresses known so far (`/ip4/../tcp/..`).
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.core.listen_addrs.clone()
+    }
+
+    /// The first listen address as `ip:port`.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.core.listen_addrs.iter().find_map(tcp_socket_addr)
+    }
+
+    /// Serve until `stop` fires.
+    pub async fn run(mut self, mut stop: StopSignal) -> Result<(), DhtError> {
+        tracing::info!(peer_id = %self.peer_id(), listen = ?self.core.listen_addrs, "dht node running");
+        loop {
+            self.core.bootstrap_tick().await;
+            let wake = self.core.next_bootstrap_dial;
+            tokio::select! {
+                _ = stop.stopped() => break,
+                _ = sleep_until(wake) => {}
+                ev = self.core.swarm.select_next_some() => self.core.on_common_event(ev),
+            }
+        }
+        tracing::info!("dht node stopped");
+        Ok(())
+    }
+}
+
+/// Run a plain DHT node until `stop` fires; logs its PeerId and listen addresses.
+pub async fn run_dht_node(opts: DhtNodeOptions, stop: StopSignal) -> Result<(), DhtError> {
+    let node = DhtNode::bind(opts).await?;
+    for a in node.listen_addrs() {
+        tracing::info!(peer_id = %node.peer_id(), address = %a, "dht node listening");
+    }
+    node.run(stop).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_hood_specific() {
+        let a = rendezvous_key("aa");
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, rendezvous_key("bb"));
+        let p = PeerId::random();
+        assert_ne!(node_key("aa", &p), node_key("bb", &p));
+        assert_ne!(node_key("aa", &p), node_key("aa", &PeerId::random()));
+    }
+
+    #[test]
+    fn value_roundtrip_and_garbage() {
+        let addrs: Vec<SocketAddr> = vec!["1.2.3.4:5".parse().unwrap(), "[2001:4860::1]:4816".parse().unwrap()];
+        assert_eq!(decode_addrs(&encode_addrs(&addrs)), addrs);
+        assert!(decode_addrs(b"pb2 1.2.3.4:5").is_empty());
+        assert!(decode_addrs(&[0xff, 0xfe]).is_empty());
+        assert_eq!(decode_addrs(b"pb1 junk 1.2.3.4:5"), vec!["1.2.3.4:5".parse().unwrap()]);
+        let many: Vec<SocketAddr> = (1..100).map(|p| SocketAddr::new([8, 8, 8, 8].into(), p)).collect();
+        assert_eq!(decode_addrs(&encode_addrs(&many)).len(), MAX_ADDRS_PER_RECORD);
+    }
+
+    #[test]
+    fn announce_filter() {
+        let v: Vec<SocketAddr> = ["127.0.0.1:1", "8.8.8.8:1", "0.0.0.0:1", "8.8.8.8:0", "8.8.8.8:1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(announceable(&v, false), vec!["8.8.8.8:1".parse().unwrap()]);
+        assert_eq!(announceable(&v, true).len(), 2);
+    }
+
+    #[test]
+    fn multiaddr_conversion() {
+        let sa: SocketAddr = "[::1]:7".parse().unwrap();
+        assert_eq!(tcp_socket_addr(&multiaddr_of(sa)), Some(sa));
+        let sa: SocketAddr = "10.0.0.1:9".parse().unwrap();
+        assert_eq!(multiaddr_of(sa).to_string(), "/ip4/10.0.0.1/tcp/9");
+    }
+}

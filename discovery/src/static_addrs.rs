@@ -1,0 +1,101 @@
+//! Static discovery: a fixed list of `host:port` (IP or DNS name), resolved
+//! and reported again every `interval` (tubemail re-tried every 60 s), so a
+//! peer that was down, or a DNS name that moved, is picked up later.
+
+use std::time::Duration;
+
+use crate::{BoxFuture, Discovery, DiscoveryContext, DiscoverySink, StopSignal};
+
+/// Reports each configured address as a candidate, now and every `interval`.
+#[derive(Clone, Debug)]
+pub struct StaticDiscovery {
+    targets: Vec<String>,
+    interval: Duration,
+}
+
+impl StaticDiscovery {
+    /// `targets` are `host:port` strings; IPv6 literals need brackets (`[::1]:4816`).
+    pub fn new(targets: Vec<String>, interval: Duration) -> Self {
+        StaticDiscovery { targets, interval: interval.max(Duration::from_millis(10)) }
+    }
+}
+
+impl Discovery for StaticDiscovery {
+    fn name(&self) -> &str {
+        "static"
+    }
+
+    fn start(
+        self: Box<Self>,
+        _ctx: DiscoveryContext,
+        sink: DiscoverySink,
+        mut stop: StopSignal,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let mut warned = std::collections::HashSet::new();
+            loop {
+                for target in &self.targets {
+                    match tokio::net::lookup_host(target.as_str()).await {
+                        Ok(addrs) => {
+                            for addr in addrs {
+                                sink.candidate(addr, "static");
+                            }
+                        }
+                        Err(e) => {
+                            // Warn once per target; keep trying quietly afterwards.
+                            if warned.insert(target.clone()) {
+                                tracing::warn!(target = %target, error = %e,
+                                    "static discovery: cannot resolve address (expected HOST:PORT); will retry");
+                            }
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = stop.stopped() => return,
+                    _ = tokio::time::sleep(self.interval) => {}
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DiscoveryEvent;
+    use tokio::sync::watch;
+
+    fn ctx() -> DiscoveryContext {
+        DiscoveryContext {
+            hood_fingerprint: "00".repeat(32),
+            node_id: "11".repeat(16),
+            cert_name: "t".into(),
+            port: 4816,
+            reachable: watch::channel(vec![]).1,
+            allow_non_global: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_and_repeats_then_stops() {
+        let (sink, mut rx) = DiscoverySink::channel(16);
+        let (handle, stop) = StopSignal::new();
+        let svc = Box::new(StaticDiscovery::new(
+            vec!["127.0.0.1:4816".into(), "[::1]:4817".into()],
+            Duration::from_millis(20),
+        ));
+        let task = tokio::spawn(svc.start(ctx(), sink, stop));
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            match rx.recv().await.unwrap() {
+                DiscoveryEvent::Candidate { addr, .. } => seen.push(addr.to_string()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seen[0], "127.0.0.1:4816");
+        assert_eq!(seen[1], "[::1]:4817");
+        assert_eq!(seen[2], "127.0.0.1:4816", "re-reported on the next round");
+        handle.stop();
+        tokio::time::timeout(Duration::from_secs(2), task).await.unwrap().unwrap();
+    }
+}

@@ -1,0 +1,288 @@
+//! The public API: [`Bus`], in the spirit of Node's EventEmitter.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::config::Config;
+use crate::event::{Event, Listener, PeerInfo, Sink};
+use crate::id::NodeId;
+use crate::name::{validate_name, NameError, Selector};
+use crate::node::{self, Inner, JoinError, NeighbourEvent, NeighbourInfo};
+use crate::payload::{self, PayloadError};
+
+/// Errors from [`Bus::emit`].
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    #[error("event {name:?} is {size} bytes (name + payload); the limit is {max} (Config::max_event_size)")]
+    TooLarge { name: String, size: usize, max: usize },
+    #[error("the bus has left the hood")]
+    Left,
+}
+
+/// Options for a listener.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenOptions {
+    /// A spy is called like any listener but is not counted by `emit`,
+    /// `listeners`, `listener_count` or `observe_listener_count`.
+    pub spy: bool,
+}
+
+impl ListenOptions {
+    pub fn spy() -> ListenOptions {
+        ListenOptions { spy: true }
+    }
+}
+
+/// A member of a hood: emit and receive events.
+///
+/// Cheap to clone; all clones are the same node. Call [`Bus::leave`] to
+/// leave the hood cleanly.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+/// Removes its listener when dropped or [`ListenerHandle::remove`]d.
+/// [`ListenerHandle::detach`] keeps the listener for the life of the bus.
+#[must_use = "dropping the handle removes the listener; call .detach() to keep it"]
+pub struct ListenerHandle {
+    inner: Weak<Inner>,
+    id: Option<u64>,
+}
+
+impl ListenerHandle {
+    /// The listener's id (for [`Bus::remove_listener`]).
+    pub fn id(&self) -> u64 {
+        self.id.unwrap_or_default()
+    }
+    /// Removes the listener now.
+    pub fn remove(mut self) {
+        self.remove_now();
+    }
+    /// Keeps the listener until `remove_listener`/`remove_all_listeners`/`leave`.
+    pub fn detach(mut self) -> u64 {
+        self.id.take().unwrap_or_default()
+    }
+    fn remove_now(&mut self) {
+        if let (Some(id), Some(inner)) = (self.id.take(), self.inner.upgrade()) {
+            inner.remove_listeners(&[id]);
+        }
+    }
+}
+
+impl Drop for ListenerHandle {
+    fn drop(&mut self) {
+        self.remove_now();
+    }
+}
+
+/// A stream of events for one selector (see [`Bus::subscribe`]). Dropping it
+/// removes the listener. A slow consumer slows the bus down (backpressure)
+/// rather than losing events.
+pub struct Subscription {
+    rx: mpsc::Receiver<Event>,
+    handle: ListenerHandle,
+}
+
+impl Subscription {
+    /// The next event; `None` once the bus has left.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+    /// The listener id.
+    pub fn id(&self) -> u64 {
+        self.handle.id()
+    }
+}
+
+impl futures_util::Stream for Subscription {
+    type Item = Event;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Bus {
+    /// Joins the hood: binds the QUIC port, starts discovery, and returns
+    /// at once (neighbours arrive in the background; see
+    /// [`Bus::neighbour_events`] and [`Bus::wait_neighbours`]).
+    pub async fn join(config: Config) -> Result<Bus, JoinError> {
+        Ok(Bus { inner: node::start(config).await? })
+    }
+
+    /// This node's id (new at every start).
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+    /// This node as event sources show it.
+    pub fn me(&self) -> &PeerInfo {
+        &self.inner.me
+    }
+    /// The hood fingerprint (hex SHA-256 of the CA certificate).
+    pub fn fingerprint(&self) -> &str {
+        &self.inner.fingerprint
+    }
+    /// The bound UDP port.
+    pub fn port(&self) -> u16 {
+        self.inner.local_addr.port()
+    }
+    /// The bound socket address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+    /// Addresses at which neighbours see this node (most recent first).
+    pub fn observed_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.observed()
+    }
+
+    /// Current neighbours.
+    pub fn neighbours(&self) -> Vec<NeighbourInfo> {
+        self.inner.neighbours()
+    }
+    /// Found/lost notifications from now on.
+    pub fn neighbour_events(&self) -> broadcast::Receiver<NeighbourEvent> {
+        self.inner.events.subscribe()
+    }
+    /// The neighbour count, as a watch.
+    pub fn neighbour_count(&self) -> watch::Receiver<usize> {
+        self.inner.neighbour_count_rx()
+    }
+    /// Waits until at least `n` neighbours are connected.
+    pub async fn wait_neighbours(&self, n: usize) {
+        let mut rx = self.inner.neighbour_count_rx();
+        let _ = rx.wait_for(|c| *c >= n).await;
+    }
+    /// Dials an address now (in addition to discovery).
+    pub fn connect(&self, addr: SocketAddr) {
+        node::dial(&self.inner, addr, None);
+    }
+
+    /// Calls `handler` for every event matching `selector` (wildcards `+`
+    /// and `#`). Handlers run on the bus's dispatcher task, never inside
+    /// `emit`; keep them short (spawn for long work). A panic is caught and
+    /// logged.
+    pub fn on<F>(&self, selector: &str, handler: F) -> Result<ListenerHandle, NameError>
+    where
+        F: Fn(Event) + Send + Sync + 'static,
+    {
+        self.on_with(selector, ListenOptions::default(), handler)
+    }
+
+    /// [`Bus::on`] with options (spy).
+    pub fn on_with<F>(&self, selector: &str, opts: ListenOptions, handler: F) -> Result<ListenerHandle, NameError>
+    where
+        F: Fn(Event) + Send + Sync + 'static,
+    {
+        self.add(selector, opts, Sink::Fn(Box::new(handler)))
+    }
+
+    /// A stream of the events matching `selector`.
+    pub fn subscribe(&self, selector: &str) -> Result<Subscription, NameError> {
+        self.subscribe_with(selector, ListenOptions::default())
+    }
+
+    /// [`Bus::subscribe`] with options (spy).
+    pub fn subscribe_with(&self, selector: &str, opts: ListenOptions) -> Result<Subscription, NameError> {
+        let (tx, rx) = mpsc::channel(1024);
+        let handle = self.add(selector, opts, Sink::Stream(tx))?;
+        Ok(Subscription { rx, handle })
+    }
+
+    fn add(&self, selector: &str, opts: ListenOptions, sink: Sink) -> Result<ListenerHandle, NameError> {
+        let selector = Selector::new(selector)?;
+        let id = self.inner.next_sub_id.fetch_add(1, Ordering::Relaxed);
+        self.inner.add_listener(Listener { id, selector, sink }, opts.spy);
+        Ok(ListenerHandle { inner: Arc::downgrade(&self.inner), id: Some(id) })
+    }
+
+    /// Emits `event` with a serde payload to every matching listener in the
+    /// hood. Resolves the number of non-spy listeners it reached.
+    ///
+    /// What the count promises: the local listeners that match, plus, for
+    /// each neighbour, its matching listeners whose subscription had
+    /// arrived here, provided the event was accepted into that neighbour's
+    /// send queue. A queued event is delivered in order unless the
+    /// connection dies before it is sent; a neighbour already known to be
+    /// lost is never counted. It is not an end-to-end acknowledgement.
+    /// With the default [`crate::FullPolicy::Block`] this waits while a
+    /// neighbour's queue is full.
+    pub async fn emit<T: Serialize + ?Sized>(&self, event: &str, payload: &T) -> Result<usize, EmitError> {
+        let bytes = payload::encode(payload)?;
+        self.emit_raw(event, Bytes::from(bytes)).await
+    }
+
+    /// Emits a byte buffer (MessagePack binary; partybus' `Buffer`).
+    pub async fn emit_bytes(&self, event: &str, bytes: &[u8]) -> Result<usize, EmitError> {
+        self.emit(event, serde_bytes::Bytes::new(bytes)).await
+    }
+
+    /// Emits a payload that is already MessagePack-encoded.
+    pub async fn emit_raw(&self, event: &str, payload: Bytes) -> Result<usize, EmitError> {
+        validate_name(event)?;
+        let size = event.len() + payload.len();
+        let max = self.inner.settings.max_event_size;
+        if size > max {
+            return Err(EmitError::TooLarge { name: event.to_owned(), size, max });
+        }
+        if self.inner.closing.load(Ordering::Acquire) {
+            return Err(EmitError::Left);
+        }
+        Ok(self.inner.emit_raw(event, payload).await)
+    }
+
+    /// One entry per non-spy listener of `event` in the hood: the peer it lives on.
+    pub fn listeners(&self, event: &str) -> Result<Vec<PeerInfo>, NameError> {
+        validate_name(event)?;
+        Ok(self.inner.listeners_of(event))
+    }
+
+    /// Non-spy listeners of `event` in the hood.
+    pub fn listener_count(&self, event: &str) -> Result<usize, NameError> {
+        validate_name(event)?;
+        let mut st = self.inner.state();
+        Ok(st.subs.route(event).counted())
+    }
+
+    /// The listener count of `event` now and at every change (local or
+    /// remote subscribe/unsubscribe, neighbour found or lost). Use
+    /// `changed()`/`borrow()`, or wrap in `tokio_stream::wrappers::WatchStream`.
+    pub fn observe_listener_count(&self, event: &str) -> Result<watch::Receiver<usize>, NameError> {
+        validate_name(event)?;
+        Ok(self.inner.add_observer(event.to_owned()))
+    }
+
+    /// Removes one listener by id; returns whether it existed.
+    pub fn remove_listener(&self, id: u64) -> bool {
+        self.inner.remove_listeners(&[id]) == 1
+    }
+
+    /// Removes every local listener, or those registered with exactly
+    /// `selector`; returns how many.
+    pub fn remove_all_listeners(&self, selector: Option<&str>) -> usize {
+        let ids = self.inner.listener_ids(selector);
+        self.inner.remove_listeners(&ids)
+    }
+
+    /// Events dropped for neighbours under [`crate::FullPolicy::Drop`].
+    pub fn dropped(&self) -> u64 {
+        self.neighbours().iter().map(|n| n.dropped).sum()
+    }
+
+    /// Leaves the hood: stops discovery, flushes what was emitted, says
+    /// goodbye to every neighbour (they see the loss at once), releases the
+    /// port. Subscriptions end.
+    pub async fn leave(&self) {
+        node::leave(&self.inner).await
+    }
+}

@@ -1,0 +1,238 @@
+//! `partybus node|listen|emit|dht`.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use partybus::{Bus, NeighbourEvent, NeighbourInfo};
+use serde_json::json;
+use tokio::io::AsyncBufReadExt;
+
+use super::NodeOpts;
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn out(v: serde_json::Value) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{v}");
+    let _ = o.flush();
+}
+
+fn neighbour_json(kind: &str, n: &NeighbourInfo, count: usize, reason: Option<&str>) -> serde_json::Value {
+    let mut v = json!({
+        "neighbour": kind,
+        "id": n.id.to_hex(),
+        "name": n.name,
+        "addr": n.addr.to_string(),
+        "direction": n.direction,
+        "count": count,
+    });
+    if let Some(r) = reason {
+        v["reason"] = json!(r);
+    }
+    v
+}
+
+async fn join(opts: &NodeOpts) -> Result<Bus> {
+    let cfg = opts.to_config()?;
+    Bus::join(cfg).await.context("cannot join the hood")
+}
+
+pub async fn node(opts: NodeOpts) -> Result<ExitCode> {
+    let bus = join(&opts).await?;
+    let mut events = bus.neighbour_events();
+    out(json!({"ready": {
+        "id": bus.id().to_hex(), "name": bus.me().name, "port": bus.port(), "fingerprint": bus.fingerprint(),
+    }}));
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            ev = events.recv() => match ev {
+                Ok(NeighbourEvent::Found(n)) => out(neighbour_json("found", &n, bus.neighbours().len(), None)),
+                Ok(NeighbourEvent::Lost { info, reason }) => out(neighbour_json("lost", &info, bus.neighbours().len(), Some(&reason))),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "neighbour events missed"),
+                Err(_) => break,
+            },
+        }
+    }
+    bus.leave().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn listen(opts: NodeOpts, selectors: Vec<String>) -> Result<ExitCode> {
+    // Check selectors before joining: a typo should not cost a handshake.
+    for s in &selectors {
+        partybus::Selector::new(s).with_context(|| format!("bad selector {s:?}"))?;
+    }
+    let bus = join(&opts).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<partybus::Event>(4096);
+    let mut subs = Vec::new();
+    for s in &selectors {
+        let mut sub = bus.subscribe(s)?;
+        let tx = tx.clone();
+        subs.push(tokio::spawn(async move {
+            while let Some(ev) = sub.recv().await {
+                if tx.send(ev).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                let payload = ev.to_json().unwrap_or_else(|_| {
+                    use base64::Engine as _;
+                    json!({"$raw": base64::engine::general_purpose::STANDARD.encode(ev.raw())})
+                });
+                let src = ev.source();
+                out(json!({"event": ev.name(), "source": {"id": src.id.to_hex(), "name": src.name}, "payload": payload}));
+            }
+        }
+    }
+    bus.leave().await;
+    for s in subs {
+        s.abort();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct EmitArgs {
+    #[command(flatten)]
+    pub node: NodeOpts,
+    /// Event name.
+    pub event: String,
+    /// JSON payload (default null), or '-' to read one JSON payload per stdin line.
+    pub json: Option<String>,
+    /// Wait until at least N non-spy listeners of EVENT are present.
+    #[arg(long, value_name = "N")]
+    pub wait_listeners: Option<usize>,
+    /// How long to wait for listeners (or, without --wait-listeners, for a first neighbour).
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub timeout: Duration,
+}
+
+pub async fn emit(args: EmitArgs) -> Result<ExitCode> {
+    partybus::name::validate_name(&args.event).with_context(|| format!("bad event name {:?}", args.event))?;
+    let single = match args.json.as_deref() {
+        Some("-") => None,
+        Some(text) => Some(serde_json::from_str::<serde_json::Value>(text).with_context(|| format!("payload {text:?} is not JSON"))?),
+        None => Some(serde_json::Value::Null),
+    };
+    let bus = join(&args.node).await?;
+    let mut timed_out = false;
+    match args.wait_listeners {
+        Some(n) => {
+            let mut rx = bus.observe_listener_count(&args.event)?;
+            if tokio::time::timeout(args.timeout, rx.wait_for(|c| *c >= n)).await.is_err() {
+                timed_out = true;
+                eprintln!("partybus: {} listener(s) of {:?} after {:?}, wanted {n}; emitting anyway", *rx.borrow(), args.event, args.timeout);
+            }
+        }
+        None => {
+            // Give discovery a chance: wait for a first neighbour, then a
+            // moment for more neighbours and their subscriptions.
+            if tokio::time::timeout(args.timeout, bus.wait_neighbours(1)).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    let result = async {
+        match single {
+            Some(v) => {
+                let payload = partybus::payload::from_json(&v)?;
+                let n = bus.emit_raw(&args.event, payload.into()).await?;
+                out(json!(n));
+            }
+            None => {
+                let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+                let mut line_no = 0;
+                while let Some(line) = lines.next_line().await.context("cannot read stdin")? {
+                    line_no += 1;
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let v: serde_json::Value =
+                        serde_json::from_str(&line).with_context(|| format!("stdin line {line_no} is not JSON"))?;
+                    let payload = partybus::payload::from_json(&v)?;
+                    let n = bus.emit_raw(&args.event, payload.into()).await?;
+                    out(json!(n));
+                }
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    bus.leave().await;
+    result?;
+    Ok(if timed_out { ExitCode::from(3) } else { ExitCode::SUCCESS })
+}
+
+#[derive(Args)]
+pub struct DhtArgs {
+    /// TCP port of the DHT.
+    #[arg(long, default_value_t = 4816)]
+    pub port: u16,
+    /// Address to listen on (default all IPv4 interfaces).
+    #[arg(long, value_name = "IP")]
+    pub bind: Option<std::net::IpAddr>,
+    /// Other DHT nodes to join (repeatable).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub bootstrap: Vec<String>,
+    /// Keep non-global addresses (labs, private WANs).
+    #[arg(long)]
+    pub allow_non_global: bool,
+}
+
+pub async fn dht(args: DhtArgs) -> Result<ExitCode> {
+    use partybus::discovery::{dht, StopSignal};
+    let (handle, stop) = StopSignal::new();
+    let node = dht::DhtNode::bind(dht::DhtNodeOptions {
+        port: args.port,
+        bootstrap: args.bootstrap,
+        allow_non_global: args.allow_non_global,
+        listen_ip: args.bind,
+    })
+    .await
+    .context("cannot start the DHT node")?;
+    out(json!({"ready": {"peer_id": node.peer_id().to_string(), "addrs": node.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>()}}));
+    let run = tokio::spawn(node.run(stop));
+    shutdown_signal().await;
+    handle.stop();
+    match run.await {
+        Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+        Ok(Err(e)) => bail!("DHT node failed: {e}"),
+        Err(e) => bail!("DHT node task failed: {e}"),
+    }
+}

@@ -1,0 +1,130 @@
+//! The TOML config file of `partybus node` (and the other node commands).
+//!
+//! ```toml
+//! ca = "hood.crt"            # paths are relative to this file
+//! cert = "hood.vps1.crt"
+//! key = "hood.vps1.key"
+//! port = "4816-4819"
+//! # bind = "::"
+//! # advertise = ["203.0.113.5:4816"]
+//! # allow_non_global = false
+//! # idle_timeout = "20s"
+//! # keep_alive = "5s"
+//!
+//! [discovery]
+//! connect = ["peer.example.org:4816"]
+//! # connect_interval = "60s"
+//! mdns = false
+//! dht = ["dht.example.org:4816"]
+//! # dht_serve = false
+//! upnp = false
+//! # upnp_url = "http://192.168.1.1:5000/rootDesc.xml"
+//!
+//! [limits]
+//! # queue_limit = 4194304          # bytes per neighbour
+//! # full_policy = "block"          # or "drop", "disconnect"
+//! # stuck_timeout = "10s"          # for "disconnect"
+//! # max_event_size = 16777216
+//! # max_subscriptions_per_peer = 10000
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+/// A duration written like "20s" or "500ms".
+#[derive(Clone, Copy, Debug)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(Dur)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like \"20s\" or \"500ms\": {e}")))
+    }
+}
+
+#[derive(Deserialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub port: Option<String>,
+    pub bind: Option<IpAddr>,
+    #[serde(default)]
+    pub advertise: Vec<SocketAddr>,
+    pub allow_non_global: Option<bool>,
+    pub idle_timeout: Option<Dur>,
+    pub keep_alive: Option<Dur>,
+    pub discovery: Option<DiscoveryConfig>,
+    pub limits: Option<Limits>,
+}
+
+#[derive(Deserialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    #[serde(default)]
+    pub connect: Vec<String>,
+    pub connect_interval: Option<Dur>,
+    #[serde(default)]
+    pub mdns: bool,
+    #[serde(default)]
+    pub dht: Vec<String>,
+    #[serde(default)]
+    pub dht_serve: bool,
+    #[serde(default)]
+    pub upnp: bool,
+    pub upnp_url: Option<String>,
+}
+
+#[derive(Deserialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub queue_limit: Option<usize>,
+    pub full_policy: Option<String>,
+    pub stuck_timeout: Option<Dur>,
+    pub max_event_size: Option<usize>,
+    pub max_subscriptions_per_peer: Option<usize>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let doc = include_str!("config_file.rs");
+        let example: String = doc
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .map(|l| l.trim_start_matches("//!").strip_prefix(' ').unwrap_or(""))
+            .skip_while(|l| !l.starts_with("```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("```"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c: FileConfig = toml::from_str(&example).unwrap();
+        assert_eq!(c.port.as_deref(), Some("4816-4819"));
+        assert_eq!(c.discovery.unwrap().dht, vec!["dht.example.org:4816".to_string()]);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = toml::from_str::<FileConfig>("prot = \"1\"").unwrap_err().to_string();
+        assert!(e.contains("prot"), "{e}");
+        let e = toml::from_str::<FileConfig>("idle_timeout = \"soon\"").unwrap_err().to_string();
+        assert!(e.contains("not a duration"), "{e}");
+    }
+}

@@ -1,0 +1,95 @@
+//! `partybus hood|peer|cert`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Subcommand, ValueEnum};
+use partybus_pki::{CertInfo, KeyKind, DEFAULT_HOOD_DAYS, DEFAULT_PEER_DAYS};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum KeyType {
+    /// ECDSA P-256 (default: widely supported, small, fast).
+    Ecdsa,
+    /// Ed25519.
+    Ed25519,
+}
+
+impl From<KeyType> for KeyKind {
+    fn from(k: KeyType) -> KeyKind {
+        match k {
+            KeyType::Ecdsa => KeyKind::EcdsaP256,
+            KeyType::Ed25519 => KeyKind::Ed25519,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum HoodCmd {
+    /// Write NAME.crt and NAME.key (CN = O = NAME).
+    Create {
+        name: String,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = DEFAULT_HOOD_DAYS)]
+        days: u32,
+        #[arg(long, value_enum, default_value = "ecdsa")]
+        key_type: KeyType,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PeerCmd {
+    /// Write HOOD.NAME.crt and HOOD.NAME.key, signed by DIR/HOOD.crt + DIR/HOOD.key.
+    Create {
+        hood: String,
+        name: String,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = DEFAULT_PEER_DAYS)]
+        days: u32,
+        #[arg(long, value_enum, default_value = "ecdsa")]
+        key_type: KeyType,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CertCmd {
+    /// Print subject, issuer, validity, key type and fingerprint.
+    Show {
+        file: PathBuf,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn hood(cmd: HoodCmd) -> Result<ExitCode> {
+    let HoodCmd::Create { name, dir, days, key_type } = cmd;
+    let files = partybus_pki::create_hood_with(&name, &dir, days, key_type.into())?;
+    println!("{}", files.cert.display());
+    println!("{}", files.key.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn peer(cmd: PeerCmd) -> Result<ExitCode> {
+    let PeerCmd::Create { hood, name, dir, days, key_type } = cmd;
+    let files = partybus_pki::create_peer_with(&hood, &name, &dir, days, key_type.into())?;
+    println!("{}", files.cert.display());
+    println!("{}", files.key.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn cert(cmd: CertCmd) -> Result<ExitCode> {
+    let CertCmd::Show { file, json } = cmd;
+    let info = CertInfo::from_file(&file)?;
+    if json {
+        println!("{}", serde_json::to_string(&info).context("cannot encode JSON")?);
+    } else {
+        print!("{info}");
+        if !info.to_string().ends_with('\n') {
+            println!();
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

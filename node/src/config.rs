@@ -1,0 +1,188 @@
+//! Library configuration.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use partybus_discovery::Discovery;
+use partybus_pki::{Hood, Identity};
+
+/// Which UDP port(s) to try, in order; the first free one is used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSpec(Vec<u16>);
+
+impl PortSpec {
+    /// tubemail's default: 4816-4819.
+    pub fn default_range() -> PortSpec {
+        PortSpec((4816..=4819).collect())
+    }
+    /// Any free port (the OS picks).
+    pub fn any() -> PortSpec {
+        PortSpec(vec![0])
+    }
+    pub fn single(p: u16) -> PortSpec {
+        PortSpec(vec![p])
+    }
+    pub fn ports(&self) -> &[u16] {
+        &self.0
+    }
+}
+
+impl Default for PortSpec {
+    fn default() -> Self {
+        PortSpec::default_range()
+    }
+}
+
+impl std::str::FromStr for PortSpec {
+    type Err = String;
+    /// `4816`, `4816,4820`, `4816-4819`, mixes of those, or `0` for any.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| format!("port spec {s:?}: {why}; expected a number, a list (4816,4820), or a range (4816-4819)");
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim) {
+            if part.is_empty() {
+                return Err(bad("empty element"));
+            }
+            if let Some((a, b)) = part.split_once('-') {
+                let a: u16 = a.trim().parse().map_err(|_| bad(&format!("{a:?} is not a port number")))?;
+                let b: u16 = b.trim().parse().map_err(|_| bad(&format!("{b:?} is not a port number")))?;
+                if a > b || a == 0 {
+                    return Err(bad(&format!("range {a}-{b} is empty or starts at 0")));
+                }
+                if b - a > 1000 {
+                    return Err(bad("range longer than 1000 ports"));
+                }
+                out.extend(a..=b);
+            } else {
+                out.push(part.parse().map_err(|_| bad(&format!("{part:?} is not a port number")))?);
+            }
+        }
+        Ok(PortSpec(out))
+    }
+}
+
+/// What `emit` does when a neighbour's send queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FullPolicy {
+    /// Wait until the queue has room (default): nothing is lost, a slow
+    /// receiver slows the emitter down.
+    #[default]
+    Block,
+    /// Drop the event for that neighbour (counted in
+    /// [`NeighbourInfo::dropped`](crate::NeighbourInfo)); it is then not
+    /// counted in `emit`'s result.
+    Drop,
+    /// Wait up to the given time, then disconnect the stuck neighbour.
+    Disconnect(Duration),
+}
+
+/// Everything `Bus::join` needs. Build with [`Config::new`] or
+/// [`Config::from_files`], then adjust the public fields.
+pub struct Config {
+    pub hood: Hood,
+    pub identity: Identity,
+    /// UDP port(s) to bind, first free wins. Default 4816-4819.
+    pub port: PortSpec,
+    /// Address to bind; default `::` (dual-stack), falling back to `0.0.0.0`.
+    pub bind: Option<IpAddr>,
+    /// Addresses to advertise in addition to the local interface addresses
+    /// (e.g. a VPS's public address behind 1:1 NAT).
+    pub advertise: Vec<SocketAddr>,
+    /// Discovery services (static, mDNS, DHT, UPnP, your own).
+    pub discovery: Vec<Box<dyn Discovery>>,
+    /// QUIC keep-alive; short enough to keep NAT mappings open.
+    pub keep_alive: Duration,
+    /// A neighbour silent this long is lost.
+    pub idle_timeout: Duration,
+    /// TLS + hello must complete within this.
+    pub handshake_timeout: Duration,
+    /// First re-dial delay after a neighbour is lost (doubles, with jitter).
+    pub redial_base: Duration,
+    /// Cap on the re-dial delay.
+    pub redial_max: Duration,
+    /// Stop re-dialling a lost neighbour after this long (tubemail: 7 days).
+    pub redial_for: Duration,
+    /// The higher id of a pair learnt through gossip waits this long before
+    /// dialling (the lower id dials at once); see [`crate::peers`].
+    pub gossip_dial_delay: Duration,
+    /// Bytes a neighbour's send queue may hold.
+    pub queue_limit: usize,
+    /// What `emit` does when a queue is full.
+    pub full_policy: FullPolicy,
+    /// Largest event (name + payload) accepted, sent or received.
+    pub max_event_size: usize,
+    /// Subscriptions one neighbour may hold here.
+    pub max_subscriptions_per_peer: usize,
+    /// Accept and gossip non-global addresses (labs, private WANs).
+    pub allow_non_global: bool,
+}
+
+impl Config {
+    /// Defaults for everything but the PKI.
+    pub fn new(hood: Hood, identity: Identity) -> Config {
+        Config {
+            hood,
+            identity,
+            port: PortSpec::default(),
+            bind: None,
+            advertise: Vec::new(),
+            discovery: Vec::new(),
+            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(20),
+            handshake_timeout: Duration::from_secs(10),
+            redial_base: Duration::from_secs(1),
+            redial_max: Duration::from_secs(120),
+            redial_for: Duration::from_secs(7 * 24 * 3600),
+            gossip_dial_delay: Duration::from_millis(500),
+            queue_limit: 4 << 20,
+            full_policy: FullPolicy::Block,
+            max_event_size: 16 << 20,
+            max_subscriptions_per_peer: 10_000,
+            allow_non_global: false,
+        }
+    }
+
+    /// Loads the hood CA, certificate and key (PEM).
+    pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Config, partybus_pki::PkiError> {
+        let hood = Hood::load(ca)?;
+        let identity = Identity::load(cert, key, &hood)?;
+        Ok(Config::new(hood, identity))
+    }
+
+    /// Adds static discovery of `host:port` targets, re-tried every 60 s.
+    pub fn connect<I, S>(mut self, targets: I) -> Config
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let t: Vec<String> = targets.into_iter().map(Into::into).collect();
+        if !t.is_empty() {
+            self.discovery.push(Box::new(partybus_discovery::StaticDiscovery::new(t, Duration::from_secs(60))));
+        }
+        self
+    }
+
+    /// Adds a discovery service.
+    pub fn discover(mut self, d: impl Discovery) -> Config {
+        self.discovery.push(Box::new(d));
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_specs() {
+        assert_eq!("4816".parse::<PortSpec>().unwrap().ports(), &[4816]);
+        assert_eq!("4816-4819".parse::<PortSpec>().unwrap().ports(), &[4816, 4817, 4818, 4819]);
+        assert_eq!("1,5-6".parse::<PortSpec>().unwrap().ports(), &[1, 5, 6]);
+        assert_eq!("0".parse::<PortSpec>().unwrap(), PortSpec::any());
+        for bad in ["", "x", "5-1", "1-", "70000", "1,,2", "0-3"] {
+            let e = bad.parse::<PortSpec>().unwrap_err();
+            assert!(e.contains("expected a number"), "{bad}: {e}");
+        }
+    }
+}

@@ -1,0 +1,1213 @@
+//! The running node: QUIC endpoint, connections, gossip, re-dial, and the
+//! shared state behind [`crate::Bus`].
+//!
+//! Protocol decisions live in sans-I/O modules ([`crate::wire`],
+//! [`crate::subs`], [`crate::peers`]); this module only moves bytes and
+//! runs the tasks: one accept loop, one dial task per attempt, per
+//! connection one reader and one writer, one dispatcher per bus.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{broadcast, mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use partybus_discovery::{DiscoveryContext, DiscoveryEvent, DiscoverySink, StopHandle, StopSignal};
+
+use crate::config::{Config, FullPolicy};
+use crate::event::{Delivery, DeliveryTx, Listener, ListenerLookup, PeerInfo};
+use crate::id::NodeId;
+use crate::peers::{self, canonical, Direction, Verdict};
+use crate::queue::SendQueue;
+use crate::subs::SubTable;
+use crate::wire::{self, close, Frame, FrameDecoder, Hello, PeerAddrs, WireSub};
+
+/// A neighbour as the library reports it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NeighbourInfo {
+    pub id: NodeId,
+    /// CN of its certificate.
+    pub name: String,
+    /// Its address as seen from here.
+    pub addr: SocketAddr,
+    /// Who dialled.
+    pub direction: Direction,
+    /// Events dropped for it under [`FullPolicy::Drop`].
+    pub dropped: u64,
+}
+
+/// Found / lost notifications.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NeighbourEvent {
+    Found(NeighbourInfo),
+    Lost { info: NeighbourInfo, reason: String },
+}
+
+/// Errors from `join`.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsSetupError),
+    #[error("cannot bind a UDP port: tried {tried} on {bind}: {last}; pick free ports with --port (e.g. 4816-4819, or 0 for any)")]
+    Bind { tried: String, bind: String, last: std::io::Error },
+    #[error("cannot start the QUIC endpoint: {0}")]
+    Endpoint(std::io::Error),
+}
+
+/// Per-connection control shared by its reader and writer.
+struct ConnCtl {
+    /// Set when this connection is being retired in favour of another.
+    retiring: AtomicBool,
+    retire: Notify,
+}
+
+/// Readers of retiring connections still delivering: the active reader
+/// holds its events back until they are done, to keep emit order.
+#[derive(Default)]
+struct Drain {
+    count: AtomicUsize,
+    done: Notify,
+}
+
+struct Neighbour {
+    info: Arc<PeerInfo>,
+    direction: Direction,
+    queue: Arc<SendQueue>,
+    conn: quinn::Connection,
+    ctl: Arc<ConnCtl>,
+    primary: bool,
+    /// Addresses to tell others about it.
+    gossip_addrs: Vec<SocketAddr>,
+    /// One writer at a time drains `queue` (a replacement waits for the old).
+    writer_lock: Arc<tokio::sync::Mutex<()>>,
+    drain: Arc<Drain>,
+}
+
+struct Known {
+    addrs: Vec<SocketAddr>,
+    via_gossip: bool,
+}
+
+pub(crate) struct State {
+    pub(crate) subs: SubTable,
+    listeners: HashMap<u64, Arc<Listener>>,
+    listener_cache: HashMap<Box<str>, Arc<Vec<Arc<Listener>>>>,
+    neighbours: HashMap<NodeId, Neighbour>,
+    observers: Vec<(String, watch::Sender<usize>)>,
+    known: HashMap<NodeId, Known>,
+    dialing_addrs: HashSet<SocketAddr>,
+    dialing_ids: HashSet<NodeId>,
+    self_addrs: HashSet<SocketAddr>,
+    external: Vec<SocketAddr>,
+    observed: Vec<SocketAddr>,
+}
+
+/// Settings copied out of [`Config`] (the rest is consumed by `join`).
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub handshake_timeout: Duration,
+    pub redial_base: Duration,
+    pub redial_max: Duration,
+    pub redial_for: Duration,
+    pub gossip_dial_delay: Duration,
+    pub queue_limit: usize,
+    pub full_policy: FullPolicy,
+    pub max_event_size: usize,
+    pub allow_non_global: bool,
+    pub advertise: Vec<SocketAddr>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) id: NodeId,
+    pub(crate) me: Arc<PeerInfo>,
+    pub(crate) fingerprint: String,
+    pub(crate) settings: Settings,
+    endpoint: quinn::Endpoint,
+    pub(crate) local_addr: SocketAddr,
+    state: Mutex<State>,
+    generation: AtomicU64,
+    pub(crate) next_sub_id: AtomicU64,
+    pub(crate) dispatch_tx: DeliveryTx,
+    pub(crate) events: broadcast::Sender<NeighbourEvent>,
+    count_tx: watch::Sender<usize>,
+    reachable_tx: watch::Sender<Vec<SocketAddr>>,
+    pub(crate) closing: AtomicBool,
+    discovery_stop: StopHandle,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    shutdown: watch::Sender<bool>,
+}
+
+fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // State is only mutated in short, panic-free sections; a poisoned lock
+    // (a panic elsewhere while holding it) still holds consistent data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn bind_socket(bind: Option<IpAddr>, ports: &[u16]) -> Result<std::net::UdpSocket, JoinError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut last = None;
+    let candidates: Vec<IpAddr> = match bind {
+        Some(ip) => vec![ip],
+        None => vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED), IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
+    };
+    for ip in &candidates {
+        for &port in ports {
+            let addr = SocketAddr::new(*ip, port);
+            let attempt = (|| -> std::io::Result<std::net::UdpSocket> {
+                let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+                if addr.is_ipv6() && bind.is_none() {
+                    // Dual-stack: IPv4 peers arrive as ::ffff:a.b.c.d.
+                    sock.set_only_v6(false)?;
+                }
+                sock.bind(&addr.into())?;
+                Ok(sock.into())
+            })();
+            match attempt {
+                Ok(s) => return Ok(s),
+                Err(e) => {
+                    let in_use = e.kind() == std::io::ErrorKind::AddrInUse;
+                    last = Some(e);
+                    if !in_use {
+                        break; // this address family does not work here; try the next
+                    }
+                }
+            }
+        }
+    }
+    Err(JoinError::Bind {
+        tried: ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","),
+        bind: candidates.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" and "),
+        last: last.unwrap_or_else(|| std::io::Error::other("no port to try")),
+    })
+}
+
+/// Addresses of local interfaces (link-local excluded), with `port`.
+fn interface_addrs(local: SocketAddr) -> Vec<SocketAddr> {
+    let port = local.port();
+    if !local.ip().is_unspecified() {
+        return vec![canonical(local)];
+    }
+    let mut out = Vec::new();
+    if let Ok(ifs) = if_addrs::get_if_addrs() {
+        for i in ifs {
+            let ip = i.ip();
+            if peers::scope(ip) == peers::Scope::LinkLocal {
+                continue;
+            }
+            if local.is_ipv4() && ip.is_ipv6() {
+                continue;
+            }
+            out.push(SocketAddr::new(ip, port));
+        }
+    }
+    if out.is_empty() {
+        out.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    // Global first, then private, then loopback: the order others try them in.
+    out.sort_by_key(|a| std::cmp::Reverse(peers::scope(a.ip())));
+    out.dedup();
+    out
+}
+
+impl Inner {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        relock(&self.state)
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Call after any change to subscriptions or neighbours (with the lock held).
+    pub(crate) fn changed(&self, st: &mut State) {
+        st.listener_cache.clear();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        st.observers.retain(|(name, tx)| {
+            if tx.is_closed() {
+                return false;
+            }
+            let n = st.subs.route(name).counted();
+            tx.send_if_modified(|v| {
+                let m = *v != n;
+                *v = n;
+                m
+            });
+            true
+        });
+    }
+
+    /// Addresses we tell peers in our hello.
+    fn advertised(&self) -> Vec<SocketAddr> {
+        let st = self.state();
+        let mut v = self.settings.advertise.clone();
+        v.extend(st.external.iter().copied());
+        v.extend(interface_addrs(self.local_addr));
+        let mut seen = HashSet::new();
+        v.retain(|a| seen.insert(*a));
+        v
+    }
+
+    fn update_reachable(&self) {
+        let allow = self.settings.allow_non_global;
+        let list: Vec<SocketAddr> = self
+            .advertised()
+            .into_iter()
+            .filter(|a| match peers::scope(a.ip()) {
+                peers::Scope::Global => true,
+                peers::Scope::Private => allow,
+                _ => false,
+            })
+            .collect();
+        self.reachable_tx.send_if_modified(|v| {
+            let m = *v != list;
+            *v = list;
+            m
+        });
+    }
+
+    pub(crate) fn neighbours(&self) -> Vec<NeighbourInfo> {
+        let st = self.state();
+        let mut v: Vec<NeighbourInfo> = st.neighbours.values().map(neighbour_info).collect();
+        v.sort_by_key(|n| n.id);
+        v
+    }
+
+    pub(crate) fn observed(&self) -> Vec<SocketAddr> {
+        self.state().observed.clone()
+    }
+
+    pub(crate) fn neighbour_count_rx(&self) -> watch::Receiver<usize> {
+        self.count_tx.subscribe()
+    }
+
+    pub(crate) fn add_observer(&self, name: String) -> watch::Receiver<usize> {
+        let mut st = self.state();
+        let n = st.subs.route(&name).counted();
+        let (tx, rx) = watch::channel(n);
+        st.observers.push((name, tx));
+        rx
+    }
+
+    /// Registers a local listener and tells every neighbour.
+    pub(crate) fn add_listener(&self, l: Listener, spy: bool) {
+        let mut st = self.state();
+        let sub = WireSub { id: l.id, selector: l.selector.as_str().to_owned(), spy };
+        st.subs.add_local(l.id, l.selector.clone(), spy);
+        st.listeners.insert(l.id, Arc::new(l));
+        let frame = Frame::Subscribe(vec![sub]);
+        for nb in st.neighbours.values() {
+            let _ = nb.queue.push_control(|b| wire::put_frame(b, &frame));
+        }
+        self.changed(&mut st);
+    }
+
+    /// Removes local listeners; returns how many existed.
+    pub(crate) fn remove_listeners(&self, ids: &[u64]) -> usize {
+        let mut st = self.state();
+        let mut gone = Vec::new();
+        for id in ids {
+            if st.listeners.remove(id).is_some() {
+                st.subs.remove_local(*id);
+                gone.push(*id);
+            }
+        }
+        if !gone.is_empty() {
+            let frame = Frame::Unsubscribe(gone.clone());
+            for nb in st.neighbours.values() {
+                let _ = nb.queue.push_control(|b| wire::put_frame(b, &frame));
+            }
+            self.changed(&mut st);
+        }
+        gone.len()
+    }
+
+    pub(crate) fn listener_ids(&self, selector: Option<&str>) -> Vec<u64> {
+        self.state().subs.local_ids(selector)
+    }
+
+    /// One `PeerInfo` per non-spy listener of `name`.
+    pub(crate) fn listeners_of(&self, name: &str) -> Vec<PeerInfo> {
+        let mut st = self.state();
+        let route = st.subs.route(name);
+        let mut out = vec![(*self.me).clone(); route.local_counted];
+        for (peer, n) in &route.remote {
+            if let Some(nb) = st.neighbours.get(peer) {
+                out.extend(std::iter::repeat_n((*nb.info).clone(), *n));
+            }
+        }
+        out
+    }
+
+    /// Queues an event for every interested neighbour and the local
+    /// dispatcher; resolves the number of non-spy listeners reached.
+    pub(crate) async fn emit_raw(&self, name: &str, payload: Bytes) -> usize {
+        let flen = wire::event_frame_len(name, &payload);
+        let mut full: Vec<(Arc<SendQueue>, usize, NodeId)> = Vec::new();
+        let (mut count, local) = {
+            let mut st = self.state();
+            let route = st.subs.route(name);
+            let mut count = route.local_counted;
+            for (peer, n) in &route.remote {
+                let Some(nb) = st.neighbours.get(peer) else { continue };
+                match nb.queue.push_with(flen, |b| wire::put_event(b, name, &payload)) {
+                    Ok(()) => count += n,
+                    Err(crate::queue::PushError::Full) => full.push((nb.queue.clone(), *n, *peer)),
+                    Err(crate::queue::PushError::Closed) => {}
+                }
+            }
+            (count, !route.local.is_empty())
+        };
+        if local {
+            let d = Delivery { name: name.into(), source: self.me.clone(), payload: payload.clone() };
+            let _ = self.dispatch_tx.send(vec![d]).await;
+        }
+        for (q, n, peer) in full {
+            let deadline = match self.settings.full_policy {
+                FullPolicy::Drop => {
+                    q.note_dropped();
+                    debug!(peer = %peer.short(), event = name, "send queue full: event dropped for this neighbour (policy drop)");
+                    continue;
+                }
+                FullPolicy::Block => None,
+                FullPolicy::Disconnect(d) => Some(tokio::time::Instant::now() + d),
+            };
+            loop {
+                let notified = q.space_notified();
+                match q.push_with(flen, |b| wire::put_event(b, name, &payload)) {
+                    Ok(()) => {
+                        count += n;
+                        break;
+                    }
+                    Err(crate::queue::PushError::Closed) => break,
+                    Err(crate::queue::PushError::Full) => match deadline {
+                        None => notified.await,
+                        Some(dl) => {
+                            if tokio::time::timeout_at(dl, notified).await.is_err() {
+                                warn!(peer = %peer.short(), "neighbour stuck with a full send queue too long: disconnecting (policy disconnect)");
+                                self.disconnect(peer, close::STUCK, "stuck");
+                                break;
+                            }
+                        }
+                    },
+                }
+            }
+        }
+        count
+    }
+
+    fn disconnect(&self, peer: NodeId, code: u32, why: &str) {
+        let st = self.state();
+        if let Some(nb) = st.neighbours.get(&peer) {
+            nb.conn.close(code.into(), why.as_bytes());
+        }
+    }
+
+    fn spawn(self: &Arc<Self>, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        let h = tokio::spawn(fut);
+        let mut t = relock(&self.tasks);
+        t.retain(|h| !h.is_finished());
+        t.push(h);
+    }
+}
+
+fn neighbour_info(nb: &Neighbour) -> NeighbourInfo {
+    NeighbourInfo {
+        id: nb.info.id,
+        name: nb.info.name.clone(),
+        addr: nb.info.addr.unwrap_or_else(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)),
+        direction: nb.direction,
+        dropped: nb.queue.dropped(),
+    }
+}
+
+impl ListenerLookup for Inner {
+    fn lookup(&self, name: &str) -> (u64, Arc<Vec<Arc<Listener>>>) {
+        let mut st = self.state();
+        let gen = self.generation();
+        if let Some(l) = st.listener_cache.get(name) {
+            return (gen, l.clone());
+        }
+        let route = st.subs.route(name);
+        let l: Arc<Vec<Arc<Listener>>> = Arc::new(route.local.iter().filter_map(|id| st.listeners.get(id).cloned()).collect());
+        if st.listener_cache.len() >= crate::subs::ROUTE_CACHE_MAX {
+            st.listener_cache.clear();
+        }
+        st.listener_cache.insert(name.into(), l.clone());
+        (gen, l)
+    }
+    fn generation(&self) -> u64 {
+        Inner::generation(self)
+    }
+    fn remove(&self, id: u64) {
+        self.remove_listeners(&[id]);
+    }
+}
+
+/// Starts a node. See [`crate::Bus::join`].
+pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
+    let server = crate::tls::server_config(&cfg)?;
+    let client = crate::tls::client_config(&cfg)?;
+    let sock = bind_socket(cfg.bind, cfg.port.ports())?;
+    let runtime = quinn::default_runtime().ok_or_else(|| JoinError::Endpoint(std::io::Error::other("no async runtime")))?;
+    let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), sock, runtime).map_err(JoinError::Endpoint)?;
+    endpoint.set_default_client_config(client);
+    let local_addr = endpoint.local_addr().map_err(JoinError::Endpoint)?;
+
+    let id = NodeId::random();
+    let me = Arc::new(PeerInfo { id, name: cfg.identity.name().to_owned(), addr: None, local: true });
+    let (dispatch_tx, dispatch_rx) = mpsc::channel(256);
+    let (events, _) = broadcast::channel(1024);
+    let (count_tx, _) = watch::channel(0);
+    let (reachable_tx, reachable_rx) = watch::channel(Vec::new());
+    let (discovery_stop, stop_signal) = StopSignal::new();
+    let (shutdown, _) = watch::channel(false);
+    let settings = Settings {
+        handshake_timeout: cfg.handshake_timeout,
+        redial_base: cfg.redial_base,
+        redial_max: cfg.redial_max,
+        redial_for: cfg.redial_for,
+        gossip_dial_delay: cfg.gossip_dial_delay,
+        queue_limit: cfg.queue_limit,
+        full_policy: cfg.full_policy,
+        max_event_size: cfg.max_event_size,
+        allow_non_global: cfg.allow_non_global,
+        advertise: cfg.advertise.clone(),
+    };
+    let inner = Arc::new(Inner {
+        id,
+        me,
+        fingerprint: cfg.hood.fingerprint().to_owned(),
+        settings,
+        endpoint,
+        local_addr,
+        state: Mutex::new(State {
+            subs: SubTable::new(cfg.max_subscriptions_per_peer),
+            listeners: HashMap::new(),
+            listener_cache: HashMap::new(),
+            neighbours: HashMap::new(),
+            observers: Vec::new(),
+            known: HashMap::new(),
+            dialing_addrs: HashSet::new(),
+            dialing_ids: HashSet::new(),
+            self_addrs: HashSet::new(),
+            external: Vec::new(),
+            observed: Vec::new(),
+        }),
+        generation: AtomicU64::new(0),
+        next_sub_id: AtomicU64::new(1),
+        dispatch_tx,
+        events,
+        count_tx,
+        reachable_tx,
+        closing: AtomicBool::new(false),
+        discovery_stop,
+        tasks: Mutex::new(Vec::new()),
+        shutdown,
+    });
+    inner.update_reachable();
+    info!(id = %id, name = %inner.me.name, addr = %local_addr, hood = %inner.fingerprint, "joined the hood");
+
+    // Dispatcher.
+    {
+        let lookup: Arc<dyn ListenerLookup> = inner.clone();
+        let mut sd = inner.shutdown.subscribe();
+        inner.spawn(async move {
+            tokio::select! {
+                _ = crate::event::run_dispatcher(dispatch_rx, lookup) => {}
+                _ = sd.wait_for(|s| *s) => {}
+            }
+        });
+    }
+    // Accept loop.
+    {
+        let me = inner.clone();
+        inner.spawn(accept_loop(me));
+    }
+    // Discovery services.
+    let (sink, mut disc_rx) = DiscoverySink::channel(1024);
+    for svc in cfg.discovery {
+        let ctx = DiscoveryContext {
+            hood_fingerprint: inner.fingerprint.clone(),
+            node_id: id.to_hex(),
+            cert_name: inner.me.name.clone(),
+            port: local_addr.port(),
+            reachable: reachable_rx.clone(),
+            allow_non_global: inner.settings.allow_non_global,
+        };
+        debug!(service = svc.name(), "starting discovery");
+        let fut = svc.start(ctx, sink.clone(), stop_signal.clone());
+        inner.spawn(fut);
+    }
+    drop(sink);
+    {
+        let me = inner.clone();
+        let mut sd = inner.shutdown.subscribe();
+        inner.spawn(async move {
+            loop {
+                let ev = tokio::select! {
+                    ev = disc_rx.recv() => ev,
+                    _ = sd.wait_for(|s| *s) => None,
+                };
+                let Some(ev) = ev else { return };
+                match ev {
+                    DiscoveryEvent::Candidate { addr, source } => {
+                        debug!(%addr, %source, "candidate");
+                        dial(&me, addr, None);
+                    }
+                    DiscoveryEvent::External { addr, source } => {
+                        info!(%addr, %source, "reachable at external address");
+                        {
+                            let mut st = me.state();
+                            if !st.external.contains(&addr) {
+                                st.external.push(addr);
+                            }
+                        }
+                        me.update_reachable();
+                    }
+                    DiscoveryEvent::ExternalLost { addr, source } => {
+                        info!(%addr, %source, "external address withdrawn");
+                        me.state().external.retain(|a| *a != addr);
+                        me.update_reachable();
+                    }
+                }
+            }
+        });
+    }
+    Ok(inner)
+}
+
+async fn accept_loop(inner: Arc<Inner>) {
+    while let Some(incoming) = inner.endpoint.accept().await {
+        if inner.closing.load(Ordering::Acquire) {
+            incoming.refuse();
+            continue;
+        }
+        let me = inner.clone();
+        let remote = incoming.remote_address();
+        tokio::spawn(async move {
+            let conn = match tokio::time::timeout(me.settings.handshake_timeout, incoming).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    warn!(remote = %canonical(remote), reason = %e, "refused incoming connection");
+                    return;
+                }
+                Err(_) => {
+                    warn!(remote = %canonical(remote), "incoming handshake timed out");
+                    return;
+                }
+            };
+            run_connection(me, conn, Direction::In, None).await;
+        });
+    }
+}
+
+/// Dials `addr` unless already connected or dialling there. `expect` is the
+/// node id we hope to find (from gossip), to avoid parallel dials.
+pub(crate) fn dial(inner: &Arc<Inner>, addr: SocketAddr, expect: Option<NodeId>) {
+    let addr = canonical(addr);
+    if inner.closing.load(Ordering::Acquire) || addr.port() == 0 || addr.ip().is_unspecified() {
+        return;
+    }
+    {
+        let mut st = inner.state();
+        if st.self_addrs.contains(&addr) || st.dialing_addrs.contains(&addr) {
+            return;
+        }
+        if st.neighbours.values().any(|n| n.info.addr == Some(addr)) {
+            return;
+        }
+        if let Some(id) = expect {
+            if st.neighbours.contains_key(&id) {
+                return;
+            }
+        }
+        st.dialing_addrs.insert(addr);
+    }
+    let me = inner.clone();
+    tokio::spawn(async move {
+        let res = dial_once(&me, addr).await;
+        me.state().dialing_addrs.remove(&addr);
+        match res {
+            Ok(conn) => run_connection(me, conn, Direction::Out, Some(addr)).await,
+            Err(e) => debug!(%addr, error = %e, "dial failed"),
+        }
+    });
+}
+
+async fn dial_once(inner: &Arc<Inner>, addr: SocketAddr) -> Result<quinn::Connection, String> {
+    let connecting = inner.endpoint.connect(addr, "partybus").map_err(|e| e.to_string())?;
+    match tokio::time::timeout(inner.settings.handshake_timeout, connecting).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => {
+            // TLS refusals are worth a warning: they name the reason.
+            if matches!(e, quinn::ConnectionError::TransportError(_) | quinn::ConnectionError::ConnectionClosed(_)) {
+                warn!(%addr, reason = %e, "connection refused");
+            }
+            Err(e.to_string())
+        }
+        Err(_) => Err("handshake timed out".into()),
+    }
+}
+
+/// Dials a node learnt through gossip, trying its addresses in order.
+fn dial_known(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>, delay: Duration) {
+    {
+        let mut st = inner.state();
+        if st.neighbours.contains_key(&id) || !st.dialing_ids.insert(id) {
+            return;
+        }
+    }
+    let me = inner.clone();
+    tokio::spawn(async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        for addr in addrs {
+            if me.closing.load(Ordering::Acquire) || me.state().neighbours.contains_key(&id) {
+                break;
+            }
+            let addr = canonical(addr);
+            {
+                let mut st = me.state();
+                if st.self_addrs.contains(&addr) || !st.dialing_addrs.insert(addr) {
+                    continue;
+                }
+            }
+            let res = dial_once(&me, addr).await;
+            me.state().dialing_addrs.remove(&addr);
+            match res {
+                Ok(conn) => {
+                    me.state().dialing_ids.remove(&id);
+                    run_connection(me, conn, Direction::Out, Some(addr)).await;
+                    return;
+                }
+                Err(e) => debug!(%addr, peer = %id.short(), error = %e, "dial failed"),
+            }
+        }
+        me.state().dialing_ids.remove(&id);
+    });
+}
+
+/// Re-dials a lost neighbour with exponential backoff and jitter.
+fn redial(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>) {
+    if addrs.is_empty() {
+        return;
+    }
+    let me = inner.clone();
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let mut backoff = peers::Backoff::new(me.settings.redial_base, me.settings.redial_max);
+        let mut shutdown = me.shutdown.subscribe();
+        loop {
+            let d = backoff.next_delay(rand::random::<f64>());
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            if me.closing.load(Ordering::Acquire) || start.elapsed() > me.settings.redial_for {
+                return;
+            }
+            {
+                let st = me.state();
+                // Back already (it dialled us), or someone else now lives at
+                // its address (it restarted with a new id): done.
+                if st.neighbours.contains_key(&id)
+                    || st.neighbours.values().any(|n| n.info.addr.is_some_and(|a| addrs.contains(&a)))
+                {
+                    return;
+                }
+            }
+            debug!(peer = %id.short(), attempt = backoff.attempts(), "re-dialling lost neighbour");
+            for addr in &addrs {
+                dial(&me, *addr, Some(id));
+            }
+        }
+    });
+}
+
+/// Reads frames until the hello.
+async fn read_hello(recv: &mut quinn::RecvStream, dec: &mut FrameDecoder) -> Result<Hello, String> {
+    loop {
+        if let Some(body) = dec.next_frame().map_err(|e| e.to_string())? {
+            return match wire::parse(&body).map_err(|e| e.to_string())? {
+                Frame::Hello(h) => Ok(h),
+                other => Err(format!("expected hello, got {other:?}")),
+            };
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(None) => return Err("stream ended before hello".into()),
+            Ok(Some(chunk)) => dec.buffer().extend_from_slice(&chunk.bytes),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+
+/// Runs one connection from handshake to end.
+async fn run_connection(inner: Arc<Inner>, conn: quinn::Connection, dir: Direction, dialed: Option<SocketAddr>) {
+    let remote = canonical(conn.remote_address());
+    let cert_name = crate::tls::peer_cert_name(&conn);
+    let max_frame = inner.settings.max_event_size + wire::FRAME_OVERHEAD;
+
+    // 1. Hellos, both ways, within the handshake timeout.
+    let hello_out = Hello { id: inner.id, port: inner.local_addr.port(), addrs: inner.advertised(), observed: remote };
+    let handshake = async {
+        let mut send = conn.open_uni().await.map_err(|e| e.to_string())?;
+        let mut buf = BytesMut::new();
+        wire::put_preamble(&mut buf);
+        wire::put_frame(&mut buf, &Frame::Hello(hello_out));
+        send.write_all(&buf).await.map_err(|e| e.to_string())?;
+        let mut recv = conn.accept_uni().await.map_err(|e| e.to_string())?;
+        let mut dec = FrameDecoder::new(max_frame);
+        let hello = read_hello(&mut recv, &mut dec).await?;
+        Ok::<_, String>((send, recv, dec, hello))
+    };
+    let (send, recv, dec, hello) = match tokio::time::timeout(inner.settings.handshake_timeout, handshake).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            if e.contains("version") || e.contains("magic") {
+                warn!(%remote, error = %e, "protocol mismatch");
+                conn.close(close::VERSION.into(), e.as_bytes());
+            } else {
+                debug!(%remote, error = %e, "hello failed");
+                conn.close(close::PROTOCOL.into(), b"hello failed");
+            }
+            return;
+        }
+        Err(_) => {
+            debug!(%remote, "hello timed out");
+            conn.close(close::PROTOCOL.into(), b"hello timeout");
+            return;
+        }
+    };
+    let peer = hello.id;
+    if peer == inner.id {
+        debug!(%remote, "connected to myself; remembering the address");
+        let mut st = inner.state();
+        st.self_addrs.insert(remote);
+        if let Some(d) = dialed {
+            st.self_addrs.insert(d);
+        }
+        drop(st);
+        conn.close(close::SELF_CONNECT.into(), b"self");
+        return;
+    }
+
+    // 2. Decide, and set the neighbour up.
+    let primary = peers::is_primary(inner.id, peer, dir);
+    let ctl = Arc::new(ConnCtl { retiring: AtomicBool::new(false), retire: Notify::new() });
+    let info = Arc::new(PeerInfo { id: peer, name: cert_name.clone(), addr: Some(remote), local: false });
+    let mut gossip_addrs = vec![remote];
+    for a in &hello.addrs {
+        let a = canonical(*a);
+        if !gossip_addrs.contains(&a) {
+            gossip_addrs.push(a);
+        }
+    }
+    let (_verdict, queue, writer_lock, drain) = {
+        let mut st = inner.state();
+        let obs = canonical(hello.observed);
+        if !st.observed.contains(&obs) {
+            st.observed.insert(0, obs);
+            st.observed.truncate(8);
+        }
+        st.dialing_ids.remove(&peer);
+        let verdict = peers::decide(st.neighbours.get(&peer).map(|n| n.primary), primary);
+        match verdict {
+            Verdict::Activate => {
+                let queue = Arc::new(SendQueue::new(inner.settings.queue_limit));
+                let drain = Arc::new(Drain::default());
+                let writer_lock = Arc::new(tokio::sync::Mutex::new(()));
+                // What the new neighbour must know first: our subscriptions,
+                // then the rest of the mesh.
+                let subs = st.subs.local_wire();
+                if !subs.is_empty() {
+                    let _ = queue.push_control(|b| wire::put_frame(b, &Frame::Subscribe(subs)));
+                }
+                let others: Vec<PeerAddrs> = st
+                    .neighbours
+                    .values()
+                    .map(|n| PeerAddrs {
+                        id: n.info.id,
+                        addrs: n.gossip_addrs.iter().copied().filter(|a| peers::may_gossip(*a, remote, inner.settings.allow_non_global)).collect(),
+                    })
+                    .filter(|p| !p.addrs.is_empty())
+                    .collect();
+                if !others.is_empty() {
+                    let _ = queue.push_control(|b| wire::put_frame(b, &Frame::Peers(others)));
+                }
+                // Announce it to the others, unless the mesh already heard of
+                // it through gossip (then whoever told us told everyone).
+                let heard = st.known.get(&peer).is_some_and(|k| k.via_gossip);
+                if !heard {
+                    for n in st.neighbours.values() {
+                        let link = n.info.addr.unwrap_or(remote);
+                        let addrs: Vec<SocketAddr> =
+                            gossip_addrs.iter().copied().filter(|a| peers::may_gossip(*a, link, inner.settings.allow_non_global)).collect();
+                        if !addrs.is_empty() {
+                            let f = Frame::Peers(vec![PeerAddrs { id: peer, addrs }]);
+                            let _ = n.queue.push_control(|b| wire::put_frame(b, &f));
+                        }
+                    }
+                }
+                st.known.insert(peer, Known { addrs: gossip_addrs.clone(), via_gossip: heard });
+                st.neighbours.insert(
+                    peer,
+                    Neighbour {
+                        info: info.clone(),
+                        direction: dir,
+                        queue: queue.clone(),
+                        conn: conn.clone(),
+                        ctl: ctl.clone(),
+                        primary,
+                        gossip_addrs: gossip_addrs.clone(),
+                        writer_lock: writer_lock.clone(),
+                        drain: drain.clone(),
+                    },
+                );
+                let n = st.neighbours.len();
+                inner.changed(&mut st);
+                inner.count_tx.send_replace(n);
+                let ninfo = neighbour_info(st.neighbours.get(&peer).expect("just inserted"));
+                drop(st);
+                info!(peer = %peer.short(), name = %cert_name, addr = %remote, direction = %dir, neighbours = n, "neighbour found");
+                let _ = inner.events.send(NeighbourEvent::Found(ninfo));
+                (verdict, Some(queue), Some(writer_lock), drain)
+            }
+            Verdict::Replace => {
+                let nb = st.neighbours.get_mut(&peer).expect("decide saw it");
+                debug!(peer = %peer.short(), "second connection wins; retiring the older one");
+                nb.ctl.retiring.store(true, Ordering::Release);
+                nb.ctl.retire.notify_one();
+                nb.drain.count.fetch_add(1, Ordering::AcqRel);
+                nb.conn = conn.clone();
+                nb.ctl = ctl.clone();
+                nb.primary = primary;
+                nb.direction = dir;
+                nb.info = info.clone();
+                (verdict, Some(nb.queue.clone()), Some(nb.writer_lock.clone()), nb.drain.clone())
+            }
+            Verdict::Retire => {
+                let nb = st.neighbours.get(&peer).expect("decide saw it");
+                debug!(peer = %peer.short(), "duplicate connection; retiring it");
+                ctl.retiring.store(true, Ordering::Release);
+                nb.drain.count.fetch_add(1, Ordering::AcqRel);
+                (verdict, None, None, nb.drain.clone())
+            }
+        }
+    };
+
+    // 3. Writer.
+    let writer = {
+        let ctl = ctl.clone();
+        let conn2 = conn.clone();
+        tokio::spawn(run_writer(send, queue, writer_lock, ctl, conn2))
+    };
+
+    // 4. Reader, until the stream or the connection ends.
+    let outcome = run_reader(&inner, peer, &info, recv, dec, &ctl, &drain, remote).await;
+
+    // 5. Clean up.
+    if matches!(outcome, ReaderEnd::Retired) && !ctl.retiring.load(Ordering::Acquire) {
+        // The peer switched to another connection that has not reached us
+        // yet: give it time to arrive before calling the neighbour lost.
+        let deadline = Instant::now() + inner.settings.handshake_timeout;
+        while !ctl.retiring.load(Ordering::Acquire) && Instant::now() < deadline && !inner.closing.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let was_retiring = ctl.retiring.load(Ordering::Acquire);
+    if was_retiring {
+        drain.count.fetch_sub(1, Ordering::AcqRel);
+        drain.done.notify_waiters();
+        // Both sides are done with this stream; let the writer's finish be
+        // acknowledged, then close quietly.
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        conn.close(close::DUPLICATE.into(), b"duplicate");
+        return;
+    }
+    // The active connection ended: the neighbour is lost.
+    let reason = match &outcome {
+        ReaderEnd::Eof => "left".to_owned(),
+        ReaderEnd::Retired => "switched connection, but the new one never came".to_owned(),
+        ReaderEnd::Conn(e) => describe_close(e),
+        ReaderEnd::Protocol(e) => {
+            warn!(peer = %peer.short(), name = %cert_name, addr = %remote, error = %e, "peer broke the protocol; disconnecting");
+            conn.close(close::PROTOCOL.into(), e.as_bytes());
+            format!("protocol error: {e}")
+        }
+    };
+    writer.abort();
+    let goodbye = matches!(&outcome, ReaderEnd::Eof)
+        || matches!(&outcome, ReaderEnd::Conn(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == close::GOODBYE.into())
+        || matches!(&outcome, ReaderEnd::Conn(quinn::ConnectionError::LocallyClosed));
+    let lost = {
+        let mut st = inner.state();
+        let is_active = st.neighbours.get(&peer).is_some_and(|n| Arc::ptr_eq(&n.ctl, &ctl));
+        if is_active {
+            let nb = st.neighbours.remove(&peer).expect("checked");
+            nb.queue.close();
+            st.subs.remove_peer(peer);
+            let n = st.neighbours.len();
+            inner.changed(&mut st);
+            inner.count_tx.send_replace(n);
+            Some((neighbour_info(&nb), n, st.known.get(&peer).map(|k| k.addrs.clone()).unwrap_or_default()))
+        } else {
+            None
+        }
+    };
+    if let Some((ninfo, n, addrs)) = lost {
+        info!(peer = %peer.short(), name = %cert_name, addr = %remote, reason = %reason, neighbours = n, "neighbour lost");
+        let _ = inner.events.send(NeighbourEvent::Lost { info: ninfo, reason });
+        conn.close(close::GOODBYE.into(), b"bye");
+        if !goodbye && !inner.closing.load(Ordering::Acquire) {
+            redial(&inner, peer, addrs);
+        } else {
+            inner.state().known.remove(&peer);
+        }
+    }
+}
+
+fn describe_close(e: &quinn::ConnectionError) -> String {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == close::GOODBYE.into() => "left".into(),
+        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == close::PROTOCOL.into() => {
+            format!("closed by peer: protocol error ({})", String::from_utf8_lossy(&c.reason))
+        }
+        quinn::ConnectionError::TimedOut => "timed out (no answer within the idle timeout)".into(),
+        other => other.to_string(),
+    }
+}
+
+enum ReaderEnd {
+    Eof,
+    /// The peer retired this connection (it switches to another one).
+    Retired,
+    Conn(quinn::ConnectionError),
+    Protocol(String),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_reader(
+    inner: &Arc<Inner>,
+    peer: NodeId,
+    info: &Arc<PeerInfo>,
+    mut recv: quinn::RecvStream,
+    mut dec: FrameDecoder,
+    ctl: &Arc<ConnCtl>,
+    drain: &Arc<Drain>,
+    remote: SocketAddr,
+) -> ReaderEnd {
+    let mut last_name: Arc<str> = Arc::from("");
+    let mut batch: Vec<Delivery> = Vec::new();
+    let mut got_retire = false;
+    loop {
+        // Decode everything buffered.
+        loop {
+            let body = match dec.next_frame() {
+                Ok(Some(b)) => b,
+                Ok(None) => break,
+                Err(e) => return ReaderEnd::Protocol(e.to_string()),
+            };
+            let frame = match wire::parse(&body) {
+                Ok(f) => f,
+                Err(e) => return ReaderEnd::Protocol(e.to_string()),
+            };
+            match frame {
+                Frame::Event { name, payload } => {
+                    if crate::name::validate_name(name).is_err() {
+                        return ReaderEnd::Protocol(format!("invalid event name {name:?}"));
+                    }
+                    if name.len() + payload.len() > inner.settings.max_event_size {
+                        return ReaderEnd::Protocol(format!("event of {} bytes over the limit", name.len() + payload.len()));
+                    }
+                    if *last_name != *name {
+                        last_name = Arc::from(name);
+                    }
+                    batch.push(Delivery { name: last_name.clone(), source: info.clone(), payload: body.slice_ref(payload) });
+                }
+                Frame::Subscribe(subs) => {
+                    let mut st = inner.state();
+                    for s in subs {
+                        if let Err(e) = st.subs.add_remote(peer, s.id, &s.selector, s.spy) {
+                            warn!(peer = %peer.short(), error = %e, "subscription refused");
+                        }
+                    }
+                    inner.changed(&mut st);
+                }
+                Frame::Unsubscribe(ids) => {
+                    let mut st = inner.state();
+                    for id in ids {
+                        st.subs.remove_remote(peer, id);
+                    }
+                    inner.changed(&mut st);
+                }
+                Frame::Peers(list) => {
+                    if list.len() > 10_000 {
+                        return ReaderEnd::Protocol("gossip list too long".into());
+                    }
+                    handle_gossip(inner, list, remote);
+                }
+                Frame::Retire => {
+                    // The peer sends nothing more here; EOF follows.
+                    got_retire = true;
+                }
+                Frame::Hello(_) => return ReaderEnd::Protocol("second hello".into()),
+            }
+        }
+        if !batch.is_empty() {
+            // Keep emit order across a connection switch: events still
+            // arriving on a retiring connection go first.
+            if !ctl.retiring.load(Ordering::Acquire) {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while drain.count.load(Ordering::Acquire) > 0 {
+                    let n = drain.done.notified();
+                    if drain.count.load(Ordering::Acquire) == 0 || tokio::time::timeout_at(deadline, n).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            if inner.dispatch_tx.send(std::mem::take(&mut batch)).await.is_err() {
+                return ReaderEnd::Eof;
+            }
+        }
+        match recv.read_chunk(256 * 1024, true).await {
+            Ok(None) => {
+                // Clean end of stream: retire (a switch) or leave.
+                return if got_retire { ReaderEnd::Retired } else { ReaderEnd::Eof };
+            }
+            Ok(Some(chunk)) => dec.buffer().extend_from_slice(&chunk.bytes),
+            Err(quinn::ReadError::ConnectionLost(e)) => return ReaderEnd::Conn(e),
+            Err(e) => return ReaderEnd::Protocol(format!("stream error: {e}")),
+        }
+    }
+}
+
+fn handle_gossip(inner: &Arc<Inner>, list: Vec<PeerAddrs>, link: SocketAddr) {
+    let allow = inner.settings.allow_non_global;
+    let mut to_dial = Vec::new();
+    {
+        let mut st = inner.state();
+        for p in list {
+            if p.id == inner.id || st.neighbours.contains_key(&p.id) {
+                continue;
+            }
+            let addrs: Vec<SocketAddr> =
+                p.addrs.into_iter().map(canonical).filter(|a| peers::may_gossip(*a, link, allow)).take(16).collect();
+            if addrs.is_empty() {
+                continue;
+            }
+            st.known.insert(p.id, Known { addrs: addrs.clone(), via_gossip: true });
+            to_dial.push((p.id, addrs));
+        }
+    }
+    for (id, addrs) in to_dial {
+        let delay = peers::gossip_dial_delay(inner.id, id, inner.settings.gossip_dial_delay);
+        dial_known(inner, id, addrs, delay);
+    }
+}
+
+async fn run_writer(
+    mut send: quinn::SendStream,
+    queue: Option<Arc<SendQueue>>,
+    lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    ctl: Arc<ConnCtl>,
+    conn: quinn::Connection,
+) {
+    let retire_now = |_: &mut quinn::SendStream| {
+        let mut b = BytesMut::new();
+        wire::put_frame(&mut b, &Frame::Retire);
+        b.freeze()
+    };
+    let (Some(queue), Some(lock)) = (queue, lock) else {
+        // A retired-at-birth connection: say so and finish.
+        let b = retire_now(&mut send);
+        let _ = send.write_chunk(b).await;
+        let _ = send.finish();
+        let _ = send.stopped().await;
+        return;
+    };
+    // One writer at a time: a replacement waits for the retiring writer.
+    let _guard = tokio::select! {
+        g = lock.lock_owned() => g,
+        _ = conn.closed() => return,
+    };
+    loop {
+        if ctl.retiring.load(Ordering::Acquire) {
+            let b = retire_now(&mut send);
+            let _ = send.write_chunk(b).await;
+            let _ = send.finish();
+            return; // releases the lock: the new writer continues the queue
+        }
+        tokio::select! {
+            biased;
+            _ = ctl.retire.notified() => continue,
+            data = queue.take() => match data {
+                Some(bytes) => {
+                    if let Err(e) = send.write_chunk(bytes).await {
+                        debug!(error = %e, "write failed");
+                        return;
+                    }
+                }
+                None => {
+                    // Queue finished (leave): flush and end the stream.
+                    let _ = send.finish();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// Leaves the hood: stops discovery, flushes queues, closes every
+/// connection with GOODBYE, releases the port.
+pub(crate) async fn leave(inner: &Arc<Inner>) {
+    if inner.closing.swap(true, Ordering::AcqRel) {
+        // Already leaving: wait for the endpoint to go idle.
+        inner.endpoint.wait_idle().await;
+        return;
+    }
+    inner.discovery_stop.stop();
+    let conns: Vec<(Arc<SendQueue>, quinn::Connection)> = {
+        let st = inner.state();
+        st.neighbours.values().map(|n| (n.queue.clone(), n.conn.clone())).collect()
+    };
+    for (q, _) in &conns {
+        q.finish();
+    }
+    // Give writers a moment to flush what emit already counted.
+    let flush = async {
+        for (q, _) in &conns {
+            while q.queued_bytes() > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), flush).await;
+    inner.endpoint.close(close::GOODBYE.into(), b"leave");
+    let _ = tokio::time::timeout(Duration::from_secs(2), inner.endpoint.wait_idle()).await;
+    // Stop discovery (bounded), the dispatcher and the rest.
+    let _ = inner.shutdown.send(true);
+    let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *relock(&inner.tasks));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    for t in tasks {
+        let abort = t.abort_handle();
+        if tokio::time::timeout_at(deadline, t).await.is_err() {
+            abort.abort();
+        }
+    }
+    let mut st = inner.state();
+    st.listeners.clear();
+    st.listener_cache.clear();
+    st.observers.clear();
+    st.neighbours.clear();
+    info!(id = %inner.id, "left the hood");
+}

@@ -1,0 +1,234 @@
+//! A neighbour's bounded send queue.
+//!
+//! `emit` appends encoded frames straight into the queue's buffer (one copy,
+//! no allocation per event); the connection's writer task takes the whole
+//! buffer at once and hands it to QUIC as one large write. That batching is
+//! what makes small events cheap: QUIC's cost is per write, not per byte.
+//!
+//! The queue is bounded in bytes. A frame is accepted when the queue is
+//! empty (so one event larger than the limit still passes) or when it fits.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::Notify;
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// Over the limit: wait for [`SendQueue::space`] or apply the full policy.
+    Full,
+    /// The neighbour is gone.
+    Closed,
+}
+
+struct Inner {
+    buf: BytesMut,
+    closed: bool,
+}
+
+/// Bounded byte queue between emitters and one connection writer.
+pub struct SendQueue {
+    inner: Mutex<Inner>,
+    limit: usize,
+    /// Wakes the writer: data queued (or queue closed).
+    data: Notify,
+    /// Wakes emitters: the writer took the buffer (or queue closed).
+    space: Notify,
+    dropped: AtomicU64,
+    sent_frames: AtomicU64,
+}
+
+impl SendQueue {
+    pub fn new(limit: usize) -> SendQueue {
+        SendQueue {
+            inner: Mutex::new(Inner { buf: BytesMut::new(), closed: false }),
+            limit: limit.max(1),
+            data: Notify::new(),
+            space: Notify::new(),
+            dropped: AtomicU64::new(0),
+            sent_frames: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the buffer invalid
+        // (appends are plain byte copies), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends a frame produced by `write` if it fits (`len` is an upper
+    /// bound of what `write` appends).
+    pub fn push_with(&self, len: usize, write: impl FnOnce(&mut BytesMut)) -> Result<(), PushError> {
+        let mut g = self.lock();
+        if g.closed {
+            return Err(PushError::Closed);
+        }
+        let was_empty = g.buf.is_empty();
+        if !was_empty && g.buf.len() + len > self.limit {
+            return Err(PushError::Full);
+        }
+        if g.buf.capacity() - g.buf.len() < len {
+            // Grow in big steps so many small frames share one allocation.
+            g.buf.reserve(len.max(64 * 1024));
+        }
+        write(&mut g.buf);
+        drop(g);
+        self.sent_frames.fetch_add(1, Ordering::Relaxed);
+        if was_empty {
+            self.data.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Appends a frame whatever the limit (control frames: subscriptions,
+    /// gossip; they are small and must never be dropped).
+    pub fn push_control(&self, write: impl FnOnce(&mut BytesMut)) -> Result<(), PushError> {
+        let mut g = self.lock();
+        if g.closed {
+            return Err(PushError::Closed);
+        }
+        let was_empty = g.buf.is_empty();
+        write(&mut g.buf);
+        drop(g);
+        if was_empty {
+            self.data.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Waits until the writer takes the buffer or the queue closes.
+    /// Register interest *before* re-checking, to miss no wake-up:
+    /// use [`SendQueue::space_notified`].
+    pub fn space_notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.space.notified()
+    }
+
+    /// The writer's side: everything queued, or `None` once closed and empty.
+    pub async fn take(&self) -> Option<Bytes> {
+        loop {
+            let notified = self.data.notified();
+            {
+                let mut g = self.lock();
+                if !g.buf.is_empty() {
+                    let out = g.buf.split().freeze();
+                    drop(g);
+                    self.space.notify_waiters();
+                    return Some(out);
+                }
+                if g.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes what is queued without waiting.
+    pub fn try_take(&self) -> Option<Bytes> {
+        let mut g = self.lock();
+        if g.buf.is_empty() {
+            return None;
+        }
+        let out = g.buf.split().freeze();
+        drop(g);
+        self.space.notify_waiters();
+        Some(out)
+    }
+
+    /// Closes the queue: pushes fail, waiting emitters and the writer wake.
+    /// Returns the bytes that were still queued.
+    pub fn close(&self) -> usize {
+        let mut g = self.lock();
+        g.closed = true;
+        let left = g.buf.len();
+        g.buf = BytesMut::new();
+        drop(g);
+        self.data.notify_one();
+        self.space.notify_waiters();
+        left
+    }
+
+    /// Marks the end of input without discarding what is queued (leave):
+    /// the writer drains, then sees `None`.
+    pub fn finish(&self) {
+        let mut g = self.lock();
+        g.closed = true;
+        drop(g);
+        self.data.notify_one();
+        self.space.notify_waiters();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().buf.len()
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub fn note_dropped(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events dropped for this neighbour under the `Drop` policy.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Event frames accepted.
+    pub fn sent_frames(&self) -> u64 {
+        self.sent_frames.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    #[tokio::test]
+    async fn bounded_and_fifo() {
+        let q = SendQueue::new(10);
+        q.push_with(6, |b| b.put_slice(b"abcdef")).unwrap();
+        assert_eq!(q.push_with(6, |b| b.put_slice(b"ghijkl")), Err(PushError::Full));
+        q.push_with(4, |b| b.put_slice(b"ghij")).unwrap();
+        assert_eq!(&q.take().await.unwrap()[..], b"abcdefghij");
+        // empty queue accepts one oversized frame
+        q.push_with(20, |b| b.put_slice(&[1; 20])).unwrap();
+        assert_eq!(q.push_with(1, |b| b.put_u8(1)), Err(PushError::Full));
+        q.push_control(|b| b.put_u8(9)).unwrap();
+        assert_eq!(q.take().await.unwrap().len(), 21);
+        q.push_with(1, |b| b.put_u8(1)).unwrap();
+        q.finish();
+        assert_eq!(q.take().await.unwrap().len(), 1);
+        assert_eq!(q.take().await, None);
+        assert_eq!(q.push_with(1, |b| b.put_u8(1)), Err(PushError::Closed));
+    }
+
+    #[tokio::test]
+    async fn waiting_emitter_wakes_when_writer_takes() {
+        let q = std::sync::Arc::new(SendQueue::new(4));
+        q.push_with(4, |b| b.put_slice(b"full")).unwrap();
+        let q2 = q.clone();
+        let waiter = tokio::spawn(async move {
+            loop {
+                let n = q2.space_notified();
+                match q2.push_with(4, |b| b.put_slice(b"next")) {
+                    Ok(()) => return,
+                    Err(PushError::Full) => n.await,
+                    Err(PushError::Closed) => panic!("closed"),
+                }
+            }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(&q.take().await.unwrap()[..], b"full");
+        waiter.await.unwrap();
+        assert_eq!(&q.take().await.unwrap()[..], b"next");
+    }
+}

@@ -1,0 +1,232 @@
+//! The subscription table (sans I/O): local listeners and every neighbour's
+//! subscriptions, and the cached answer to "who wants event X?".
+//!
+//! Routes are cached per event name and the whole cache is dropped on any
+//! change, because subscriptions change rarely and events are hot. The cache
+//! is bounded: past [`ROUTE_CACHE_MAX`] names it starts again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::id::NodeId;
+use crate::name::Selector;
+
+/// Most event names whose routes are cached at once.
+pub const ROUTE_CACHE_MAX: usize = 4096;
+
+/// Where an event must go.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Local listener ids that match (spies included), in registration order.
+    pub local: Vec<u64>,
+    /// Of those, how many are not spies.
+    pub local_counted: usize,
+    /// Neighbours with at least one matching subscription (spies included),
+    /// with how many of their matching subscriptions are not spies.
+    pub remote: Vec<(NodeId, usize)>,
+}
+
+impl Route {
+    /// Non-spy listeners reached: what `emit` resolves to.
+    pub fn counted(&self) -> usize {
+        self.local_counted + self.remote.iter().map(|(_, n)| n).sum::<usize>()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Sub {
+    selector: Selector,
+    spy: bool,
+}
+
+/// Why a remote subscription was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubLimitError {
+    #[error("peer {peer:?} has {max} subscriptions already, the limit (max_subscriptions_per_peer)")]
+    TooMany { peer: NodeId, max: usize },
+    #[error("peer {peer:?} sent a bad selector: {err}")]
+    BadSelector { peer: NodeId, err: crate::name::NameError },
+}
+
+/// Local and remote subscriptions.
+pub struct SubTable {
+    local: BTreeMap<u64, Sub>,
+    remote: HashMap<NodeId, BTreeMap<u64, Sub>>,
+    cache: HashMap<Box<str>, Arc<Route>>,
+    max_per_peer: usize,
+    generation: u64,
+}
+
+impl SubTable {
+    pub fn new(max_per_peer: usize) -> SubTable {
+        SubTable { local: BTreeMap::new(), remote: HashMap::new(), cache: HashMap::new(), max_per_peer, generation: 0 }
+    }
+
+    fn changed(&mut self) {
+        self.cache.clear();
+        self.generation += 1;
+    }
+
+    /// Bumped on every change; observers compare it.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn add_local(&mut self, id: u64, selector: Selector, spy: bool) {
+        self.local.insert(id, Sub { selector, spy });
+        self.changed();
+    }
+
+    /// Removes a local listener; returns whether it existed.
+    pub fn remove_local(&mut self, id: u64) -> bool {
+        let had = self.local.remove(&id).is_some();
+        if had {
+            self.changed();
+        }
+        had
+    }
+
+    /// Local listener ids whose selector is exactly `selector` (or all when `None`).
+    pub fn local_ids(&self, selector: Option<&str>) -> Vec<u64> {
+        self.local.iter().filter(|(_, s)| selector.is_none_or(|t| s.selector.as_str() == t)).map(|(id, _)| *id).collect()
+    }
+
+    /// Local subscriptions in the form they travel in.
+    pub fn local_wire(&self) -> Vec<crate::wire::WireSub> {
+        self.local
+            .iter()
+            .map(|(id, s)| crate::wire::WireSub { id: *id, selector: s.selector.as_str().to_owned(), spy: s.spy })
+            .collect()
+    }
+
+    /// Adds a neighbour's subscription (idempotent by id), within limits.
+    pub fn add_remote(&mut self, peer: NodeId, id: u64, selector: &str, spy: bool) -> Result<(), SubLimitError> {
+        let selector = Selector::new(selector).map_err(|err| SubLimitError::BadSelector { peer, err })?;
+        let subs = self.remote.entry(peer).or_default();
+        if !subs.contains_key(&id) && subs.len() >= self.max_per_peer {
+            return Err(SubLimitError::TooMany { peer, max: self.max_per_peer });
+        }
+        subs.insert(id, Sub { selector, spy });
+        self.changed();
+        Ok(())
+    }
+
+    pub fn remove_remote(&mut self, peer: NodeId, id: u64) {
+        if let Some(subs) = self.remote.get_mut(&peer) {
+            if subs.remove(&id).is_some() {
+                self.changed();
+            }
+        }
+    }
+
+    /// Forgets everything a neighbour subscribed to (it is gone).
+    pub fn remove_peer(&mut self, peer: NodeId) {
+        if self.remote.remove(&peer).is_some() {
+            self.changed();
+        }
+    }
+
+    /// How many subscriptions a neighbour holds.
+    pub fn remote_len(&self, peer: NodeId) -> usize {
+        self.remote.get(&peer).map_or(0, |s| s.len())
+    }
+
+    /// Who wants `name` (cached).
+    pub fn route(&mut self, name: &str) -> Arc<Route> {
+        if let Some(r) = self.cache.get(name) {
+            return r.clone();
+        }
+        let r = Arc::new(self.compute(name));
+        if self.cache.len() >= ROUTE_CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(name.into(), r.clone());
+        r
+    }
+
+    fn compute(&self, name: &str) -> Route {
+        let mut route = Route::default();
+        for (id, s) in &self.local {
+            if s.selector.matches(name) {
+                route.local.push(*id);
+                route.local_counted += usize::from(!s.spy);
+            }
+        }
+        for (peer, subs) in &self.remote {
+            let mut any = false;
+            let mut counted = 0;
+            for s in subs.values() {
+                if s.selector.matches(name) {
+                    any = true;
+                    counted += usize::from(!s.spy);
+                }
+            }
+            if any {
+                route.remote.push((*peer, counted));
+            }
+        }
+        route.remote.sort_unstable();
+        route
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(s: &str) -> Selector {
+        Selector::new(s).unwrap()
+    }
+
+    #[test]
+    fn routes_count_non_spies_and_send_once_per_peer() {
+        let a = NodeId([1; 16]);
+        let b = NodeId([2; 16]);
+        let mut t = SubTable::new(10);
+        t.add_local(1, sel("music"), false);
+        t.add_local(2, sel("+"), true);
+        t.add_remote(a, 1, "music", false).unwrap();
+        t.add_remote(a, 2, "mus+", false).unwrap();
+        t.add_remote(a, 3, "#", true).unwrap();
+        t.add_remote(b, 1, "#", true).unwrap();
+        let r = t.route("music");
+        assert_eq!(r.local, vec![1, 2]);
+        assert_eq!(r.local_counted, 1);
+        assert_eq!(r.remote, vec![(a, 2), (b, 0)]);
+        assert_eq!(r.counted(), 3);
+        // cached until a change
+        assert!(Arc::ptr_eq(&r, &t.route("music")));
+        t.remove_peer(a);
+        let r2 = t.route("music");
+        assert_eq!(r2.remote, vec![(b, 0)]);
+        assert_eq!(r2.counted(), 1);
+        t.remove_local(1);
+        assert_eq!(t.route("music").counted(), 0);
+        assert_eq!(t.route("$SYS").remote, vec![]);
+    }
+
+    #[test]
+    fn remote_limits_and_idempotence() {
+        let a = NodeId([1; 16]);
+        let mut t = SubTable::new(2);
+        t.add_remote(a, 1, "x", false).unwrap();
+        t.add_remote(a, 1, "x", false).unwrap();
+        t.add_remote(a, 2, "y", false).unwrap();
+        assert!(matches!(t.add_remote(a, 3, "z", false), Err(SubLimitError::TooMany { .. })));
+        assert!(matches!(t.add_remote(a, 2, "bad selector", false), Err(SubLimitError::BadSelector { .. })));
+        assert_eq!(t.remote_len(a), 2);
+        t.remove_remote(a, 1);
+        t.remove_remote(a, 1);
+        assert_eq!(t.remote_len(a), 1);
+    }
+
+    #[test]
+    fn cache_is_bounded() {
+        let mut t = SubTable::new(1);
+        t.add_local(1, sel("+"), false);
+        for i in 0..(ROUTE_CACHE_MAX * 2) {
+            t.route(&format!("n{i}"));
+        }
+        assert!(t.cache.len() <= ROUTE_CACHE_MAX);
+    }
+}

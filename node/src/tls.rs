@@ -1,0 +1,61 @@
+//! QUIC endpoint configuration: mutual TLS against the hood CA (the
+//! verifiers live in `partybus-pki`), ALPN `partybus/1`, and transport
+//! settings.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::wire::ALPN;
+
+/// Errors building the QUIC configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error(transparent)]
+    Pki(#[from] partybus_pki::PkiError),
+    #[error("TLS configuration is not usable for QUIC: {0}")]
+    Quic(String),
+}
+
+fn transport(cfg: &Config) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(cfg.keep_alive));
+    // An idle timeout above QUIC's limit is clamped to the limit.
+    let idle = quinn::IdleTimeout::try_from(cfg.idle_timeout).unwrap_or(quinn::VarInt::MAX.into());
+    t.max_idle_timeout(Some(idle));
+    // We use one unidirectional stream per direction and nothing else: a
+    // peer cannot make us hold more.
+    t.max_concurrent_bidi_streams(0u32.into());
+    t.max_concurrent_uni_streams(4u32.into());
+    t.datagram_receive_buffer_size(None);
+    Arc::new(t)
+}
+
+pub fn server_config(cfg: &Config) -> Result<quinn::ServerConfig, TlsSetupError> {
+    let mut tls = partybus_pki::server_config(&cfg.identity, &cfg.hood)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TlsSetupError::Quic(e.to_string()))?;
+    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    sc.transport_config(transport(cfg));
+    // Addresses are validated by the TLS handshake itself; a retry round
+    // trip would only slow mesh formation down.
+    sc.migration(true);
+    Ok(sc)
+}
+
+pub fn client_config(cfg: &Config) -> Result<quinn::ClientConfig, TlsSetupError> {
+    let mut tls = partybus_pki::client_config(&cfg.identity, &cfg.hood)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| TlsSetupError::Quic(e.to_string()))?;
+    let mut cc = quinn::ClientConfig::new(Arc::new(quic));
+    cc.transport_config(transport(cfg));
+    Ok(cc)
+}
+
+/// The CN of the certificate a connection's peer presented.
+pub fn peer_cert_name(conn: &quinn::Connection) -> String {
+    conn.peer_identity()
+        .and_then(|id| id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().and_then(|c| partybus_pki::peer_name(c)))
+        .unwrap_or_else(|| "?".to_owned())
+}

@@ -1,0 +1,312 @@
+//! rustls configurations whose verifiers accept exactly the certificates
+//! issued by one hood.
+//!
+//! Both directions use the same check ([`crate::cert::check_peer`]): the
+//! certificate's issuer is the hood's subject, the hood's key made its
+//! signature, it is not a CA, its extendedKeyUsage (if any) allows the role,
+//! and it is valid now. There is no host name check: peers are reached by IP
+//! address and identified by their certificate, not by a DNS name. The TLS
+//! 1.3 handshake signature is checked against the certificate's raw public
+//! key, so X.509 v1 certificates (old openssl) work as well as v3 ones.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
+
+use crate::cert::{self, CertFacts, Problem, Purpose};
+use crate::error::PkiError;
+use crate::hood::Hood;
+use crate::identity::Identity;
+
+/// The one crypto provider this crate uses: rustls' *ring* provider.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS 1.3 server configuration for `identity` that requires every client
+/// to present a certificate issued by `hood`. ALPN is left to the caller.
+pub fn server_config(identity: &Identity, hood: &Hood) -> Result<rustls::ServerConfig, PkiError> {
+    same_hood(identity, hood)?;
+    let provider = provider();
+    let verifier = Arc::new(HoodClientVerifier(HoodVerifier::new(
+        hood,
+        provider.clone(),
+    )));
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_error(identity, e))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(certified_key(identity)?))
+}
+
+/// A TLS 1.3 client configuration for `identity`: presents its certificate
+/// and accepts only servers whose certificate was issued by `hood` (no host
+/// name check). ALPN is left to the caller.
+pub fn client_config(identity: &Identity, hood: &Hood) -> Result<rustls::ClientConfig, PkiError> {
+    same_hood(identity, hood)?;
+    let provider = provider();
+    let verifier = Arc::new(HoodServerVerifier(HoodVerifier::new(
+        hood,
+        provider.clone(),
+    )));
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_error(identity, e))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(certified_key(identity)?))
+}
+
+/// Our certificate and key for rustls. Built by hand because rustls'
+/// `with_single_cert` / `with_client_auth_cert` re-check the key against the
+/// certificate with webpki, which refuses X.509 v1 certificates (old openssl
+/// peers); [`Identity`] has already checked that they match.
+fn certified_key(identity: &Identity) -> Result<Arc<SingleCertAndKey>, PkiError> {
+    let key = rustls::crypto::ring::sign::any_supported_type(&identity.key_der())
+        .map_err(|e| tls_error(identity, e))?;
+    Ok(Arc::new(SingleCertAndKey::from(CertifiedKey::new(
+        vec![identity.cert_der().clone()],
+        key,
+    ))))
+}
+
+/// The name (CN) in a peer's certificate, for logs and as the message
+/// source name; `None` if the certificate cannot be parsed or has no CN.
+pub fn peer_name(cert: &CertificateDer<'_>) -> Option<String> {
+    CertFacts::parse(cert).ok()?.cn
+}
+
+fn same_hood(identity: &Identity, hood: &Hood) -> Result<(), PkiError> {
+    if identity.hood_fingerprint() == hood.fingerprint() {
+        Ok(())
+    } else {
+        Err(PkiError::HoodMismatch {
+            identity: identity.name().to_string(),
+            identity_hood: identity.hood_fingerprint().to_string(),
+            hood: hood.fingerprint().to_string(),
+        })
+    }
+}
+
+fn tls_error(identity: &Identity, e: Error) -> PkiError {
+    PkiError::Tls {
+        identity: identity.name().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Refusal reasons that have no rustls variant of their own; shown in full in
+/// the rustls error text.
+struct Refused(String);
+
+impl fmt::Debug for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// The shared part of both verifiers.
+struct HoodVerifier {
+    hood: Hood,
+    provider: Arc<CryptoProvider>,
+    hints: Vec<DistinguishedName>,
+}
+
+impl fmt::Debug for HoodVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HoodVerifier")
+            .field("hood", &self.hood.name())
+            .field("fingerprint", &self.hood.fingerprint())
+            .finish()
+    }
+}
+
+impl HoodVerifier {
+    fn new(hood: &Hood, provider: Arc<CryptoProvider>) -> Self {
+        HoodVerifier {
+            hints: vec![DistinguishedName::from(hood.facts.subject_raw.clone())],
+            hood: hood.clone(),
+            provider,
+        }
+    }
+
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        now: UnixTime,
+        purpose: Purpose,
+    ) -> Result<(), Error> {
+        let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        cert::check_peer(
+            end_entity,
+            &self.hood,
+            now_secs,
+            purpose,
+            &self.provider.signature_verification_algorithms,
+        )
+        .map(|_| ())
+        .map_err(|p| self.to_rustls(p, now))
+    }
+
+    fn to_rustls(&self, p: Problem, now: UnixTime) -> Error {
+        let secs =
+            |t: i64| UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.max(0) as u64));
+        let e = match p {
+            Problem::Malformed(_) => CertificateError::BadEncoding,
+            Problem::UnknownIssuer { .. } => CertificateError::UnknownIssuer,
+            Problem::BadSignature => CertificateError::BadSignature,
+            Problem::Expired { not_after } => CertificateError::ExpiredContext {
+                time: now,
+                not_after: secs(not_after),
+            },
+            Problem::NotYetValid { not_before } => CertificateError::NotValidYetContext {
+                time: now,
+                not_before: secs(not_before),
+            },
+            Problem::WrongPurpose { .. } => CertificateError::InvalidPurpose,
+            Problem::IsCa | Problem::UnsupportedAlgorithm(_) | Problem::HoodNotValid(_) => {
+                CertificateError::Other(rustls::OtherError(Arc::new(Refused(format!(
+                    "peer certificate refused by hood \"{}\": {}",
+                    self.hood.name(),
+                    p.describe(self.hood.subject())
+                )))))
+            }
+        };
+        Error::InvalidCertificate(e)
+    }
+
+    /// TLS 1.3 CertificateVerify: checked against the certificate's public
+    /// key itself, so this works for X.509 v1 certificates too.
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        let facts = CertFacts::parse(cert)
+            .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        rustls::crypto::verify_tls13_signature_with_raw_key(
+            message,
+            &SubjectPublicKeyInfoDer::from(facts.spki.as_slice()),
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn tls12(&self) -> Result<HandshakeSignatureValid, Error> {
+        // Never reached: both configurations allow TLS 1.3 only.
+        Err(Error::General(
+            "TLS 1.2 is not supported by partybus; use TLS 1.3".into(),
+        ))
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Client side: checks the server's certificate.
+#[derive(Debug)]
+struct HoodServerVerifier(HoodVerifier);
+
+impl ServerCertVerifier for HoodServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        self.0.check(end_entity, now, Purpose::Server)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.0.tls12()
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.0.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.schemes()
+    }
+}
+
+/// Server side: requires and checks the client's certificate.
+#[derive(Debug)]
+struct HoodClientVerifier(HoodVerifier);
+
+impl ClientCertVerifier for HoodClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.0.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        self.0.check(end_entity, now, Purpose::Client)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.0.tls12()
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.0.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.schemes()
+    }
+}
