@@ -153,8 +153,12 @@ pub fn lab_required() -> bool {
 }
 
 /// Print the standard skip message on stderr.
+///
+/// Written to the stderr handle directly, not with `eprintln!`, so that the
+/// test harness does not capture it: the skip is visible in a normal
+/// `cargo test` run.
 pub fn print_skip(why: &str) {
-    eprintln!("SKIPPED: {why}; set {LAB_ENV}=required to make this a failure");
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}; set {LAB_ENV}=required to make this a failure");
 }
 
 /// Find `prog` on PATH.
@@ -499,9 +503,10 @@ impl Lab {
         let out = child.stdout.take().expect("piped stdout");
         let shared = Arc::new(Shared::default());
         let s2 = shared.clone();
+        let copy = File::create(stderr_path.with_extension("stdout")).ok();
         let reader = std::thread::Builder::new()
             .name(format!("lab-out-{label}"))
-            .spawn(move || read_lines(out, &s2))?;
+            .spawn(move || read_lines(out, &s2, copy))?;
         Ok(LabProcess { label, child, stdin: None, shared, cursor: 0, stderr_path, reader: Some(reader) }
             .with_stdin())
     }
@@ -652,7 +657,9 @@ struct OutState {
     eof: bool,
 }
 
-fn read_lines(out: impl Read, shared: &Shared) {
+/// Collect stdout lines into `shared` (and a copy into `copy`, kept with the
+/// lab files for failure diagnostics).
+fn read_lines(out: impl Read, shared: &Shared, mut copy: Option<File>) {
     let mut r = BufReader::new(out);
     let mut buf = Vec::new();
     loop {
@@ -660,6 +667,9 @@ fn read_lines(out: impl Read, shared: &Shared) {
         match r.read_until(b'\n', &mut buf) {
             Ok(0) | Err(_) => break,
             Ok(_) => {
+                if let Some(f) = copy.as_mut() {
+                    let _ = f.write_all(&buf);
+                }
                 let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned();
                 let mut st = shared.state.lock().unwrap();
                 if st.lines.len() >= MAX_LINES {
@@ -709,7 +719,8 @@ impl LabProcess {
         self.child.id()
     }
 
-    /// Path of the file holding the process's stderr.
+    /// Path of the file holding the process's stderr (stdout is copied to
+    /// the same path with extension `stdout`).
     pub fn stderr_path(&self) -> &Path {
         &self.stderr_path
     }
