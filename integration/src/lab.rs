@@ -826,15 +826,26 @@ impl LabProcess {
         }
     }
 
-    /// Ask the process to stop (SIGTERM), wait up to `timeout`, then SIGKILL.
-    pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
+    /// Send a signal (`"TERM"`, `"INT"`, `"HUP"`, ...) if the process is
+    /// still running. Stop several processes at once by signalling them all
+    /// first, then waiting for each with [`LabProcess::wait_exit`].
+    pub fn signal(&mut self, sig: &str) -> Result<()> {
         if self.child.try_wait()?.is_none() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
+            let st = Command::new("kill")
+                .args([&format!("-{sig}"), &self.child.id().to_string()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .status();
+                .status()?;
+            if !st.success() && self.child.try_wait()?.is_none() {
+                bail!("{}: kill -{sig} failed", self.label);
+            }
         }
+        Ok(())
+    }
+
+    /// Ask the process to stop (SIGTERM), wait up to `timeout`, then SIGKILL.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        self.signal("TERM")?;
         match self.wait_exit(timeout) {
             Ok(st) => Ok(st),
             Err(_) => {

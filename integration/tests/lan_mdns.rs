@@ -213,6 +213,7 @@ fn partybus_nodes_mesh_over_mdns() {
     let mut largs = vec!["listen".to_owned()];
     largs.extend(node_args(&hood_a, "l1", 4817));
     largs.push("lab.+".into());
+    let t_ev = Instant::now();
     let mut listener = lab.spawn_env(&lan.members[0], &bin, largs, env).unwrap();
     let mut eargs = vec!["emit".to_owned()];
     eargs.extend(node_args(&hood_a, "e2", 4817));
@@ -222,6 +223,7 @@ fn partybus_nodes_mesh_over_mdns() {
     assert!(reached >= 1, "emit reached {reached} listeners");
     let ev = listener.wait_for_json(|v| v["event"] == "lab.hello", Duration::from_secs(10)).unwrap();
     assert_eq!(ev["payload"]["n"], 42);
+    eprintln!("mdns: listen + emit (both joining over mDNS) delivered in {:.2} s", t_ev.elapsed().as_secs_f64());
 
     // Isolation: the far host and the stranger never got a neighbour, and no
     // member ever had one of them as neighbour.
@@ -235,7 +237,12 @@ fn partybus_nodes_mesh_over_mdns() {
             assert!(!l.contains("198.18.4.14") && !l.contains("198.18.0.15"), "{}: {l}", lan.members[i].short);
         }
     }
+    let t_stop = Instant::now();
     for p in nodes.iter_mut().chain([&mut far, &mut stranger, &mut listener]) {
-        let _ = p.terminate(Duration::from_secs(5));
+        p.signal("TERM").unwrap();
+    }
+    for p in nodes.iter_mut().chain([&mut far, &mut stranger, &mut listener]) {
+        let st = p.wait_exit(Duration::from_secs(10)).unwrap();
+        eprintln!("{} stopped: {st} after {:.2} s", p.label(), t_stop.elapsed().as_secs_f64());
     }
 }
