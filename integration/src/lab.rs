@@ -51,6 +51,10 @@ use anyhow::{anyhow, bail, Context, Result};
 /// failure; `skip` skips lab tests even where they could run.
 pub const LAB_ENV: &str = "PARTYBUS_LAB";
 
+/// Environment variable: if set, the lab directory (stdout/stderr of every
+/// process, rulesets, certificates) is kept even when the test passes.
+pub const KEEP_ENV: &str = "PARTYBUS_LAB_KEEP";
+
 /// All lab namespace names start with this.
 const NS_PREFIX: &str = "pb-";
 
@@ -182,11 +186,7 @@ fn pid_alive(pid: u32) -> bool {
 
 /// Short name part: keep `[a-z0-9]`, lowercased, at most `max` bytes.
 fn short_part(s: &str, max: usize) -> String {
-    s.chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_lowercase())
-        .take(max)
-        .collect()
+    s.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).take(max).collect()
 }
 
 impl Lab {
@@ -268,7 +268,7 @@ impl Lab {
 
     /// A directory for the test's files (certificates, configs, logs). It is
     /// removed with the lab, except when the thread is panicking (a failing
-    /// test): then it is kept and its path printed.
+    /// test) or `PARTYBUS_LAB_KEEP` is set: then it is kept and its path printed.
     pub fn dir(&self) -> &Path {
         &self.dir_path
     }
@@ -336,7 +336,10 @@ impl Lab {
     pub fn bridge_in(&self, ns: &Ns, name: &str) -> Result<Bridge> {
         check_ifname(name)?;
         self.no_bridge_netfilter(ns)?;
-        self.ip(ns, &["link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0", "mcast_snooping", "0"])?;
+        self.ip(
+            ns,
+            &["link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0", "mcast_snooping", "0"],
+        )?;
         self.ip(ns, &["link", "set", name, "up"])?;
         Ok(Bridge { ns: ns.clone(), name: name.to_owned() })
     }
@@ -504,11 +507,9 @@ impl Lab {
         let shared = Arc::new(Shared::default());
         let s2 = shared.clone();
         let copy = File::create(stderr_path.with_extension("stdout")).ok();
-        let reader = std::thread::Builder::new()
-            .name(format!("lab-out-{label}"))
-            .spawn(move || read_lines(out, &s2, copy))?;
-        Ok(LabProcess { label, child, stdin: None, shared, cursor: 0, stderr_path, reader: Some(reader) }
-            .with_stdin())
+        let reader =
+            std::thread::Builder::new().name(format!("lab-out-{label}")).spawn(move || read_lines(out, &s2, copy))?;
+        Ok(LabProcess { label, child, stdin: None, shared, cursor: 0, stderr_path, reader: Some(reader) }.with_stdin())
     }
 
     /// Start a program and wait (at most `timeout`) for it to exit; its
@@ -551,6 +552,9 @@ impl Drop for Lab {
             if std::thread::panicking() {
                 let path = dir.keep();
                 eprintln!("lab: test failed; lab files kept in {}", path.display());
+            } else if std::env::var_os(KEEP_ENV).is_some() {
+                let path = dir.keep();
+                eprintln!("lab: {KEEP_ENV} is set; lab files kept in {}", path.display());
             }
         }
     }

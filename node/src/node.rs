@@ -127,7 +127,8 @@ pub(crate) struct Inner {
     pub(crate) me: Arc<PeerInfo>,
     pub(crate) fingerprint: String,
     pub(crate) settings: Settings,
-    endpoint: quinn::Endpoint,
+    /// Taken (and so dropped, releasing the UDP port) by `leave`.
+    endpoint: Mutex<Option<quinn::Endpoint>>,
     pub(crate) local_addr: SocketAddr,
     state: Mutex<State>,
     generation: AtomicU64,
@@ -217,6 +218,10 @@ fn interface_addrs(local: SocketAddr) -> Vec<SocketAddr> {
 impl Inner {
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         relock(&self.state)
+    }
+
+    fn endpoint(&self) -> Option<quinn::Endpoint> {
+        relock(&self.endpoint).clone()
     }
 
     pub(crate) fn generation(&self) -> u64 {
@@ -483,7 +488,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
         me,
         fingerprint: cfg.hood.fingerprint().to_owned(),
         settings,
-        endpoint,
+        endpoint: Mutex::new(Some(endpoint)),
         local_addr,
         state: Mutex::new(State {
             subs: SubTable::new(cfg.max_subscriptions_per_peer),
@@ -582,7 +587,8 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
 }
 
 async fn accept_loop(inner: Arc<Inner>) {
-    while let Some(incoming) = inner.endpoint.accept().await {
+    let Some(endpoint) = inner.endpoint() else { return };
+    while let Some(incoming) = endpoint.accept().await {
         if inner.closing.load(Ordering::Acquire) {
             incoming.refuse();
             continue;
@@ -640,7 +646,8 @@ pub(crate) fn dial(inner: &Arc<Inner>, addr: SocketAddr, expect: Option<NodeId>)
 }
 
 async fn dial_once(inner: &Arc<Inner>, addr: SocketAddr) -> Result<quinn::Connection, String> {
-    let connecting = inner.endpoint.connect(addr, "partybus").map_err(|e| e.to_string())?;
+    let endpoint = inner.endpoint().ok_or("the node has left")?;
+    let connecting = endpoint.connect(addr, "partybus").map_err(|e| e.to_string())?;
     match tokio::time::timeout(inner.settings.handshake_timeout, connecting).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => {
@@ -1171,7 +1178,9 @@ async fn run_writer(
 pub(crate) async fn leave(inner: &Arc<Inner>) {
     if inner.closing.swap(true, Ordering::AcqRel) {
         // Already leaving: wait for the endpoint to go idle.
-        inner.endpoint.wait_idle().await;
+        if let Some(ep) = inner.endpoint() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), ep.wait_idle()).await;
+        }
         return;
     }
     inner.discovery_stop.stop();
@@ -1192,8 +1201,10 @@ pub(crate) async fn leave(inner: &Arc<Inner>) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let _ = tokio::time::timeout(Duration::from_secs(3), flush).await;
-    inner.endpoint.close(close::GOODBYE.into(), b"leave");
-    let _ = tokio::time::timeout(Duration::from_secs(2), inner.endpoint.wait_idle()).await;
+    if let Some(ep) = inner.endpoint() {
+        ep.close(close::GOODBYE.into(), b"leave");
+        let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+    }
     // Stop discovery (bounded), the dispatcher and the rest.
     let _ = inner.shutdown.send(true);
     let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *relock(&inner.tasks));
@@ -1209,5 +1220,8 @@ pub(crate) async fn leave(inner: &Arc<Inner>) {
     st.listener_cache.clear();
     st.observers.clear();
     st.neighbours.clear();
+    drop(st);
+    // Dropping the last endpoint handle releases the UDP port.
+    relock(&inner.endpoint).take();
     info!(id = %inner.id, "left the hood");
 }

@@ -1,0 +1,330 @@
+//! Shared helpers for the integration tests of the `partybus` crate: one
+//! throw-away hood per test binary, nodes on loopback, bounded waits, odd
+//! certificates (rcgen) and raw quinn endpoints ("rogues") that speak the
+//! wire protocol by hand.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use partybus::pki::{create_hood, create_peer, Hood, Identity};
+use partybus::wire::{self, Frame, Hello};
+use partybus::{Bus, Config, NeighbourEvent, NodeId, PortSpec};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose};
+use time::OffsetDateTime;
+
+pub const HOOD: &str = "t";
+pub const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+/// Failure guard for waits (never a performance bound).
+pub const GUARD: Duration = Duration::from_secs(20);
+
+pub struct TestHood {
+    dir: tempfile::TempDir,
+    created: Mutex<HashSet<String>>,
+}
+
+impl TestHood {
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.dir().join(format!("{HOOD}.crt"))
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir().join(format!("{HOOD}.key"))
+    }
+    /// Cert and key paths of peer `name`, created on first use.
+    pub fn peer_files(&self, name: &str) -> (PathBuf, PathBuf) {
+        let mut c = self.created.lock().unwrap_or_else(|p| p.into_inner());
+        if c.insert(name.to_owned()) {
+            create_peer(HOOD, name, self.dir(), 30).expect("create_peer");
+        }
+        (self.dir().join(format!("{HOOD}.{name}.crt")), self.dir().join(format!("{HOOD}.{name}.key")))
+    }
+    pub fn hood(&self) -> Hood {
+        Hood::load(&self.ca()).expect("hood")
+    }
+    pub fn identity(&self, name: &str) -> Identity {
+        let (c, k) = self.peer_files(name);
+        Identity::load(&c, &k, &self.hood()).expect("identity")
+    }
+    pub fn config(&self, name: &str) -> Config {
+        Config::new(self.hood(), self.identity(name))
+    }
+}
+
+/// The hood of this test binary (created once).
+pub fn hood() -> &'static TestHood {
+    static H: OnceLock<TestHood> = OnceLock::new();
+    H.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        create_hood(HOOD, dir.path(), 30).expect("create_hood");
+        TestHood { dir, created: Mutex::new(HashSet::new()) }
+    })
+}
+
+/// Serialises the heavy tests of one binary (2 cores).
+pub fn heavy() -> MutexGuard<'static, ()> {
+    static M: Mutex<()> = Mutex::new(());
+    M.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Test defaults: loopback only, any port, quick re-dials.
+pub fn test_config(name: &str) -> Config {
+    let mut cfg = hood().config(name);
+    cfg.port = PortSpec::any();
+    cfg.bind = Some(LOCALHOST.into());
+    cfg.redial_base = Duration::from_millis(200);
+    cfg.redial_max = Duration::from_secs(2);
+    cfg.gossip_dial_delay = Duration::from_millis(200);
+    cfg.handshake_timeout = Duration::from_secs(5);
+    cfg
+}
+
+/// Node "n{i}", dialling 127.0.0.1:`connect_to` if given.
+pub async fn node(i: usize, connect_to: Option<u16>, tweak: impl FnOnce(&mut Config)) -> Bus {
+    node_named(&format!("n{i}"), connect_to, tweak).await
+}
+
+pub async fn node_named(name: &str, connect_to: Option<u16>, tweak: impl FnOnce(&mut Config)) -> Bus {
+    let mut cfg = test_config(name);
+    if let Some(p) = connect_to {
+        cfg = cfg.connect([format!("127.0.0.1:{p}")]);
+    }
+    tweak(&mut cfg);
+    Bus::join(cfg).await.expect("join")
+}
+
+/// Polls `cond` every 20 ms until true or `timeout`; returns the last value.
+pub async fn wait_until(mut cond: impl FnMut() -> bool, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (guarded) until `bus` has at least `n` neighbours.
+pub async fn wait_neighbours(bus: &Bus, n: usize) {
+    tokio::time::timeout(GUARD, bus.wait_neighbours(n))
+        .await
+        .unwrap_or_else(|_| panic!("{} has {} neighbours, wanted {n}", bus.me().name, bus.neighbours().len()));
+}
+
+/// Waits (guarded) until `bus` counts `n` listeners of `event`.
+pub async fn wait_listeners(bus: &Bus, event: &str, n: usize) {
+    let mut rx = bus.observe_listener_count(event).unwrap();
+    tokio::time::timeout(GUARD, rx.wait_for(|c| *c == n))
+        .await
+        .unwrap_or_else(|_| panic!("{}: listeners of {event} = {}, wanted {n}", bus.me().name, bus.listener_count(event).unwrap()))
+        .unwrap();
+}
+
+/// Two connected nodes.
+pub async fn pair(tweak_a: impl FnOnce(&mut Config), tweak_b: impl FnOnce(&mut Config)) -> (Bus, Bus) {
+    let a = node(0, None, tweak_a).await;
+    let b = node(1, Some(a.port()), tweak_b).await;
+    wait_neighbours(&a, 1).await;
+    wait_neighbours(&b, 1).await;
+    (a, b)
+}
+
+/// Next neighbour event (guarded).
+pub async fn next_neighbour_event(rx: &mut tokio::sync::broadcast::Receiver<NeighbourEvent>, timeout: Duration) -> Option<NeighbourEvent> {
+    tokio::time::timeout(timeout, rx.recv()).await.ok().and_then(|r| r.ok())
+}
+
+/// A free UDP port on loopback (bound and released; racy but fine on a test box).
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind((LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
+}
+
+// ---------------------------------------------------------------------------
+// Certificates.
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn peer_params(cn: &str, o: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.distinguished_name.push(DnType::OrganizationName, o);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params
+}
+
+/// (cert PEM, key PEM) signed by the test hood's key, valid in the past only.
+pub fn expired_cert(name: &str) -> (String, String) {
+    let h = hood();
+    let hood_key = KeyPair::from_pem(&std::fs::read_to_string(h.ca_key()).unwrap()).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(h.ca()).unwrap(), hood_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let now = OffsetDateTime::now_utc();
+    let cert = peer_params(name, HOOD, now - time::Duration::days(30), now - time::Duration::days(1)).signed_by(&key, &issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A self-signed certificate imitating a hood peer (CN = name, O = hood).
+pub fn self_signed_cert(name: &str) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let now = OffsetDateTime::now_utc();
+    let cert = peer_params(name, HOOD, now - time::Duration::hours(1), now + time::Duration::days(30)).self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn der_cert(p: &str) -> rustls_pki_types::CertificateDer<'static> {
+    let mut rd = p.as_bytes();
+    let (item, _) = rustls_pki_types::pem::from_buf(&mut rd).unwrap().unwrap();
+    match item {
+        rustls_pki_types::pem::SectionKind::Certificate => rustls_pki_types::CertificateDer::from(pem_body(p)),
+        _ => panic!("not a certificate"),
+    }
+}
+
+fn pem_body(p: &str) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(p.as_bytes()).next().unwrap().unwrap().to_vec()
+}
+
+fn certified(cert_pem: &str, key_pem: &str) -> Arc<rustls::sign::SingleCertAndKey> {
+    use rustls_pki_types::pem::PemObject;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key).unwrap();
+    let cert = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+    Arc::new(rustls::sign::SingleCertAndKey::from(rustls::sign::CertifiedKey::new(vec![cert], signer)))
+}
+
+#[derive(Debug)]
+struct AcceptAnything;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn quic_transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(10)).unwrap()));
+    Arc::new(t)
+}
+
+/// A client that presents `cert` and trusts any server (the node has to refuse).
+pub fn rogue_client_config(cert_pem: &str, key_pem: &str) -> quinn::ClientConfig {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnything))
+        .with_client_cert_resolver(certified(cert_pem, key_pem));
+    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+    let mut c = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
+    c.transport_config(quic_transport());
+    c
+}
+
+/// A server that presents `cert` and asks nothing of clients.
+pub fn rogue_server_config(cert_pem: &str, key_pem: &str) -> quinn::ServerConfig {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(certified(cert_pem, key_pem));
+    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+    let mut s = quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap()));
+    s.transport_config(quic_transport());
+    s
+}
+
+/// A client with a VALID hood certificate (peer `name`), built like the node's.
+pub fn valid_client_config(name: &str) -> quinn::ClientConfig {
+    let h = hood();
+    let mut tls = partybus::pki::client_config(&h.identity(name), &h.hood()).unwrap();
+    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+    let mut c = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
+    c.transport_config(quic_transport());
+    c
+}
+
+pub fn client_endpoint(cfg: quinn::ClientConfig) -> quinn::Endpoint {
+    let mut ep = quinn::Endpoint::client((LOCALHOST, 0).into()).unwrap();
+    ep.set_default_client_config(cfg);
+    ep
+}
+
+pub fn server_endpoint(cfg: quinn::ServerConfig) -> quinn::Endpoint {
+    quinn::Endpoint::server(cfg, (LOCALHOST, 0).into()).unwrap()
+}
+
+/// Preamble + hello as the node expects them.
+pub fn hello_bytes(observed: SocketAddr, version: u16) -> BytesMut {
+    let mut b = BytesMut::new();
+    b.extend_from_slice(&wire::MAGIC);
+    b.extend_from_slice(&version.to_le_bytes());
+    wire::put_frame(&mut b, &Frame::Hello(Hello { id: NodeId::random(), port: 0, addrs: vec![], observed }));
+    b
+}
+
+/// After a handshake: open our stream, send the hello (protocol `version`).
+pub async fn send_hello(conn: &quinn::Connection, version: u16) -> quinn::SendStream {
+    let mut s = conn.open_uni().await.expect("open_uni");
+    s.write_all(&hello_bytes(conn.remote_address(), version)).await.expect("write hello");
+    s
+}
+
+/// How a connection ended, waiting at most `timeout`.
+pub async fn closed_within(conn: &quinn::Connection, timeout: Duration) -> Option<quinn::ConnectionError> {
+    tokio::time::timeout(timeout, conn.closed()).await.ok()
+}
+
+/// The application close code, if the connection was closed by the peer with one.
+pub fn app_code(e: &quinn::ConnectionError) -> Option<u32> {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner() as u32),
+        _ => None,
+    }
+}
+
+// Silences "unused" for a helper some binaries do not use.
+pub fn _unused() {
+    let _ = der_cert;
+}
