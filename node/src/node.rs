@@ -105,6 +105,9 @@ pub(crate) struct State {
     self_addrs: HashSet<SocketAddr>,
     external: Vec<SocketAddr>,
     observed: Vec<SocketAddr>,
+    /// New neighbours to announce to the others (batched).
+    announce: Vec<(NodeId, Vec<SocketAddr>)>,
+    announce_scheduled: bool,
 }
 
 /// Settings copied out of [`Config`] (the rest is consumed by `join`).
@@ -502,6 +505,8 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
             self_addrs: HashSet::new(),
             external: Vec::new(),
             observed: Vec::new(),
+            announce: Vec::new(),
+            announce_scheduled: false,
         }),
         generation: AtomicU64::new(0),
         next_sub_id: AtomicU64::new(1),
@@ -852,14 +857,15 @@ async fn run_connection(inner: Arc<Inner>, conn: quinn::Connection, dir: Directi
                 // it through gossip (then whoever told us told everyone).
                 let heard = st.known.get(&peer).is_some_and(|k| k.via_gossip);
                 if !heard {
-                    for n in st.neighbours.values() {
-                        let link = n.info.addr.unwrap_or(remote);
-                        let addrs: Vec<SocketAddr> =
-                            gossip_addrs.iter().copied().filter(|a| peers::may_gossip(*a, link, inner.settings.allow_non_global)).collect();
-                        if !addrs.is_empty() {
-                            let f = Frame::Peers(vec![PeerAddrs { id: peer, addrs }]);
-                            let _ = n.queue.push_control(|b| wire::put_frame(b, &f));
-                        }
+                    // Batched: a burst of joins costs one frame per neighbour.
+                    st.announce.push((peer, gossip_addrs.clone()));
+                    if !st.announce_scheduled {
+                        st.announce_scheduled = true;
+                        let me = inner.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(ANNOUNCE_BATCH).await;
+                            flush_announcements(&me);
+                        });
                     }
                 }
                 st.known.insert(peer, Known { addrs: gossip_addrs.clone(), via_gossip: heard });
@@ -1092,6 +1098,34 @@ async fn run_reader(
             Ok(Some(chunk)) => dec.buffer().extend_from_slice(&chunk.bytes),
             Err(quinn::ReadError::ConnectionLost(e)) => return ReaderEnd::Conn(e),
             Err(e) => return ReaderEnd::Protocol(format!("stream error: {e}")),
+        }
+    }
+}
+
+/// How long announcements of new neighbours are collected before sending.
+const ANNOUNCE_BATCH: Duration = Duration::from_millis(15);
+
+/// Tells every neighbour about the new neighbours collected since the last
+/// flush, in one frame each (only addresses in the link's scope).
+fn flush_announcements(inner: &Arc<Inner>) {
+    let mut st = inner.state();
+    st.announce_scheduled = false;
+    let list = std::mem::take(&mut st.announce);
+    if list.is_empty() {
+        return;
+    }
+    let allow = inner.settings.allow_non_global;
+    for n in st.neighbours.values() {
+        let Some(link) = n.info.addr else { continue };
+        let peers: Vec<PeerAddrs> = list
+            .iter()
+            .filter(|(id, _)| *id != n.info.id)
+            .map(|(id, addrs)| PeerAddrs { id: *id, addrs: addrs.iter().copied().filter(|a| peers::may_gossip(*a, link, allow)).collect() })
+            .filter(|p| !p.addrs.is_empty())
+            .collect();
+        if !peers.is_empty() {
+            let f = Frame::Peers(peers);
+            let _ = n.queue.push_control(|b| wire::put_frame(b, &f));
         }
     }
 }
