@@ -133,8 +133,16 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Like [`canonical_ip`]; an IPv6 address keeps its scope id (link-local
+/// addresses need it to be dialled).
 pub fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(canonical_ip(addr.ip()), addr.port())
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
 }
 
 /// May `addr` (of some node) be told to a neighbour we reach over `link`?
@@ -216,6 +224,13 @@ mod tests {
         assert_eq!(d[9], Duration::from_secs(60));
         let mut b = Backoff::new(Duration::from_secs(4), Duration::from_secs(60));
         assert_eq!(b.next_delay(0.0), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn canonical_keeps_scope() {
+        let ll: SocketAddr = "[fe80::1%2]:4816".parse().unwrap();
+        assert_eq!(canonical(ll), ll);
+        assert_eq!(canonical("[::ffff:10.0.0.1]:5".parse().unwrap()), "10.0.0.1:5".parse::<SocketAddr>().unwrap());
     }
 
     #[test]

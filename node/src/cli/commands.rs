@@ -69,12 +69,21 @@ pub async fn node(opts: NodeOpts) -> Result<ExitCode> {
     }}));
     let stop = shutdown_signal();
     tokio::pin!(stop);
+    // Counted from the events themselves, so each line's count is the
+    // neighbour count right after that event.
+    let mut count = 0usize;
     loop {
         tokio::select! {
             _ = &mut stop => break,
             ev = events.recv() => match ev {
-                Ok(NeighbourEvent::Found(n)) => out(neighbour_json("found", &n, bus.neighbours().len(), None)),
-                Ok(NeighbourEvent::Lost { info, reason }) => out(neighbour_json("lost", &info, bus.neighbours().len(), Some(&reason))),
+                Ok(NeighbourEvent::Found(n)) => {
+                    count += 1;
+                    out(neighbour_json("found", &n, count, None));
+                }
+                Ok(NeighbourEvent::Lost { info, reason }) => {
+                    count = count.saturating_sub(1);
+                    out(neighbour_json("lost", &info, count, Some(&reason)));
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "neighbour events missed"),
                 Err(_) => break,
             },

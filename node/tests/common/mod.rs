@@ -185,20 +185,6 @@ pub fn self_signed_cert(name: &str) -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
-fn der_cert(p: &str) -> rustls_pki_types::CertificateDer<'static> {
-    let mut rd = p.as_bytes();
-    let (item, _) = rustls_pki_types::pem::from_buf(&mut rd).unwrap().unwrap();
-    match item {
-        rustls_pki_types::pem::SectionKind::Certificate => rustls_pki_types::CertificateDer::from(pem_body(p)),
-        _ => panic!("not a certificate"),
-    }
-}
-
-fn pem_body(p: &str) -> Vec<u8> {
-    use rustls_pki_types::pem::PemObject;
-    rustls_pki_types::CertificateDer::pem_slice_iter(p.as_bytes()).next().unwrap().unwrap().to_vec()
-}
-
 fn certified(cert_pem: &str, key_pem: &str) -> Arc<rustls::sign::SingleCertAndKey> {
     use rustls_pki_types::pem::PemObject;
     let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
@@ -322,9 +308,4 @@ pub fn app_code(e: &quinn::ConnectionError) -> Option<u32> {
         quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner() as u32),
         _ => None,
     }
-}
-
-// Silences "unused" for a helper some binaries do not use.
-pub fn _unused() {
-    let _ = der_cert;
 }
