@@ -131,6 +131,9 @@ impl<'de> Deserialize<'de> for Timestamp {
 pub fn to_json(bytes: &[u8]) -> Result<serde_json::Value, PayloadError> {
     let mut rd = bytes;
     let v = rmpv::decode::read_value(&mut rd).map_err(|e| PayloadError::Invalid(e.to_string()))?;
+    if !rd.is_empty() {
+        return Err(PayloadError::Invalid(format!("{} bytes after the value", rd.len())));
+    }
     Ok(value_to_json(&v))
 }
 
@@ -280,7 +283,8 @@ mod tests {
 
     #[test]
     fn bad_payload_is_an_error() {
-        assert!(to_json(&[0xc1]).is_err());
+        assert!(to_json(&[0x92, 0x01]).is_err(), "truncated array");
+        assert!(to_json(&[0x01, 0x02]).is_err(), "trailing bytes");
         assert!(decode::<u32>(&encode("text").unwrap()).is_err());
     }
 }
