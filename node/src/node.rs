@@ -868,7 +868,10 @@ async fn run_connection(inner: Arc<Inner>, conn: quinn::Connection, dir: Directi
                         });
                     }
                 }
-                st.known.insert(peer, Known { addrs: gossip_addrs.clone(), via_gossip: heard });
+                // For re-dialling: only addresses that mean something from here.
+                let redial_addrs =
+                    gossip_addrs.iter().copied().filter(|a| peers::may_gossip(*a, remote, inner.settings.allow_non_global)).collect();
+                st.known.insert(peer, Known { addrs: redial_addrs, via_gossip: heard });
                 st.neighbours.insert(
                     peer,
                     Neighbour {

@@ -44,7 +44,7 @@ async fn two_nodes_see_each_other() {
 /// Node `a` dials a rogue server presenting `cert`, and a rogue client
 /// presenting `cert` dials `a`; the rogues trust anything, so the refusal
 /// must come from the node. Neither ends with a neighbour.
-async fn refused_both_ways(what: &str, cert: &str, key: &str) {
+async fn refused_both_ways(what: &str, cert: &str, key: &str, why: &str) {
     let a = node_named(&format!("guard-{what}"), None, |_| {}).await;
     let mut a_events = a.neighbour_events();
 
@@ -53,7 +53,10 @@ async fn refused_both_ways(what: &str, cert: &str, key: &str) {
     a.connect(server.local_addr().unwrap());
     let incoming = tokio::time::timeout(GUARD, server.accept()).await.expect("a dials").expect("incoming");
     match tokio::time::timeout(GUARD, incoming).await.expect("handshake ends") {
-        Err(e) => eprintln!("{what}: a (client) refused the rogue server: {e}"),
+        Err(e) => {
+            eprintln!("{what}: a (client) refused the rogue server: {e}");
+            assert!(e.to_string().contains(why), "{what}: {e}");
+        }
         Ok(conn) => {
             // Should not happen; still try to become a neighbour.
             let _s = send_hello(&conn, wire_version()).await;
@@ -65,7 +68,10 @@ async fn refused_both_ways(what: &str, cert: &str, key: &str) {
     // The rogue dials a.
     let client = client_endpoint(rogue_client_config(cert, key));
     match client.connect(a.local_addr_v4(), "partybus").unwrap().await {
-        Err(e) => eprintln!("{what}: a (server) refused the rogue client: {e}"),
+        Err(e) => {
+            eprintln!("{what}: a (server) refused the rogue client: {e}");
+            assert!(e.to_string().contains(why), "{what}: {e}");
+        }
         Ok(conn) => {
             // TLS 1.3: the client may finish before the server checked its
             // certificate; the server must then close the connection.
@@ -78,6 +84,7 @@ async fn refused_both_ways(what: &str, cert: &str, key: &str) {
             let e = closed_within(&conn, GUARD).await.expect("a must close the rogue client's connection");
             assert_eq!(app_code(&e), None, "{what}: closed by the application, not by TLS: {e}");
             eprintln!("{what}: a (server) refused the rogue client after the handshake: {e}");
+            assert!(e.to_string().contains(why), "{what}: {e}");
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -104,13 +111,13 @@ impl V4 for Bus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_certificate_is_refused_both_ways() {
     let (c, k) = expired_cert("old");
-    refused_both_ways("expired", &c, &k).await;
+    refused_both_ways("expired", &c, &k, "expired").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_signed_certificate_is_refused_both_ways() {
     let (c, k) = self_signed_cert("selfie");
-    refused_both_ways("self-signed", &c, &k).await;
+    refused_both_ways("self-signed", &c, &k, "UnknownIssuer").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +127,7 @@ async fn other_hood_certificate_is_refused_both_ways() {
     let f = partybus::pki::create_peer(HOOD, "stranger", other.path(), 30).unwrap();
     let c = std::fs::read_to_string(&f.cert).unwrap();
     let k = std::fs::read_to_string(&f.key).unwrap();
-    refused_both_ways("other-ca", &c, &k).await;
+    refused_both_ways("other-ca", &c, &k, "BadSignature").await;
 }
 
 /// Two real nodes of two hoods dial each other: both refuse.

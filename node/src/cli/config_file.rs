@@ -16,7 +16,7 @@
 //! # connect_interval = "60s"
 //! mdns = false
 //! dht = ["dht.example.org:4816"]
-//! # dht_serve = false
+//! # dht_serve = true        # default: on when this host has a global address
 //! upnp = false
 //! # upnp_url = "http://192.168.1.1:5000/rootDesc.xml"
 //!
@@ -75,8 +75,7 @@ pub struct DiscoveryConfig {
     pub mdns: bool,
     #[serde(default)]
     pub dht: Vec<String>,
-    #[serde(default)]
-    pub dht_serve: bool,
+    pub dht_serve: Option<bool>,
     #[serde(default)]
     pub upnp: bool,
     pub upnp_url: Option<String>,

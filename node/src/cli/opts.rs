@@ -48,9 +48,12 @@ pub struct NodeOpts {
     /// UPnP gateway description URL (skips SSDP search), e.g. http://ROUTER:PORT/rootDesc.xml.
     #[arg(long, value_name = "URL")]
     pub upnp_url: Option<String>,
-    /// Serve the DHT to others (default: on when a public address is known and --dht is given).
-    #[arg(long)]
+    /// Serve the DHT to others (default: on when this host has a global address, as on a VPS).
+    #[arg(long, conflicts_with = "no_dht_serve")]
     pub dht_serve: bool,
+    /// Do not serve the DHT, even on a host with a global address.
+    #[arg(long)]
+    pub no_dht_serve: bool,
     /// Accept and advertise non-global addresses (labs, private WANs).
     #[arg(long)]
     pub allow_non_global: bool,
@@ -60,6 +63,13 @@ pub struct NodeOpts {
     /// QUIC keep-alive interval (e.g. 5s).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     pub keep_alive: Option<Duration>,
+}
+
+/// Does any local interface have a global (Internet-routable) address?
+fn has_global_address() -> bool {
+    if_addrs::get_if_addrs()
+        .map(|ifs| ifs.iter().any(|i| partybus::discovery::addr::is_global(i.ip())))
+        .unwrap_or(false)
 }
 
 /// Resolves a path from the config file relative to the file's folder.
@@ -139,10 +149,19 @@ impl NodeOpts {
         }
         let mut dht = disc.dht.clone();
         dht.extend(self.dht.iter().cloned());
-        if !dht.is_empty() || disc.dht_serve || self.dht_serve {
+        // A node with a global address (a VPS) serves the DHT by default:
+        // it is what others bootstrap from.
+        let serve = if self.dht_serve {
+            true
+        } else if self.no_dht_serve {
+            false
+        } else {
+            disc.dht_serve.unwrap_or_else(has_global_address)
+        };
+        if !dht.is_empty() || serve {
             let opts = partybus::discovery::dht::DhtOptions {
                 bootstrap: dht,
-                serve: self.dht_serve || disc.dht_serve,
+                serve,
                 ..Default::default()
             };
             cfg.discovery.push(Box::new(partybus::discovery::dht::DhtDiscovery::new(opts)));
