@@ -1,0 +1,170 @@
+//! A rogue peer with a VALID hood certificate (raw quinn) that breaks the
+//! wire protocol: the node must disconnect it with an application close
+//! code and keep working; and per-peer subscription limits.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::*;
+use partybus::wire::{self, close, Frame, FrameDecoder, WireSub};
+use partybus::Bus;
+
+async fn rogue(target: &Bus) -> (quinn::Endpoint, quinn::Connection) {
+    let ep = client_endpoint(valid_client_config("rogue"));
+    let conn = tokio::time::timeout(GUARD, ep.connect((LOCALHOST, target.port()).into(), "partybus").unwrap())
+        .await
+        .expect("handshake in time")
+        .expect("a valid hood certificate is accepted");
+    (ep, conn)
+}
+
+/// Sends the preamble (with `version`), a hello, then `tail`; expects the
+/// node to close the connection with `code`.
+async fn expect_closed(a: &Bus, what: &str, version: u16, tail: &[u8], code: u32) {
+    let (ep, conn) = rogue(a).await;
+    let mut s = send_hello(&conn, version).await;
+    if !tail.is_empty() {
+        let _ = s.write_all(tail).await; // may fail once the node closed
+    }
+    let e = closed_within(&conn, GUARD).await.unwrap_or_else(|| panic!("{what}: the node kept the connection"));
+    assert_eq!(app_code(&e), Some(code), "{what}: {e}");
+    eprintln!("{what}: closed with {e}");
+    ep.close(0u32.into(), b"");
+}
+
+fn frame(f: &Frame<'_>) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    wire::put_frame(&mut b, f);
+    b.to_vec()
+}
+
+async fn still_works(a: &Bus, b: &Bus, got: &std::sync::Arc<std::sync::atomic::AtomicUsize>, n: usize) {
+    assert_eq!(a.emit("alive", &n).await.unwrap(), 1);
+    let ok = wait_until(|| got.load(std::sync::atomic::Ordering::SeqCst) >= n, GUARD).await;
+    assert!(ok, "b got {} alive events, wanted {n}", got.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(wait_until(|| a.neighbours().len() == 1, GUARD).await, "the rogue must be gone: {:?}", a.neighbours());
+    assert_eq!(a.neighbours()[0].id, b.id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_breakers_are_disconnected_and_the_node_keeps_working() {
+    let (a, b) = pair(|_| {}, |_| {}).await;
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let g = got.clone();
+    let _h = b.on("alive", move |_| {
+        g.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    wait_listeners(&a, "alive", 1).await;
+    let v = wire::PROTOCOL_VERSION;
+    let mut n = 0;
+
+    // (a) a frame announcing 4 GiB.
+    expect_closed(&a, "4 GiB frame", v, &u32::MAX.to_le_bytes(), close::PROTOCOL).await;
+    n += 1;
+    still_works(&a, &b, &got, n).await;
+
+    // (b) garbage bincode: unknown enum variant, then trailing junk.
+    let mut garbage = 4u32.to_le_bytes().to_vec();
+    garbage.extend_from_slice(&[200, 1, 2, 3]);
+    expect_closed(&a, "garbage bincode", v, &garbage, close::PROTOCOL).await;
+    let mut trailing = frame(&Frame::Retire);
+    let len = u32::from_le_bytes(trailing[..4].try_into().unwrap()) + 1;
+    trailing[..4].copy_from_slice(&len.to_le_bytes());
+    trailing.push(0);
+    expect_closed(&a, "trailing bytes", v, &trailing, close::PROTOCOL).await;
+    n += 1;
+    still_works(&a, &b, &got, n).await;
+
+    // (c) an event with an invalid name.
+    let bad_event = frame(&Frame::Event { name: "bad name!", payload: b"\xc0" });
+    expect_closed(&a, "invalid event name", v, &bad_event, close::PROTOCOL).await;
+    let wild_event = frame(&Frame::Event { name: "alive.#", payload: b"\xc0" });
+    expect_closed(&a, "wildcard in event name", v, &wild_event, close::PROTOCOL).await;
+    n += 1;
+    still_works(&a, &b, &got, n).await;
+
+    // (d) a wrong protocol version in the preamble.
+    expect_closed(&a, "version 2", 2, &[], close::VERSION).await;
+    expect_closed(&a, "version 0", 0, &[], close::VERSION).await;
+    n += 1;
+    still_works(&a, &b, &got, n).await;
+
+    // More: not partybus at all, a first frame that is not a hello, a second hello.
+    {
+        let (ep, conn) = rogue(&a).await;
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let e = closed_within(&conn, GUARD).await.expect("bad magic closes");
+        assert_eq!(app_code(&e), Some(close::VERSION), "{e}");
+        ep.close(0u32.into(), b"");
+    }
+    {
+        let (ep, conn) = rogue(&a).await;
+        let mut s = conn.open_uni().await.unwrap();
+        let mut b = BytesMut::new();
+        wire::put_preamble(&mut b);
+        wire::put_frame(&mut b, &Frame::Subscribe(vec![]));
+        s.write_all(&b).await.unwrap();
+        let e = closed_within(&conn, GUARD).await.expect("no hello closes");
+        assert_eq!(app_code(&e), Some(close::PROTOCOL), "{e}");
+        ep.close(0u32.into(), b"");
+    }
+    let second_hello = hello_bytes("127.0.0.1:1".parse().unwrap(), v)[wire::PREAMBLE_LEN..].to_vec();
+    expect_closed(&a, "second hello", v, &second_hello, close::PROTOCOL).await;
+    // An event over the receiver's limit.
+    let big = vec![0u8; (16 << 20) + 1000]; // frame within max_frame, event over max_event_size
+    let mut huge = BytesMut::new();
+    wire::put_event(&mut huge, "alive", &big);
+    expect_closed(&a, "oversized event", v, &huge, close::PROTOCOL).await;
+    n += 1;
+    still_works(&a, &b, &got, n).await;
+
+    a.leave().await;
+    b.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_hold_more_subscriptions_than_the_limit() {
+    let a = node(0, None, |c| c.max_subscriptions_per_peer = 5).await;
+    let (ep, conn) = rogue(&a).await;
+    let mut s = send_hello(&conn, wire::PROTOCOL_VERSION).await;
+    let subs = |ids: std::ops::Range<u64>| {
+        frame(&Frame::Subscribe(ids.map(|id| WireSub { id, selector: "lim".into(), spy: false }).collect()))
+    };
+    s.write_all(&subs(1..9)).await.unwrap(); // 8 > 5
+    assert!(wait_until(|| a.listener_count("lim").unwrap() == 5, GUARD).await);
+    s.write_all(&subs(20..23)).await.unwrap(); // more, one frame later
+    s.write_all(&subs(1..3)).await.unwrap(); // re-subscribing known ids is idempotent
+    s.write_all(&frame(&Frame::Unsubscribe(vec![1]))).await.unwrap();
+    assert!(wait_until(|| a.listener_count("lim").unwrap() == 4, GUARD).await);
+    s.write_all(&subs(30..40)).await.unwrap(); // one slot free again
+    assert!(wait_until(|| a.listener_count("lim").unwrap() == 5, GUARD).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.listener_count("lim").unwrap(), 5);
+    assert_eq!(a.listeners("lim").unwrap().iter().filter(|p| p.name == "rogue").count(), 5);
+    assert_eq!(a.neighbours().len(), 1, "refusing subscriptions does not disconnect");
+
+    // The rogue is a real neighbour: it gets events on a's stream.
+    assert_eq!(a.emit("lim", &42u8).await.unwrap(), 5);
+    let mut rs = conn.accept_uni().await.unwrap();
+    let mut dec = FrameDecoder::new(1 << 20);
+    let found = tokio::time::timeout(GUARD, async {
+        loop {
+            while let Some(body) = dec.next_frame().unwrap() {
+                if let Frame::Event { name, payload } = wire::parse(&body).unwrap() {
+                    return (name.to_owned(), payload.to_vec());
+                }
+            }
+            let chunk = rs.read_chunk(64 * 1024, true).await.unwrap().expect("stream open");
+            dec.buffer().extend_from_slice(&chunk.bytes);
+        }
+    })
+    .await
+    .expect("event reaches the rogue");
+    assert_eq!(found.0, "lim");
+    assert_eq!(partybus::payload::decode::<u8>(&found.1).unwrap(), 42);
+    ep.close(0u32.into(), b"");
+    a.leave().await;
+}
