@@ -100,6 +100,9 @@ pub(crate) struct State {
     neighbours: HashMap<NodeId, Neighbour>,
     observers: Vec<(String, watch::Sender<usize>)>,
     known: HashMap<NodeId, Known>,
+    /// Nodes that said goodbye. Ids are new at every start, so gossip about
+    /// these (still in flight when they left) is stale: never dial them.
+    departed: HashSet<NodeId>,
     dialing_addrs: HashSet<SocketAddr>,
     dialing_ids: HashSet<NodeId>,
     self_addrs: HashSet<SocketAddr>,
@@ -500,6 +503,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
             neighbours: HashMap::new(),
             observers: Vec::new(),
             known: HashMap::new(),
+            departed: HashSet::new(),
             dialing_addrs: HashSet::new(),
             dialing_ids: HashSet::new(),
             self_addrs: HashSet::new(),
@@ -680,8 +684,12 @@ fn dial_known(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>, delay: Dur
             tokio::time::sleep(delay).await;
         }
         for addr in addrs {
-            if me.closing.load(Ordering::Acquire) || me.state().neighbours.contains_key(&id) {
-                break;
+            {
+                // Connected meanwhile, or it said goodbye while we waited: do not dial it.
+                let st = me.state();
+                if me.closing.load(Ordering::Acquire) || st.neighbours.contains_key(&id) || st.departed.contains(&id) {
+                    break;
+                }
             }
             let addr = canonical(addr);
             {
@@ -985,7 +993,12 @@ async fn run_connection(inner: Arc<Inner>, conn: quinn::Connection, dir: Directi
         if !goodbye && !inner.closing.load(Ordering::Acquire) {
             redial(&inner, peer, addrs);
         } else {
-            inner.state().known.remove(&peer);
+            let mut st = inner.state();
+            st.known.remove(&peer);
+            if st.departed.len() >= 4096 {
+                st.departed.clear(); // bounded; a stale dial is harmless, only wasteful
+            }
+            st.departed.insert(peer);
         }
     }
 }
@@ -1139,7 +1152,7 @@ fn handle_gossip(inner: &Arc<Inner>, list: Vec<PeerAddrs>, link: SocketAddr) {
     {
         let mut st = inner.state();
         for p in list {
-            if p.id == inner.id || st.neighbours.contains_key(&p.id) {
+            if p.id == inner.id || st.neighbours.contains_key(&p.id) || st.departed.contains(&p.id) {
                 continue;
             }
             let addrs: Vec<SocketAddr> =

@@ -121,10 +121,10 @@ async fn emit_counts_local_and_remote_listeners_and_listeners_lists_them() {
     let (la2, ha2) = recorder();
     let (lb, hb) = recorder();
     let (lc, hc) = recorder();
-    let _1 = a.on("e", ha).unwrap();
-    let _2 = a.on("+", ha2).unwrap();
-    let _3 = b.on("e", hb).unwrap();
-    let _4 = c.on("#", hc).unwrap();
+    let _l1 = a.on("e", ha).unwrap();
+    let _l2 = a.on("+", ha2).unwrap();
+    let _l3 = b.on("e", hb).unwrap();
+    let _l4 = c.on("#", hc).unwrap();
     for n in [&a, &b, &c] {
         wait_listeners(n, "e", 4).await;
     }

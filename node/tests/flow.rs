@@ -12,7 +12,7 @@ use partybus::FullPolicy;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_hundred_thousand_small_events_arrive_in_order() {
-    let _g = heavy();
+    let _g = heavy().await;
     const N: u64 = 100_000;
     let (a, b) = pair(|_| {}, |_| {}).await;
     // Sequence numbers start at 1; 0 = none yet; u64::MAX = out of order.
@@ -46,7 +46,7 @@ async fn one_hundred_thousand_small_events_arrive_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_hundred_events_of_one_mib_arrive_whole() {
-    let _g = heavy();
+    let _g = heavy().await;
     const N: usize = 100;
     const SIZE: usize = 1 << 20;
     let (a, b) = pair(|_| {}, |_| {}).await;
@@ -117,7 +117,7 @@ async fn settle(counter: &AtomicUsize, quiet: Duration) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_blocks_the_emitter_and_loses_nothing() {
-    let _g = heavy();
+    let _g = heavy().await;
     const N: usize = 20_000;
     const SIZE: usize = 1024;
     let (a, b) = pair(|c| c.queue_limit = 64 << 10, |_| {}).await;
@@ -151,7 +151,7 @@ async fn a_slow_subscriber_blocks_the_emitter_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drop_policy_drops_and_counts_instead_of_blocking() {
-    let _g = heavy();
+    let _g = heavy().await;
     const N: usize = 20_000;
     const SIZE: usize = 1024;
     let (a, b) = pair(
@@ -184,8 +184,8 @@ async fn the_drop_policy_drops_and_counts_instead_of_blocking() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(sub.try_next_none(), "more events than counted");
-    let seen = seen.lock().unwrap();
-    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order");
+    let in_order = seen.lock().unwrap().windows(2).all(|w| w[0] < w[1]);
+    assert!(in_order, "in order");
     a.leave().await;
     b.leave().await;
 }

@@ -36,8 +36,12 @@ async fn shutdown_signal() {
 }
 
 fn out(v: serde_json::Value) {
+    out_line(&v.to_string());
+}
+
+fn out_line(line: &str) {
     let mut o = std::io::stdout().lock();
-    let _ = writeln!(o, "{v}");
+    let _ = writeln!(o, "{line}");
     let _ = o.flush();
 }
 
@@ -125,7 +129,21 @@ pub async fn listen(opts: NodeOpts, selectors: Vec<String>) -> Result<ExitCode> 
                     json!({"$raw": base64::engine::general_purpose::STANDARD.encode(ev.raw())})
                 });
                 let src = ev.source();
-                out(json!({"event": ev.name(), "source": {"id": src.id.to_hex(), "name": src.name}, "payload": payload}));
+                // Keys in the documented order (event, source, payload):
+                // `json!` objects sort their keys.
+                #[derive(serde::Serialize)]
+                struct Source<'a> {
+                    id: String,
+                    name: &'a str,
+                }
+                #[derive(serde::Serialize)]
+                struct Line<'a> {
+                    event: &'a str,
+                    source: Source<'a>,
+                    payload: serde_json::Value,
+                }
+                let line = Line { event: ev.name(), source: Source { id: src.id.to_hex(), name: &src.name }, payload };
+                out_line(&serde_json::to_string(&line).unwrap_or_default());
             }
         }
     }

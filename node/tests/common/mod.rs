@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -68,9 +68,9 @@ pub fn hood() -> &'static TestHood {
 }
 
 /// Serialises the heavy tests of one binary (2 cores).
-pub fn heavy() -> MutexGuard<'static, ()> {
-    static M: Mutex<()> = Mutex::new(());
-    M.lock().unwrap_or_else(|p| p.into_inner())
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static M: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    M.lock().await
 }
 
 /// Test defaults: loopback only, any port, quick re-dials.

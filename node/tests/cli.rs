@@ -1,0 +1,318 @@
+//! The `partybus` command: PKI files, `cert show`, `node`, `listen` +
+//! `emit`, config files. Runs the real binary on loopback.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_partybus");
+const GUARD: Duration = Duration::from_secs(20);
+
+fn run(args: &[&str], dir: &Path) -> Output {
+    Command::new(BIN).args(args).current_dir(dir).env("RUST_LOG", "warn").stdin(Stdio::null()).output().expect("run partybus")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A hood "h" with peers in a temp dir.
+fn hood_with(peers: &[&str]) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let o = run(&["hood", "create", "h", "--dir", d.path().to_str().unwrap(), "--days", "30"], d.path());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    for p in peers {
+        let o = run(&["peer", "create", "h", p, "--dir", d.path().to_str().unwrap(), "--days", "30"], d.path());
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    d
+}
+
+fn pki_args(dir: &Path, peer: &str) -> Vec<String> {
+    let p = |f: String| dir.join(f).to_string_lossy().into_owned();
+    vec![
+        "--ca".into(),
+        p("h.crt".into()),
+        "--cert".into(),
+        p(format!("h.{peer}.crt")),
+        "--key".into(),
+        p(format!("h.{peer}.key")),
+        "--bind".into(),
+        "127.0.0.1".into(),
+    ]
+}
+
+/// A long-running child whose stdout lines arrive on a channel; killed on drop.
+struct Daemon {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Daemon {
+    fn spawn(args: &[String]) -> Daemon {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn partybus");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon { child, lines }
+    }
+    fn line(&self) -> String {
+        self.lines.recv_timeout(GUARD).expect("a line from the child")
+    }
+    /// SIGTERM, then the exit status (the child leaves cleanly).
+    fn term(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        for _ in 0..200 {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the child did not exit after SIGTERM");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn hood_and_peer_create_write_files_with_modes_and_never_overwrite() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_str().unwrap();
+    let o = run(&["hood", "create", "lab", "--dir", dir], d.path());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let printed: Vec<PathBuf> = text(&o.stdout).lines().map(PathBuf::from).collect();
+    assert_eq!(printed, [d.path().join("lab.crt"), d.path().join("lab.key")]);
+    let o = run(&["peer", "create", "lab", "alice", "--dir", dir, "--key-type", "ed25519"], d.path());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let printed: Vec<PathBuf> = text(&o.stdout).lines().map(PathBuf::from).collect();
+    assert_eq!(printed, [d.path().join("lab.alice.crt"), d.path().join("lab.alice.key")]);
+    for f in ["lab.crt", "lab.key", "lab.alice.crt", "lab.alice.key"] {
+        let s = std::fs::read_to_string(d.path().join(f)).unwrap();
+        assert!(s.starts_with("-----BEGIN "), "{f} is PEM");
+    }
+    #[cfg(unix)]
+    {
+        assert_eq!(mode(&d.path().join("lab.key")), 0o600);
+        assert_eq!(mode(&d.path().join("lab.alice.key")), 0o600);
+    }
+
+    // Overwrite refused, naming the file; nothing changed.
+    let before = std::fs::read(d.path().join("lab.key")).unwrap();
+    let o = run(&["hood", "create", "lab", "--dir", dir], d.path());
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("lab.crt") || err.contains("lab.key"), "{err}");
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::read(d.path().join("lab.key")).unwrap(), before);
+    let o = run(&["peer", "create", "lab", "alice", "--dir", dir], d.path());
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("lab.alice.crt") || err.contains("lab.alice.key"), "{err}");
+
+    // A peer of a hood that does not exist: an error naming the missing file.
+    let o = run(&["peer", "create", "nohood", "bob", "--dir", dir], d.path());
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("nohood"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn cert_show_json_has_the_documented_fields() {
+    let d = hood_with(&["alice"]);
+    let show = |f: &str| {
+        let o = run(&["cert", "show", "--json", d.path().join(f).to_str().unwrap()], d.path());
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let s = text(&o.stdout);
+        assert_eq!(s.lines().count(), 1, "one JSON object: {s}");
+        serde_json::from_str::<serde_json::Value>(&s).unwrap()
+    };
+    let hood = show("h.crt");
+    let peer = show("h.alice.crt");
+    for v in [&hood, &peer] {
+        for k in ["subject", "issuer", "serial", "not_before", "not_after", "key_type", "is_ca", "fingerprint", "cn", "o"] {
+            assert!(v.get(k).is_some(), "{k} missing in {v}");
+        }
+        assert_eq!(v["fingerprint"].as_str().unwrap().len(), 64);
+        assert_eq!(v["key_type"], "ECDSA P-256");
+    }
+    assert_eq!(hood["is_ca"], true);
+    assert_eq!(hood["cn"], "h");
+    assert_eq!(peer["is_ca"], false);
+    assert_eq!(peer["cn"], "alice");
+    assert_eq!(peer["o"], "h");
+    assert_eq!(peer["issuer"], hood["subject"]);
+    assert_ne!(peer["fingerprint"], hood["fingerprint"]);
+    // Text form too.
+    let o = run(&["cert", "show", d.path().join("h.alice.crt").to_str().unwrap()], d.path());
+    assert!(o.status.success());
+    assert!(text(&o.stdout).contains("alice"));
+    // A missing file is an error naming it.
+    let o = run(&["cert", "show", "nope.crt"], d.path());
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("nope.crt"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn node_prints_the_ready_line_and_neighbour_lines_and_leaves_on_sigterm() {
+    let d = hood_with(&["a", "b"]);
+    let hood_fp = {
+        let o = run(&["cert", "show", "--json", d.path().join("h.crt").to_str().unwrap()], d.path());
+        serde_json::from_str::<serde_json::Value>(&text(&o.stdout)).unwrap()["fingerprint"].clone()
+    };
+    let mut args = vec!["node".to_owned(), "--port".into(), "0".into()];
+    args.extend(pki_args(d.path(), "a"));
+    let a = Daemon::spawn(&args);
+    let ready: serde_json::Value = serde_json::from_str(&a.line()).unwrap();
+    let r = &ready["ready"];
+    assert_eq!(r["name"], "a");
+    assert_eq!(r["fingerprint"], hood_fp);
+    assert_eq!(r["id"].as_str().unwrap().len(), 32);
+    let port = r["port"].as_u64().unwrap();
+    assert!(port > 0);
+
+    let mut args = vec!["node".to_owned(), "--port".into(), "0".into(), "--connect".into(), format!("127.0.0.1:{port}")];
+    args.extend(pki_args(d.path(), "b"));
+    let b = Daemon::spawn(&args);
+    let b_ready: serde_json::Value = serde_json::from_str(&b.line()).unwrap();
+    let found: serde_json::Value = serde_json::from_str(&a.line()).unwrap();
+    assert_eq!(found["neighbour"], "found");
+    assert_eq!(found["name"], "b");
+    assert_eq!(found["id"], b_ready["ready"]["id"]);
+    assert_eq!(found["direction"], "in");
+    assert_eq!(found["count"], 1);
+    let found_b: serde_json::Value = serde_json::from_str(&b.line()).unwrap();
+    assert_eq!(found_b["direction"], "out");
+    assert_eq!(found_b["addr"], format!("127.0.0.1:{port}"));
+
+    // b leaves cleanly on SIGTERM: a sees it lost with reason "left".
+    assert!(b.term().success());
+    let lost: serde_json::Value = serde_json::from_str(&a.line()).unwrap();
+    assert_eq!(lost["neighbour"], "lost");
+    assert_eq!(lost["reason"], "left");
+    assert_eq!(lost["count"], 0);
+    assert!(a.term().success());
+}
+
+#[test]
+fn listen_and_emit_round_trip_with_the_documented_line_formats() {
+    let d = hood_with(&["ear", "mouth"]);
+    let port = free_udp_port();
+    let mut args = vec!["listen".to_owned(), "--port".into(), port.to_string()];
+    args.extend(pki_args(d.path(), "ear"));
+    args.extend(["chat.+".to_owned(), "$SYS.#".to_owned()]);
+    let ear = Daemon::spawn(&args);
+
+    let emit = |extra: &[&str], stdin: Option<&str>| -> Output {
+        let mut a: Vec<String> = vec!["emit".into(), "--port".into(), "0".into(), "--connect".into(), format!("127.0.0.1:{port}")];
+        a.extend(pki_args(d.path(), "mouth"));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new(BIN)
+            .args(&a)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut sin = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            sin.write_all(s.as_bytes()).unwrap();
+        }
+        drop(sin);
+        child.wait_with_output().unwrap()
+    };
+
+    let o = emit(&["--wait-listeners", "1", "--timeout", "20s", "chat.lobby", r#"{"text":"hi","n":[1,2.5,null],"b":{"$base64":"AAH/"}}"#], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert_eq!(out.lines().last(), Some("1"), "the count alone on the last line: {out:?}");
+
+    let line = ear.line();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["event"], "chat.lobby");
+    assert_eq!(v["source"]["name"], "mouth");
+    assert_eq!(v["source"]["id"].as_str().unwrap().len(), 32);
+    assert_eq!(v["payload"], serde_json::json!({"text": "hi", "n": [1, 2.5, null], "b": {"$base64": "AAH/"}}));
+    // The exact shape: event, then source {id, name}, then payload.
+    let id = v["source"]["id"].as_str().unwrap();
+    let payload = serde_json::to_string(&v["payload"]).unwrap();
+    assert_eq!(line, format!(r#"{{"event":"chat.lobby","source":{{"id":"{id}","name":"mouth"}},"payload":{payload}}}"#));
+
+    // One payload per stdin line with '-'; blank lines skipped.
+    let o = emit(&["--wait-listeners", "1", "--timeout", "20s", "$SYS.tick", "-"], Some("1\n\n\"two\"\n{\"three\":3}\n"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).lines().collect::<Vec<_>>(), ["1", "1", "1"]);
+    let got: Vec<serde_json::Value> = (0..3).map(|_| serde_json::from_str::<serde_json::Value>(&ear.line()).unwrap()["payload"].clone()).collect();
+    assert_eq!(got, [serde_json::json!(1), serde_json::json!("two"), serde_json::json!({"three": 3})]);
+
+    // Not JSON on stdin: an error naming the line.
+    let o = emit(&["--wait-listeners", "1", "--timeout", "20s", "$SYS.tick", "-"], Some("1\nnope\n"));
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("line 2"), "{}", text(&o.stderr));
+
+    // Nobody listens to this one: it emits anyway after the timeout, prints 0, exits 3.
+    let o = emit(&["--wait-listeners", "1", "--timeout", "1s", "other.event", "null"], None);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).lines().last(), Some("0"));
+
+    // Bad event name: refused before joining, naming the character.
+    let o = emit(&["bad name"], None);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("' '"), "{}", text(&o.stderr));
+    drop(ear);
+}
+
+#[test]
+fn a_config_file_with_an_unknown_field_is_an_error_naming_file_and_field() {
+    let d = hood_with(&["c"]);
+    let cfg = d.path().join("node.toml");
+    std::fs::write(&cfg, "ca = \"h.crt\"\ncert = \"h.c.crt\"\nkey = \"h.c.key\"\nprot = \"4816\"\n").unwrap();
+    let o = run(&["node", "--config", cfg.to_str().unwrap()], d.path());
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("node.toml"), "{err}");
+    assert!(err.contains("prot"), "{err}");
+
+    // Nested sections too.
+    std::fs::write(&cfg, "ca = \"h.crt\"\ncert = \"h.c.crt\"\nkey = \"h.c.key\"\n[limits]\nqueue_limt = 5\n").unwrap();
+    let o = run(&["node", "--config", cfg.to_str().unwrap()], d.path());
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("node.toml") && err.contains("queue_limt"), "{err}");
+
+    // A good file (relative paths resolved against its folder) starts a node.
+    std::fs::write(&cfg, "ca = \"h.crt\"\ncert = \"h.c.crt\"\nkey = \"h.c.key\"\nport = \"0\"\nbind = \"127.0.0.1\"\n").unwrap();
+    let n = Daemon::spawn(&["node".into(), "--config".into(), cfg.to_string_lossy().into_owned()]);
+    let ready: serde_json::Value = serde_json::from_str(&n.line()).unwrap();
+    assert_eq!(ready["ready"]["name"], "c");
+    assert!(n.term().success());
+}
