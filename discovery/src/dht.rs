@@ -569,6 +569,7 @@ async fn run_service(
         backoff: Duration::from_secs(1),
     };
     let mut next_lookup = Instant::now();
+    let mut last_lookup: Option<Instant> = None;
     // Node-record queries of the current lookup round: query -> provider.
     let mut record_queries: HashMap<kad::QueryId, PeerId> = HashMap::new();
     let mut provider_query: Option<kad::QueryId> = None;
@@ -586,6 +587,7 @@ async fn run_service(
         }
         if now >= next_lookup {
             next_lookup = now + lookup_interval;
+            last_lookup = Some(now);
             if provider_query.is_none() {
                 seen_providers.clear();
                 provider_query = Some(core.swarm.behaviour_mut().kad.get_providers(rdv.clone()));
@@ -677,6 +679,11 @@ async fn run_service(
                             ann.next = Instant::now();
                             ann.backoff = Duration::from_secs(1);
                         }
+                        // The first lookup usually ran before any peer was
+                        // known and found nothing: look again now (at most
+                        // once a second while peers keep arriving).
+                        let soon = last_lookup.map_or(Instant::now(), |t| t + Duration::from_secs(1));
+                        next_lookup = next_lookup.min(soon.max(Instant::now()));
                     }
                     other => core.on_common_event(other),
                 }

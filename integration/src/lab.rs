@@ -509,7 +509,8 @@ impl Lab {
         let copy = File::create(stderr_path.with_extension("stdout")).ok();
         let reader =
             std::thread::Builder::new().name(format!("lab-out-{label}")).spawn(move || read_lines(out, &s2, copy))?;
-        Ok(LabProcess { label, child, stdin: None, shared, cursor: 0, stderr_path, reader: Some(reader) }.with_stdin())
+        Ok(LabProcess { label, child, stdin: None, shared, cursor: 0, stderr_path, reader: Some(reader), stderr_cursor: 0 }
+            .with_stdin())
     }
 
     /// Start a program and wait (at most `timeout`) for it to exit; its
@@ -700,6 +701,8 @@ pub struct LabProcess {
     cursor: usize,
     stderr_path: PathBuf,
     reader: Option<std::thread::JoinHandle<()>>,
+    /// Byte offset in the stderr file where `wait_for_stderr` looks next.
+    stderr_cursor: u64,
 }
 
 impl fmt::Debug for LabProcess {
@@ -865,6 +868,55 @@ impl LabProcess {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+    }
+
+    /// Wait (at most `timeout`, polling) for a complete stderr line (log
+    /// line) matching `pred`, looking only after the previous match; returns
+    /// the line. Fails on timeout, or when the process exited and the line is
+    /// not there, with the stderr tail in the message.
+    pub fn wait_for_stderr(&mut self, mut pred: impl FnMut(&str) -> bool, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let exited = self.child.try_wait()?.is_some();
+            if let Ok(mut f) = File::open(&self.stderr_path) {
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                if len > self.stderr_cursor {
+                    f.seek(SeekFrom::Start(self.stderr_cursor))?;
+                    // Bounded read per poll; only complete lines are consumed.
+                    let mut buf = Vec::new();
+                    (&mut f).take(8 << 20).read_to_end(&mut buf)?;
+                    let mut consumed = 0usize;
+                    while let Some(nl) = buf[consumed..].iter().position(|&b| b == b'\n') {
+                        let line = String::from_utf8_lossy(&buf[consumed..consumed + nl]).into_owned();
+                        consumed += nl + 1;
+                        if pred(&line) {
+                            self.stderr_cursor += consumed as u64;
+                            return Ok(line);
+                        }
+                    }
+                    self.stderr_cursor += consumed as u64;
+                }
+            }
+            if exited || Instant::now() >= deadline {
+                let why = if exited { "process exited" } else { "timed out" };
+                bail!(
+                    "{}: {why} while waiting {timeout:?} for a matching stderr line; stderr tail:\n{}",
+                    self.label,
+                    self.stderr_tail(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The whole stderr so far (at most its last 16 MiB), for searching logs.
+    pub fn stderr_text(&self) -> String {
+        let Ok(mut f) = File::open(&self.stderr_path) else { return String::new() };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 << 20)));
+        let mut buf = Vec::new();
+        let _ = f.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
     }
 
     /// The last `n` lines of the process's stderr.

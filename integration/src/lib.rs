@@ -2,10 +2,13 @@
 //!
 //! - [`lab`]: network namespaces, bridges, routers, processes (needs root,
 //!   `ip`, `nft`; tests skip without them unless `PARTYBUS_LAB=required`).
+//! - [`nat`]: a NAT lab (internet, home routers with masquerade and
+//!   miniupnpd, hosts behind them) built with [`lab`].
 //! - [`pb`]: driving the `partybus` binary (finding it, certificates).
 //! - `mdns-probe` (bin): the mDNS discovery service alone, for lab tests.
 
 pub mod lab;
+pub mod nat;
 pub mod pb;
 
 pub use lab::{Bridge, Lab, LabError, LabProcess, Ns};

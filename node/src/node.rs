@@ -968,7 +968,9 @@ async fn run_connection(inner: Arc<Inner>, conn: quinn::Connection, dir: Directi
         }
     };
     writer.abort();
-    let goodbye = matches!(&outcome, ReaderEnd::Eof)
+    // No re-dial after a goodbye, or after the peer broke the protocol (it
+    // would only break it again; static discovery still retries it).
+    let goodbye = matches!(&outcome, ReaderEnd::Eof | ReaderEnd::Protocol(_))
         || matches!(&outcome, ReaderEnd::Conn(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == close::GOODBYE.into())
         || matches!(&outcome, ReaderEnd::Conn(quinn::ConnectionError::LocallyClosed));
     let lost = {
