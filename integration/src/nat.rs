@@ -1,0 +1,509 @@
+//! A NAT lab on top of [`crate::lab`]: an "internet" with public hosts, two
+//! home routers doing NAT (nftables masquerade) with a host behind each, and
+//! optionally miniupnpd on the routers (UPnP IGD + NAT-PMP/PCP).
+//!
+//! ```text
+//!                 "internet" namespace `inet`, bridge inet0
+//!                 203.0.113.1/24 + 198.51.100.1/24, routes between the two,
+//!                 no default route: nothing leaves the lab
+//!      +--------------+---------------+------------------+-----------------+
+//!   vps1 .10       stun .3 + .4       r1 wan              r2 wan
+//!   203.0.113.10   203.0.113.3/.4     203.0.113.21        198.51.100.22
+//!                  (STUN 3478/3479)   | NAT, miniupnpd     | NAT, miniupnpd
+//!                                     r1 lan 198.18.1.1    r2 lan 198.18.2.1
+//!                                     h1 198.18.1.10       h2 198.18.2.10
+//! ```
+//!
+//! * The routers masquerade LAN traffic leaving `wan`: plain `masquerade` is
+//!   a port-restricted cone NAT (endpoint-independent mapping, port
+//!   preservation), [`RouterOptions::symmetric`] uses `masquerade
+//!   fully-random` (a symmetric NAT). No hairpinning.
+//! * Unsolicited WAN packets are dropped (never rejected: an ICMP answer
+//!   would create conntrack state that spoils a later hole punch).
+//! * [`RouterOptions::loss_ppm`] drops that many packets per million in each
+//!   direction on the WAN link (`numgen random`; no `tc netem` here).
+//! * With [`RouterOptions::upnp`], miniupnpd runs in the router namespace with
+//!   its own chains in the router's `inet pbnat` table (`upnp_forward`,
+//!   `upnp_prerouting`, `upnp_postrouting`), HTTP on a fixed port
+//!   ([`UPNP_HTTP_PORT`]), `secure_mode`, mappings allowed for the LAN only.
+//!   Its WAN addresses are "reserved" (documentation ranges), so it must run
+//!   its STUN self-test against the lab STUN server to enable forwarding; the
+//!   router accepts those answers in its input chain.
+//!
+//! Everything is removed with the [`Lab`]; the miniupnpd and STUN processes
+//! are killed when the [`NatLab`] is dropped (drop it before the lab, e.g. by
+//! declaring it after the lab).
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::lab::{lab_required, print_skip, which, Bridge, Lab, LabProcess, Ns};
+
+/// Public address of the VPS host.
+pub const VPS1_IP: &str = "203.0.113.10";
+/// The two addresses of the STUN host.
+pub const STUN_IPS: [&str; 2] = ["203.0.113.3", "203.0.113.4"];
+/// STUN ports (primary, alternate).
+pub const STUN_PORTS: [u16; 2] = [3478, 3479];
+/// miniupnpd's HTTP port on the routers (fixed, so a restarted daemon is
+/// found at the same URL).
+pub const UPNP_HTTP_PORT: u16 = 5000;
+/// The nftables table (family inet) of a router.
+pub const ROUTER_TABLE: &str = "pbnat";
+/// miniupnpd's chains in [`ROUTER_TABLE`].
+pub const UPNP_CHAINS: [&str; 3] = ["upnp_forward", "upnp_prerouting", "upnp_postrouting"];
+
+/// How one home router behaves.
+#[derive(Clone, Debug, Default)]
+pub struct RouterOptions {
+    /// `masquerade fully-random`: a new external port per destination (symmetric NAT).
+    pub symmetric: bool,
+    /// Packets dropped per million, in each direction of the WAN link.
+    pub loss_ppm: u32,
+    /// Run miniupnpd (UPnP IGD, NAT-PMP/PCP) on the router.
+    pub upnp: bool,
+}
+
+/// Options of the whole NAT lab.
+#[derive(Clone, Debug, Default)]
+pub struct NatOptions {
+    pub r1: RouterOptions,
+    pub r2: RouterOptions,
+    /// The `stun-server` binary (needed when a router runs miniupnpd), e.g.
+    /// `env!("CARGO_BIN_EXE_stun-server")` in a test of this crate.
+    pub stun_server: Option<PathBuf>,
+}
+
+/// A home: router, LAN, host.
+pub struct Site {
+    /// "r1" / "r2".
+    pub router: Ns,
+    /// "h1" / "h2".
+    pub host: Ns,
+    /// The router's public (WAN) address.
+    pub wan_ip: Ipv4Addr,
+    /// The router's LAN address (the host's default gateway).
+    pub lan_ip: Ipv4Addr,
+    /// The host's LAN address.
+    pub host_ip: Ipv4Addr,
+    /// The LAN, e.g. `198.18.1.0/24`.
+    pub lan_cidr: String,
+    pub opts: RouterOptions,
+    miniupnpd: Mutex<Option<LabProcess>>,
+    /// Starts of miniupnpd so far (config and pid file names).
+    upnp_starts: Mutex<u32>,
+}
+
+impl Site {
+    /// `http://LAN_IP:5000/rootDesc.xml`: miniupnpd's description URL.
+    pub fn upnp_url(&self) -> String {
+        format!("http://{}:{UPNP_HTTP_PORT}/rootDesc.xml", self.lan_ip)
+    }
+}
+
+/// The built NAT lab; see the module documentation.
+pub struct NatLab<'a> {
+    lab: &'a Lab,
+    /// Dropped (killed) before the namespaces go.
+    stun: Option<LabProcess>,
+    /// The internet router namespace (holds bridge `inet0`).
+    pub inet: Ns,
+    pub inet_bridge: Bridge,
+    pub vps1: Ns,
+    pub stun_host: Ns,
+    pub r1: Site,
+    pub r2: Site,
+}
+
+/// Are the programs the NAT lab needs there (beyond the lab's own `ip` and
+/// `nft`)? `upnp`: miniupnpd too. Returns why not.
+pub fn missing_prereqs(upnp: bool) -> Option<String> {
+    if upnp && which("miniupnpd").is_none() {
+        return Some("`miniupnpd` is not installed (apt-get install miniupnpd miniupnpd-nftables)".into());
+    }
+    None
+}
+
+/// Skip the calling test (print the skip message) or, with
+/// `PARTYBUS_LAB=required`, fail it.
+pub fn skip_or_fail(why: &str) {
+    if lab_required() {
+        panic!("PARTYBUS_LAB=required but {why}");
+    }
+    print_skip(why);
+}
+
+impl<'a> NatLab<'a> {
+    /// Build the topology, load the router rulesets, start the STUN server
+    /// and miniupnpd where asked for, and check basic reachability.
+    pub fn build(lab: &'a Lab, opts: NatOptions) -> Result<NatLab<'a>> {
+        let inet = lab.router("inet")?;
+        let inet_bridge = lab.bridge_in(&inet, "inet0")?;
+        lab.addr(&inet, "inet0", "203.0.113.1/24")?;
+        lab.addr(&inet, "inet0", "198.51.100.1/24")?;
+
+        let vps1 = lab.namespace("vps1")?;
+        lab.attach(&vps1, "eth0", &inet_bridge, Some(&format!("{VPS1_IP}/24")))?;
+        lab.route(&vps1, "198.51.100.0/24", "203.0.113.1")?;
+
+        let stun_host = lab.namespace("stun")?;
+        lab.attach(&stun_host, "eth0", &inet_bridge, Some(&format!("{}/24", STUN_IPS[0])))?;
+        lab.addr(&stun_host, "eth0", &format!("{}/24", STUN_IPS[1]))?;
+        lab.route(&stun_host, "198.51.100.0/24", "203.0.113.1")?;
+
+        let r1 = Self::site(lab, &inet_bridge, 1, "203.0.113.21", "203.0.113.1", opts.r1.clone())?;
+        let r2 = Self::site(lab, &inet_bridge, 2, "198.51.100.22", "198.51.100.1", opts.r2.clone())?;
+
+        let mut nat = NatLab { lab, stun: None, inet, inet_bridge, vps1, stun_host, r1, r2 };
+        if nat.r1.opts.upnp || nat.r2.opts.upnp {
+            let bin = opts.stun_server.clone().ok_or_else(|| anyhow!("NatOptions::stun_server is needed for miniupnpd"))?;
+            nat.start_stun(&bin)?;
+        }
+        for site in [&nat.r1, &nat.r2] {
+            if site.opts.upnp {
+                nat.start_miniupnpd(site)?;
+            }
+        }
+        Ok(nat)
+    }
+
+    pub fn lab(&self) -> &'a Lab {
+        self.lab
+    }
+
+    /// Both sites.
+    pub fn sites(&self) -> [&Site; 2] {
+        [&self.r1, &self.r2]
+    }
+
+    fn site(lab: &Lab, inet: &Bridge, n: u8, wan: &str, gw: &str, opts: RouterOptions) -> Result<Site> {
+        let router = lab.router(&format!("r{n}"))?;
+        lab.attach(&router, "wan", inet, Some(&format!("{wan}/24")))?;
+        lab.route(&router, "default", gw)?;
+        let host = lab.namespace(&format!("h{n}"))?;
+        lab.link(&router, "lan", &host, "eth0")?;
+        let lan_ip: Ipv4Addr = format!("198.18.{n}.1").parse()?;
+        let host_ip: Ipv4Addr = format!("198.18.{n}.10").parse()?;
+        lab.addr(&router, "lan", &format!("{lan_ip}/24"))?;
+        lab.addr(&host, "eth0", &format!("{host_ip}/24"))?;
+        lab.route(&host, "default", &lan_ip.to_string())?;
+        let site = Site {
+            router,
+            host,
+            wan_ip: wan.parse()?,
+            lan_ip,
+            host_ip,
+            lan_cidr: format!("198.18.{n}.0/24"),
+            opts,
+            miniupnpd: Mutex::new(None),
+            upnp_starts: Mutex::new(0),
+        };
+        lab.nft(&site.router, &router_ruleset(&site))?;
+        if site.opts.loss_ppm > 0 {
+            lab.nft(&site.router, &loss_ruleset(site.opts.loss_ppm))?;
+        }
+        Ok(site)
+    }
+
+    fn start_stun(&mut self, bin: &Path) -> Result<()> {
+        let mut p = self.lab.spawn(
+            &self.stun_host,
+            bin,
+            [
+                STUN_IPS[0].to_owned(),
+                STUN_IPS[1].to_owned(),
+                STUN_PORTS[0].to_string(),
+                STUN_PORTS[1].to_string(),
+                "--max-seconds".into(),
+                "900".into(),
+            ],
+        )?;
+        p.wait_for_line(|l| l.starts_with("stun-server listening"), Duration::from_secs(10))?;
+        self.stun = Some(p);
+        Ok(())
+    }
+
+    /// miniupnpd's configuration for `site`.
+    pub fn miniupnpd_conf(site: &Site) -> String {
+        let n = &site.router.short[1..];
+        format!(
+            "# partybus NAT lab, router {r}\n\
+             ext_ifname=wan\n\
+             listening_ip=lan\n\
+             http_port={UPNP_HTTP_PORT}\n\
+             enable_upnp=yes\n\
+             enable_natpmp=yes\n\
+             secure_mode=yes\n\
+             system_uptime=yes\n\
+             uuid=3f1c0e52-9a43-4d2e-8b7a-00000000000{n}\n\
+             ext_perform_stun=yes\n\
+             ext_stun_host={stun}\n\
+             ext_stun_port={stun_port}\n\
+             upnp_table_name={ROUTER_TABLE}\n\
+             upnp_nat_table_name={ROUTER_TABLE}\n\
+             upnp_forward_chain={f}\n\
+             upnp_nat_chain={p}\n\
+             upnp_nat_postrouting_chain={q}\n\
+             allow 1024-65535 {lan} 1024-65535\n\
+             deny 0-65535 0.0.0.0/0 0-65535\n",
+            r = site.router.short,
+            stun = STUN_IPS[0],
+            stun_port = STUN_PORTS[0],
+            f = UPNP_CHAINS[0],
+            p = UPNP_CHAINS[1],
+            q = UPNP_CHAINS[2],
+            lan = site.lan_cidr,
+        )
+    }
+
+    /// Start miniupnpd on `site`'s router and wait (bounded) until it serves
+    /// (STUN self-test passed, HTTP and NAT-PMP listening).
+    pub fn start_miniupnpd(&self, site: &Site) -> Result<()> {
+        let mut guard = site.miniupnpd.lock().unwrap();
+        if guard.is_some() {
+            bail!("miniupnpd already runs on {}", site.router);
+        }
+        let k = {
+            let mut s = site.upnp_starts.lock().unwrap();
+            *s += 1;
+            *s
+        };
+        let dir = self.lab.dir();
+        let conf = dir.join(format!("{}-miniupnpd.conf", site.router.short));
+        let pid = dir.join(format!("{}-miniupnpd-{k}.pid", site.router.short));
+        std::fs::write(&conf, Self::miniupnpd_conf(site))?;
+        let mut p = self.lab.spawn(
+            &site.router,
+            "miniupnpd",
+            [
+                "-d".as_ref(),
+                "-f".as_ref(),
+                conf.as_os_str(),
+                "-P".as_ref(),
+                pid.as_os_str(),
+            ],
+        )?;
+        // STUN takes up to 3 s per round; give it a few.
+        let line = p
+            .wait_for_stderr(
+                |l| l.contains("Port forwarding is impossible") || l.contains("Listening for NAT-PMP/PCP traffic"),
+                Duration::from_secs(20),
+            )
+            .with_context(|| format!("miniupnpd on {} did not start", site.router))?;
+        if line.contains("impossible") {
+            bail!("miniupnpd on {}: {line}\n{}", site.router, p.stderr_tail(20));
+        }
+        let text = p.stderr_text();
+        if !text.contains("Port forwarding is now enabled") {
+            bail!("miniupnpd on {} did not enable port forwarding:\n{}", site.router, p.stderr_tail(30));
+        }
+        // The HTTP port answers (bounded).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let addr = SocketAddr::V4(SocketAddrV4::new(site.lan_ip, UPNP_HTTP_PORT));
+            let ok = self
+                .lab
+                .exec_unchecked(
+                    &site.host,
+                    ["bash", "-c", &format!("exec 3<>/dev/tcp/{}/{}", addr.ip(), addr.port())],
+                )
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("miniupnpd on {}: HTTP port {addr} does not answer", site.router);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        *guard = Some(p);
+        Ok(())
+    }
+
+    /// Kill miniupnpd (SIGKILL: like a crash or power loss, it cleans up
+    /// nothing) and flush its chains, so every mapping is gone.
+    pub fn stop_miniupnpd(&self, site: &Site) -> Result<()> {
+        if let Some(mut p) = site.miniupnpd.lock().unwrap().take() {
+            p.kill();
+        }
+        let mut rules = String::new();
+        for c in UPNP_CHAINS {
+            rules.push_str(&format!("flush chain inet {ROUTER_TABLE} {c}\n"));
+        }
+        self.lab.nft(&site.router, &rules)
+    }
+
+    /// [`NatLab::stop_miniupnpd`], then [`NatLab::start_miniupnpd`].
+    pub fn restart_miniupnpd(&self, site: &Site) -> Result<()> {
+        self.stop_miniupnpd(site)?;
+        self.start_miniupnpd(site)
+    }
+
+    /// The log (stderr) of the running miniupnpd of `site`.
+    pub fn miniupnpd_log(&self, site: &Site) -> String {
+        site.miniupnpd.lock().unwrap().as_ref().map(|p| p.stderr_text()).unwrap_or_default()
+    }
+
+    /// The UDP port mappings miniupnpd holds now: (external port, internal address),
+    /// read from its DNAT chain.
+    pub fn udp_mappings(&self, site: &Site) -> Result<Vec<(u16, SocketAddr)>> {
+        let out = self.lab.exec(&site.router, ["nft", "list", "chain", "inet", ROUTER_TABLE, UPNP_CHAINS[1]])?;
+        Ok(parse_dnat_rules(&String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Wait (bounded) until `site` maps UDP to `internal`; returns the external port.
+    pub fn wait_mapping(&self, site: &Site, internal: SocketAddr, timeout: Duration) -> Result<u16> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.udp_mappings(site)?;
+            if let Some((ext, _)) = m.iter().find(|(_, i)| *i == internal) {
+                return Ok(*ext);
+            }
+            if Instant::now() >= deadline {
+                bail!("{}: no UDP mapping to {internal} within {timeout:?}; mappings: {m:?}", site.router);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Take the router's WAN link down or up (a router reboot, a cut line).
+    pub fn set_wan(&self, site: &Site, up: bool) -> Result<()> {
+        self.lab.ip(&site.router, &["link", "set", "wan", if up { "up" } else { "down" }])?;
+        if up {
+            // The default route went with the link.
+            let gw = if site.wan_ip.octets()[0] == 203 { "203.0.113.1" } else { "198.51.100.1" };
+            let _ = self.lab.ip(&site.router, &["route", "replace", "default", "via", gw]);
+        }
+        Ok(())
+    }
+
+    /// Forget all connection tracking state of the router (as a reboot
+    /// does), with the `conntrack` tool.
+    pub fn flush_conntrack(&self, site: &Site) -> Result<()> {
+        if which("conntrack").is_none() {
+            bail!("`conntrack` is not installed (apt-get install conntrack)");
+        }
+        let out = self.lab.exec_unchecked(&site.router, ["conntrack", "-F"])?;
+        // conntrack -F exits 0 (or 1 with "0 flow entries" on some versions).
+        if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("flow entries") {
+            bail!("conntrack -F in {}: {}", site.router, String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NatLab<'_> {
+    fn drop(&mut self) {
+        for site in [&self.r1, &self.r2] {
+            if let Some(mut p) = site.miniupnpd.lock().unwrap().take() {
+                p.kill();
+            }
+        }
+        if let Some(mut p) = self.stun.take() {
+            p.kill();
+        }
+    }
+}
+
+/// The router's ruleset: filter (drop unsolicited WAN traffic), NAT
+/// (masquerade, miniupnpd's DNAT chain), and miniupnpd's empty chains.
+pub fn router_ruleset(site: &Site) -> String {
+    let masq = if site.opts.symmetric { "masquerade fully-random" } else { "masquerade" };
+    let stun_ips = STUN_IPS.join(", ");
+    let stun_ports = format!("{}, {}", STUN_PORTS[0], STUN_PORTS[1]);
+    let [fwd, pre, post] = UPNP_CHAINS;
+    format!(
+        r#"table inet {ROUTER_TABLE} {{
+  # miniupnpd's chains (it adds and deletes rules in them)
+  chain {fwd} {{ }}
+  chain {pre} {{ }}
+  chain {post} {{ }}
+  chain input {{
+    type filter hook input priority filter; policy drop;
+    iifname "lo" accept
+    ct state established,related accept
+    # the LAN: SSDP, UPnP HTTP, NAT-PMP/PCP, ping
+    iifname "lan" accept
+    # miniupnpd's STUN self-test: answers come from other addresses and ports
+    iifname "wan" ip saddr {{ {stun_ips} }} udp sport {{ {stun_ports} }} accept
+    # everything else from the WAN: dropped silently (never rejected)
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    iifname "lan" oifname "wan" accept
+    iifname "wan" oifname "lan" jump {fwd}
+  }}
+  chain output {{
+    type filter hook output priority filter; policy accept;
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    iifname "wan" jump {pre}
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "wan" jump {post}
+    oifname "wan" ip saddr {lan} {masq}
+  }}
+}}
+"#,
+        lan = site.lan_cidr,
+    )
+}
+
+/// Random loss on the WAN link, both directions.
+pub fn loss_ruleset(ppm: u32) -> String {
+    format!(
+        r#"table inet pbloss {{
+  chain in {{
+    type filter hook prerouting priority -300; policy accept;
+    iifname "wan" numgen random mod 1000000 < {ppm} drop
+  }}
+  chain out {{
+    type filter hook postrouting priority 300; policy accept;
+    oifname "wan" numgen random mod 1000000 < {ppm} drop
+  }}
+}}
+"#
+    )
+}
+
+/// `... th dport 4816 dnat ip to 198.18.1.10:4816` lines of `nft list chain`.
+pub fn parse_dnat_rules(text: &str) -> Vec<(u16, SocketAddr)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(to) = line.split("dnat ip to ").nth(1).or_else(|| line.split("dnat to ").nth(1)) else { continue };
+        let Some(internal) = to.split_whitespace().next().and_then(|a| a.parse::<SocketAddr>().ok()) else { continue };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(i) = words.iter().position(|w| *w == "dport") else { continue };
+        let Some(ext) = words.get(i + 1).and_then(|p| p.parse::<u16>().ok()) else { continue };
+        out.push((ext, internal));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dnat_rules() {
+        let text = "table inet pbnat {\n\tchain upnp_prerouting {\n\t\tiif \"wan\" @nh,72,8 0x11 th dport 4816 dnat ip to 198.18.1.10:4816\n\t\tiif \"wan\" @nh,72,8 0x11 th dport 30000 dnat ip to 198.18.1.10:4817\n\t}\n}\n";
+        assert_eq!(
+            parse_dnat_rules(text),
+            vec![(4816, "198.18.1.10:4816".parse().unwrap()), (30000, "198.18.1.10:4817".parse().unwrap())]
+        );
+        assert!(parse_dnat_rules("chain x { }").is_empty());
+    }
+
+    #[test]
+    fn loss_rules() {
+        assert!(loss_ruleset(20_000).contains("numgen random mod 1000000 < 20000 drop"));
+    }
+}
