@@ -5,7 +5,8 @@
 //! ```text
 //!                 "internet" namespace `inet`, bridge inet0
 //!                 203.0.113.1/24 + 198.51.100.1/24, routes between the two,
-//!                 no default route: nothing leaves the lab
+//!                 drops private destinations, no default route: nothing
+//!                 leaves the lab
 //!      +--------------+---------------+------------------+-----------------+
 //!   vps1 .10       stun .3 + .4       r1 wan              r2 wan
 //!   203.0.113.10   203.0.113.3/.4     203.0.113.21        198.51.100.22
@@ -145,6 +146,13 @@ impl<'a> NatLab<'a> {
         let inet_bridge = lab.bridge_in(&inet, "inet0")?;
         lab.addr(&inet, "inet0", "203.0.113.1/24")?;
         lab.addr(&inet, "inet0", "198.51.100.1/24")?;
+        // Like the real internet: private destinations are dropped silently
+        // (no "net unreachable" answers), before routing.
+        lab.nft(
+            &inet,
+            "table inet internet {\n  chain pre {\n    type filter hook prerouting priority -150; policy accept;\n    \
+             ip daddr { 198.18.0.0/15, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 } drop\n  }\n}\n",
+        )?;
 
         let vps1 = lab.namespace("vps1")?;
         lab.attach(&vps1, "eth0", &inet_bridge, Some(&format!("{VPS1_IP}/24")))?;

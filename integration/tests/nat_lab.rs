@@ -7,6 +7,8 @@
 //!    in the DHT and connect directly to each other's mapped public address.
 //! 2. `hub_on_vps_without_upnp`: a public hood node on vps1, h1 and h2 join it
 //!    with `--connect`; no UPnP. What happens between h1 and h2 is reported.
+//!    `hub_with_symmetric_nat_and_loss`: the same with symmetric NATs and 2 %
+//!    loss each way on the WAN links.
 //! 3. `router_restart_drops_mapping_and_mesh_heals`: r2 "reboots" (WAN down,
 //!    miniupnpd killed, its mappings and conntrack gone); h2 notices, maps again
 //!    and the mesh heals.
@@ -15,7 +17,7 @@
 //! They skip without root/ip/nft/miniupnpd unless PARTYBUS_LAB=required.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use partybus_integration::lab::{lab_required, Lab, LabProcess, Ns};
@@ -63,11 +65,11 @@ struct Hood {
 }
 
 impl Hood {
-    fn new(lab: &Lab, bin: &PathBuf) -> Hood {
+    fn new(lab: &Lab, bin: &Path) -> Hood {
         let dir = lab.dir().join("certs");
         std::fs::create_dir_all(&dir).unwrap();
         let hood = pb::create_hood(bin, &dir, "nat").unwrap();
-        Hood { bin: bin.clone(), dir, hood }
+        Hood { bin: bin.to_path_buf(), dir, hood }
     }
 
     /// `partybus CMD <identity of a new peer NAME> ARGS...` in `ns`.
@@ -100,8 +102,7 @@ fn has_found(p: &LabProcess, id: &str) -> Option<serde_json::Value> {
     p.lines()
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["neighbour"] == "found" && v["id"] == id)
-        .last()
+        .rfind(|v| v["neighbour"] == "found" && v["id"] == id)
 }
 
 /// Is `id` a neighbour of `p` now (last found/lost line for it is `found`)?
@@ -109,8 +110,7 @@ fn is_neighbour(p: &LabProcess, id: &str) -> bool {
     p.lines()
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["id"] == id && v.get("neighbour").is_some())
-        .last()
+        .rfind(|v| v["id"] == id && v.get("neighbour").is_some())
         .is_some_and(|v| v["neighbour"] == "found")
 }
 
@@ -153,15 +153,29 @@ fn addr_field(line: &str, key: &str) -> Option<SocketAddr> {
 #[test]
 fn hub_on_vps_without_upnp() {
     let Some((lab, bin)) = setup("nathub", false) else { return };
-    let nat = NatLab::build(&lab, NatOptions::default()).unwrap();
-    let hood = Hood::new(&lab, &bin);
+    hub_scenario(&lab, &bin, NatOptions::default(), "2");
+}
+
+/// Scenario 2 with symmetric NATs (`masquerade fully-random`) and 2 % loss
+/// each way on both WAN links: joining through the hub still works.
+#[test]
+fn hub_with_symmetric_nat_and_loss() {
+    let Some((lab, bin)) = setup("natsym", false) else { return };
+    let r = RouterOptions { symmetric: true, loss_ppm: 20_000, upnp: false };
+    hub_scenario(&lab, &bin, NatOptions { r1: r.clone(), r2: r, stun_server: None }, "2s");
+}
+
+fn hub_scenario(lab: &Lab, bin: &Path, opts: NatOptions, sc: &str) {
+    let symmetric = opts.r1.symmetric;
+    let nat = NatLab::build(lab, opts).unwrap();
+    let hood = Hood::new(lab, bin);
     let hub = format!("{VPS1_IP}:4816");
     let t0 = Instant::now();
-    let mut vps = hood.spawn(&lab, &nat.vps1, "node", "vps1", &s(&["--port", "4816", "--allow-non-global"]));
+    let mut vps = hood.spawn(lab, &nat.vps1, "node", "vps1", &s(&["--port", "4816", "--allow-non-global"]));
     let vps_id = ready_id(&mut vps);
     let join = s(&["--port", "4816", "--connect", &hub, "--allow-non-global"]);
-    let mut h1 = hood.spawn(&lab, &nat.r1.host, "node", "h1", &join);
-    let mut h2 = hood.spawn(&lab, &nat.r2.host, "node", "h2", &join);
+    let mut h1 = hood.spawn(lab, &nat.r1.host, "node", "h1", &join);
+    let mut h2 = hood.spawn(lab, &nat.r2.host, "node", "h2", &join);
     let h1_id = ready_id(&mut h1);
     let h2_id = ready_id(&mut h2);
     wait_found(&mut h1, &vps_id, Duration::from_secs(30));
@@ -169,13 +183,19 @@ fn hub_on_vps_without_upnp() {
     // The hub sees them at their routers' public addresses (masquerade keeps the port).
     let a1 = wait_found(&mut vps, &h1_id, Duration::from_secs(30));
     let a2 = if let Some(v) = has_found(&vps, &h2_id) { v } else { wait_found(&mut vps, &h2_id, Duration::from_secs(30)) };
-    eprintln!("nat: scenario 2 full mesh (h1, h2 joined through vps1) in {:.2} s", t0.elapsed().as_secs_f64());
-    assert_eq!(a1["addr"], format!("{}:4816", nat.r1.wan_ip), "{a1}");
-    assert_eq!(a2["addr"], format!("{}:4816", nat.r2.wan_ip), "{a2}");
+    eprintln!("nat: scenario {sc} full mesh (h1, h2 joined through vps1) in {:.2} s", t0.elapsed().as_secs_f64());
+    let ip_of = |v: &serde_json::Value| v["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap();
+    assert_eq!(ip_of(&a1).ip(), nat.r1.wan_ip, "{a1}");
+    assert_eq!(ip_of(&a2).ip(), nat.r2.wan_ip, "{a2}");
+    if !symmetric {
+        // Port-restricted cone: masquerade keeps the port.
+        assert_eq!(ip_of(&a1).port(), 4816, "{a1}");
+        assert_eq!(ip_of(&a2).port(), 4816, "{a2}");
+    }
 
     // Events: a listener on vps1 gets an emit from h1 and one from h2.
     let to_vps = s(&["--port", "4817", "--connect", &hub, "--allow-non-global", "lab.to-vps1"]);
-    let mut lv = hood.spawn(&lab, &nat.vps1, "listen", "lv", &to_vps);
+    let mut lv = hood.spawn(lab, &nat.vps1, "listen", "lv", &to_vps);
     for (host, name) in [(&nat.r1.host, "e1"), (&nat.r2.host, "e2")] {
         let t = Instant::now();
         let args = s(&[
@@ -191,15 +211,15 @@ fn hub_on_vps_without_upnp() {
             "--timeout",
             "30s",
         ]);
-        let n = emit(&hood, &lab, host, name, &args);
+        let n = emit(&hood, lab, host, name, &args);
         assert_eq!(n, 1, "emit from {host} reached {n} listeners");
         let ev = lv.wait_for_json(|v| v["event"] == "lab.to-vps1", Duration::from_secs(10)).unwrap();
         assert_eq!(ev["payload"]["from"], name);
-        eprintln!("nat: scenario 2 event {host} -> vps1 delivered in {:.2} s", t.elapsed().as_secs_f64());
+        eprintln!("nat: scenario {sc} event {host} -> vps1 delivered in {:.2} s", t.elapsed().as_secs_f64());
     }
     // And the other way: a listener on h1 gets an emit from vps1.
     let mut l1 = hood.spawn(
-        &lab,
+        lab,
         &nat.r1.host,
         "listen",
         "l1",
@@ -219,11 +239,11 @@ fn hub_on_vps_without_upnp() {
         "--timeout",
         "30s",
     ]);
-    let n = emit(&hood, &lab, &nat.vps1, "ev", &args);
+    let n = emit(&hood, lab, &nat.vps1, "ev", &args);
     assert_eq!(n, 1, "emit from vps1 reached {n} listeners");
     let ev = l1.wait_for_json(|v| v["event"] == "lab.to-h1", Duration::from_secs(10)).unwrap();
     assert_eq!(ev["payload"]["from"], "vps1");
-    eprintln!("nat: scenario 2 event vps1 -> h1 delivered in {:.2} s", t.elapsed().as_secs_f64());
+    eprintln!("nat: scenario {sc} event vps1 -> h1 delivered in {:.2} s", t.elapsed().as_secs_f64());
 
     // h1 <-> h2: they learn each other's observed addresses through gossip
     // and dial; with cone NATs the crossing dials may punch through. Report only.
@@ -234,7 +254,7 @@ fn hub_on_vps_without_upnp() {
     let f12 = has_found(&h1, &h2_id);
     let f21 = has_found(&h2, &h1_id);
     eprintln!(
-        "nat: scenario 2 h1<->h2 direct: h1 sees h2 {}, h2 sees h1 {} (after {:.1} s)",
+        "nat: scenario {sc} h1<->h2 direct: h1 sees h2 {}, h2 sees h1 {} (after {:.1} s)",
         f12.map(|v| format!("found at {} ({})", v["addr"], v["direction"])).unwrap_or_else(|| "not found".into()),
         f21.map(|v| format!("found at {} ({})", v["addr"], v["direction"])).unwrap_or_else(|| "not found".into()),
         t0.elapsed().as_secs_f64()
@@ -265,7 +285,7 @@ struct DhtMesh<'a> {
     _dht: LabProcess,
 }
 
-fn dht_mesh<'a>(lab: &'a Lab, bin: &PathBuf, scenario: u32, extra: &[&str]) -> DhtMesh<'a> {
+fn dht_mesh<'a>(lab: &'a Lab, bin: &Path, scenario: u32, extra: &[&str]) -> DhtMesh<'a> {
     let up = RouterOptions { upnp: true, ..Default::default() };
     let nat = NatLab::build(
         lab,

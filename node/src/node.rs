@@ -1255,7 +1255,9 @@ pub(crate) async fn leave(inner: &Arc<Inner>) {
     let _ = tokio::time::timeout(Duration::from_secs(3), flush).await;
     if let Some(ep) = inner.endpoint() {
         ep.close(close::GOODBYE.into(), b"leave");
-        let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+        // Close frames go out at once; waiting longer would only wait out
+        // the draining period of handshakes still in progress.
+        let _ = tokio::time::timeout(Duration::from_millis(300), ep.wait_idle()).await;
     }
     // Stop discovery (bounded), the dispatcher and the rest.
     let _ = inner.shutdown.send(true);

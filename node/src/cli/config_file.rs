@@ -19,6 +19,7 @@
 //! # dht_serve = true        # default: on when this host has a global address
 //! upnp = false
 //! # upnp_url = "http://192.168.1.1:5000/rootDesc.xml"
+//! # upnp_lease = "1h"             # renewed at half-life
 //!
 //! [limits]
 //! # queue_limit = 4194304          # bytes per neighbour
@@ -79,6 +80,7 @@ pub struct DiscoveryConfig {
     #[serde(default)]
     pub upnp: bool,
     pub upnp_url: Option<String>,
+    pub upnp_lease: Option<Dur>,
 }
 
 #[derive(Deserialize, Default, Debug, Clone)]

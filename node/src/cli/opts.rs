@@ -48,6 +48,9 @@ pub struct NodeOpts {
     /// UPnP gateway description URL (skips SSDP search), e.g. http://ROUTER:PORT/rootDesc.xml.
     #[arg(long, value_name = "URL")]
     pub upnp_url: Option<String>,
+    /// Lease of the UPnP port mapping (default 1h; renewed at half-life), e.g. 10m; 0s asks for a permanent one.
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    pub upnp_lease: Option<Duration>,
     /// Serve the DHT to others (default: on when this host has a global address, as on a VPS).
     #[arg(long, conflicts_with = "no_dht_serve")]
     pub dht_serve: bool,
@@ -144,7 +147,10 @@ impl NodeOpts {
         }
         let upnp_url = self.upnp_url.clone().or(disc.upnp_url.clone());
         if self.upnp || disc.upnp || upnp_url.is_some() {
-            let opts = partybus::discovery::upnp::UpnpOptions { gateway_url: upnp_url, ..Default::default() };
+            let mut opts = partybus::discovery::upnp::UpnpOptions { gateway_url: upnp_url, ..Default::default() };
+            if let Some(lease) = self.upnp_lease.or(disc.upnp_lease.map(|d| d.0)) {
+                opts.lease = lease;
+            }
             cfg.discovery.push(Box::new(partybus::discovery::upnp::UpnpDiscovery::new(opts)));
         }
         let mut dht = disc.dht.clone();
