@@ -37,7 +37,33 @@ fn is_base(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'_' | b'-')
 }
 
+/// Bytes allowed anywhere in a name (bit 0) and in a selector (bit 1).
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || matches!(c, b'.' | b':' | b'_' | b'-') {
+            t[b] = 3;
+        } else if c == b'+' || c == b'#' {
+            t[b] = 2;
+        }
+        b += 1;
+    }
+    t
+};
+
 fn check(text: &str, kind: &'static str, wild: bool, allowed: &'static str) -> Result<(), NameError> {
+    // Fast path (the emit hot path): a table lookup per byte; errors are
+    // described by the slow path below.
+    let bit = if wild { 2 } else { 1 };
+    let b = text.as_bytes();
+    if !b.is_empty() && b.len() <= MAX_NAME_LEN {
+        let body = if b[0] == b'$' { &b[1..] } else { b };
+        if body.iter().all(|&c| CLASS[c as usize] & bit != 0) {
+            return Ok(());
+        }
+    }
     if text.is_empty() {
         return Err(NameError::Empty { kind, allowed });
     }

@@ -97,6 +97,10 @@ pub(crate) struct State {
     pub(crate) subs: SubTable,
     listeners: HashMap<u64, Arc<Listener>>,
     listener_cache: HashMap<Box<str>, Arc<Vec<Arc<Listener>>>>,
+    /// Where `emit` sends each name: queues resolved (cleared by `changed`).
+    emit_cache: HashMap<Box<str>, Arc<EmitRoute>>,
+    /// The last name emitted: a hot loop on one name skips the hashing.
+    emit_last: Option<Arc<EmitRoute>>,
     neighbours: HashMap<NodeId, Neighbour>,
     observers: Vec<(String, watch::Sender<usize>)>,
     known: HashMap<NodeId, Known>,
@@ -111,6 +115,43 @@ pub(crate) struct State {
     /// New neighbours to announce to the others (batched).
     announce: Vec<(NodeId, Vec<SocketAddr>)>,
     announce_scheduled: bool,
+}
+
+/// A route with the neighbours' queues resolved: what `emit` needs.
+struct EmitRoute {
+    name: Box<str>,
+    local: bool,
+    local_counted: usize,
+    remote: Vec<(Arc<SendQueue>, usize, NodeId)>,
+}
+
+impl State {
+    fn emit_route(&mut self, name: &str) -> Arc<EmitRoute> {
+        if let Some(r) = &self.emit_last {
+            if &*r.name == name {
+                return r.clone();
+            }
+        }
+        let r = match self.emit_cache.get(name) {
+            Some(r) => r.clone(),
+            None => {
+                let route = self.subs.route(name);
+                let remote = route
+                    .remote
+                    .iter()
+                    .filter_map(|(peer, n)| self.neighbours.get(peer).map(|nb| (nb.queue.clone(), *n, *peer)))
+                    .collect();
+                let r = Arc::new(EmitRoute { name: name.into(), local: !route.local.is_empty(), local_counted: route.local_counted, remote });
+                if self.emit_cache.len() >= crate::subs::ROUTE_CACHE_MAX {
+                    self.emit_cache.clear();
+                }
+                self.emit_cache.insert(name.into(), r.clone());
+                r
+            }
+        };
+        self.emit_last = Some(r.clone());
+        r
+    }
 }
 
 /// Settings copied out of [`Config`] (the rest is consumed by `join`).
@@ -237,6 +278,8 @@ impl Inner {
     /// Call after any change to subscriptions or neighbours (with the lock held).
     pub(crate) fn changed(&self, st: &mut State) {
         st.listener_cache.clear();
+        st.emit_cache.clear();
+        st.emit_last = None;
         self.generation.fetch_add(1, Ordering::AcqRel);
         st.observers.retain(|(name, tx)| {
             if tx.is_closed() {
@@ -361,17 +404,16 @@ impl Inner {
         let mut full: Vec<(Arc<SendQueue>, usize, NodeId)> = Vec::new();
         let (mut count, local) = {
             let mut st = self.state();
-            let route = st.subs.route(name);
+            let route = st.emit_route(name);
             let mut count = route.local_counted;
-            for (peer, n) in &route.remote {
-                let Some(nb) = st.neighbours.get(peer) else { continue };
-                match nb.queue.push_with(flen, |b| wire::put_event(b, name, &payload)) {
+            for (queue, n, peer) in &route.remote {
+                match queue.push_with(flen, |b| wire::put_event(b, name, &payload)) {
                     Ok(()) => count += n,
-                    Err(crate::queue::PushError::Full) => full.push((nb.queue.clone(), *n, *peer)),
+                    Err(crate::queue::PushError::Full) => full.push((queue.clone(), *n, *peer)),
                     Err(crate::queue::PushError::Closed) => {}
                 }
             }
-            (count, !route.local.is_empty())
+            (count, route.local)
         };
         if local {
             let d = Delivery { name: name.into(), source: self.me.clone(), payload: payload.clone() };
@@ -500,6 +542,8 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
             subs: SubTable::new(cfg.max_subscriptions_per_peer),
             listeners: HashMap::new(),
             listener_cache: HashMap::new(),
+            emit_cache: HashMap::new(),
+            emit_last: None,
             neighbours: HashMap::new(),
             observers: Vec::new(),
             known: HashMap::new(),
@@ -1272,6 +1316,8 @@ pub(crate) async fn leave(inner: &Arc<Inner>) {
     let mut st = inner.state();
     st.listeners.clear();
     st.listener_cache.clear();
+    st.emit_cache.clear();
+    st.emit_last = None;
     st.observers.clear();
     st.neighbours.clear();
     drop(st);

@@ -26,6 +26,21 @@ pub enum PushError {
 struct Inner {
     buf: BytesMut,
     closed: bool,
+    /// Capacity to give a fresh buffer: the size of the last batch taken
+    /// (within bounds), so a steady stream fills one allocation per batch
+    /// instead of growing (and copying) it.
+    next_cap: usize,
+}
+
+/// Smallest buffer allocated: many small frames share one allocation.
+const MIN_ALLOC: usize = 64 * 1024;
+
+impl Inner {
+    /// Takes the whole buffer, leaving an empty one (allocated on the next push).
+    fn take_all(&mut self, limit: usize) -> Bytes {
+        self.next_cap = self.buf.len().min(limit).max(MIN_ALLOC);
+        std::mem::take(&mut self.buf).freeze()
+    }
 }
 
 /// Bounded byte queue between emitters and one connection writer.
@@ -43,7 +58,7 @@ pub struct SendQueue {
 impl SendQueue {
     pub fn new(limit: usize) -> SendQueue {
         SendQueue {
-            inner: Mutex::new(Inner { buf: BytesMut::new(), closed: false }),
+            inner: Mutex::new(Inner { buf: BytesMut::new(), closed: false, next_cap: MIN_ALLOC }),
             limit: limit.max(1),
             data: Notify::new(),
             space: Notify::new(),
@@ -71,7 +86,8 @@ impl SendQueue {
         }
         if g.buf.capacity() - g.buf.len() < len {
             // Grow in big steps so many small frames share one allocation.
-            g.buf.reserve(len.max(64 * 1024));
+            let step = len.max(g.next_cap);
+            g.buf.reserve(step);
         }
         write(&mut g.buf);
         drop(g);
@@ -112,7 +128,7 @@ impl SendQueue {
             {
                 let mut g = self.lock();
                 if !g.buf.is_empty() {
-                    let out = g.buf.split().freeze();
+                    let out = g.take_all(self.limit);
                     drop(g);
                     self.space.notify_waiters();
                     return Some(out);
@@ -131,7 +147,7 @@ impl SendQueue {
         if g.buf.is_empty() {
             return None;
         }
-        let out = g.buf.split().freeze();
+        let out = g.take_all(self.limit);
         drop(g);
         self.space.notify_waiters();
         Some(out)

@@ -133,10 +133,70 @@ pub fn put_frame(buf: &mut BytesMut, frame: &Frame<'_>) {
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
 }
 
+/// The variant index of [`Frame::Event`] (bincode encodes it as a varint: one byte).
+const EVENT_VARIANT: u8 = 4;
+
+/// bincode 2 `standard()` varint of a length.
+fn put_varint(buf: &mut BytesMut, v: usize) {
+    let v = v as u64;
+    if v < 251 {
+        buf.put_u8(v as u8);
+    } else if v <= u64::from(u16::MAX) {
+        buf.put_u8(251);
+        buf.put_u16_le(v as u16);
+    } else if v <= u64::from(u32::MAX) {
+        buf.put_u8(252);
+        buf.put_u32_le(v as u32);
+    } else {
+        buf.put_u8(253);
+        buf.put_u64_le(v);
+    }
+}
+
+/// Reads a bincode 2 `standard()` varint; `None` if truncated.
+fn get_varint(b: &[u8]) -> Option<(usize, usize)> {
+    let (&first, rest) = b.split_first()?;
+    let (v, used) = match first {
+        0..=250 => (u64::from(first), 1),
+        251 => (u64::from(u16::from_le_bytes(rest.get(..2)?.try_into().ok()?)), 3),
+        252 => (u64::from(u32::from_le_bytes(rest.get(..4)?.try_into().ok()?)), 5),
+        253 => (u64::from_le_bytes(rest.get(..8)?.try_into().ok()?), 9),
+        _ => return None,
+    };
+    Some((usize::try_from(v).ok()?, used))
+}
+
 /// Appends an event frame; the hot path. Same bytes as
-/// `put_frame(Frame::Event{..})`, without building the enum.
+/// `put_frame(Frame::Event{..})` (a test checks), written directly.
 pub fn put_event(buf: &mut BytesMut, name: &str, payload: &[u8]) {
-    put_frame(buf, &Frame::Event { name, payload });
+    let start = buf.len();
+    buf.put_u32_le(0);
+    buf.put_u8(EVENT_VARIANT);
+    put_varint(buf, name.len());
+    buf.put_slice(name.as_bytes());
+    put_varint(buf, payload.len());
+    buf.put_slice(payload);
+    let len = (buf.len() - start - 4) as u32;
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Decodes an event frame directly (the hot path); `None` for anything else
+/// or anything unusual, which [`parse`] then leaves to bincode.
+fn parse_event(body: &[u8]) -> Option<Frame<'_>> {
+    let (&variant, rest) = body.split_first()?;
+    if variant != EVENT_VARIANT {
+        return None;
+    }
+    let (nlen, used) = get_varint(rest)?;
+    let rest = &rest[used..];
+    let name = std::str::from_utf8(rest.get(..nlen)?).ok()?;
+    let rest = &rest[nlen..];
+    let (plen, used) = get_varint(rest)?;
+    let rest = &rest[used..];
+    if rest.len() != plen {
+        return None;
+    }
+    Some(Frame::Event { name, payload: rest })
 }
 
 /// Bytes one event frame takes on the wire (upper bound).
@@ -146,6 +206,9 @@ pub fn event_frame_len(name: &str, payload: &[u8]) -> usize {
 
 /// Parses one frame body.
 pub fn parse(body: &[u8]) -> Result<Frame<'_>, WireError> {
+    if let Some(f) = parse_event(body) {
+        return Ok(f);
+    }
     let (frame, used): (Frame<'_>, usize) =
         bincode::serde::borrow_decode_from_slice(body, config()).map_err(|e| WireError::Malformed(e.to_string()))?;
     if used != body.len() {
@@ -254,6 +317,30 @@ mod tests {
         let parsed: Vec<Frame<'_>> = got.iter().map(|b| parse(b).unwrap()).collect();
         assert_eq!(parsed, sample());
         assert_eq!(dec.pending(), 0);
+    }
+
+    #[test]
+    fn put_event_is_bincode_and_fast_parse_agrees() {
+        for nlen in [1usize, 7, 250, 251, 300, 1024] {
+            for plen in [0usize, 1, 16, 250, 251, 252, 1024, 65535, 65536, 70_000] {
+                let name = "n".repeat(nlen);
+                let payload: Vec<u8> = (0..plen).map(|i| i as u8).collect();
+                let mut a = BytesMut::new();
+                put_event(&mut a, &name, &payload);
+                let mut b = BytesMut::new();
+                put_frame(&mut b, &Frame::Event { name: &name, payload: &payload });
+                assert_eq!(a, b, "name {nlen} payload {plen}");
+                let body = &a[4..];
+                let slow: (Frame<'_>, usize) = bincode::serde::borrow_decode_from_slice(body, config()).unwrap();
+                assert_eq!(parse_event(body), Some(slow.0));
+                // Truncated or padded bodies never take the fast path.
+                assert_eq!(parse_event(&body[..body.len() - 1]), None);
+                let mut padded = body.to_vec();
+                padded.push(0);
+                assert_eq!(parse_event(&padded), None);
+            }
+        }
+        assert_eq!(parse_event(b"\x04\x01\xff\x00"), None, "bad UTF-8 goes to bincode");
     }
 
     #[test]

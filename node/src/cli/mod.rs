@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod commands;
 mod config_file;
 mod opts;
@@ -54,6 +55,8 @@ enum Cmd {
     Emit(commands::EmitArgs),
     /// Run a plain DHT node (no hood, no certificates): a bootstrap server.
     Dht(commands::DhtArgs),
+    /// Measure throughput, latency, fan-out, mesh formation or memory (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
 }
 
 fn init_logs(default: &str) {
@@ -98,6 +101,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Dht(args) => {
             init_logs("info");
             runtime()?.block_on(commands::dht(args))
+        }
+        Cmd::Bench(args) => {
+            init_logs("warn");
+            bench::run(args)
         }
     }
 }

@@ -1,0 +1,217 @@
+//! `partybus bench throughput|latency|fanout|mesh|memory`: measures the bus
+//! on loopback (each end in its own process, a throw-away hood), or one end
+//! of a two-machine measurement with `--role`. See BENCHMARKS.md.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+
+use super::NodeOpts;
+
+mod local;
+mod roles;
+mod util;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// One emitter, one receiver: events/s and MB/s per payload size.
+    Throughput,
+    /// Ping-pong round trips: percentiles.
+    Latency,
+    /// One emitter, --receivers receiver processes: total events/s received.
+    Fanout,
+    /// --nodes processes that know only node 0: time to a full mesh.
+    Mesh,
+    /// Idle RSS of a node with 0 and with --neighbours neighbours.
+    Memory,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Throughput => "throughput",
+            Scenario::Latency => "latency",
+            Scenario::Fanout => "fanout",
+            Scenario::Mesh => "mesh",
+            Scenario::Memory => "memory",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// throughput/fanout: emits, then collects the receivers' counts.
+    Emitter,
+    /// throughput/fanout: counts events.
+    Receiver,
+    /// latency: sends pings, measures round trips.
+    Pinger,
+    /// latency: answers pings.
+    Ponger,
+    /// mesh/memory: a node printing neighbour counts and its RSS.
+    Node,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// One JSON object per result line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Run one end only (two-machine measurements; takes the node options
+    /// --ca --cert --key --port --connect ...). Without it every end runs
+    /// here, in child processes, on loopback, with a throw-away hood.
+    #[arg(long, value_enum)]
+    pub role: Option<Role>,
+    #[command(flatten)]
+    pub node: NodeOpts,
+    /// Payload size(s) in bytes, as it travels (MessagePack); default 16,1024,65536 (latency: 16).
+    #[arg(long, value_delimiter = ',', value_name = "BYTES")]
+    pub payload: Vec<usize>,
+    /// Events to emit per payload size (default: as many as --duration allows).
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// How long to emit per payload size (default 2s; with --count alone, at most 60s).
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// fanout: receiver processes.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub receivers: usize,
+    /// mesh: nodes (default 30, or 100 with --in-process).
+    #[arg(long, value_name = "N")]
+    pub nodes: Option<usize>,
+    /// mesh: Bus instances in this process instead of node processes.
+    #[arg(long)]
+    pub in_process: bool,
+    /// mesh --in-process: runtime worker threads (default 1: current_thread).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// latency: measured round trips.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub round_trips: usize,
+    /// latency: round trips before measuring.
+    #[arg(long, default_value_t = 1_000, value_name = "N")]
+    pub warmup: usize,
+    /// memory: neighbours of the measured node.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub neighbours: usize,
+    /// Repeat each measurement (fresh processes each time).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub runs: usize,
+    /// Bound on each wait (a peer to appear, the receivers to drain).
+    #[arg(long, default_value = "20s", value_name = "DUR", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Exit when stdin closes (set for the child processes of a local run).
+    #[arg(long, hide = true)]
+    pub exit_on_stdin_eof: bool,
+}
+
+impl BenchArgs {
+    pub fn payload_sizes(&self) -> Vec<usize> {
+        if self.payload.is_empty() {
+            vec![16, 1024, 65536]
+        } else {
+            self.payload.clone()
+        }
+    }
+
+    /// (count, duration) bounds of one emitting run.
+    pub fn bounds(&self) -> (u64, Duration) {
+        match (self.count, self.duration) {
+            (Some(c), Some(d)) => (c, d),
+            (Some(c), None) => (c, Duration::from_secs(60)),
+            (None, Some(d)) => (u64::MAX, d),
+            (None, None) => (u64::MAX, Duration::from_secs(2)),
+        }
+    }
+
+    /// Options a local run passes on to its children.
+    fn pass_through(&self) -> Vec<OsString> {
+        let mut v: Vec<String> = vec!["--timeout".into(), humantime::format_duration(self.timeout).to_string()];
+        if let Some(c) = self.count {
+            v.extend(["--count".into(), c.to_string()]);
+        }
+        if let Some(d) = self.duration {
+            v.extend(["--duration".into(), humantime::format_duration(d).to_string()]);
+        }
+        v.extend(["--round-trips".into(), self.round_trips.to_string(), "--warmup".into(), self.warmup.to_string()]);
+        v.into_iter().map(OsString::from).collect()
+    }
+}
+
+const THROUGHPUT_COLS: &[(&str, &str)] = &[
+    ("scenario", "scenario"),
+    ("payload B", "payload_bytes"),
+    ("receivers", "receivers"),
+    ("events", "events"),
+    ("seconds", "seconds"),
+    ("events/s", "events_per_s"),
+    ("MB/s", "mb_per_s"),
+    ("lost", "lost"),
+    ("emit RSS KiB", "emitter_rss_kib"),
+    ("recv RSS KiB", "receiver_rss_kib"),
+];
+const LATENCY_COLS: &[(&str, &str)] = &[
+    ("scenario", "scenario"),
+    ("payload B", "payload_bytes"),
+    ("round trips", "events"),
+    ("p50 µs", "p50_us"),
+    ("p90 µs", "p90_us"),
+    ("p99 µs", "p99_us"),
+    ("max µs", "max_us"),
+    ("lost", "lost"),
+    ("ping RSS KiB", "pinger_rss_kib"),
+    ("pong RSS KiB", "ponger_rss_kib"),
+];
+const MESH_COLS: &[(&str, &str)] = &[
+    ("scenario", "scenario"),
+    ("nodes", "nodes"),
+    ("seconds", "seconds"),
+    ("from first", "seconds_from_first"),
+    ("spawn s", "spawn_seconds"),
+    ("node RSS KiB", "node_rss_kib"),
+    ("proc RSS KiB", "process_rss_kib"),
+];
+const MEMORY_COLS: &[(&str, &str)] = &[
+    ("scenario", "scenario"),
+    ("neighbours", "neighbours"),
+    ("idle KiB", "idle_rss_kib"),
+    ("with N KiB", "rss_kib"),
+    ("peak KiB", "hwm_kib"),
+    ("per nb KiB", "per_neighbour_kib"),
+];
+
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    if let Some(role) = args.role {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+        rt.block_on(async {
+            match role {
+                Role::Emitter => roles::emitter(&args).await,
+                Role::Receiver => roles::receiver(&args).await,
+                Role::Pinger => roles::pinger(&args).await,
+                Role::Ponger => roles::ponger(&args).await,
+                Role::Node => roles::node(&args).await,
+            }
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cols = match args.scenario {
+        Scenario::Throughput | Scenario::Fanout => THROUGHPUT_COLS,
+        Scenario::Latency => LATENCY_COLS,
+        Scenario::Mesh => MESH_COLS,
+        Scenario::Memory => MEMORY_COLS,
+    };
+    let mut p = util::Printer::new(args.json, cols);
+    match args.scenario {
+        Scenario::Throughput | Scenario::Fanout => local::throughput(&args, &mut p)?,
+        Scenario::Latency => local::latency(&args, &mut p)?,
+        Scenario::Mesh => local::mesh(&args, &mut p)?,
+        Scenario::Memory => local::memory(&args, &mut p)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

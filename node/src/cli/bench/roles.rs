@@ -1,0 +1,303 @@
+//! One end of a benchmark (`partybus bench SCENARIO --role ROLE ...`): the
+//! processes that are measured. Each prints `{"ready":{...}}` once joined
+//! and `{"result":{...}}` lines; they run alone for two-machine runs, or as
+//! children of the orchestrator (`super::local`).
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use partybus::{Bus, NeighbourEvent};
+use serde_json::{json, Value};
+
+use super::util::{payload, percentile, r1, self_rss};
+use super::{BenchArgs, Scenario};
+
+/// Data events of throughput and fanout.
+pub const DATA: &str = "bench.t";
+/// Emitter -> receivers: "that was all", payload = events emitted.
+pub const END: &str = "bench.ctl.end";
+/// Receivers -> emitter: counts and RSS.
+pub const DONE: &str = "bench.ctl.done";
+/// Emitter/pinger -> others: exit.
+pub const QUIT: &str = "bench.ctl.quit";
+pub const PING: &str = "bench.ping";
+pub const PONG: &str = "bench.pong";
+
+/// How long a passive role (receiver, ponger, node) lives at most.
+const LIFETIME: Duration = Duration::from_secs(600);
+
+pub fn out(v: Value) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{v}");
+    let _ = o.flush();
+}
+
+async fn join(args: &BenchArgs) -> Result<Bus> {
+    let cfg = args.node.to_config()?;
+    Bus::join(cfg).await.context("cannot join the hood")
+}
+
+fn ready(bus: &Bus) {
+    out(json!({"ready": {"port": bus.port(), "id": bus.id().to_hex(), "name": bus.me().name}}));
+}
+
+/// Resolves when this process should stop: stdin closed (when run by the
+/// orchestrator), a quit event, or the lifetime bound.
+fn stdin_closed(watch: bool) -> tokio::sync::oneshot::Receiver<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if watch {
+        // A plain thread: a blocked stdin read must not hold the runtime at exit.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+            let _ = tx.send(());
+        });
+    } else {
+        std::mem::forget(tx);
+    }
+    rx
+}
+
+async fn wait_listeners(bus: &Bus, event: &str, n: usize, timeout: Duration) -> Result<()> {
+    let mut rx = bus.observe_listener_count(event)?;
+    if tokio::time::timeout(timeout, rx.wait_for(|c| *c >= n)).await.is_err() {
+        bail!("{} listener(s) of {event:?} after {timeout:?}, wanted {n} (is the other end running and reachable?)", *rx.borrow());
+    }
+    Ok(())
+}
+
+fn rss_json(prefix: &str) -> Value {
+    let (hwm, rss) = self_rss();
+    json!({format!("{prefix}_rss_kib"): hwm, format!("{prefix}_rss_now_kib"): rss})
+}
+
+fn merge(a: &mut Value, b: Value) {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+}
+
+/// Counts data events with the cheapest handler; answers each END with DONE.
+pub async fn receiver(args: &BenchArgs) -> Result<()> {
+    let bus = join(args).await?;
+    let counter = Arc::new(AtomicU64::new(0));
+    let c = counter.clone();
+    let _h = bus.on(DATA, move |_| {
+        c.fetch_add(1, Ordering::Relaxed);
+    })?;
+    let mut end = bus.subscribe(END)?;
+    let mut quit = bus.subscribe(QUIT)?;
+    let mut stop = stdin_closed(args.exit_on_stdin_eof);
+    ready(&bus);
+    let life = tokio::time::sleep(LIFETIME);
+    tokio::pin!(life);
+    loop {
+        tokio::select! {
+            ev = end.recv() => {
+                let Some(ev) = ev else { break };
+                let emitted: u64 = ev.decode().unwrap_or(0);
+                // Every data event before END has been handled: same stream, one dispatcher.
+                let received = counter.swap(0, Ordering::Relaxed);
+                let mut msg = json!({"name": bus.me().name, "emitted": emitted, "received": received});
+                merge(&mut msg, rss_json("receiver"));
+                // The emitter's DONE subscription may still be on its way.
+                let _ = wait_listeners(&bus, DONE, 1, args.timeout).await;
+                bus.emit(DONE, &msg).await?;
+                out(json!({"result": msg}));
+            }
+            _ = quit.recv() => break,
+            _ = &mut stop => break,
+            _ = &mut life => break,
+        }
+    }
+    bus.leave().await;
+    Ok(())
+}
+
+/// Emits data events for `--count`/`--duration`, then END; waits for every
+/// receiver's DONE (bounded), prints the result.
+pub async fn emitter(args: &BenchArgs) -> Result<()> {
+    let receivers = if args.scenario == Scenario::Fanout { args.receivers } else { 1 };
+    let sizes = args.payload_sizes();
+    let bus = join(args).await?;
+    let mut done = bus.subscribe(DONE)?;
+    ready(&bus);
+    wait_listeners(&bus, DATA, receivers, args.timeout).await?;
+    wait_listeners(&bus, END, receivers, args.timeout).await?;
+    let (count, duration) = args.bounds();
+    for size in sizes {
+        let data = payload(size)?;
+        let t0 = Instant::now();
+        let mut sent: u64 = 0;
+        'emit: loop {
+            let chunk = 256.min(count - sent);
+            for _ in 0..chunk {
+                bus.emit_raw(DATA, data.clone()).await?;
+            }
+            sent += chunk;
+            if sent >= count || t0.elapsed() >= duration {
+                break 'emit;
+            }
+        }
+        let emit_secs = t0.elapsed().as_secs_f64();
+        bus.emit(END, &sent).await?;
+        let mut received = 0u64;
+        let mut answers = 0usize;
+        let mut receiver_rss = 0u64;
+        let mut receiver_rss_now = 0u64;
+        let deadline = tokio::time::Instant::now() + args.timeout;
+        while answers < receivers {
+            match tokio::time::timeout_at(deadline, done.recv()).await {
+                Ok(Some(ev)) => {
+                    let v: Value = ev.decode().unwrap_or(Value::Null);
+                    received += v["received"].as_u64().unwrap_or(0);
+                    receiver_rss = receiver_rss.max(v["receiver_rss_kib"].as_u64().unwrap_or(0));
+                    receiver_rss_now = receiver_rss_now.max(v["receiver_rss_now_kib"].as_u64().unwrap_or(0));
+                    answers += 1;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!("only {answers} of {receivers} receivers answered within {:?}", args.timeout);
+                    break;
+                }
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let mut v = json!({
+            "scenario": args.scenario.name(),
+            "payload_bytes": size,
+            "receivers": receivers,
+            "emitted": sent,
+            "events": received,
+            "seconds": (secs * 1e4).round() / 1e4,
+            "emit_seconds": (emit_secs * 1e4).round() / 1e4,
+            "events_per_s": (received as f64 / secs).round(),
+            "mb_per_s": r1(received as f64 * size as f64 / secs / 1e6),
+            "lost": (sent * receivers as u64).saturating_sub(received),
+            "answers": answers,
+            "receiver_rss_kib": receiver_rss,
+            "receiver_rss_now_kib": receiver_rss_now,
+        });
+        merge(&mut v, rss_json("emitter"));
+        out(json!({"result": v}));
+    }
+    let _ = bus.emit(QUIT, &()).await;
+    bus.leave().await;
+    Ok(())
+}
+
+/// Answers every ping with a pong carrying the same payload.
+pub async fn ponger(args: &BenchArgs) -> Result<()> {
+    let bus = join(args).await?;
+    let mut ping = bus.subscribe(PING)?;
+    let mut quit = bus.subscribe(QUIT)?;
+    let mut stop = stdin_closed(args.exit_on_stdin_eof);
+    ready(&bus);
+    let life = tokio::time::sleep(LIFETIME);
+    tokio::pin!(life);
+    loop {
+        tokio::select! {
+            biased;
+            ev = ping.recv() => {
+                let Some(ev) = ev else { break };
+                bus.emit_raw(PONG, ev.raw().clone()).await?;
+            }
+            _ = quit.recv() => break,
+            _ = &mut stop => break,
+            _ = &mut life => break,
+        }
+    }
+    bus.leave().await;
+    Ok(())
+}
+
+/// Warm-up, then `--round-trips` pings, one at a time; prints percentiles.
+pub async fn pinger(args: &BenchArgs) -> Result<()> {
+    let size = args.payload.first().copied().unwrap_or(16);
+    let data = payload(size)?;
+    let bus = join(args).await?;
+    let mut pong = bus.subscribe(PONG)?;
+    ready(&bus);
+    wait_listeners(&bus, PING, 1, args.timeout).await?;
+    // The first pings may find the ponger without our PONG subscription yet: retry.
+    let start = tokio::time::Instant::now();
+    loop {
+        bus.emit_raw(PING, data.clone()).await?;
+        if tokio::time::timeout(Duration::from_millis(200), pong.recv()).await.is_ok() {
+            break;
+        }
+        if start.elapsed() > args.timeout {
+            bail!("no pong within {:?}", args.timeout);
+        }
+    }
+    let bound = Instant::now() + args.timeout.max(Duration::from_secs(60));
+    let mut samples = Vec::with_capacity(args.round_trips);
+    let mut lost = 0u64;
+    for i in 0..(args.warmup + args.round_trips) {
+        if Instant::now() > bound {
+            break;
+        }
+        let t = Instant::now();
+        bus.emit_raw(PING, data.clone()).await?;
+        match tokio::time::timeout(Duration::from_secs(1), pong.recv()).await {
+            Ok(Some(_)) => {
+                if i >= args.warmup {
+                    samples.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+            Ok(None) => bail!("the bus left"),
+            Err(_) => lost += 1,
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    let mut v = json!({
+        "scenario": "latency",
+        "payload_bytes": size,
+        "events": samples.len(),
+        "lost": lost,
+        "p50_us": r1(percentile(&samples, 50.0)),
+        "p90_us": r1(percentile(&samples, 90.0)),
+        "p99_us": r1(percentile(&samples, 99.0)),
+        "max_us": r1(samples.last().copied().unwrap_or(0.0)),
+        "min_us": r1(samples.first().copied().unwrap_or(0.0)),
+    });
+    merge(&mut v, rss_json("pinger"));
+    out(json!({"result": v}));
+    let _ = bus.emit(QUIT, &()).await;
+    bus.leave().await;
+    Ok(())
+}
+
+/// A plain node that prints neighbour changes with its RSS (memory and
+/// mesh measurements across machines).
+pub async fn node(args: &BenchArgs) -> Result<()> {
+    let bus = join(args).await?;
+    let mut events = bus.neighbour_events();
+    let mut stop = stdin_closed(args.exit_on_stdin_eof);
+    ready(&bus);
+    let life = tokio::time::sleep(LIFETIME);
+    tokio::pin!(life);
+    let mut count = 0usize;
+    loop {
+        tokio::select! {
+            ev = events.recv() => {
+                let kind = match ev {
+                    Ok(NeighbourEvent::Found(_)) => { count += 1; "found" }
+                    Ok(NeighbourEvent::Lost { .. }) => { count = count.saturating_sub(1); "lost" }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => { count = bus.neighbours().len(); "lagged" }
+                    Err(_) => break,
+                };
+                let mut v = json!({"neighbour": kind, "count": count});
+                merge(&mut v, rss_json("node"));
+                out(v);
+            }
+            _ = &mut stop => break,
+            _ = &mut life => break,
+        }
+    }
+    bus.leave().await;
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! Helpers for `partybus bench`: child processes, RSS, payloads, tables.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use serde_json::Value;
+
+/// `(VmHWM, VmRSS)` of a process in KiB, from `/proc/PID/status` (Linux).
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+/// `(VmHWM, VmRSS)` of this process in KiB (0 where unknown).
+pub fn self_rss() -> (u64, u64) {
+    rss_kib(std::process::id()).unwrap_or((0, 0))
+}
+
+/// A MessagePack payload of exactly `size` bytes (a `bin` of size minus its header).
+pub fn payload(size: usize) -> Result<Bytes> {
+    let mut v = Vec::with_capacity(size);
+    match size {
+        0 => bail!("--payload must be at least 1 byte (a MessagePack value)"),
+        1 => v.push(0xc0), // nil
+        n if n - 2 < 256 => {
+            v.push(0xc4);
+            v.push((n - 2) as u8);
+        }
+        n if n - 3 < 65536 => {
+            v.push(0xc5);
+            v.extend_from_slice(&((n - 3) as u16).to_be_bytes());
+        }
+        n => {
+            v.push(0xc6);
+            v.extend_from_slice(&((n - 5) as u32).to_be_bytes());
+        }
+    }
+    v.resize(size, 0x55);
+    Ok(Bytes::from(v))
+}
+
+/// Throw-away hood with peer certificates, in a temporary folder.
+pub struct TempHood {
+    dir: tempfile::TempDir,
+}
+
+impl TempHood {
+    pub fn new() -> Result<TempHood> {
+        let dir = tempfile::Builder::new().prefix("partybus-bench-").tempdir().context("cannot create a temporary folder")?;
+        partybus::pki::create_hood("bench", dir.path(), 2).context("cannot create the benchmark hood")?;
+        Ok(TempHood { dir })
+    }
+
+    /// Creates peer `name` (once) and returns `--ca --cert --key` arguments.
+    pub fn peer_args(&self, name: &str) -> Result<Vec<OsString>> {
+        let (ca, cert, key) = self.peer(name)?;
+        Ok(vec!["--ca".into(), ca.into(), "--cert".into(), cert.into(), "--key".into(), key.into()])
+    }
+
+    /// Creates peer `name` (once) and returns the CA, certificate and key paths.
+    pub fn peer(&self, name: &str) -> Result<(PathBuf, PathBuf, PathBuf)> {
+        let d: &Path = self.dir.path();
+        let cert = d.join(format!("bench.{name}.crt"));
+        let key = d.join(format!("bench.{name}.key"));
+        if !cert.exists() {
+            partybus::pki::create_peer("bench", name, d, 2).with_context(|| format!("cannot create peer {name}"))?;
+        }
+        Ok((d.join("bench.crt"), cert, key))
+    }
+}
+
+/// Options every locally spawned node gets: loopback, any port, no DHT.
+pub fn loopback_args() -> Vec<OsString> {
+    ["--port", "0", "--bind", "127.0.0.1", "--no-dht-serve"].iter().map(OsString::from).collect()
+}
+
+/// A line a child printed, with when it was read.
+pub struct Line {
+    pub kid: usize,
+    pub at: Instant,
+    pub value: Value,
+}
+
+/// A child process of this binary whose stdout JSON lines are collected.
+pub struct Kid {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    rx: Option<mpsc::Receiver<Line>>,
+    /// Whether the child exits by itself when its stdin closes.
+    graceful: bool,
+}
+
+impl Kid {
+    /// Spawns `partybus ARGS`. Lines go to `shared` if given, else to the
+    /// kid's own channel (see [`Kid::expect`]).
+    pub fn spawn(args: Vec<OsString>, idx: usize, shared: Option<mpsc::Sender<Line>>, graceful: bool) -> Result<Kid> {
+        let exe = std::env::current_exe().context("cannot find this executable")?;
+        let mut cmd = Command::new(exe);
+        cmd.args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "warn");
+        }
+        let mut child = cmd.spawn().context("cannot start a child process")?;
+        let stdout = child.stdout.take().expect("piped");
+        let stdin = child.stdin.take();
+        let (tx, rx) = match shared {
+            Some(tx) => (tx, None),
+            None => {
+                let (tx, rx) = mpsc::channel();
+                (tx, Some(rx))
+            }
+        };
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(value) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(Line { kid: idx, at: Instant::now(), value }).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Kid { child, stdin, rx, graceful })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a line that is an object with key `key`; returns its value.
+    pub fn expect(&self, key: &str, timeout: Duration) -> Result<Value> {
+        let rx = self.rx.as_ref().expect("kid has its own channel");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => {
+                    if let Some(v) = l.value.get(key) {
+                        return Ok(v.clone());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => bail!("child {} did not report {key:?} within {timeout:?}", self.child.id()),
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!("child {} exited before reporting {key:?}", self.child.id()),
+            }
+        }
+    }
+
+    /// Asks a bench role to stop (closes its stdin) and waits a little; kills it otherwise.
+    pub fn stop(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        drop(self.stdin.take());
+        if self.graceful {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop_now();
+        }
+    }
+}
+
+/// The port in a `{"ready":{"port":N}}` value.
+pub fn ready_port(v: &Value) -> Result<u16> {
+    v.get("port").and_then(Value::as_u64).map(|p| p as u16).context("ready line without a port")
+}
+
+/// Prints results: one JSON line each, or a table.
+pub struct Printer {
+    json: bool,
+    cols: Vec<(&'static str, &'static str)>,
+    header_done: bool,
+}
+
+impl Printer {
+    /// `cols`: (header, key) pairs for the table.
+    pub fn new(json: bool, cols: &[(&'static str, &'static str)]) -> Printer {
+        Printer { json, cols: cols.to_vec(), header_done: false }
+    }
+
+    pub fn row(&mut self, v: &Value) {
+        let mut o = std::io::stdout().lock();
+        if self.json {
+            let _ = writeln!(o, "{v}");
+            let _ = o.flush();
+            return;
+        }
+        if !self.header_done {
+            self.header_done = true;
+            let h: Vec<String> = self.cols.iter().map(|(h, _)| format!("{h:>12}")).collect();
+            let _ = writeln!(o, "{}", h.join(" "));
+        }
+        let cells: Vec<String> = self
+            .cols
+            .iter()
+            .map(|(_, k)| {
+                let s = match v.get(*k) {
+                    None | Some(Value::Null) => "-".to_owned(),
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Number(n)) => match n.as_f64() {
+                        Some(f) if n.is_f64() => fmt_num(f),
+                        _ => n.to_string(),
+                    },
+                    Some(other) => other.to_string(),
+                };
+                format!("{s:>12}")
+            })
+            .collect();
+        let _ = writeln!(o, "{}", cells.join(" "));
+        let _ = o.flush();
+    }
+}
+
+fn fmt_num(f: f64) -> String {
+    if f.abs() >= 1e6 {
+        format!("{:.2}M", f / 1e6)
+    } else if f.abs() >= 1000.0 {
+        format!("{f:.0}")
+    } else if f.abs() >= 10.0 {
+        format!("{f:.1}")
+    } else {
+        format!("{f:.3}")
+    }
+}
+
+/// Rounds to one decimal (for µs and MB/s in JSON).
+pub fn r1(f: f64) -> f64 {
+    (f * 10.0).round() / 10.0
+}
+
+/// Percentile `p` (0-100) of sorted samples.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
