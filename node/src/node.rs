@@ -24,7 +24,7 @@ use crate::event::{Delivery, DeliveryTx, Listener, ListenerLookup, PeerInfo};
 use crate::id::NodeId;
 use crate::peers::{self, canonical, Direction, Verdict};
 use crate::queue::SendQueue;
-use crate::subs::SubTable;
+use crate::subs::{NameCache, SubTable};
 use crate::wire::{self, close, Frame, FrameDecoder, Hello, PeerAddrs, WireSub};
 
 /// A neighbour as the library reports it.
@@ -96,9 +96,9 @@ struct Known {
 pub(crate) struct State {
     pub(crate) subs: SubTable,
     listeners: HashMap<u64, Arc<Listener>>,
-    listener_cache: HashMap<Box<str>, Arc<Vec<Arc<Listener>>>>,
+    listener_cache: NameCache<Arc<Vec<Arc<Listener>>>>,
     /// Where `emit` sends each name: queues resolved (cleared by `changed`).
-    emit_cache: HashMap<Box<str>, Arc<EmitRoute>>,
+    emit_cache: NameCache<Arc<EmitRoute>>,
     /// The last name emitted: a hot loop on one name skips the hashing.
     emit_last: Option<Arc<EmitRoute>>,
     neighbours: HashMap<NodeId, Neighbour>,
@@ -132,23 +132,16 @@ impl State {
                 return r.clone();
             }
         }
-        let r = match self.emit_cache.get(name) {
-            Some(r) => r.clone(),
-            None => {
-                let route = self.subs.route(name);
-                let remote = route
-                    .remote
-                    .iter()
-                    .filter_map(|(peer, n)| self.neighbours.get(peer).map(|nb| (nb.queue.clone(), *n, *peer)))
-                    .collect();
-                let r = Arc::new(EmitRoute { name: name.into(), local: !route.local.is_empty(), local_counted: route.local_counted, remote });
-                if self.emit_cache.len() >= crate::subs::ROUTE_CACHE_MAX {
-                    self.emit_cache.clear();
-                }
-                self.emit_cache.insert(name.into(), r.clone());
-                r
-            }
-        };
+        let State { emit_cache, subs, neighbours, .. } = self;
+        let r = emit_cache.get_or_insert_with(name, || {
+            let route = subs.route(name);
+            let remote = route
+                .remote
+                .iter()
+                .filter_map(|(peer, n)| neighbours.get(peer).map(|nb| (nb.queue.clone(), *n, *peer)))
+                .collect();
+            Arc::new(EmitRoute { name: name.into(), local: !route.local.is_empty(), local_counted: route.local_counted, remote })
+        });
         self.emit_last = Some(r.clone());
         r
     }
@@ -482,15 +475,10 @@ impl ListenerLookup for Inner {
     fn lookup(&self, name: &str) -> (u64, Arc<Vec<Arc<Listener>>>) {
         let mut st = self.state();
         let gen = self.generation();
-        if let Some(l) = st.listener_cache.get(name) {
-            return (gen, l.clone());
-        }
-        let route = st.subs.route(name);
-        let l: Arc<Vec<Arc<Listener>>> = Arc::new(route.local.iter().filter_map(|id| st.listeners.get(id).cloned()).collect());
-        if st.listener_cache.len() >= crate::subs::ROUTE_CACHE_MAX {
-            st.listener_cache.clear();
-        }
-        st.listener_cache.insert(name.into(), l.clone());
+        let State { listener_cache, subs, listeners, .. } = &mut *st;
+        let l = listener_cache.get_or_insert_with(name, || {
+            Arc::new(subs.route(name).local.iter().filter_map(|id| listeners.get(id).cloned()).collect())
+        });
         (gen, l)
     }
     fn generation(&self) -> u64 {
@@ -541,8 +529,8 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
         state: Mutex::new(State {
             subs: SubTable::new(cfg.max_subscriptions_per_peer),
             listeners: HashMap::new(),
-            listener_cache: HashMap::new(),
-            emit_cache: HashMap::new(),
+            listener_cache: NameCache::new(),
+            emit_cache: NameCache::new(),
             emit_last: None,
             neighbours: HashMap::new(),
             observers: Vec::new(),

@@ -14,6 +14,50 @@ use crate::name::Selector;
 /// Most event names whose routes are cached at once.
 pub const ROUTE_CACHE_MAX: usize = 4096;
 
+/// A bounded map from event name to something derived from the
+/// subscriptions. Everything in it is dropped on any change (callers call
+/// [`NameCache::clear`]) and when it reaches [`ROUTE_CACHE_MAX`] names.
+pub struct NameCache<V> {
+    map: HashMap<Box<str>, V>,
+}
+
+impl<V: Clone> NameCache<V> {
+    pub fn new() -> Self {
+        NameCache { map: HashMap::new() }
+    }
+
+    /// The cached value for `name`, computing and storing it if absent.
+    pub fn get_or_insert_with(&mut self, name: &str, compute: impl FnOnce() -> V) -> V {
+        if let Some(v) = self.map.get(name) {
+            return v.clone();
+        }
+        let v = compute();
+        if self.map.len() >= ROUTE_CACHE_MAX {
+            self.map.clear();
+        }
+        self.map.insert(name.into(), v.clone());
+        v
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+impl<V: Clone> Default for NameCache<V> {
+    fn default() -> Self {
+        NameCache::new()
+    }
+}
+
 /// Where an event must go.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -52,14 +96,14 @@ pub enum SubLimitError {
 pub struct SubTable {
     local: BTreeMap<u64, Sub>,
     remote: HashMap<NodeId, BTreeMap<u64, Sub>>,
-    cache: HashMap<Box<str>, Arc<Route>>,
+    cache: NameCache<Arc<Route>>,
     max_per_peer: usize,
     generation: u64,
 }
 
 impl SubTable {
     pub fn new(max_per_peer: usize) -> SubTable {
-        SubTable { local: BTreeMap::new(), remote: HashMap::new(), cache: HashMap::new(), max_per_peer, generation: 0 }
+        SubTable { local: BTreeMap::new(), remote: HashMap::new(), cache: NameCache::new(), max_per_peer, generation: 0 }
     }
 
     fn changed(&mut self) {
@@ -133,41 +177,34 @@ impl SubTable {
 
     /// Who wants `name` (cached).
     pub fn route(&mut self, name: &str) -> Arc<Route> {
-        if let Some(r) = self.cache.get(name) {
-            return r.clone();
-        }
-        let r = Arc::new(self.compute(name));
-        if self.cache.len() >= ROUTE_CACHE_MAX {
-            self.cache.clear();
-        }
-        self.cache.insert(name.into(), r.clone());
-        r
+        let SubTable { cache, local, remote, .. } = self;
+        cache.get_or_insert_with(name, || Arc::new(compute(local, remote, name)))
     }
+}
 
-    fn compute(&self, name: &str) -> Route {
-        let mut route = Route::default();
-        for (id, s) in &self.local {
-            if s.selector.matches(name) {
-                route.local.push(*id);
-                route.local_counted += usize::from(!s.spy);
-            }
+fn compute(local: &BTreeMap<u64, Sub>, remote: &HashMap<NodeId, BTreeMap<u64, Sub>>, name: &str) -> Route {
+    let mut route = Route::default();
+    for (id, s) in local {
+        if s.selector.matches(name) {
+            route.local.push(*id);
+            route.local_counted += usize::from(!s.spy);
         }
-        for (peer, subs) in &self.remote {
-            let mut any = false;
-            let mut counted = 0;
-            for s in subs.values() {
-                if s.selector.matches(name) {
-                    any = true;
-                    counted += usize::from(!s.spy);
-                }
-            }
-            if any {
-                route.remote.push((*peer, counted));
-            }
-        }
-        route.remote.sort_unstable();
-        route
     }
+    for (peer, subs) in remote {
+        let mut any = false;
+        let mut counted = 0;
+        for s in subs.values() {
+            if s.selector.matches(name) {
+                any = true;
+                counted += usize::from(!s.spy);
+            }
+        }
+        if any {
+            route.remote.push((*peer, counted));
+        }
+    }
+    route.remote.sort_unstable();
+    route
 }
 
 #[cfg(test)]
@@ -227,6 +264,6 @@ mod tests {
         for i in 0..(ROUTE_CACHE_MAX * 2) {
             t.route(&format!("n{i}"));
         }
-        assert!(t.cache.len() <= ROUTE_CACHE_MAX);
+        assert!(t.cache.len() <= ROUTE_CACHE_MAX && !t.cache.is_empty());
     }
 }
