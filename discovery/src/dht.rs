@@ -316,6 +316,16 @@ impl Core {
         !ip.is_unspecified() && (self.allow_non_global || is_global(ip))
     }
 
+    /// The fallback of [`Core::listen`]: `port` is taken, use any port on `ip`.
+    fn listen_random_port(&mut self, ip: IpAddr, port: u16, why: &dyn std::fmt::Display) -> Result<(), DhtError> {
+        tracing::info!(port, error = %why, "dht: TCP port taken, listening on a random port");
+        let any = multiaddr_of(SocketAddr::new(ip, 0));
+        self.swarm
+            .listen_on(any)
+            .map(|_| ())
+            .map_err(|e| DhtError::Listen { addr: ip.to_string(), reason: e.to_string() })
+    }
+
     /// Listen on `ip:port`; with `fallback_any`, on a random port if that fails.
     /// Waits (bounded) for the first listen address.
     async fn listen(&mut self, ip: IpAddr, port: u16, fallback_any: bool) -> Result<(), DhtError> {
@@ -328,13 +338,8 @@ impl Core {
                     reason: e.to_string(),
                 });
             }
-            tracing::info!(port, error = %e, "dht: TCP port taken, listening on a random port");
             tried_fallback = true;
-            let any = multiaddr_of(SocketAddr::new(ip, 0));
-            self.swarm.listen_on(any).map_err(|e| DhtError::Listen {
-                addr: ip.to_string(),
-                reason: e.to_string(),
-            })?;
+            self.listen_random_port(ip, port, &e)?;
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -350,13 +355,8 @@ impl Core {
                 SwarmEvent::ListenerClosed { reason: Err(e), .. }
                 | SwarmEvent::ListenerError { error: e, .. } => {
                     if fallback_any && !tried_fallback && port != 0 {
-                        tracing::info!(port, error = %e, "dht: TCP port taken, listening on a random port");
                         tried_fallback = true;
-                        let any = multiaddr_of(SocketAddr::new(ip, 0));
-                        self.swarm.listen_on(any).map_err(|e| DhtError::Listen {
-                            addr: ip.to_string(),
-                            reason: e.to_string(),
-                        })?;
+                        self.listen_random_port(ip, port, &e)?;
                     } else {
                         return Err(DhtError::Listen {
                             addr: ma.to_string(),

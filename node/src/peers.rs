@@ -230,19 +230,19 @@ mod tests {
     fn canonical_keeps_scope() {
         let ll: SocketAddr = "[fe80::1%2]:4816".parse().unwrap();
         assert_eq!(canonical(ll), ll);
-        assert_eq!(canonical("[::ffff:10.0.0.1]:5".parse().unwrap()), "10.0.0.1:5".parse::<SocketAddr>().unwrap());
+        assert_eq!(canonical("[::ffff:198.18.0.1]:5".parse().unwrap()), "198.18.0.1:5".parse::<SocketAddr>().unwrap());
     }
 
     #[test]
     fn gossip_scope() {
         let lo: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let lan: SocketAddr = "192.168.1.2:1".parse().unwrap();
+        let lan: SocketAddr = "198.18.1.2:1".parse().unwrap();
         let public: SocketAddr = "8.8.8.8:1".parse().unwrap();
         let doc: SocketAddr = "203.0.113.7:1".parse().unwrap();
         assert!(may_gossip("127.0.0.2:5".parse().unwrap(), lo, false));
         assert!(!may_gossip("127.0.0.2:5".parse().unwrap(), lan, false));
-        assert!(may_gossip("10.0.0.2:5".parse().unwrap(), lan, false));
-        assert!(!may_gossip("10.0.0.2:5".parse().unwrap(), public, false));
+        assert!(may_gossip("198.18.2.2:5".parse().unwrap(), lan, false));
+        assert!(!may_gossip("198.18.2.2:5".parse().unwrap(), public, false));
         assert!(may_gossip("1.2.3.4:5".parse().unwrap(), public, false));
         assert!(!may_gossip(doc, public, false));
         assert!(may_gossip(doc, public, true));

@@ -288,7 +288,7 @@ mod tests {
                 id: NodeId([7; 16]),
                 port: 4816,
                 addrs: vec!["127.0.0.1:4816".parse().unwrap(), "[::1]:4816".parse().unwrap()],
-                observed: "10.0.0.1:5000".parse().unwrap(),
+                observed: "198.18.0.1:5000".parse().unwrap(),
             }),
             Frame::Peers(vec![PeerAddrs { id: NodeId([1; 16]), addrs: vec!["1.2.3.4:1".parse().unwrap()] }]),
             Frame::Subscribe(vec![WireSub { id: 1, selector: "a.+".into(), spy: true }]),

@@ -18,7 +18,7 @@
 //! dht = ["dht.example.org:4816"]
 //! # dht_serve = true        # default: on when this host has a global address
 //! upnp = false
-//! # upnp_url = "http://192.168.1.1:5000/rootDesc.xml"
+//! # upnp_url = "http://198.18.1.1:5000/rootDesc.xml"
 //! # upnp_lease = "1h"             # renewed at half-life
 //!
 //! [limits]
