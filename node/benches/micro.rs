@@ -129,7 +129,7 @@ fn main() {
         let stream = stream.freeze();
         h.case(&format!("wire decode+parse {size} B"), 1000, || {
             let mut dec = FrameDecoder::new(16 << 20);
-            dec.buffer().extend_from_slice(&stream);
+            dec.push(stream.clone());
             while let Some(body) = dec.next_frame().expect("valid") {
                 black_box(wire::parse(&body).expect("valid"));
             }

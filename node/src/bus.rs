@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::event::{Event, Listener, PeerInfo, Sink};
 use crate::id::NodeId;
 use crate::name::{validate_name, NameError, Selector};
-use crate::node::{self, Inner, JoinError, NeighbourEvent, NeighbourInfo};
+use crate::node::{self, Emitted, Inner, JoinError, NeighbourEvent, NeighbourInfo};
 use crate::payload::{self, PayloadError};
 
 /// Errors from [`Bus::emit`].
@@ -174,7 +174,7 @@ impl Bus {
     /// logged.
     pub fn on<F>(&self, selector: &str, handler: F) -> Result<ListenerHandle, NameError>
     where
-        F: Fn(Event) + Send + Sync + 'static,
+        F: Fn(&Event) + Send + Sync + 'static,
     {
         self.on_with(selector, ListenOptions::default(), handler)
     }
@@ -182,7 +182,7 @@ impl Bus {
     /// [`Bus::on`] with options (spy).
     pub fn on_with<F>(&self, selector: &str, opts: ListenOptions, handler: F) -> Result<ListenerHandle, NameError>
     where
-        F: Fn(Event) + Send + Sync + 'static,
+        F: Fn(&Event) + Send + Sync + 'static,
     {
         self.add(selector, opts, Sink::Fn(Box::new(handler)))
     }
@@ -229,7 +229,8 @@ impl Bus {
 
     /// Emits a payload that is already MessagePack-encoded.
     pub async fn emit_raw(&self, event: &str, payload: Bytes) -> Result<usize, EmitError> {
-        validate_name(event)?;
+        // The name is validated on its way into the route cache (see
+        // `State::emit_route`), not again for every event.
         let size = event.len() + payload.len();
         let max = self.inner.settings.max_event_size;
         if size > max {
@@ -238,7 +239,17 @@ impl Bus {
         if self.inner.closing.load(Ordering::Acquire) {
             return Err(EmitError::Left);
         }
-        Ok(self.inner.emit_raw(event, payload).await)
+        Ok(match self.inner.emit_now(event, &payload)? {
+            Emitted::Done { count, batch_ready } => {
+                if batch_ready {
+                    tokio::task::yield_now().await;
+                }
+                count
+            }
+            // Boxed: keeps this future small (it is moved on every emit),
+            // the allocation only happens when a queue is full.
+            Emitted::Wait(rest) => Box::pin(self.inner.emit_wait(event, payload, rest)).await,
+        })
     }
 
     /// One entry per non-spy listener of `event` in the hood: the peer it lives on.

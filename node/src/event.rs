@@ -63,7 +63,7 @@ impl Event {
 
 /// Where a listener's events go.
 pub(crate) enum Sink {
-    Fn(Box<dyn Fn(Event) + Send + Sync>),
+    Fn(Box<dyn Fn(&Event) + Send + Sync>),
     Stream(mpsc::Sender<Event>),
 }
 
@@ -73,15 +73,75 @@ pub(crate) struct Listener {
     pub sink: Sink,
 }
 
-/// An event on its way to local listeners.
-pub(crate) struct Delivery {
-    pub name: Arc<str>,
+/// Events on their way to local listeners: what one read from the network
+/// (or one local emit) produced, all from one source. Names are stored once
+/// per run of equal names, so a batch costs no reference counting per event
+/// beyond its payload.
+pub(crate) struct Deliveries {
     pub source: Arc<PeerInfo>,
-    pub payload: Bytes,
+    pub names: Vec<Arc<str>>,
+    /// Index into `names`, payload.
+    pub events: Vec<(u32, Bytes)>,
 }
 
-/// Batches of deliveries: one channel message per batch read from the network.
-pub(crate) type DeliveryTx = mpsc::Sender<Vec<Delivery>>;
+impl Deliveries {
+    pub fn one(source: Arc<PeerInfo>, name: Arc<str>, payload: Bytes) -> Deliveries {
+        Deliveries { source, names: vec![name], events: vec![(0, payload)] }
+    }
+}
+
+pub(crate) type DeliveryTx = mpsc::Sender<Deliveries>;
+
+/// Collects the events of one network read into [`Deliveries`].
+pub(crate) struct BatchBuilder {
+    /// The last name seen, kept across batches: runs of one name are the
+    /// common case, validated and allocated once.
+    last_name: Arc<str>,
+    names: Vec<Arc<str>>,
+    events: Vec<(u32, Bytes)>,
+    /// Size of the last batch: the next one is allocated at that size
+    /// instead of grown (and copied) by doubling, and only when events come.
+    hint: usize,
+}
+
+impl BatchBuilder {
+    pub fn new() -> BatchBuilder {
+        BatchBuilder { last_name: Arc::from(""), names: Vec::new(), events: Vec::new(), hint: 0 }
+    }
+
+    /// Sets the name of the events pushed next; `Err` says what is wrong
+    /// with it.
+    pub fn set_name(&mut self, name: &[u8]) -> Result<(), String> {
+        if name != self.last_name.as_bytes() {
+            let valid = std::str::from_utf8(name).ok().filter(|n| crate::name::validate_name(n).is_ok());
+            let Some(name) = valid else {
+                return Err(format!("invalid event name {:?}", String::from_utf8_lossy(name)));
+            };
+            self.last_name = Arc::from(name);
+        }
+        if self.names.last().is_none_or(|n| !Arc::ptr_eq(n, &self.last_name)) {
+            self.names.push(self.last_name.clone());
+        }
+        Ok(())
+    }
+
+    /// Adds an event with the name last set.
+    pub fn push(&mut self, payload: Bytes) {
+        if self.events.is_empty() {
+            self.events.reserve(self.hint);
+        }
+        self.events.push(((self.names.len() - 1) as u32, payload));
+    }
+
+    /// The batch collected so far, if any.
+    pub fn take(&mut self, source: &Arc<PeerInfo>) -> Option<Deliveries> {
+        if self.events.is_empty() {
+            return None;
+        }
+        self.hint = self.events.len().min(4096);
+        Some(Deliveries { source: source.clone(), names: std::mem::take(&mut self.names), events: std::mem::take(&mut self.events) })
+    }
+}
 
 /// Looks up the listeners for a name; returns them in registration order.
 pub(crate) trait ListenerLookup: Send + Sync + 'static {
@@ -92,50 +152,60 @@ pub(crate) trait ListenerLookup: Send + Sync + 'static {
 
 /// Runs handlers for every delivery, in order. A panicking handler is
 /// caught and logged; a stream whose receiver is gone removes its listener.
-pub(crate) async fn run_dispatcher(mut rx: mpsc::Receiver<Vec<Delivery>>, lookup: Arc<dyn ListenerLookup>) {
+pub(crate) async fn run_dispatcher(mut rx: mpsc::Receiver<Deliveries>, lookup: Arc<dyn ListenerLookup>) {
     let mut cached: Option<(Arc<str>, u64, Arc<Vec<Arc<Listener>>>)> = None;
-    while let Some(batch) = rx.recv().await {
-        for d in batch {
+    while let Some(Deliveries { source, names, events }) = rx.recv().await {
+        // One Event, updated in place: handlers borrow it, streams clone it.
+        let mut ev: Option<Event> = None;
+        for (ni, payload) in events {
+            let Some(name) = names.get(ni as usize) else { continue };
             let gen = lookup.generation();
-            let listeners = match &cached {
-                Some((n, g, l)) if *g == gen && **n == *d.name => l.clone(),
-                _ => {
-                    let (g, l) = lookup.lookup(&d.name);
-                    cached = Some((d.name.clone(), g, l.clone()));
-                    l
-                }
-            };
+            let hit = matches!(&cached, Some((n, g, _)) if *g == gen && (Arc::ptr_eq(n, name) || **n == **name));
+            if !hit {
+                let (g, l) = lookup.lookup(name);
+                cached = Some((name.clone(), g, l));
+            }
+            let Some((_, _, listeners)) = &cached else { continue };
             if listeners.is_empty() {
                 continue;
             }
-            let ev = Event { name: d.name, source: d.source, payload: d.payload };
+            let ev = match &mut ev {
+                Some(e) => {
+                    if !Arc::ptr_eq(&e.name, name) {
+                        e.name = name.clone();
+                    }
+                    e.payload = payload;
+                    e
+                }
+                None => ev.insert(Event { name: name.clone(), source: source.clone(), payload }),
+            };
             for l in listeners.iter() {
                 match &l.sink {
-                    Sink::Fn(f) => {
-                        let ev2 = ev.clone();
-                        if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(move || f(ev2))) {
-                            let msg = p
-                                .downcast_ref::<&str>()
-                                .map(|s| s.to_string())
-                                .or_else(|| p.downcast_ref::<String>().cloned())
-                                .unwrap_or_else(|| "non-string panic".into());
-                            tracing::error!(selector = %l.selector, event = %ev_name(&ev), panic = %msg,
-                                "listener panicked; the bus carries on");
-                        }
-                    }
-                    Sink::Stream(tx) => {
+                    Sink::Fn(f) => call(l, f, ev),
+                    Sink::Stream(tx) => match tx.try_send(ev.clone()) {
+                        Ok(()) => {}
                         // Waits when the subscriber is slow: backpressure
                         // reaches the emitters through the network queues.
-                        if tx.send(ev.clone()).await.is_err() {
-                            lookup.remove(l.id);
+                        Err(mpsc::error::TrySendError::Full(e)) => {
+                            if tx.send(e).await.is_err() {
+                                lookup.remove(l.id);
+                            }
                         }
-                    }
+                        Err(mpsc::error::TrySendError::Closed(_)) => lookup.remove(l.id),
+                    },
                 }
             }
         }
     }
 }
 
-fn ev_name(e: &Event) -> &str {
-    &e.name
+fn call(l: &Listener, f: &(dyn Fn(&Event) + Send + Sync), ev: &Event) {
+    if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(|| f(ev))) {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic".into());
+        tracing::error!(selector = %l.selector, event = %ev.name, panic = %msg, "listener panicked; the bus carries on");
+    }
 }

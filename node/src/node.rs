@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -20,8 +20,9 @@ use tracing::{debug, info, warn};
 use partybus_discovery::{DiscoveryContext, DiscoveryEvent, DiscoverySink, StopHandle, StopSignal};
 
 use crate::config::{Config, FullPolicy};
-use crate::event::{Delivery, DeliveryTx, Listener, ListenerLookup, PeerInfo};
+use crate::event::{BatchBuilder, Deliveries, DeliveryTx, Listener, ListenerLookup, PeerInfo};
 use crate::id::NodeId;
+use crate::name::NameError;
 use crate::peers::{self, canonical, Direction, Verdict};
 use crate::queue::SendQueue;
 use crate::subs::{NameCache, SubTable};
@@ -117,6 +118,26 @@ pub(crate) struct State {
     announce_scheduled: bool,
 }
 
+/// How far [`Inner::emit_now`] got.
+pub(crate) enum Emitted {
+    /// Queued everywhere. `batch_ready`: a queue passed
+    /// [`crate::queue::BATCH`]; the emitter should yield so that its writer
+    /// can send while it goes on emitting.
+    Done { count: usize, batch_ready: bool },
+    /// Some queue was full (or the local dispatcher busy).
+    Wait(EmitWait),
+}
+
+/// What is left of an emit that must wait: see [`Inner::emit_wait`].
+pub(crate) struct EmitWait {
+    /// Listeners reached so far.
+    count: usize,
+    /// The queues that were full, with their listener counts.
+    full: Vec<(Arc<SendQueue>, usize, NodeId)>,
+    /// The local delivery, when the dispatcher's channel was full.
+    local: Option<Deliveries>,
+}
+
 /// A route with the neighbours' queues resolved: what `emit` needs.
 struct EmitRoute {
     name: Box<str>,
@@ -126,11 +147,16 @@ struct EmitRoute {
 }
 
 impl State {
-    fn emit_route(&mut self, name: &str) -> Arc<EmitRoute> {
+    /// The route of `name`. Only names that passed validation enter the
+    /// caches, so a hit needs no validation (the emit loop's common case).
+    fn emit_route(&mut self, name: &str) -> Result<Arc<EmitRoute>, NameError> {
         if let Some(r) = &self.emit_last {
             if &*r.name == name {
-                return r.clone();
+                return Ok(r.clone());
             }
+        }
+        if self.emit_cache.get(name).is_none() {
+            crate::name::validate_name(name)?;
         }
         let State { emit_cache, subs, neighbours, .. } = self;
         let r = emit_cache.get_or_insert_with(name, || {
@@ -143,7 +169,7 @@ impl State {
             Arc::new(EmitRoute { name: name.into(), local: !route.local.is_empty(), local_counted: route.local_counted, remote })
         });
         self.emit_last = Some(r.clone());
-        r
+        Ok(r)
     }
 }
 
@@ -391,27 +417,53 @@ impl Inner {
     }
 
     /// Queues an event for every interested neighbour and the local
-    /// dispatcher; resolves the number of non-spy listeners reached.
-    pub(crate) async fn emit_raw(&self, name: &str, payload: Bytes) -> usize {
-        let flen = wire::event_frame_len(name, &payload);
+    /// dispatcher where there is room now, without waiting: the whole emit
+    /// in the common case. Fails only for an invalid name.
+    ///
+    /// Kept synchronous on purpose: the emit loop is the hot path, and only
+    /// a full queue needs a future ([`Inner::emit_wait`]).
+    pub(crate) fn emit_now(&self, name: &str, payload: &Bytes) -> Result<Emitted, NameError> {
+        let flen = wire::event_frame_len(name, payload);
         let mut full: Vec<(Arc<SendQueue>, usize, NodeId)> = Vec::new();
-        let (mut count, local) = {
+        let mut batch_ready = false;
+        let (count, local) = {
             let mut st = self.state();
-            let route = st.emit_route(name);
+            let route = st.emit_route(name)?;
             let mut count = route.local_counted;
             for (queue, n, peer) in &route.remote {
-                match queue.push_with(flen, |b| wire::put_event(b, name, &payload)) {
-                    Ok(()) => count += n,
+                match queue.push_with(flen, |b| wire::put_event(b, name, payload)) {
+                    Ok(p) => {
+                        count += n;
+                        batch_ready |= p.batch_ready;
+                    }
                     Err(crate::queue::PushError::Full) => full.push((queue.clone(), *n, *peer)),
                     Err(crate::queue::PushError::Closed) => {}
                 }
             }
             (count, route.local)
         };
+        let mut local_wait = None;
         if local {
-            let d = Delivery { name: name.into(), source: self.me.clone(), payload: payload.clone() };
-            let _ = self.dispatch_tx.send(vec![d]).await;
+            let d = Deliveries::one(self.me.clone(), name.into(), payload.clone());
+            match self.dispatch_tx.try_send(d) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Full(v)) => local_wait = Some(v),
+            }
         }
+        if full.is_empty() && local_wait.is_none() {
+            return Ok(Emitted::Done { count, batch_ready });
+        }
+        Ok(Emitted::Wait(EmitWait { count, full, local: local_wait }))
+    }
+
+    /// The rest of an emit that found a queue full: waits as the full
+    /// policy says; resolves the final count.
+    pub(crate) async fn emit_wait(&self, name: &str, payload: Bytes, rest: EmitWait) -> usize {
+        let EmitWait { mut count, full, local } = rest;
+        if let Some(v) = local {
+            let _ = self.dispatch_tx.send(v).await;
+        }
+        let flen = wire::event_frame_len(name, &payload);
         for (q, n, peer) in full {
             let deadline = match self.settings.full_policy {
                 FullPolicy::Drop => {
@@ -425,7 +477,7 @@ impl Inner {
             loop {
                 let notified = q.space_notified();
                 match q.push_with(flen, |b| wire::put_event(b, name, &payload)) {
-                    Ok(()) => {
+                    Ok(_) => {
                         count += n;
                         break;
                     }
@@ -793,7 +845,7 @@ async fn read_hello(recv: &mut quinn::RecvStream, dec: &mut FrameDecoder) -> Res
         }
         match recv.read_chunk(64 * 1024, true).await {
             Ok(None) => return Err("stream ended before hello".into()),
-            Ok(Some(chunk)) => dec.buffer().extend_from_slice(&chunk.bytes),
+            Ok(Some(chunk)) => dec.push(chunk.bytes),
             Err(e) => return Err(e.to_string()),
         }
     }
@@ -1067,8 +1119,8 @@ async fn run_reader(
     drain: &Arc<Drain>,
     remote: SocketAddr,
 ) -> ReaderEnd {
-    let mut last_name: Arc<str> = Arc::from("");
-    let mut batch: Vec<Delivery> = Vec::new();
+    let mut batch = BatchBuilder::new();
+    let max_event = inner.settings.max_event_size;
     let mut got_retire = false;
     loop {
         // Decode everything buffered.
@@ -1078,23 +1130,66 @@ async fn run_reader(
                 Ok(None) => break,
                 Err(e) => return ReaderEnd::Protocol(e.to_string()),
             };
-            let frame = match wire::parse(&body) {
-                Ok(f) => f,
-                Err(e) => return ReaderEnd::Protocol(e.to_string()),
+            // Events take the direct path; every other frame (and any odd
+            // encoding of an event) goes through the full parser.
+            let (name, offset) = match wire::event_parts(&body) {
+                Some(parts) => parts,
+                None => match wire::parse(&body) {
+                    Ok(Frame::Event { name, payload }) => (name.as_bytes(), body.len() - payload.len()),
+                    Ok(frame) => match handle_control(inner, peer, remote, frame) {
+                        Ok(retire) => {
+                            got_retire |= retire;
+                            continue;
+                        }
+                        Err(e) => return ReaderEnd::Protocol(e),
+                    },
+                    Err(e) => return ReaderEnd::Protocol(e.to_string()),
+                },
             };
-            match frame {
-                Frame::Event { name, payload } => {
-                    if crate::name::validate_name(name).is_err() {
-                        return ReaderEnd::Protocol(format!("invalid event name {name:?}"));
+            let size = name.len() + body.len() - offset;
+            if size > max_event {
+                return ReaderEnd::Protocol(format!("event of {size} bytes over the limit"));
+            }
+            if let Err(e) = batch.set_name(name) {
+                return ReaderEnd::Protocol(e);
+            }
+            // The payload ends the frame: trim the body to it rather than
+            // take another reference to the chunk.
+            let mut payload = body;
+            payload.advance(offset);
+            batch.push(payload);
+        }
+        if let Some(deliveries) = batch.take(info) {
+            // Keep emit order across a connection switch: events still
+            // arriving on a retiring connection go first.
+            if !ctl.retiring.load(Ordering::Acquire) {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while drain.count.load(Ordering::Acquire) > 0 {
+                    let n = drain.done.notified();
+                    if drain.count.load(Ordering::Acquire) == 0 || tokio::time::timeout_at(deadline, n).await.is_err() {
+                        break;
                     }
-                    if name.len() + payload.len() > inner.settings.max_event_size {
-                        return ReaderEnd::Protocol(format!("event of {} bytes over the limit", name.len() + payload.len()));
-                    }
-                    if *last_name != *name {
-                        last_name = Arc::from(name);
-                    }
-                    batch.push(Delivery { name: last_name.clone(), source: info.clone(), payload: body.slice_ref(payload) });
                 }
+            }
+            if inner.dispatch_tx.send(deliveries).await.is_err() {
+                return ReaderEnd::Eof;
+            }
+        }
+        match recv.read_chunk(256 * 1024, true).await {
+            Ok(None) => {
+                // Clean end of stream: retire (a switch) or leave.
+                return if got_retire { ReaderEnd::Retired } else { ReaderEnd::Eof };
+            }
+            Ok(Some(chunk)) => dec.push(chunk.bytes),
+            Err(quinn::ReadError::ConnectionLost(e)) => return ReaderEnd::Conn(e),
+            Err(e) => return ReaderEnd::Protocol(format!("stream error: {e}")),
+        }
+    }
+}
+
+/// Handles a frame other than an event; `Ok(true)` for a retire.
+fn handle_control(inner: &Arc<Inner>, peer: NodeId, remote: SocketAddr, frame: Frame<'_>) -> Result<bool, String> {
+    match frame {
                 Frame::Subscribe(subs) => {
                     let mut st = inner.state();
                     for s in subs {
@@ -1113,43 +1208,19 @@ async fn run_reader(
                 }
                 Frame::Peers(list) => {
                     if list.len() > 10_000 {
-                        return ReaderEnd::Protocol("gossip list too long".into());
+                        return Err("gossip list too long".into());
                     }
                     handle_gossip(inner, list, remote);
                 }
                 Frame::Retire => {
                     // The peer sends nothing more here; EOF follows.
-                    got_retire = true;
+                    return Ok(true);
                 }
-                Frame::Hello(_) => return ReaderEnd::Protocol("second hello".into()),
-            }
-        }
-        if !batch.is_empty() {
-            // Keep emit order across a connection switch: events still
-            // arriving on a retiring connection go first.
-            if !ctl.retiring.load(Ordering::Acquire) {
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-                while drain.count.load(Ordering::Acquire) > 0 {
-                    let n = drain.done.notified();
-                    if drain.count.load(Ordering::Acquire) == 0 || tokio::time::timeout_at(deadline, n).await.is_err() {
-                        break;
-                    }
-                }
-            }
-            if inner.dispatch_tx.send(std::mem::take(&mut batch)).await.is_err() {
-                return ReaderEnd::Eof;
-            }
-        }
-        match recv.read_chunk(256 * 1024, true).await {
-            Ok(None) => {
-                // Clean end of stream: retire (a switch) or leave.
-                return if got_retire { ReaderEnd::Retired } else { ReaderEnd::Eof };
-            }
-            Ok(Some(chunk)) => dec.buffer().extend_from_slice(&chunk.bytes),
-            Err(quinn::ReadError::ConnectionLost(e)) => return ReaderEnd::Conn(e),
-            Err(e) => return ReaderEnd::Protocol(format!("stream error: {e}")),
-        }
+                Frame::Hello(_) => return Err("second hello".into()),
+                // The reader takes events before calling this.
+                Frame::Event { .. } => return Err("event frame in the control path".into()),
     }
+    Ok(false)
 }
 
 /// How long announcements of new neighbours are collected before sending.

@@ -35,6 +35,21 @@ struct Inner {
 /// Smallest buffer allocated: many small frames share one allocation.
 const MIN_ALLOC: usize = 64 * 1024;
 
+/// Queued bytes at which a batch is worth writing now. An emitter that
+/// never awaits would otherwise fill the whole queue before the writer (and
+/// QUIC's connection driver) get to run on its thread: sending would come in
+/// bursts of `limit` bytes while the receiver idles in between. Yielding once
+/// per batch keeps emitting and sending overlapped, at one yield per batch.
+pub const BATCH: usize = 256 * 1024;
+
+/// A frame was queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    /// This frame took the queue past [`BATCH`] bytes: the emitter should
+    /// yield so that the writer can take the batch.
+    pub batch_ready: bool,
+}
+
 impl Inner {
     /// Takes the whole buffer, leaving an empty one (allocated on the next push).
     fn take_all(&mut self, limit: usize) -> Bytes {
@@ -75,7 +90,7 @@ impl SendQueue {
 
     /// Appends a frame produced by `write` if it fits (`len` is an upper
     /// bound of what `write` appends).
-    pub fn push_with(&self, len: usize, write: impl FnOnce(&mut BytesMut)) -> Result<(), PushError> {
+    pub fn push_with(&self, len: usize, write: impl FnOnce(&mut BytesMut)) -> Result<Pushed, PushError> {
         let mut g = self.lock();
         if g.closed {
             return Err(PushError::Closed);
@@ -89,13 +104,15 @@ impl SendQueue {
             let step = len.max(g.next_cap);
             g.buf.reserve(step);
         }
+        let before = g.buf.len();
         write(&mut g.buf);
+        let batch_ready = before < BATCH && g.buf.len() >= BATCH;
         drop(g);
         self.sent_frames.fetch_add(1, Ordering::Relaxed);
         if was_empty {
             self.data.notify_one();
         }
-        Ok(())
+        Ok(Pushed { batch_ready })
     }
 
     /// Appends a frame whatever the limit (control frames: subscriptions,
@@ -228,6 +245,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn batch_ready_once_per_batch() {
+        let q = SendQueue::new(4 * BATCH);
+        let frame = [7u8; 1000];
+        let mut ready_at = Vec::new();
+        for i in 0..(3 * BATCH / frame.len()) {
+            if q.push_with(frame.len(), |b| b.put_slice(&frame)).unwrap().batch_ready {
+                ready_at.push(i);
+            }
+        }
+        // Only the frame that crosses BATCH says so, not every one after it.
+        assert_eq!(ready_at, vec![BATCH / frame.len()]);
+        assert!(q.take().await.unwrap().len() >= 2 * BATCH);
+        assert!(!q.push_with(frame.len(), |b| b.put_slice(&frame)).unwrap().batch_ready);
+    }
+
+    #[tokio::test]
     async fn waiting_emitter_wakes_when_writer_takes() {
         let q = std::sync::Arc::new(SendQueue::new(4));
         q.push_with(4, |b| b.put_slice(b"full")).unwrap();
@@ -236,7 +269,7 @@ mod tests {
             loop {
                 let n = q2.space_notified();
                 match q2.push_with(4, |b| b.put_slice(b"next")) {
-                    Ok(()) => return,
+                    Ok(_) => return,
                     Err(PushError::Full) => n.await,
                     Err(PushError::Closed) => panic!("closed"),
                 }

@@ -26,6 +26,11 @@ impl<V: Clone> NameCache<V> {
         NameCache { map: HashMap::new() }
     }
 
+    /// The cached value for `name`, if there is one.
+    pub fn get(&self, name: &str) -> Option<V> {
+        self.map.get(name).cloned()
+    }
+
     /// The cached value for `name`, computing and storing it if absent.
     pub fn get_or_insert_with(&mut self, name: &str, compute: impl FnOnce() -> V) -> V {
         if let Some(v) = self.map.get(name) {

@@ -180,23 +180,30 @@ pub fn put_event(buf: &mut BytesMut, name: &str, payload: &[u8]) {
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
 }
 
-/// Decodes an event frame directly (the hot path); `None` for anything else
-/// or anything unusual, which [`parse`] then leaves to bincode.
-fn parse_event(body: &[u8]) -> Option<Frame<'_>> {
+/// The name (unchecked bytes) and the payload's offset of an event frame
+/// body, decoded directly: the receive hot path. `None` for anything else
+/// or anything unusual, which [`parse`] then leaves to bincode. The payload
+/// always runs to the end of the body.
+pub fn event_parts(body: &[u8]) -> Option<(&[u8], usize)> {
     let (&variant, rest) = body.split_first()?;
     if variant != EVENT_VARIANT {
         return None;
     }
     let (nlen, used) = get_varint(rest)?;
     let rest = &rest[used..];
-    let name = std::str::from_utf8(rest.get(..nlen)?).ok()?;
+    let name = rest.get(..nlen)?;
     let rest = &rest[nlen..];
     let (plen, used) = get_varint(rest)?;
-    let rest = &rest[used..];
-    if rest.len() != plen {
+    if rest.len() - used != plen {
         return None;
     }
-    Some(Frame::Event { name, payload: rest })
+    Some((name, body.len() - plen))
+}
+
+/// [`event_parts`] as a [`Frame`].
+fn parse_event(body: &[u8]) -> Option<Frame<'_>> {
+    let (name, offset) = event_parts(body)?;
+    Some(Frame::Event { name: std::str::from_utf8(name).ok()?, payload: &body[offset..] })
 }
 
 /// Bytes one event frame takes on the wire (upper bound).
@@ -217,64 +224,110 @@ pub fn parse(body: &[u8]) -> Result<Frame<'_>, WireError> {
     Ok(frame)
 }
 
-/// Splits an incoming byte stream into frame bodies (sans I/O): feed it with
-/// [`FrameDecoder::buffer`], take frames with [`FrameDecoder::next_frame`].
+/// Splits an incoming byte stream into frame bodies (sans I/O): feed it the
+/// chunks QUIC hands over with [`FrameDecoder::push`], take frames with
+/// [`FrameDecoder::next_frame`].
+///
+/// A frame that lies wholly inside a chunk is returned as a slice of that
+/// chunk: no copy, one reference count. Only a frame split across chunks is
+/// assembled in a buffer of its own, which then becomes the frame; so an
+/// idle connection holds no buffer at all.
+///
 /// Memory is bounded: a frame announcing more than `max_frame` bytes is an
 /// error before any of it is buffered.
 pub struct FrameDecoder {
-    buf: BytesMut,
+    /// The unread rest of the last chunk (empty while `partial` is not).
+    chunk: Bytes,
+    /// The start of a frame (or of the preamble) that a chunk boundary cut.
+    partial: BytesMut,
     max_frame: usize,
     preamble_done: bool,
 }
 
 impl FrameDecoder {
     pub fn new(max_frame: usize) -> FrameDecoder {
-        FrameDecoder { buf: BytesMut::with_capacity(64 * 1024), max_frame, preamble_done: false }
+        FrameDecoder { chunk: Bytes::new(), partial: BytesMut::new(), max_frame, preamble_done: false }
     }
 
-    /// Where to read new bytes into.
-    pub fn buffer(&mut self) -> &mut BytesMut {
-        &mut self.buf
+    /// Hands over the next bytes of the stream. Take the frames before
+    /// pushing more: only then are frames slices of the chunk they came in.
+    pub fn push(&mut self, chunk: Bytes) {
+        if self.chunk.is_empty() && self.partial.is_empty() {
+            self.chunk = chunk;
+        } else {
+            let rest = std::mem::take(&mut self.chunk);
+            self.partial.extend_from_slice(&rest);
+            self.partial.extend_from_slice(&chunk);
+        }
     }
 
-    /// Bytes buffered but not yet returned as frames.
+    /// Bytes received but not yet returned as frames.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.chunk.len() + self.partial.len()
     }
 
-    /// The next complete frame body, if one is buffered.
+    /// The first `n` bytes of the stream, if `n` have arrived. When they
+    /// are not in one piece, they are gathered in `partial` (which then
+    /// reserves `n`, the whole frame once its length is known).
+    fn front(&mut self, n: usize) -> Option<&[u8]> {
+        if self.partial.is_empty() {
+            if self.chunk.len() >= n {
+                return Some(&self.chunk[..n]);
+            }
+        }
+        // One allocation for the whole frame, not growth by doubling.
+        self.partial.reserve(n.saturating_sub(self.partial.len()));
+        let need = n.saturating_sub(self.partial.len()).min(self.chunk.len());
+        if need > 0 {
+            self.partial.extend_from_slice(&self.chunk[..need]);
+            self.chunk.advance(need);
+        }
+        (self.partial.len() >= n).then(|| &self.partial[..n])
+    }
+
+    /// Removes the first `n` bytes (which [`Self::front`] found) from the stream.
+    fn split(&mut self, n: usize) -> Bytes {
+        if self.partial.is_empty() {
+            self.chunk.split_to(n)
+        } else if self.partial.len() == n {
+            // The assembled frame keeps the buffer; none is left behind.
+            std::mem::take(&mut self.partial).freeze()
+        } else {
+            self.partial.split_to(n).freeze()
+        }
+    }
+
+    /// The next complete frame body, if one has arrived.
     pub fn next_frame(&mut self) -> Result<Option<Bytes>, WireError> {
         if !self.preamble_done {
-            if self.buf.len() < PREAMBLE_LEN {
-                if !MAGIC.starts_with(&self.buf[..self.buf.len().min(4)]) {
+            let Some(pre) = self.front(PREAMBLE_LEN) else {
+                let got = &self.partial[..self.partial.len().min(4)];
+                if !MAGIC.starts_with(got) {
                     return Err(WireError::BadMagic);
                 }
                 return Ok(None);
-            }
-            if self.buf[..4] != MAGIC {
+            };
+            if pre[..4] != MAGIC {
                 return Err(WireError::BadMagic);
             }
-            let theirs = u16::from_le_bytes([self.buf[4], self.buf[5]]);
+            let theirs = u16::from_le_bytes([pre[4], pre[5]]);
             if theirs != PROTOCOL_VERSION {
                 return Err(WireError::Version { ours: PROTOCOL_VERSION, theirs });
             }
-            self.buf.advance(PREAMBLE_LEN);
+            self.split(PREAMBLE_LEN);
             self.preamble_done = true;
         }
-        if self.buf.len() < 4 {
-            return Ok(None);
-        }
-        let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        let Some(head) = self.front(4) else { return Ok(None) };
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
         if len > self.max_frame {
             return Err(WireError::Oversized { len, max: self.max_frame });
         }
-        if self.buf.len() < 4 + len {
-            // Make room for the rest of this frame in one go.
-            self.buf.reserve(4 + len - self.buf.len());
+        if self.front(4 + len).is_none() {
             return Ok(None);
         }
-        self.buf.advance(4);
-        Ok(Some(self.buf.split_to(len).freeze()))
+        let mut frame = self.split(4 + len);
+        frame.advance(4);
+        Ok(Some(frame))
     }
 }
 
@@ -306,17 +359,44 @@ mod tests {
         for f in sample() {
             put_frame(&mut out, &f);
         }
-        let mut dec = FrameDecoder::new(1 << 20);
-        let mut got = Vec::new();
-        for b in out.iter() {
-            dec.buffer().put_u8(*b);
-            while let Some(body) = dec.next_frame().unwrap() {
-                got.push(body);
+        let out = out.freeze();
+        // Every chunking: byte by byte, a few odd sizes, all at once.
+        for step in [1usize, 2, 3, 5, 7, 13, 64, out.len()] {
+            let mut dec = FrameDecoder::new(1 << 20);
+            let mut got = Vec::new();
+            for at in (0..out.len()).step_by(step) {
+                dec.push(out.slice(at..(at + step).min(out.len())));
+                while let Some(body) = dec.next_frame().unwrap() {
+                    got.push(body);
+                }
             }
+            let parsed: Vec<Frame<'_>> = got.iter().map(|b| parse(b).unwrap()).collect();
+            assert_eq!(parsed, sample(), "chunks of {step}");
+            assert_eq!(dec.pending(), 0);
         }
-        let parsed: Vec<Frame<'_>> = got.iter().map(|b| parse(b).unwrap()).collect();
-        assert_eq!(parsed, sample());
-        assert_eq!(dec.pending(), 0);
+    }
+
+    #[test]
+    fn whole_frames_are_not_copied() {
+        let mut out = BytesMut::new();
+        put_preamble(&mut out);
+        put_event(&mut out, "a.b", b"payload");
+        put_event(&mut out, "a.b", b"second");
+        let out = out.freeze();
+        let mut dec = FrameDecoder::new(1 << 20);
+        dec.push(out.clone());
+        let first = dec.next_frame().unwrap().unwrap();
+        assert!(out.as_ptr_range().contains(&first.as_ptr()), "a slice of the chunk");
+        assert!(dec.next_frame().unwrap().is_some());
+        assert_eq!(dec.next_frame().unwrap(), None);
+        // A second push before the frames are taken still keeps order.
+        let mut dec = FrameDecoder::new(1 << 20);
+        dec.push(out.slice(..10));
+        dec.push(out.slice(10..));
+        let a = dec.next_frame().unwrap().unwrap();
+        let b = dec.next_frame().unwrap().unwrap();
+        assert_eq!(parse(&a).unwrap(), Frame::Event { name: "a.b", payload: b"payload" });
+        assert_eq!(parse(&b).unwrap(), Frame::Event { name: "a.b", payload: b"second" });
     }
 
     #[test]
@@ -356,21 +436,22 @@ mod tests {
     #[test]
     fn version_and_magic_are_checked() {
         let mut dec = FrameDecoder::new(100);
-        dec.buffer().put_slice(b"PBUS\x02\x00");
+        dec.push(Bytes::from_static(b"PBUS\x02\x00"));
         assert_eq!(dec.next_frame(), Err(WireError::Version { ours: 1, theirs: 2 }));
         let mut dec = FrameDecoder::new(100);
-        dec.buffer().put_slice(b"GET ");
+        dec.push(Bytes::from_static(b"GET "));
         assert_eq!(dec.next_frame(), Err(WireError::BadMagic));
         let mut dec = FrameDecoder::new(100);
-        dec.buffer().put_slice(b"PB");
+        dec.push(Bytes::from_static(b"PB"));
         assert_eq!(dec.next_frame(), Ok(None));
+        dec.push(Bytes::from_static(b"X"));
+        assert_eq!(dec.next_frame(), Err(WireError::BadMagic));
     }
 
     #[test]
     fn oversized_is_refused_before_buffering() {
         let mut dec = FrameDecoder::new(100);
-        dec.buffer().put_slice(b"PBUS\x01\x00");
-        dec.buffer().put_u32_le(u32::MAX);
+        dec.push(Bytes::from_static(b"PBUS\x01\x00\xff\xff\xff\xff"));
         assert!(matches!(dec.next_frame(), Err(WireError::Oversized { .. })));
     }
 

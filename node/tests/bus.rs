@@ -16,10 +16,10 @@ use serde::{Deserialize, Serialize};
 type Log = Arc<Mutex<Vec<String>>>;
 
 /// A handler that records event names.
-fn recorder() -> (Log, impl Fn(Event) + Send + Sync + 'static) {
+fn recorder() -> (Log, impl Fn(&Event) + Send + Sync + 'static) {
     let log: Log = Arc::default();
     let l = log.clone();
-    (log, move |ev: Event| l.lock().unwrap().push(ev.name().to_owned()))
+    (log, move |ev: &Event| l.lock().unwrap().push(ev.name().to_owned()))
 }
 
 fn names(log: &Log) -> Vec<String> {

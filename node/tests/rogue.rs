@@ -158,7 +158,7 @@ async fn a_peer_cannot_hold_more_subscriptions_than_the_limit() {
                 }
             }
             let chunk = rs.read_chunk(64 * 1024, true).await.unwrap().expect("stream open");
-            dec.buffer().extend_from_slice(&chunk.bytes);
+            dec.push(chunk.bytes);
         }
     })
     .await

@@ -12,26 +12,36 @@ use tokio::io::AsyncBufReadExt;
 
 use super::NodeOpts;
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+/// Installs the Ctrl-C and SIGTERM handlers now and returns a future that
+/// resolves on either. Call it before printing "ready": a handler that is
+/// only installed when first polled leaves a window in which SIGTERM kills
+/// the process with the default action (exit 143) instead of a clean leave.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let int = signal(SignalKind::interrupt()).ok();
+        let term = signal(SignalKind::terminate()).ok();
+        async move {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            tokio::select! {
+                _ = wait(int) => {}
+                _ = wait(term) => {}
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -68,10 +78,10 @@ async fn join(opts: &NodeOpts) -> Result<Bus> {
 pub async fn node(opts: NodeOpts) -> Result<ExitCode> {
     let bus = join(&opts).await?;
     let mut events = bus.neighbour_events();
+    let stop = shutdown_signal();
     out(json!({"ready": {
         "id": bus.id().to_hex(), "name": bus.me().name, "port": bus.port(), "fingerprint": bus.fingerprint(),
     }}));
-    let stop = shutdown_signal();
     tokio::pin!(stop);
     // Counted from the events themselves, so each line's count is the
     // neighbour count right after that event.
@@ -102,6 +112,7 @@ pub async fn listen(opts: NodeOpts, selectors: Vec<String>) -> Result<ExitCode> 
     for s in &selectors {
         partybus::Selector::new(s).with_context(|| format!("bad selector {s:?}"))?;
     }
+    let stop = shutdown_signal();
     let bus = join(&opts).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<partybus::Event>(4096);
     let mut subs = Vec::new();
@@ -117,7 +128,6 @@ pub async fn listen(opts: NodeOpts, selectors: Vec<String>) -> Result<ExitCode> 
         }));
     }
     drop(tx);
-    let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -253,9 +263,10 @@ pub async fn dht(args: DhtArgs) -> Result<ExitCode> {
     })
     .await
     .context("cannot start the DHT node")?;
+    let signal = shutdown_signal();
     out(json!({"ready": {"peer_id": node.peer_id().to_string(), "addrs": node.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>()}}));
     let run = tokio::spawn(node.run(stop));
-    shutdown_signal().await;
+    signal.await;
     handle.stop();
     match run.await {
         Ok(Ok(())) => Ok(ExitCode::SUCCESS),

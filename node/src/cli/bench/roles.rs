@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use partybus::{Bus, NeighbourEvent};
 use serde_json::{json, Value};
 
-use super::util::{payload, percentile, r1, self_rss};
+use super::util::{payload, percentile, r1, self_cpu_s, self_rss};
 use super::{BenchArgs, Scenario};
 
 /// Data events of throughput and fanout.
@@ -94,6 +94,7 @@ pub async fn receiver(args: &BenchArgs) -> Result<()> {
     ready(&bus);
     let life = tokio::time::sleep(LIFETIME);
     tokio::pin!(life);
+    let mut cpu0 = self_cpu_s();
     loop {
         tokio::select! {
             ev = end.recv() => {
@@ -101,7 +102,10 @@ pub async fn receiver(args: &BenchArgs) -> Result<()> {
                 let emitted: u64 = ev.decode().unwrap_or(0);
                 // Every data event before END has been handled: same stream, one dispatcher.
                 let received = counter.swap(0, Ordering::Relaxed);
-                let mut msg = json!({"name": bus.me().name, "emitted": emitted, "received": received});
+                let cpu = self_cpu_s();
+                let mut msg = json!({"name": bus.me().name, "emitted": emitted, "received": received,
+                    "receiver_cpu_s": r1((cpu - cpu0) * 100.0) / 100.0});
+                cpu0 = cpu;
                 merge(&mut msg, rss_json("receiver"));
                 // The emitter's DONE subscription may still be on its way.
                 let _ = wait_listeners(&bus, DONE, 1, args.timeout).await;
@@ -130,6 +134,7 @@ pub async fn emitter(args: &BenchArgs) -> Result<()> {
     let (count, duration) = args.bounds();
     for size in sizes {
         let data = payload(size)?;
+        let cpu0 = self_cpu_s();
         let t0 = Instant::now();
         let mut sent: u64 = 0;
         'emit: loop {
@@ -148,6 +153,7 @@ pub async fn emitter(args: &BenchArgs) -> Result<()> {
         let mut answers = 0usize;
         let mut receiver_rss = 0u64;
         let mut receiver_rss_now = 0u64;
+        let mut receiver_cpu = 0f64;
         let deadline = tokio::time::Instant::now() + args.timeout;
         while answers < receivers {
             match tokio::time::timeout_at(deadline, done.recv()).await {
@@ -156,6 +162,7 @@ pub async fn emitter(args: &BenchArgs) -> Result<()> {
                     received += v["received"].as_u64().unwrap_or(0);
                     receiver_rss = receiver_rss.max(v["receiver_rss_kib"].as_u64().unwrap_or(0));
                     receiver_rss_now = receiver_rss_now.max(v["receiver_rss_now_kib"].as_u64().unwrap_or(0));
+                    receiver_cpu += v["receiver_cpu_s"].as_f64().unwrap_or(0.0);
                     answers += 1;
                 }
                 Ok(None) => break,
@@ -166,6 +173,8 @@ pub async fn emitter(args: &BenchArgs) -> Result<()> {
             }
         }
         let secs = t0.elapsed().as_secs_f64();
+        let emitter_cpu = self_cpu_s() - cpu0;
+        let per_event_ns = |cpu: f64, n: u64| if n == 0 { 0.0 } else { (cpu * 1e9 / n as f64).round() };
         let mut v = json!({
             "scenario": args.scenario.name(),
             "payload_bytes": size,
@@ -180,6 +189,12 @@ pub async fn emitter(args: &BenchArgs) -> Result<()> {
             "answers": answers,
             "receiver_rss_kib": receiver_rss,
             "receiver_rss_now_kib": receiver_rss_now,
+            // CPU per event on each side (summed over receivers): comparable
+            // across runs even when the machine is busy (10 ms resolution).
+            "emitter_cpu_s": r1(emitter_cpu * 100.0) / 100.0,
+            "receiver_cpu_s": r1(receiver_cpu * 100.0) / 100.0,
+            "emitter_cpu_ns_per_event": per_event_ns(emitter_cpu, sent),
+            "receiver_cpu_ns_per_event": per_event_ns(receiver_cpu, received),
         });
         merge(&mut v, rss_json("emitter"));
         out(json!({"result": v}));

@@ -26,6 +26,20 @@ pub fn self_rss() -> (u64, u64) {
     rss_kib(std::process::id()).unwrap_or((0, 0))
 }
 
+/// CPU time (user + system) this process has used, in seconds, from
+/// `/proc/self/stat` (clock ticks; 0 where unknown). Throughput runs are
+/// CPU-bound on both ends, so CPU per event is the figure that stays
+/// comparable when the machine is busy with other work.
+pub fn self_cpu_s() -> f64 {
+    let Ok(text) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let Some(rest) = text.rfind(')').map(|i| &text[i + 1..]) else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'.
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
 /// A MessagePack payload of exactly `size` bytes (a `bin` of size minus its header).
 pub fn payload(size: usize) -> Result<Bytes> {
     let mut v = Vec::with_capacity(size);
