@@ -316,3 +316,39 @@ fn a_config_file_with_an_unknown_field_is_an_error_naming_file_and_field() {
     assert_eq!(ready["ready"]["name"], "c");
     assert!(n.term().success());
 }
+
+#[test]
+fn bench_quinn_prints_one_plausible_line_per_measurement() {
+    let d = tempfile::tempdir().unwrap();
+    let args = ["bench", "quinn", "--round-trips", "200", "--warmup", "20", "--duration", "300ms", "--timeout", "20s", "--json"];
+    let o = run(&args, d.path());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}"))).collect();
+    let scenarios: Vec<&str> = lines.iter().map(|v| v["scenario"].as_str().unwrap_or("?")).collect();
+    assert_eq!(scenarios, ["quinn-latency", "quinn-bulk", "quinn-records"], "{out}");
+    let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {v}"));
+    for v in &lines {
+        assert_eq!(v["run"], 1, "{v}");
+        assert_eq!(v["lost"], 0, "{v}");
+        assert!(num(v, "events") > 0.0, "{v}");
+        assert!(num(v, "client_rss_kib") > 1000.0 && num(v, "server_rss_kib") > 1000.0, "{v}");
+    }
+    let lat = &lines[0];
+    assert_eq!(lat["payload_bytes"], 16);
+    assert_eq!(lat["events"], 200, "{lat}");
+    let p: Vec<f64> = ["p50_us", "p90_us", "p99_us", "max_us"].iter().map(|k| num(lat, k)).collect();
+    assert!(p[0] > 0.0 && p.windows(2).all(|w| w[0] <= w[1]), "{lat}");
+    for (v, size) in [(&lines[1], 65536.0), (&lines[2], 16.0)] {
+        assert_eq!(num(v, "payload_bytes"), size, "{v}");
+        assert_eq!(v["events"], v["emitted"], "{v}");
+        let secs = num(v, "seconds");
+        assert!((0.3..20.0).contains(&secs), "{v}");
+        // events/s and MB/s agree with events, seconds and the payload size.
+        let eps = num(v, "events") / secs;
+        assert!((num(v, "events_per_s") - eps).abs() <= eps * 0.01 + 1.0, "{v}");
+        assert!((num(v, "mb_per_s") - eps * size / 1e6).abs() <= eps * size / 1e8 + 0.1, "{v}");
+    }
+    // Records are batched: far more of them than 64 KiB writes in the same time.
+    assert!(num(&lines[2], "events") > 100.0 * num(&lines[1], "events"), "{out}");
+}

@@ -55,7 +55,7 @@ enum Cmd {
     Emit(commands::EmitArgs),
     /// Run a plain DHT node (no hood, no certificates): a bootstrap server.
     Dht(commands::DhtArgs),
-    /// Measure throughput, latency, fan-out, mesh formation or memory (see BENCHMARKS.md).
+    /// Measure throughput, latency, fan-out, mesh formation or memory, or plain quinn (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
 

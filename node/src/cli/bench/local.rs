@@ -97,6 +97,27 @@ pub fn latency(args: &BenchArgs, p: &mut Printer) -> Result<()> {
     Ok(())
 }
 
+/// `bench quinn`: per measurement and run, a fresh quinn-server and quinn-client.
+pub fn quinn(args: &BenchArgs, p: &mut Printer) -> Result<()> {
+    let hood = TempHood::new()?;
+    for m in args.measures() {
+        for run in 0..args.runs {
+            let server = Kid::spawn(role_args(args, &hood, "quinn-server", "server")?, 0, None, true)?;
+            let port = ready_port(&server.expect("ready", args.timeout)?)?;
+            let mut a = role_args(args, &hood, "quinn-client", "client")?;
+            a.extend(connect(port));
+            a.extend(os(&["--measure", m.name()]));
+            let client = Kid::spawn(a, 1, None, true)?;
+            // The ping-pong loop's own bound is max(--timeout, 60s).
+            let res = client.expect("result", result_bound(args) + args.timeout.max(Duration::from_secs(60)))?;
+            p.row(&tag(res, run));
+            client.stop();
+            server.stop();
+        }
+    }
+    Ok(())
+}
+
 /// `partybus node` on loopback; its lines go to `tx`.
 fn spawn_node(hood: &TempHood, i: usize, connect_to: Option<u16>, tx: &mpsc::Sender<Line>) -> Result<Kid> {
     let mut a = os(&["node"]);

@@ -1,6 +1,7 @@
 //! `partybus bench throughput|latency|fanout|mesh|memory`: measures the bus
 //! on loopback (each end in its own process, a throw-away hood), or one end
-//! of a two-machine measurement with `--role`. See BENCHMARKS.md.
+//! of a two-machine measurement with `--role`. `partybus bench quinn`: the
+//! same kinds of measurement on plain quinn, for comparison. See BENCHMARKS.md.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use clap::{Args, ValueEnum};
 use super::NodeOpts;
 
 mod local;
+mod raw;
 mod roles;
 mod util;
 
@@ -27,6 +29,9 @@ pub enum Scenario {
     Mesh,
     /// Idle RSS of a node with 0 and with --neighbours neighbours.
     Memory,
+    /// Plain quinn endpoints with the same mutual TLS, no partybus: ping-pong,
+    /// 64 KiB bulk writes, 16-byte records batched into 64 KiB writes.
+    Quinn,
 }
 
 impl Scenario {
@@ -37,6 +42,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Mesh => "mesh",
             Scenario::Memory => "memory",
+            Scenario::Quinn => "quinn",
         }
     }
 }
@@ -53,6 +59,33 @@ pub enum Role {
     Ponger,
     /// mesh/memory: a node printing neighbour counts and its RSS.
     Node,
+    /// quinn: a plain quinn endpoint that echoes and counts what it gets.
+    QuinnServer,
+    /// quinn: connects to a quinn-server and measures (see --measure).
+    QuinnClient,
+}
+
+/// What `bench quinn` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Measure {
+    /// 16-byte ping-pong on one bidirectional stream: percentiles.
+    Latency,
+    /// 64 KiB writes on one unidirectional stream: MB/s.
+    Bulk,
+    /// 16-byte length-prefixed records batched into 64 KiB writes: records/s.
+    Records,
+}
+
+impl Measure {
+    pub const ALL: [Measure; 3] = [Measure::Latency, Measure::Bulk, Measure::Records];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Measure::Latency => "latency",
+            Measure::Bulk => "bulk",
+            Measure::Records => "records",
+        }
+    }
 }
 
 #[derive(Args)]
@@ -100,6 +133,9 @@ pub struct BenchArgs {
     /// memory: neighbours of the measured node.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub neighbours: usize,
+    /// quinn: what to measure (default latency,bulk,records).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub measure: Vec<Measure>,
     /// Repeat each measurement (fresh processes each time).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub runs: usize,
@@ -117,6 +153,15 @@ impl BenchArgs {
             vec![16, 1024, 65536]
         } else {
             self.payload.clone()
+        }
+    }
+
+    /// quinn: the measurements asked for, in order.
+    pub fn measures(&self) -> Vec<Measure> {
+        if self.measure.is_empty() {
+            Measure::ALL.to_vec()
+        } else {
+            self.measure.clone()
         }
     }
 
@@ -168,6 +213,21 @@ const LATENCY_COLS: &[(&str, &str)] = &[
     ("ping RSS KiB", "pinger_rss_kib"),
     ("pong RSS KiB", "ponger_rss_kib"),
 ];
+const QUINN_COLS: &[(&str, &str)] = &[
+    ("scenario", "scenario"),
+    ("payload B", "payload_bytes"),
+    ("events", "events"),
+    ("seconds", "seconds"),
+    ("events/s", "events_per_s"),
+    ("MB/s", "mb_per_s"),
+    ("lost", "lost"),
+    ("p50 µs", "p50_us"),
+    ("p90 µs", "p90_us"),
+    ("p99 µs", "p99_us"),
+    ("max µs", "max_us"),
+    ("client RSS KiB", "client_rss_kib"),
+    ("server RSS KiB", "server_rss_kib"),
+];
 const MESH_COLS: &[(&str, &str)] = &[
     ("scenario", "scenario"),
     ("nodes", "nodes"),
@@ -196,6 +256,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 Role::Pinger => roles::pinger(&args).await,
                 Role::Ponger => roles::ponger(&args).await,
                 Role::Node => roles::node(&args).await,
+                Role::QuinnServer => raw::server(&args).await,
+                Role::QuinnClient => raw::client(&args).await,
             }
         })?;
         return Ok(ExitCode::SUCCESS);
@@ -205,6 +267,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Scenario::Latency => LATENCY_COLS,
         Scenario::Mesh => MESH_COLS,
         Scenario::Memory => MEMORY_COLS,
+        Scenario::Quinn => QUINN_COLS,
     };
     let mut p = util::Printer::new(args.json, cols);
     match args.scenario {
@@ -212,6 +275,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Scenario::Latency => local::latency(&args, &mut p)?,
         Scenario::Mesh => local::mesh(&args, &mut p)?,
         Scenario::Memory => local::memory(&args, &mut p)?,
+        Scenario::Quinn => local::quinn(&args, &mut p)?,
     }
     Ok(ExitCode::SUCCESS)
 }

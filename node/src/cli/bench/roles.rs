@@ -27,7 +27,7 @@ pub const PING: &str = "bench.ping";
 pub const PONG: &str = "bench.pong";
 
 /// How long a passive role (receiver, ponger, node) lives at most.
-const LIFETIME: Duration = Duration::from_secs(600);
+pub(super) const LIFETIME: Duration = Duration::from_secs(600);
 
 pub fn out(v: Value) {
     let mut o = std::io::stdout().lock();
@@ -46,7 +46,7 @@ fn ready(bus: &Bus) {
 
 /// Resolves when this process should stop: stdin closed (when run by the
 /// orchestrator), a quit event, or the lifetime bound.
-fn stdin_closed(watch: bool) -> tokio::sync::oneshot::Receiver<()> {
+pub(super) fn stdin_closed(watch: bool) -> tokio::sync::oneshot::Receiver<()> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     if watch {
         // A plain thread: a blocked stdin read must not hold the runtime at exit.
@@ -69,12 +69,12 @@ async fn wait_listeners(bus: &Bus, event: &str, n: usize, timeout: Duration) -> 
     Ok(())
 }
 
-fn rss_json(prefix: &str) -> Value {
+pub(super) fn rss_json(prefix: &str) -> Value {
     let (hwm, rss) = self_rss();
     json!({format!("{prefix}_rss_kib"): hwm, format!("{prefix}_rss_now_kib"): rss})
 }
 
-fn merge(a: &mut Value, b: Value) {
+pub(super) fn merge(a: &mut Value, b: Value) {
     if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
         a.extend(b);
     }
