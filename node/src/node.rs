@@ -118,6 +118,16 @@ pub(crate) struct State {
     announce_scheduled: bool,
 }
 
+/// Queues one event frame: small payloads copied into the queue's buffer
+/// (many frames per allocation), large ones by reference.
+fn push_event(q: &SendQueue, flen: usize, name: &str, payload: &Bytes) -> Result<crate::queue::Pushed, crate::queue::PushError> {
+    if payload.len() >= crate::queue::BY_REFERENCE {
+        q.push_with_tail(flen - payload.len(), |b| wire::put_event_head(b, name, payload.len()), payload)
+    } else {
+        q.push_with(flen, |b| wire::put_event(b, name, payload))
+    }
+}
+
 /// How far [`Inner::emit_now`] got.
 pub(crate) enum Emitted {
     /// Queued everywhere. `batch_ready`: a queue passed
@@ -431,7 +441,7 @@ impl Inner {
             let route = st.emit_route(name)?;
             let mut count = route.local_counted;
             for (queue, n, peer) in &route.remote {
-                match queue.push_with(flen, |b| wire::put_event(b, name, payload)) {
+                match push_event(queue, flen, name, payload) {
                     Ok(p) => {
                         count += n;
                         batch_ready |= p.batch_ready;
@@ -476,7 +486,7 @@ impl Inner {
             };
             loop {
                 let notified = q.space_notified();
-                match q.push_with(flen, |b| wire::put_event(b, name, &payload)) {
+                match push_event(&q, flen, name, &payload) {
                     Ok(_) => {
                         count += n;
                         break;
@@ -1311,8 +1321,8 @@ async fn run_writer(
             biased;
             _ = ctl.retire.notified() => continue,
             data = queue.take() => match data {
-                Some(bytes) => {
-                    if let Err(e) = send.write_chunk(bytes).await {
+                Some(mut parts) => {
+                    if let Err(e) = send.write_all_chunks(&mut parts).await {
                         debug!(error = %e, "write failed");
                         return;
                     }

@@ -25,6 +25,10 @@ pub enum PushError {
 
 struct Inner {
     buf: BytesMut,
+    /// Queued before `buf`: large payloads are queued by reference (no
+    /// copy), with the bytes written before them frozen in front.
+    parts: Vec<Bytes>,
+    parts_len: usize,
     closed: bool,
     /// Capacity to give a fresh buffer: the size of the last batch taken
     /// (within bounds), so a steady stream fills one allocation per batch
@@ -50,11 +54,33 @@ pub struct Pushed {
     pub batch_ready: bool,
 }
 
+/// Payloads at least this large are queued by reference instead of copied:
+/// above it a copy costs more than the extra part does.
+pub const BY_REFERENCE: usize = 16 * 1024;
+
 impl Inner {
-    /// Takes the whole buffer, leaving an empty one (allocated on the next push).
-    fn take_all(&mut self, limit: usize) -> Bytes {
+    fn queued(&self) -> usize {
+        self.parts_len + self.buf.len()
+    }
+
+    /// Takes everything queued, leaving an empty buffer (allocated on the
+    /// next push).
+    fn take_all(&mut self, limit: usize) -> Vec<Bytes> {
         self.next_cap = self.buf.len().min(limit).max(MIN_ALLOC);
-        std::mem::take(&mut self.buf).freeze()
+        let mut out = std::mem::take(&mut self.parts);
+        self.parts_len = 0;
+        if !self.buf.is_empty() {
+            out.push(std::mem::take(&mut self.buf).freeze());
+        }
+        out
+    }
+
+    fn reserve(&mut self, len: usize) {
+        if self.buf.capacity() - self.buf.len() < len {
+            // Grow in big steps so many small frames share one allocation.
+            let step = len.max(self.next_cap);
+            self.buf.reserve(step);
+        }
     }
 }
 
@@ -73,7 +99,7 @@ pub struct SendQueue {
 impl SendQueue {
     pub fn new(limit: usize) -> SendQueue {
         SendQueue {
-            inner: Mutex::new(Inner { buf: BytesMut::new(), closed: false, next_cap: MIN_ALLOC }),
+            inner: Mutex::new(Inner { buf: BytesMut::new(), parts: Vec::new(), parts_len: 0, closed: false, next_cap: MIN_ALLOC }),
             limit: limit.max(1),
             data: Notify::new(),
             space: Notify::new(),
@@ -91,28 +117,42 @@ impl SendQueue {
     /// Appends a frame produced by `write` if it fits (`len` is an upper
     /// bound of what `write` appends).
     pub fn push_with(&self, len: usize, write: impl FnOnce(&mut BytesMut)) -> Result<Pushed, PushError> {
+        self.push_parts(len, write, None)
+    }
+
+    /// Appends a frame that ends with `tail`, which is queued by reference
+    /// (no copy): `write` writes the rest, at most `head_len` bytes.
+    pub fn push_with_tail(&self, head_len: usize, write: impl FnOnce(&mut BytesMut), tail: &Bytes) -> Result<Pushed, PushError> {
+        self.push_parts(head_len, write, Some(tail))
+    }
+
+    fn push_parts(&self, head_len: usize, write: impl FnOnce(&mut BytesMut), tail: Option<&Bytes>) -> Result<Pushed, PushError> {
+        let len = head_len + tail.map_or(0, |t| t.len());
         let mut g = self.lock();
         if g.closed {
             return Err(PushError::Closed);
         }
-        let was_empty = g.buf.is_empty();
-        if !was_empty && g.buf.len() + len > self.limit {
+        let before = g.queued();
+        if before > 0 && before + len > self.limit {
             return Err(PushError::Full);
         }
-        if g.buf.capacity() - g.buf.len() < len {
-            // Grow in big steps so many small frames share one allocation.
-            let step = len.max(g.next_cap);
-            g.buf.reserve(step);
-        }
-        let before = g.buf.len();
+        g.reserve(head_len);
         write(&mut g.buf);
-        let batch_ready = before < BATCH && g.buf.len() >= BATCH;
+        if let Some(tail) = tail {
+            // What is written so far goes in front of the tail; `buf`
+            // keeps its spare capacity for the frames that follow.
+            let head = g.buf.split().freeze();
+            g.parts_len += head.len() + tail.len();
+            g.parts.push(head);
+            g.parts.push(tail.clone());
+        }
+        let after = g.queued();
         drop(g);
         self.sent_frames.fetch_add(1, Ordering::Relaxed);
-        if was_empty {
+        if before == 0 {
             self.data.notify_one();
         }
-        Ok(Pushed { batch_ready })
+        Ok(Pushed { batch_ready: before < BATCH && after >= BATCH })
     }
 
     /// Appends a frame whatever the limit (control frames: subscriptions,
@@ -122,7 +162,7 @@ impl SendQueue {
         if g.closed {
             return Err(PushError::Closed);
         }
-        let was_empty = g.buf.is_empty();
+        let was_empty = g.queued() == 0;
         write(&mut g.buf);
         drop(g);
         if was_empty {
@@ -138,13 +178,14 @@ impl SendQueue {
         self.space.notified()
     }
 
-    /// The writer's side: everything queued, or `None` once closed and empty.
-    pub async fn take(&self) -> Option<Bytes> {
+    /// The writer's side: everything queued (in order, usually one part),
+    /// or `None` once closed and empty.
+    pub async fn take(&self) -> Option<Vec<Bytes>> {
         loop {
             let notified = self.data.notified();
             {
                 let mut g = self.lock();
-                if !g.buf.is_empty() {
+                if g.queued() > 0 {
                     let out = g.take_all(self.limit);
                     drop(g);
                     self.space.notify_waiters();
@@ -159,9 +200,9 @@ impl SendQueue {
     }
 
     /// Takes what is queued without waiting.
-    pub fn try_take(&self) -> Option<Bytes> {
+    pub fn try_take(&self) -> Option<Vec<Bytes>> {
         let mut g = self.lock();
-        if g.buf.is_empty() {
+        if g.queued() == 0 {
             return None;
         }
         let out = g.take_all(self.limit);
@@ -175,8 +216,10 @@ impl SendQueue {
     pub fn close(&self) -> usize {
         let mut g = self.lock();
         g.closed = true;
-        let left = g.buf.len();
+        let left = g.queued();
         g.buf = BytesMut::new();
+        g.parts = Vec::new();
+        g.parts_len = 0;
         drop(g);
         self.data.notify_one();
         self.space.notify_waiters();
@@ -198,7 +241,7 @@ impl SendQueue {
     }
 
     pub fn queued_bytes(&self) -> usize {
-        self.lock().buf.len()
+        self.lock().queued()
     }
 
     pub fn limit(&self) -> usize {
@@ -225,23 +268,45 @@ mod tests {
     use super::*;
     use bytes::BufMut;
 
+    fn joined(parts: Option<Vec<Bytes>>) -> Vec<u8> {
+        parts.expect("something queued").concat()
+    }
+
     #[tokio::test]
     async fn bounded_and_fifo() {
         let q = SendQueue::new(10);
         q.push_with(6, |b| b.put_slice(b"abcdef")).unwrap();
         assert_eq!(q.push_with(6, |b| b.put_slice(b"ghijkl")), Err(PushError::Full));
         q.push_with(4, |b| b.put_slice(b"ghij")).unwrap();
-        assert_eq!(&q.take().await.unwrap()[..], b"abcdefghij");
+        assert_eq!(joined(q.take().await), b"abcdefghij");
         // empty queue accepts one oversized frame
         q.push_with(20, |b| b.put_slice(&[1; 20])).unwrap();
         assert_eq!(q.push_with(1, |b| b.put_u8(1)), Err(PushError::Full));
         q.push_control(|b| b.put_u8(9)).unwrap();
-        assert_eq!(q.take().await.unwrap().len(), 21);
+        assert_eq!(joined(q.take().await).len(), 21);
         q.push_with(1, |b| b.put_u8(1)).unwrap();
         q.finish();
-        assert_eq!(q.take().await.unwrap().len(), 1);
+        assert_eq!(joined(q.take().await).len(), 1);
         assert_eq!(q.take().await, None);
         assert_eq!(q.push_with(1, |b| b.put_u8(1)), Err(PushError::Closed));
+    }
+
+    #[tokio::test]
+    async fn tails_are_queued_by_reference_in_order() {
+        let q = SendQueue::new(100);
+        let tail = Bytes::from(vec![9u8; 40]);
+        q.push_with(2, |b| b.put_slice(b"ab")).unwrap();
+        q.push_with_tail(3, |b| b.put_slice(b"cd"), &tail).unwrap();
+        q.push_with(2, |b| b.put_slice(b"ef")).unwrap();
+        // The tail counts against the limit: 2 + 42 + 2 + 42 > 100.
+        assert_eq!(q.queued_bytes(), 46);
+        q.push_with_tail(2, |b| b.put_slice(b"gh"), &tail).unwrap();
+        assert_eq!(q.push_with_tail(2, |b| b.put_slice(b"ij"), &tail), Err(PushError::Full));
+        let parts = q.take().await.unwrap();
+        assert!(parts.iter().any(|p| p.as_ptr() == tail.as_ptr()), "the tail itself, not a copy");
+        let want: Vec<u8> = [&b"abcd"[..], &tail, b"efgh", &tail].concat();
+        assert_eq!(parts.concat(), want);
+        assert_eq!(q.queued_bytes(), 0);
     }
 
     #[tokio::test]
@@ -256,7 +321,7 @@ mod tests {
         }
         // Only the frame that crosses BATCH says so, not every one after it.
         assert_eq!(ready_at, vec![BATCH / frame.len()]);
-        assert!(q.take().await.unwrap().len() >= 2 * BATCH);
+        assert!(joined(q.take().await).len() >= 2 * BATCH);
         assert!(!q.push_with(frame.len(), |b| b.put_slice(&frame)).unwrap().batch_ready);
     }
 
@@ -276,8 +341,8 @@ mod tests {
             }
         });
         tokio::task::yield_now().await;
-        assert_eq!(&q.take().await.unwrap()[..], b"full");
+        assert_eq!(joined(q.take().await), b"full");
         waiter.await.unwrap();
-        assert_eq!(&q.take().await.unwrap()[..], b"next");
+        assert_eq!(joined(q.take().await), b"next");
     }
 }

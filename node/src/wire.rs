@@ -166,6 +166,20 @@ fn get_varint(b: &[u8]) -> Option<(usize, usize)> {
     Some((usize::try_from(v).ok()?, used))
 }
 
+/// Appends an event frame without its payload, which must follow it on the
+/// stream (queued by reference: [`crate::queue::SendQueue::push_with_tail`]).
+/// With the payload, the same bytes as [`put_event`].
+pub fn put_event_head(buf: &mut BytesMut, name: &str, payload_len: usize) {
+    let start = buf.len();
+    buf.put_u32_le(0);
+    buf.put_u8(EVENT_VARIANT);
+    put_varint(buf, name.len());
+    buf.put_slice(name.as_bytes());
+    put_varint(buf, payload_len);
+    let len = (buf.len() - start - 4 + payload_len) as u32;
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
 /// Appends an event frame; the hot path. Same bytes as
 /// `put_frame(Frame::Event{..})` (a test checks), written directly.
 pub fn put_event(buf: &mut BytesMut, name: &str, payload: &[u8]) {
@@ -410,6 +424,10 @@ mod tests {
                 let mut b = BytesMut::new();
                 put_frame(&mut b, &Frame::Event { name: &name, payload: &payload });
                 assert_eq!(a, b, "name {nlen} payload {plen}");
+                let mut head = BytesMut::new();
+                put_event_head(&mut head, &name, payload.len());
+                head.extend_from_slice(&payload);
+                assert_eq!(a, head, "head + payload, name {nlen} payload {plen}");
                 let body = &a[4..];
                 let slow: (Frame<'_>, usize) = bincode::serde::borrow_decode_from_slice(body, config()).unwrap();
                 assert_eq!(parse_event(body), Some(slow.0));
