@@ -143,9 +143,12 @@ impl BatchBuilder {
     }
 }
 
+/// The listeners of one name, in registration order.
+pub(crate) type Listeners = Arc<Vec<Arc<Listener>>>;
+
 /// Looks up the listeners for a name; returns them in registration order.
 pub(crate) trait ListenerLookup: Send + Sync + 'static {
-    fn lookup(&self, name: &str) -> (u64, Arc<Vec<Arc<Listener>>>);
+    fn lookup(&self, name: &str) -> (u64, Listeners);
     fn generation(&self) -> u64;
     fn remove(&self, id: u64);
 }
@@ -153,7 +156,7 @@ pub(crate) trait ListenerLookup: Send + Sync + 'static {
 /// Runs handlers for every delivery, in order. A panicking handler is
 /// caught and logged; a stream whose receiver is gone removes its listener.
 pub(crate) async fn run_dispatcher(mut rx: mpsc::Receiver<Deliveries>, lookup: Arc<dyn ListenerLookup>) {
-    let mut cached: Option<(Arc<str>, u64, Arc<Vec<Arc<Listener>>>)> = None;
+    let mut cached: Option<(Arc<str>, u64, Listeners)> = None;
     while let Some(Deliveries { source, names, events }) = rx.recv().await {
         // One Event, updated in place: handlers borrow it, streams clone it.
         let mut ev: Option<Event> = None;

@@ -181,7 +181,7 @@ impl Selector {
 fn match_toks(toks: &[Tok], name: &[u8]) -> bool {
     const INLINE: usize = 128;
     let n = toks.len();
-    if n + 1 <= INLINE {
+    if n < INLINE {
         let mut a = [false; INLINE];
         let mut b = [false; INLINE];
         run(toks, name, &mut a[..=n], &mut b[..=n])

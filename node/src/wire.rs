@@ -284,10 +284,8 @@ impl FrameDecoder {
     /// are not in one piece, they are gathered in `partial` (which then
     /// reserves `n`, the whole frame once its length is known).
     fn front(&mut self, n: usize) -> Option<&[u8]> {
-        if self.partial.is_empty() {
-            if self.chunk.len() >= n {
-                return Some(&self.chunk[..n]);
-            }
+        if self.partial.is_empty() && self.chunk.len() >= n {
+            return Some(&self.chunk[..n]);
         }
         // One allocation for the whole frame, not growth by doubling.
         self.partial.reserve(n.saturating_sub(self.partial.len()));
