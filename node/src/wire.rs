@@ -293,6 +293,9 @@ impl FrameDecoder {
         if need > 0 {
             self.partial.extend_from_slice(&self.chunk[..need]);
             self.chunk.advance(need);
+            if self.chunk.is_empty() {
+                self.chunk = Bytes::new();
+            }
         }
         (self.partial.len() >= n).then(|| &self.partial[..n])
     }
@@ -300,7 +303,13 @@ impl FrameDecoder {
     /// Removes the first `n` bytes (which [`Self::front`] found) from the stream.
     fn split(&mut self, n: usize) -> Bytes {
         if self.partial.is_empty() {
-            self.chunk.split_to(n)
+            let frame = self.chunk.split_to(n);
+            if self.chunk.is_empty() {
+                // An empty slice still holds the chunk's allocation: let go
+                // of it, so an idle link keeps no receive buffer alive.
+                self.chunk = Bytes::new();
+            }
+            frame
         } else if self.partial.len() == n {
             // The assembled frame keeps the buffer; none is left behind.
             std::mem::take(&mut self.partial).freeze()
@@ -401,6 +410,9 @@ mod tests {
         assert!(out.as_ptr_range().contains(&first.as_ptr()), "a slice of the chunk");
         assert!(dec.next_frame().unwrap().is_some());
         assert_eq!(dec.next_frame().unwrap(), None);
+        // Drained: the decoder keeps no reference to the chunk.
+        drop(first);
+        assert!(out.is_unique(), "an idle decoder holds no receive buffer");
         // A second push before the frames are taken still keeps order.
         let mut dec = FrameDecoder::new(1 << 20);
         dec.push(out.slice(..10));
