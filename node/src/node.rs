@@ -1105,6 +1105,9 @@ fn describe_close(e: &quinn::ConnectionError) -> String {
         quinn::ConnectionError::ApplicationClosed(c) if c.error_code == close::PROTOCOL.into() => {
             format!("closed by peer: protocol error ({})", String::from_utf8_lossy(&c.reason))
         }
+        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == close::STUCK.into() => {
+            "closed by peer: stuck (its send queue to us stayed full too long; its full policy is disconnect)".into()
+        }
         quinn::ConnectionError::TimedOut => "timed out (no answer within the idle timeout)".into(),
         other => other.to_string(),
     }

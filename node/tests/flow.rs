@@ -189,3 +189,44 @@ async fn the_drop_policy_drops_and_counts_instead_of_blocking() {
     a.leave().await;
     b.leave().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disconnect_policy_lets_go_of_a_stuck_neighbour() {
+    let _g = heavy().await;
+    const N: usize = 20_000;
+    const SIZE: usize = 1024;
+    let (a, b) = pair(
+        |c| {
+            c.queue_limit = 16 << 10;
+            c.full_policy = FullPolicy::Disconnect(Duration::from_millis(300));
+        },
+        |_| {},
+    )
+    .await;
+    let mut b_events = b.neighbour_events();
+    // Subscribed, not read for now: b stops taking data once its buffers
+    // are full, and a's queue towards b stays full.
+    let mut sub = b.subscribe("bp").unwrap();
+    wait_listeners(&a, "bp", 1).await;
+    let (emitted, reached, h) = spawn_emitter(a.clone(), N, SIZE);
+    tokio::time::timeout(Duration::from_secs(60), h).await.expect("a Disconnect emitter does not wait for ever").unwrap();
+    assert_eq!(emitted.load(Ordering::SeqCst), N);
+    let reached = reached.load(Ordering::SeqCst);
+    assert!(reached < N, "the event that waited for the stuck neighbour is not counted: {reached}");
+    // b's subscriber wakes up: b takes what it had, then learns that a
+    // closed the connection, and why.
+    let drain = tokio::spawn(async move {
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), sub.recv()).await {}
+    });
+    let reason = loop {
+        match tokio::time::timeout(GUARD, b_events.recv()).await {
+            Ok(Ok(partybus::NeighbourEvent::Lost { reason, .. })) => break reason,
+            Ok(Ok(_)) => continue,
+            other => panic!("b never lost a: {other:?}"),
+        }
+    };
+    assert!(reason.contains("stuck"), "reason: {reason}");
+    drain.abort();
+    a.leave().await;
+    b.leave().await;
+}
