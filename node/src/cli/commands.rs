@@ -116,11 +116,18 @@ pub async fn listen(opts: NodeOpts, selectors: Vec<String>) -> Result<ExitCode> 
     let bus = join(&opts).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<partybus::Event>(4096);
     let mut subs = Vec::new();
-    for s in &selectors {
+    let parsed: Vec<partybus::Selector> = selectors.iter().map(|s| partybus::Selector::new(s)).collect::<Result<_, _>>()?;
+    for (i, s) in selectors.iter().enumerate() {
         let mut sub = bus.subscribe(s)?;
         let tx = tx.clone();
+        // An event matching several selectors is printed once: by the
+        // first selector (in command-line order) that matches it.
+        let earlier = parsed[..i].to_vec();
         subs.push(tokio::spawn(async move {
             while let Some(ev) = sub.recv().await {
+                if earlier.iter().any(|e| e.matches(ev.name())) {
+                    continue;
+                }
                 if tx.send(ev).await.is_err() {
                     break;
                 }
