@@ -171,7 +171,9 @@ impl Bus {
     /// Calls `handler` for every event matching `selector` (wildcards `+`
     /// and `#`). Handlers run on the bus's dispatcher task, never inside
     /// `emit`; keep them short (spawn for long work). A panic is caught and
-    /// logged.
+    /// logged. The handler borrows the event (one `Event` serves every
+    /// handler of a delivery, with no reference counting per call); clone
+    /// it, cheaply, to keep it.
     pub fn on<F>(&self, selector: &str, handler: F) -> Result<ListenerHandle, NameError>
     where
         F: Fn(&Event) + Send + Sync + 'static,
