@@ -793,7 +793,7 @@ async fn read_hello(recv: &mut quinn::RecvStream, dec: &mut FrameDecoder) -> Res
         }
         match recv.read_chunk(64 * 1024, true).await {
             Ok(None) => return Err("stream ended before hello".into()),
-            Ok(Some(chunk)) => dec.buffer().extend_from_slice(&chunk.bytes),
+            Ok(Some(chunk)) => dec.feed(&chunk.bytes),
             Err(e) => return Err(e.to_string()),
         }
     }
@@ -1140,12 +1140,25 @@ async fn run_reader(
                 return ReaderEnd::Eof;
             }
         }
-        match recv.read_chunk(256 * 1024, true).await {
+        // Whenever the stream has nothing more for now, give the decoder's
+        // buffer back if it is empty: an idle link then holds no receive
+        // buffer. A busy link seldom waits with an empty buffer (the last
+        // chunk has to end exactly on a frame boundary), and when it does the
+        // next chunk costs one allocation, as a full buffer would.
+        let mut read = std::pin::pin!(recv.read_chunk(256 * 1024, true));
+        let next = std::future::poll_fn(|cx| {
+            let r = std::future::Future::poll(read.as_mut(), cx);
+            if r.is_pending() {
+                dec.release_if_empty();
+            }
+            r
+        });
+        match next.await {
             Ok(None) => {
                 // Clean end of stream: retire (a switch) or leave.
                 return if got_retire { ReaderEnd::Retired } else { ReaderEnd::Eof };
             }
-            Ok(Some(chunk)) => dec.buffer().extend_from_slice(&chunk.bytes),
+            Ok(Some(chunk)) => dec.feed(&chunk.bytes),
             Err(quinn::ReadError::ConnectionLost(e)) => return ReaderEnd::Conn(e),
             Err(e) => return ReaderEnd::Protocol(format!("stream error: {e}")),
         }

@@ -218,21 +218,53 @@ pub fn parse(body: &[u8]) -> Result<Frame<'_>, WireError> {
 }
 
 /// Splits an incoming byte stream into frame bodies (sans I/O): feed it with
-/// [`FrameDecoder::buffer`], take frames with [`FrameDecoder::next_frame`].
+/// [`FrameDecoder::feed`], take frames with [`FrameDecoder::next_frame`].
 /// Memory is bounded: a frame announcing more than `max_frame` bytes is an
 /// error before any of it is buffered.
+///
+/// The buffer is allocated on the first bytes, not up front, and
+/// [`FrameDecoder::release_if_empty`] drops it again: a node keeps one
+/// decoder per neighbour, and an idle link should not pin 64 KiB.
 pub struct FrameDecoder {
     buf: BytesMut,
     max_frame: usize,
     preamble_done: bool,
 }
 
+/// Size of a fresh receive buffer. Frames are split off it without a copy,
+/// so while data flows many small frames share one allocation; BytesMut
+/// remembers this as the buffer's "original capacity" and allocates at least
+/// as much whenever it has to move to a new buffer.
+const RECV_ALLOC: usize = 64 * 1024;
+
 impl FrameDecoder {
     pub fn new(max_frame: usize) -> FrameDecoder {
-        FrameDecoder { buf: BytesMut::with_capacity(64 * 1024), max_frame, preamble_done: false }
+        FrameDecoder { buf: BytesMut::new(), max_frame, preamble_done: false }
     }
 
-    /// Where to read new bytes into.
+    /// Appends received bytes (allocating the buffer if there is none).
+    pub fn feed(&mut self, data: &[u8]) {
+        if self.buf.capacity() == 0 {
+            self.buf = BytesMut::with_capacity(data.len().max(RECV_ALLOC));
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Drops the buffer if every byte in it has been returned as a frame.
+    /// Call when the stream has nothing more to read for now: frames already
+    /// handed out keep their part of the allocation alive on their own, and
+    /// the next [`FrameDecoder::feed`] allocates afresh. Returns whether a
+    /// buffer was dropped.
+    pub fn release_if_empty(&mut self) -> bool {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+            return true;
+        }
+        false
+    }
+
+    /// Where to read new bytes into (prefer [`FrameDecoder::feed`], which
+    /// sizes a fresh buffer for many frames).
     pub fn buffer(&mut self) -> &mut BytesMut {
         &mut self.buf
     }
@@ -351,6 +383,36 @@ mod tests {
             put_event(&mut b, &n, &payload);
             assert!(b.len() <= event_frame_len(&n, &payload), "{} > bound", b.len());
         }
+    }
+
+    #[test]
+    fn buffer_is_lazy_and_released_when_empty() {
+        let mut dec = FrameDecoder::new(1 << 20);
+        assert_eq!(dec.buffer().capacity(), 0, "no allocation before data");
+        assert!(!dec.release_if_empty());
+        let mut out = BytesMut::new();
+        put_preamble(&mut out);
+        put_event(&mut out, "a", b"xy");
+        put_event(&mut out, "b", b"z");
+        // Everything but the last byte: one frame out, one pending.
+        dec.feed(&out[..out.len() - 1]);
+        assert!(dec.buffer().capacity() >= RECV_ALLOC, "a fresh buffer has room for many frames");
+        let first = dec.next_frame().unwrap().expect("first frame");
+        assert_eq!(dec.next_frame(), Ok(None));
+        assert!(!dec.release_if_empty(), "a partial frame is kept");
+        dec.feed(&out[out.len() - 1..]);
+        let second = dec.next_frame().unwrap().expect("second frame");
+        assert_eq!(dec.pending(), 0);
+        assert!(dec.release_if_empty());
+        assert_eq!(dec.buffer().capacity(), 0);
+        // Frames handed out stay valid after the release.
+        assert_eq!(parse(&first), Ok(Frame::Event { name: "a", payload: b"xy" }));
+        assert_eq!(parse(&second), Ok(Frame::Event { name: "b", payload: b"z" }));
+        // And the decoder carries on with a new buffer.
+        let mut more = BytesMut::new();
+        put_event(&mut more, "c", b"");
+        dec.feed(&more);
+        assert_eq!(parse(&dec.next_frame().unwrap().expect("third frame")), Ok(Frame::Event { name: "c", payload: b"" }));
     }
 
     #[test]
