@@ -34,6 +34,14 @@ pub fn server_config(cfg: &Config) -> Result<quinn::ServerConfig, TlsSetupError>
     let mut tls = partybus_pki::server_config(&cfg.identity, &cfg.hood)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.max_early_data_size = 0;
+    // No session resumption. Every peer is dialled with the one server name
+    // "partybus", so a client offers whichever peer's ticket it got last and
+    // resumption almost never matches; meanwhile the default in-memory store
+    // kept two session values (with the client's certificate) per accepted
+    // connection, up to 256, and a resumed session would skip the hood check
+    // of the peer's certificate (expiry included). Full handshakes only.
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.send_tls13_tickets = 0;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TlsSetupError::Quic(e.to_string()))?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
     sc.transport_config(transport(cfg));
@@ -46,6 +54,8 @@ pub fn server_config(cfg: &Config) -> Result<quinn::ServerConfig, TlsSetupError>
 pub fn client_config(cfg: &Config) -> Result<quinn::ClientConfig, TlsSetupError> {
     let mut tls = partybus_pki::client_config(&cfg.identity, &cfg.hood)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    // No session resumption: see `server_config`.
+    tls.resumption = rustls::client::Resumption::disabled();
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| TlsSetupError::Quic(e.to_string()))?;
     let mut cc = quinn::ClientConfig::new(Arc::new(quic));
     cc.transport_config(transport(cfg));

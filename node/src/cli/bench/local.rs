@@ -288,14 +288,22 @@ pub fn memory(args: &BenchArgs, p: &mut Printer) -> Result<()> {
         let port = counts.ports[0].expect("checked");
         std::thread::sleep(Duration::from_secs(1));
         let (hwm0, rss0) = rss_kib(target.pid()).context("cannot read the node's RSS")?;
-        let mut others = Vec::new();
-        for i in 1..=n {
+        // The first neighbour alone, then the others: the first one also pays
+        // what any connection needs once per process (code pages of the
+        // handshake and connection paths mapped on first use), the others
+        // only their own state.
+        let bound = (args.timeout * 2).max(Duration::from_secs(60));
+        let mut others = vec![spawn_node(&hood, 1, Some(port), &tx)?];
+        counts.until(Instant::now() + bound, "first neighbour", |c| c.counts[0] >= 1)?;
+        std::thread::sleep(Duration::from_secs(2));
+        let (_, rss_first) = rss_kib(target.pid()).context("cannot read the node's RSS")?;
+        for i in 2..=n {
             others.push(spawn_node(&hood, i, Some(port), &tx)?);
         }
-        let bound = (args.timeout * 2).max(Duration::from_secs(60));
         counts.until(Instant::now() + bound, "neighbours", |c| c.counts[0] >= n)?;
         std::thread::sleep(Duration::from_secs(2));
         let (hwm1, rss1) = rss_kib(target.pid()).context("cannot read the node's RSS")?;
+        let further = (n > 1).then(|| ((rss1 as f64 - rss_first as f64) / (n - 1) as f64).round());
         let res = json!({
             "scenario": "memory",
             "neighbours": n,
@@ -304,6 +312,8 @@ pub fn memory(args: &BenchArgs, p: &mut Printer) -> Result<()> {
             "rss_kib": rss1,
             "hwm_kib": hwm1,
             "per_neighbour_kib": ((rss1 as f64 - rss0 as f64) / n as f64).round(),
+            "first_neighbour_kib": rss_first as i64 - rss0 as i64,
+            "per_further_neighbour_kib": further,
         });
         p.row(&tag(res, run));
         drop(others);

@@ -244,6 +244,8 @@ const MEMORY_COLS: &[(&str, &str)] = &[
     ("with N KiB", "rss_kib"),
     ("peak KiB", "hwm_kib"),
     ("per nb KiB", "per_neighbour_kib"),
+    ("1st nb KiB", "first_neighbour_kib"),
+    ("next nb KiB", "per_further_neighbour_kib"),
 ];
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
