@@ -26,6 +26,16 @@ pub fn self_rss() -> (u64, u64) {
     rss_kib(std::process::id()).unwrap_or((0, 0))
 }
 
+/// CPU time (user + system) this process has used so far, in seconds (Linux).
+pub fn self_cpu_seconds() -> f64 {
+    // Fields 14 and 15 of /proc/self/stat, after the parenthesised command name, in clock ticks (USER_HZ = 100).
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (tick(11) + tick(12)) as f64 / 100.0
+}
+
 /// A MessagePack payload of exactly `size` bytes (a `bin` of size minus its header).
 pub fn payload(size: usize) -> Result<Bytes> {
     let mut v = Vec::with_capacity(size);
