@@ -157,4 +157,111 @@ fn main() {
             }
         }
     });
+
+    // --- the public-key operations of a handshake (ring, as rustls uses it) ---
+    {
+        use ring::signature::{self, KeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let alg = &signature::ECDSA_P256_SHA256_ASN1_SIGNING;
+        let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("key");
+        let key = signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).expect("key");
+        let msg = [0x42u8; 130];
+        h.case("ecdsa p256 sign", 1, || {
+            black_box(key.sign(&rng, black_box(&msg)).expect("sign"));
+        });
+        let sig = key.sign(&rng, &msg).expect("sign");
+        let public = signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, key.public_key().as_ref().to_vec());
+        h.case("ecdsa p256 verify", 1, || {
+            public.verify(black_box(&msg), black_box(sig.as_ref())).expect("valid");
+        });
+        let peer = ring::agreement::EphemeralPrivateKey::generate(&ring::agreement::X25519, &rng).expect("key");
+        let peer_pub = peer.compute_public_key().expect("public");
+        h.case("x25519 keygen + agree", 1, || {
+            let k = ring::agreement::EphemeralPrivateKey::generate(&ring::agreement::X25519, &rng).expect("key");
+            black_box(k.compute_public_key().expect("public"));
+            let pk = ring::agreement::UnparsedPublicKey::new(&ring::agreement::X25519, peer_pub.as_ref());
+            black_box(ring::agreement::agree_ephemeral(k, &pk, |s| s.len()).expect("agree"));
+        });
+        let peer = ring::agreement::EphemeralPrivateKey::generate(&ring::agreement::ECDH_P256, &rng).expect("key");
+        let peer_pub = peer.compute_public_key().expect("public");
+        h.case("ecdh p256 keygen + agree", 1, || {
+            let k = ring::agreement::EphemeralPrivateKey::generate(&ring::agreement::ECDH_P256, &rng).expect("key");
+            black_box(k.compute_public_key().expect("public"));
+            let pk = ring::agreement::UnparsedPublicKey::new(&ring::agreement::ECDH_P256, peer_pub.as_ref());
+            black_box(ring::agreement::agree_ephemeral(k, &pk, |s| s.len()).expect("agree"));
+        });
+    }
+
+    // --- one QUIC + mutual TLS handshake, both ends in this thread ----------
+    handshakes(&h);
+}
+
+/// CPU time (user + system) of this process so far, in seconds (Linux; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (tick(11) + tick(12)) as f64 / 100.0
+}
+
+/// Client and server endpoints on loopback with partybus' TLS and transport
+/// settings (ECDSA P-256 certificates from a fresh hood); one case is a whole
+/// handshake, both ends' work on one current_thread runtime (what the
+/// in-process mesh pays per pair), connection closed after it.
+fn handshakes(h: &Harness) {
+    if !h.filter.is_empty() && !h.filter.iter().any(|x| "quic handshake".contains(x.as_str())) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    partybus::pki::create_hood("bench", dir.path(), 1).expect("hood");
+    let cfg = |name: &str| {
+        partybus::pki::create_peer("bench", name, dir.path(), 1).expect("peer");
+        let p = |s: &str| dir.path().join(s);
+        partybus::Config::from_files(&p("bench.crt"), &p(&format!("bench.{name}.crt")), &p(&format!("bench.{name}.key"))).expect("config")
+    };
+    let (a, b) = (cfg("a"), cfg("b"));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let sock = |_: ()| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let rt = quinn::default_runtime().expect("runtime");
+        // Loopback: the settings partybus uses for peers on this host.
+        let (server, _) = partybus::tls::on_host(&b, partybus::tls::server_config(&b).expect("server config"), partybus::tls::client_config(&b).expect("client config"));
+        let (_, client) = partybus::tls::on_host(&a, partybus::tls::server_config(&a).expect("server config"), partybus::tls::client_config(&a).expect("client config"));
+        let srv = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), sock(()), rt.clone()).expect("endpoint");
+        let mut cli = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, sock(()), rt).expect("endpoint");
+        cli.set_default_client_config(client);
+        let to = srv.local_addr().expect("addr");
+        let one = || async {
+            let connecting = cli.connect(to, "partybus").expect("connect");
+            let (c, s) = tokio::join!(connecting, async { srv.accept().await.expect("incoming").await });
+            let (c, s) = (c.expect("client handshake"), s.expect("server handshake"));
+            c.close(0u32.into(), b"");
+            s.close(0u32.into(), b"");
+        };
+        // Warm up, then time batches (wall time = CPU time: one thread, loopback).
+        for _ in 0..20 {
+            one().await;
+        }
+        let mut samples = Vec::new();
+        let cpu0 = cpu_seconds();
+        for _ in 0..7 {
+            let t = Instant::now();
+            for _ in 0..50 {
+                one().await;
+            }
+            samples.push(t.elapsed().as_secs_f64() * 1e6 / 50.0);
+        }
+        let cpu = (cpu_seconds() - cpu0) * 1e6 / 350.0;
+        samples.sort_by(f64::total_cmp);
+        println!(
+            "{:<48} {:>10.1} us/op  ({:.1}-{:.1}), CPU {cpu:.0} us/op",
+            "quic handshake (both ends, mutual TLS)",
+            samples[samples.len() / 2],
+            samples[0],
+            samples[samples.len() - 1]
+        );
+        cli.wait_idle().await;
+        srv.wait_idle().await;
+    });
 }

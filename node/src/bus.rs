@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::event::{Event, Listener, PeerInfo, Sink};
 use crate::id::NodeId;
 use crate::name::{validate_name, NameError, Selector};
-use crate::node::{self, Emitted, Inner, JoinError, NeighbourEvent, NeighbourInfo};
+use crate::node::{self, ConnStats, Emitted, Inner, JoinError, NeighbourEvent, NeighbourInfo};
 use crate::payload::{self, PayloadError};
 
 /// Errors from [`Bus::emit`].
@@ -163,9 +163,14 @@ impl Bus {
         let mut rx = self.inner.neighbour_count_rx();
         let _ = rx.wait_for(|c| *c >= n).await;
     }
+    /// Connection counters since join: handshakes started, completed and
+    /// timed out in each direction, duplicate connections (diagnostics).
+    pub fn conn_stats(&self) -> ConnStats {
+        self.inner.conn_stats()
+    }
     /// Dials an address now (in addition to discovery).
     pub fn connect(&self, addr: SocketAddr) {
-        node::dial(&self.inner, addr, None);
+        node::dial(&self.inner, addr, None, true);
     }
 
     /// Calls `handler` for every event matching `selector` (wildcards `+`

@@ -103,9 +103,18 @@ pub struct Config {
     pub redial_max: Duration,
     /// Stop re-dialling a lost neighbour after this long (tubemail: 7 days).
     pub redial_for: Duration,
-    /// The higher id of a pair learnt through gossip waits this long before
-    /// dialling (the lower id dials at once); see [`crate::peers`].
+    /// The higher id of a pair learnt through gossip waits this long (times
+    /// a random factor in [1, 2)) before dialling, and then only if the pair
+    /// is not connected and no handshake from the other is under way (the
+    /// lower id dials at once); see [`crate::peers::gossip_dial_delay`].
     pub gossip_dial_delay: Duration,
+    /// Outgoing handshakes this node runs at a time (0: no limit); the rest
+    /// wait, first dials of a pair before second dials
+    /// ([`crate::peers::DialSlots`]). A node joining a large hood over a
+    /// WAN pays about one handshake time per `dial_concurrency` peers; many
+    /// nodes forming a mesh at once on few cores (a whole hood started on
+    /// one host) get far fewer crossing dials and no handshake pileup.
+    pub dial_concurrency: usize,
     /// Bytes a neighbour's send queue may hold.
     pub queue_limit: usize,
     /// What `emit` does when a queue is full.
@@ -135,6 +144,7 @@ impl Config {
             redial_max: Duration::from_secs(120),
             redial_for: Duration::from_secs(7 * 24 * 3600),
             gossip_dial_delay: Duration::from_millis(500),
+            dial_concurrency: 4,
             queue_limit: 4 << 20,
             full_policy: FullPolicy::Block,
             max_event_size: 16 << 20,

@@ -60,6 +60,101 @@ pub enum JoinError {
     Endpoint(std::io::Error),
 }
 
+/// Connection counters of one node since it joined (see [`crate::Bus::conn_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ConnStats {
+    /// QUIC handshakes this node started (dials).
+    pub dials: u64,
+    /// Of those, completed (TLS done).
+    pub dials_ok: u64,
+    /// Of those, timed out (no answer within the handshake timeout).
+    pub dials_timed_out: u64,
+    /// Incoming handshakes (accepted by the endpoint).
+    pub accepts: u64,
+    /// Of those, completed (TLS done).
+    pub accepts_ok: u64,
+    /// Of those, timed out.
+    pub accepts_timed_out: u64,
+    /// Connections that completed TLS and hellos and became the neighbour's connection.
+    pub activated: u64,
+    /// Duplicate connections (a second connection to a neighbour) retired or replacing the older one.
+    pub duplicates: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    dials: AtomicU64,
+    dials_ok: AtomicU64,
+    dials_timed_out: AtomicU64,
+    accepts: AtomicU64,
+    accepts_ok: AtomicU64,
+    accepts_timed_out: AtomicU64,
+    activated: AtomicU64,
+    duplicates: AtomicU64,
+}
+
+impl Counters {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    fn snapshot(&self) -> ConnStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ConnStats {
+            dials: g(&self.dials),
+            dials_ok: g(&self.dials_ok),
+            dials_timed_out: g(&self.dials_timed_out),
+            accepts: g(&self.accepts),
+            accepts_ok: g(&self.accepts_ok),
+            accepts_timed_out: g(&self.accepts_timed_out),
+            activated: g(&self.activated),
+            duplicates: g(&self.duplicates),
+        }
+    }
+}
+
+type SlotQueue = Mutex<peers::DialSlots<tokio::sync::oneshot::Sender<DialSlot>>>;
+
+/// One of a node's outgoing handshake slots ([`peers::DialSlots`]), held
+/// for the TLS handshake of a dial; the next waiting dial gets it on drop.
+struct DialSlot {
+    slots: Arc<SlotQueue>,
+    second: bool,
+    armed: bool,
+}
+
+impl Drop for DialSlot {
+    fn drop(&mut self) {
+        if self.armed {
+            release_slot(&self.slots, self.second);
+        }
+    }
+}
+
+fn release_slot(slots: &Arc<SlotQueue>, second: bool) {
+    let mut gone = vec![second];
+    while let Some(second) = gone.pop() {
+        let next = relock(slots).release(second);
+        for (tx, second) in next {
+            if let Err(mut slot) = tx.send(DialSlot { slots: slots.clone(), second, armed: true }) {
+                // That dial is gone (cancelled): its slot goes to the next one.
+                slot.armed = false;
+                gone.push(second);
+            }
+        }
+    }
+}
+
+/// Waits for a handshake slot; `second`: the second dial of a pair (queued
+/// behind first dials).
+async fn dial_slot(inner: &Inner, second: bool) -> DialSlot {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let now = relock(&inner.dial_slots).request(tx, second);
+    match now {
+        Some(_) => DialSlot { slots: inner.dial_slots.clone(), second, armed: true },
+        None => rx.await.unwrap_or(DialSlot { slots: inner.dial_slots.clone(), second, armed: false }),
+    }
+}
+
 /// Per-connection control shared by its reader and writer.
 struct ConnCtl {
     /// Set when this connection is being retired in favour of another.
@@ -110,6 +205,8 @@ pub(crate) struct State {
     departed: HashSet<NodeId>,
     dialing_addrs: HashSet<SocketAddr>,
     dialing_ids: HashSet<NodeId>,
+    /// Incoming handshakes in progress, by remote address (see [`PendingIncoming`]).
+    incoming: HashMap<SocketAddr, u32>,
     self_addrs: HashSet<SocketAddr>,
     external: Vec<SocketAddr>,
     observed: Vec<SocketAddr>,
@@ -205,6 +302,9 @@ pub(crate) struct Inner {
     pub(crate) settings: Settings,
     /// Taken (and so dropped, releasing the UDP port) by `leave`.
     endpoint: Mutex<Option<quinn::Endpoint>>,
+    /// QUIC settings for peers on this host (no MTU probing, see `tls::transport`).
+    server_on_host: Arc<quinn::ServerConfig>,
+    client_on_host: quinn::ClientConfig,
     pub(crate) local_addr: SocketAddr,
     state: Mutex<State>,
     generation: AtomicU64,
@@ -217,6 +317,8 @@ pub(crate) struct Inner {
     discovery_stop: StopHandle,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
+    counters: Counters,
+    dial_slots: Arc<SlotQueue>,
 }
 
 fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -329,10 +431,19 @@ impl Inner {
         let st = self.state();
         let mut v = self.settings.advertise.clone();
         v.extend(st.external.iter().copied());
-        v.extend(interface_addrs(self.local_addr));
-        let mut seen = HashSet::new();
-        v.retain(|a| seen.insert(*a));
-        v
+        for a in interface_addrs(self.local_addr) {
+            // A handful of addresses: a linear check beats building a set (once per connection).
+            if !v.contains(&a) {
+                v.push(a);
+            }
+        }
+        let mut out: Vec<SocketAddr> = Vec::with_capacity(v.len());
+        for a in v {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        out
     }
 
     fn update_reachable(&self) {
@@ -358,6 +469,10 @@ impl Inner {
         let mut v: Vec<NeighbourInfo> = st.neighbours.values().map(neighbour_info).collect();
         v.sort_by_key(|n| n.id);
         v
+    }
+
+    pub(crate) fn conn_stats(&self) -> ConnStats {
+        self.counters.snapshot()
     }
 
     pub(crate) fn observed(&self) -> Vec<SocketAddr> {
@@ -555,6 +670,7 @@ impl ListenerLookup for Inner {
 pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     let server = crate::tls::server_config(&cfg)?;
     let client = crate::tls::client_config(&cfg)?;
+    let (server_on_host, client_on_host) = crate::tls::on_host(&cfg, server.clone(), client.clone());
     let sock = bind_socket(cfg.bind, cfg.port.ports())?;
     let runtime = quinn::default_runtime().ok_or_else(|| JoinError::Endpoint(std::io::Error::other("no async runtime")))?;
     let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), sock, runtime).map_err(JoinError::Endpoint)?;
@@ -587,6 +703,8 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
         fingerprint: cfg.hood.fingerprint().to_owned(),
         settings,
         endpoint: Mutex::new(Some(endpoint)),
+        server_on_host: Arc::new(server_on_host),
+        client_on_host,
         local_addr,
         state: Mutex::new(State {
             subs: SubTable::new(cfg.max_subscriptions_per_peer),
@@ -600,6 +718,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
             departed: HashSet::new(),
             dialing_addrs: HashSet::new(),
             dialing_ids: HashSet::new(),
+            incoming: HashMap::new(),
             self_addrs: HashSet::new(),
             external: Vec::new(),
             observed: Vec::new(),
@@ -616,6 +735,8 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
         discovery_stop,
         tasks: Mutex::new(Vec::new()),
         shutdown,
+        counters: Counters::default(),
+        dial_slots: Arc::new(Mutex::new(peers::DialSlots::new(cfg.dial_concurrency))),
     });
     inner.update_reachable();
     info!(id = %id, name = %inner.me.name, addr = %local_addr, hood = %inner.fingerprint, "joined the hood");
@@ -665,7 +786,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
                 match ev {
                     DiscoveryEvent::Candidate { addr, source } => {
                         debug!(%addr, %source, "candidate");
-                        dial(&me, addr, None);
+                        dial(&me, addr, None, true);
                     }
                     DiscoveryEvent::External { addr, source } => {
                         info!(%addr, %source, "reachable at external address");
@@ -698,73 +819,154 @@ async fn accept_loop(inner: Arc<Inner>) {
         }
         let me = inner.clone();
         let remote = incoming.remote_address();
+        Counters::bump(&inner.counters.accepts);
+        let pending = PendingIncoming::new(&inner, canonical(remote));
+        let connecting = if canonical(remote).ip().is_loopback() {
+            incoming.accept_with(inner.server_on_host.clone())
+        } else {
+            incoming.accept()
+        };
         tokio::spawn(async move {
-            let conn = match tokio::time::timeout(me.settings.handshake_timeout, incoming).await {
-                Ok(Ok(c)) => c,
+            let connecting = async move { connecting?.await };
+            let conn = match tokio::time::timeout(me.settings.handshake_timeout, connecting).await {
+                Ok(Ok(c)) => {
+                    Counters::bump(&me.counters.accepts_ok);
+                    c
+                }
                 Ok(Err(e)) => {
                     warn!(remote = %canonical(remote), reason = %e, "refused incoming connection");
                     return;
                 }
                 Err(_) => {
+                    Counters::bump(&me.counters.accepts_timed_out);
                     warn!(remote = %canonical(remote), "incoming handshake timed out");
                     return;
                 }
             };
-            run_connection(me, conn, Direction::In, None).await;
+            run_connection(me, conn, Direction::In, None, Some(pending)).await;
         });
     }
 }
 
+/// An incoming handshake in progress, from its first packet until the
+/// connection is a neighbour (or failed): the second dialer of a pair waits
+/// for it instead of opening a crossing connection ([`peers::second_dial`]).
+struct PendingIncoming {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+}
+
+impl PendingIncoming {
+    fn new(inner: &Arc<Inner>, addr: SocketAddr) -> PendingIncoming {
+        *inner.state().incoming.entry(addr).or_default() += 1;
+        PendingIncoming { inner: inner.clone(), addr }
+    }
+}
+
+impl Drop for PendingIncoming {
+    fn drop(&mut self) {
+        let mut st = self.inner.state();
+        if let Some(n) = st.incoming.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                st.incoming.remove(&self.addr);
+            }
+        }
+    }
+}
+
 /// Dials `addr` unless already connected or dialling there. `expect` is the
-/// node id we hope to find (from gossip), to avoid parallel dials.
-pub(crate) fn dial(inner: &Arc<Inner>, addr: SocketAddr, expect: Option<NodeId>) {
+/// node id we hope to find (from gossip), to avoid parallel dials. With
+/// `retry`, a dial that times out is tried again with backoff
+/// ([`peers::retry_dial`]): a seed too busy to answer a burst of joins in
+/// time is tried again within seconds, not at the next discovery round.
+pub(crate) fn dial(inner: &Arc<Inner>, addr: SocketAddr, expect: Option<NodeId>, retry: bool) {
     let addr = canonical(addr);
     if inner.closing.load(Ordering::Acquire) || addr.port() == 0 || addr.ip().is_unspecified() {
         return;
     }
     {
         let mut st = inner.state();
-        if st.self_addrs.contains(&addr) || st.dialing_addrs.contains(&addr) {
+        if !dial_wanted(inner, &st, addr, expect) || st.dialing_addrs.contains(&addr) {
             return;
-        }
-        if st.neighbours.values().any(|n| n.info.addr == Some(addr)) {
-            return;
-        }
-        if let Some(id) = expect {
-            if st.neighbours.contains_key(&id) {
-                return;
-            }
         }
         st.dialing_addrs.insert(addr);
     }
     let me = inner.clone();
     tokio::spawn(async move {
-        let res = dial_once(&me, addr).await;
-        me.state().dialing_addrs.remove(&addr);
-        match res {
-            Ok(conn) => run_connection(me, conn, Direction::Out, Some(addr)).await,
-            Err(e) => debug!(%addr, error = %e, "dial failed"),
+        let mut backoff = peers::Backoff::new(me.settings.redial_base, me.settings.redial_max);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let slot = dial_slot(&me, false).await;
+            if !dial_wanted(&me, &me.state(), addr, expect) {
+                break;
+            }
+            let res = dial_once(&me, addr).await;
+            drop(slot);
+            match res {
+                Ok(conn) => {
+                    me.state().dialing_addrs.remove(&addr);
+                    run_connection(me, conn, Direction::Out, Some(addr), None).await;
+                    return;
+                }
+                Err((failure, e)) => {
+                    debug!(%addr, error = %e, attempts, "dial failed");
+                    if !retry || !peers::retry_dial(failure, attempts) {
+                        break;
+                    }
+                }
+            }
+            let d = backoff.next_delay(rand::random::<f64>());
+            tokio::time::sleep(d).await;
+            if !dial_wanted(&me, &me.state(), addr, expect) {
+                break;
+            }
         }
+        me.state().dialing_addrs.remove(&addr);
     });
 }
 
-async fn dial_once(inner: &Arc<Inner>, addr: SocketAddr) -> Result<quinn::Connection, String> {
-    let endpoint = inner.endpoint().ok_or("the node has left")?;
-    let connecting = endpoint.connect(addr, "partybus").map_err(|e| e.to_string())?;
+/// Is a dial to `addr` (hoping to find `expect`) still useful?
+fn dial_wanted(inner: &Inner, st: &State, addr: SocketAddr, expect: Option<NodeId>) -> bool {
+    !inner.closing.load(Ordering::Acquire)
+        && !st.self_addrs.contains(&addr)
+        && !st.neighbours.values().any(|n| n.info.addr == Some(addr))
+        && !expect.is_some_and(|id| st.neighbours.contains_key(&id) || st.departed.contains(&id))
+}
+
+async fn dial_once(inner: &Arc<Inner>, addr: SocketAddr) -> Result<quinn::Connection, (peers::DialFailure, String)> {
+    use peers::DialFailure::{Refused, TimedOut};
+    let endpoint = inner.endpoint().ok_or((Refused, "the node has left".to_owned()))?;
+    let connecting = if addr.ip().is_loopback() {
+        endpoint.connect_with(inner.client_on_host.clone(), addr, "partybus")
+    } else {
+        endpoint.connect(addr, "partybus")
+    }
+    .map_err(|e| (Refused, e.to_string()))?;
+    Counters::bump(&inner.counters.dials);
     match tokio::time::timeout(inner.settings.handshake_timeout, connecting).await {
-        Ok(Ok(c)) => Ok(c),
+        Ok(Ok(c)) => {
+            Counters::bump(&inner.counters.dials_ok);
+            Ok(c)
+        }
         Ok(Err(e)) => {
             // TLS refusals are worth a warning: they name the reason.
             if matches!(e, quinn::ConnectionError::TransportError(_) | quinn::ConnectionError::ConnectionClosed(_)) {
                 warn!(%addr, reason = %e, "connection refused");
             }
-            Err(e.to_string())
+            let failure = if matches!(e, quinn::ConnectionError::TimedOut) { TimedOut } else { Refused };
+            Err((failure, e.to_string()))
         }
-        Err(_) => Err("handshake timed out".into()),
+        Err(_) => {
+            Counters::bump(&inner.counters.dials_timed_out);
+            Err((TimedOut, "handshake timed out".into()))
+        }
     }
 }
 
-/// Dials a node learnt through gossip, trying its addresses in order.
+/// Dials a node learnt through gossip, trying its addresses in order, after
+/// `delay` (the second dialer's grace period, [`peers::gossip_dial_delay`]).
 fn dial_known(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>, delay: Duration) {
     {
         let mut st = inner.state();
@@ -774,34 +976,67 @@ fn dial_known(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>, delay: Dur
     }
     let me = inner.clone();
     tokio::spawn(async move {
-        if !delay.is_zero() {
+        let addrs: Vec<SocketAddr> = addrs.into_iter().map(canonical).collect();
+        let second = !delay.is_zero();
+        if second {
             tokio::time::sleep(delay).await;
         }
-        for addr in addrs {
-            {
-                // Connected meanwhile, or it said goodbye while we waited: do not dial it.
-                let st = me.state();
-                if me.closing.load(Ordering::Acquire) || st.neighbours.contains_key(&id) || st.departed.contains(&id) {
-                    break;
+        let mut backoff = peers::Backoff::new(me.settings.redial_base, me.settings.redial_max);
+        let mut attempts = 0;
+        // Since when we wait for a handshake from the peer (bounded by the handshake timeout).
+        let mut waiting_since: Option<Instant> = None;
+        'attempts: loop {
+            attempts += 1;
+            let mut timed_out = false;
+            for &addr in &addrs {
+                let slot = dial_slot(&me, second).await;
+                let decision = {
+                    let st = me.state();
+                    // Connected meanwhile, or it said goodbye while we waited: do not dial it.
+                    let done = me.closing.load(Ordering::Acquire) || st.neighbours.contains_key(&id) || st.departed.contains(&id);
+                    // Its own dial reached us (the second dialer's, after its grace
+                    // period, or the first dialer's while our dial waited for a slot):
+                    // wait for it rather than open a crossing connection.
+                    let handshaking = addrs.iter().any(|a| st.incoming.contains_key(a));
+                    let waited = waiting_since.map_or(Duration::ZERO, |t| t.elapsed());
+                    peers::second_dial(done, handshaking, waited, me.settings.handshake_timeout)
+                };
+                match decision {
+                    peers::SecondDial::Done => break 'attempts,
+                    peers::SecondDial::Wait => {
+                        waiting_since.get_or_insert_with(Instant::now);
+                        drop(slot);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        attempts -= 1;
+                        continue 'attempts;
+                    }
+                    peers::SecondDial::Dial => {}
+                }
+                {
+                    let mut st = me.state();
+                    if st.self_addrs.contains(&addr) || !st.dialing_addrs.insert(addr) {
+                        continue;
+                    }
+                }
+                let res = dial_once(&me, addr).await;
+                drop(slot);
+                me.state().dialing_addrs.remove(&addr);
+                match res {
+                    Ok(conn) => {
+                        me.state().dialing_ids.remove(&id);
+                        run_connection(me, conn, Direction::Out, Some(addr), None).await;
+                        return;
+                    }
+                    Err((failure, e)) => {
+                        timed_out |= failure == peers::DialFailure::TimedOut;
+                        debug!(%addr, peer = %id.short(), error = %e, attempts, "dial failed");
+                    }
                 }
             }
-            let addr = canonical(addr);
-            {
-                let mut st = me.state();
-                if st.self_addrs.contains(&addr) || !st.dialing_addrs.insert(addr) {
-                    continue;
-                }
+            if !timed_out || !peers::retry_dial(peers::DialFailure::TimedOut, attempts) {
+                break;
             }
-            let res = dial_once(&me, addr).await;
-            me.state().dialing_addrs.remove(&addr);
-            match res {
-                Ok(conn) => {
-                    me.state().dialing_ids.remove(&id);
-                    run_connection(me, conn, Direction::Out, Some(addr)).await;
-                    return;
-                }
-                Err(e) => debug!(%addr, peer = %id.short(), error = %e, "dial failed"),
-            }
+            tokio::time::sleep(backoff.next_delay(rand::random::<f64>())).await;
         }
         me.state().dialing_ids.remove(&id);
     });
@@ -838,7 +1073,7 @@ fn redial(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>) {
             }
             debug!(peer = %id.short(), attempt = backoff.attempts(), "re-dialling lost neighbour");
             for addr in &addrs {
-                dial(&me, *addr, Some(id));
+                dial(&me, *addr, Some(id), false);
             }
         }
     });
@@ -863,7 +1098,13 @@ async fn read_hello(recv: &mut quinn::RecvStream, dec: &mut FrameDecoder) -> Res
 
 
 /// Runs one connection from handshake to end.
-async fn run_connection(inner: Arc<Inner>, conn: quinn::Connection, dir: Direction, dialed: Option<SocketAddr>) {
+async fn run_connection(
+    inner: Arc<Inner>,
+    conn: quinn::Connection,
+    dir: Direction,
+    dialed: Option<SocketAddr>,
+    pending: Option<PendingIncoming>,
+) {
     let remote = canonical(conn.remote_address());
     let cert_name = crate::tls::peer_cert_name(&conn);
     let max_frame = inner.settings.max_event_size + wire::FRAME_OVERHEAD;
@@ -932,6 +1173,7 @@ async fn run_connection(inner: Arc<Inner>, conn: quinn::Connection, dir: Directi
         }
         st.dialing_ids.remove(&peer);
         let verdict = peers::decide(st.neighbours.get(&peer).map(|n| n.primary), primary);
+        Counters::bump(if verdict == Verdict::Activate { &inner.counters.activated } else { &inner.counters.duplicates });
         match verdict {
             Verdict::Activate => {
                 let queue = Arc::new(SendQueue::new(inner.settings.queue_limit));
@@ -1019,6 +1261,9 @@ async fn run_connection(inner: Arc<Inner>, conn: quinn::Connection, dir: Directi
             }
         }
     };
+
+    // The handshake is over: a second dialer waiting for it decides now.
+    drop(pending);
 
     // 3. Writer.
     let writer = {
@@ -1283,7 +1528,7 @@ fn handle_gossip(inner: &Arc<Inner>, list: Vec<PeerAddrs>, link: SocketAddr) {
         }
     }
     for (id, addrs) in to_dial {
-        let delay = peers::gossip_dial_delay(inner.id, id, inner.settings.gossip_dial_delay);
+        let delay = peers::gossip_dial_delay(inner.id, id, inner.settings.gossip_dial_delay, rand::random::<f64>());
         dial_known(inner, id, addrs, delay);
     }
 }

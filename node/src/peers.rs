@@ -64,16 +64,171 @@ pub fn decide(active_primary: Option<bool>, new_primary: bool) -> Verdict {
     }
 }
 
+/// Does `own` dial `peer` as soon as gossip introduces them? The lower id
+/// does: the connection it opens is the primary one, which the duplicate
+/// rule ([`decide`]) keeps, so a crossing dial from the other side would only
+/// be retired again.
+pub fn dials_first(own: NodeId, peer: NodeId) -> bool {
+    own < peer
+}
+
 /// When gossip tells us about a node we are not connected to: the lower id
-/// dials at once, the higher id waits `delay` and dials only if no
-/// connection came in meanwhile. This avoids most simultaneous opens; when
-/// the lower id cannot reach us (we are behind NAT) our later dial still
-/// connects.
-pub fn gossip_dial_delay(own: NodeId, peer: NodeId, delay: Duration) -> Duration {
-    if own < peer {
+/// dials at once, the higher id waits a grace period and dials only if the
+/// pair is still unconnected and no handshake from the peer is under way
+/// (see [`second_dial`]). This avoids most simultaneous opens (each a full
+/// handshake on both ends, then retired); when the lower id cannot reach us
+/// (we are behind NAT) our later dial still connects, and punches our NAT.
+///
+/// The grace period is `delay` stretched by `unit` in [0, 1) to
+/// [delay, 2·delay): nodes introduced by the same gossip frame do not all
+/// dial in the same instant.
+pub fn gossip_dial_delay(own: NodeId, peer: NodeId, delay: Duration, unit: f64) -> Duration {
+    if dials_first(own, peer) {
         Duration::ZERO
     } else {
-        delay
+        delay.mul_f64(1.0 + unit.clamp(0.0, 1.0))
+    }
+}
+
+/// What the second dialer of a pair (the higher id) does once its grace
+/// period is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecondDial {
+    /// Connected meanwhile (or the peer left): nothing to do.
+    Done,
+    /// A handshake from one of the peer's addresses is under way (its dial
+    /// reached us): wait for its outcome rather than open a second one.
+    Wait,
+    /// Dial.
+    Dial,
+}
+
+/// The second dialer's decision; the first dialer makes it too once its dial
+/// got a handshake slot ([`DialSlots`]), in case the other side's dial
+/// arrived while it waited. `peer_handshaking`: an incoming handshake
+/// from one of the peer's addresses is in progress; `waited`: how long we
+/// have been waiting for such handshakes already. After `wait_limit` (the
+/// handshake timeout: a handshake cannot take longer) we dial anyway, so a
+/// stuck or hostile handshake never blocks the only direction that may work.
+pub fn second_dial(connected: bool, peer_handshaking: bool, waited: Duration, wait_limit: Duration) -> SecondDial {
+    if connected {
+        SecondDial::Done
+    } else if peer_handshaking && waited < wait_limit {
+        SecondDial::Wait
+    } else {
+        SecondDial::Dial
+    }
+}
+
+/// How a dial ended without a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DialFailure {
+    /// No complete answer within the handshake timeout: nobody there, lost
+    /// packets, a NAT not open yet, or a peer too busy to answer in time.
+    TimedOut,
+    /// The peer (or our own checks) refused: wrong hood, protocol, or the
+    /// peer is leaving. Trying again would be refused again.
+    Refused,
+}
+
+/// Attempts (the first included) for a dial that times out, before the
+/// address is left to discovery (static discovery re-reports its targets
+/// every 60 s) or to the other side of the pair.
+pub const DIAL_ATTEMPTS: u32 = 5;
+
+/// Whether to try a dial again after `attempts` attempts ended in `failure`
+/// (the delay comes from a [`Backoff`] starting at the re-dial base). Only
+/// timeouts are retried: a seed that was too busy to answer (a burst of
+/// nodes joining at once) or not up yet is tried again within seconds
+/// rather than at the next discovery round.
+pub fn retry_dial(failure: DialFailure, attempts: u32) -> bool {
+    failure == DialFailure::TimedOut && attempts < DIAL_ATTEMPTS
+}
+
+/// Paces one node's outgoing handshakes: at most `limit` at a time (0: no
+/// limit), the others wait in two queues. First dials (the lower id of a
+/// pair, seeds, re-dials) go before second dials (the higher id's, after its
+/// grace period): when many nodes are busy at once, a second dial waits
+/// behind the first dials its node still has to make, and by its turn the
+/// peer's own first dial has usually arrived (then it is not made at all).
+///
+/// In a burst of joins (a whole mesh forming at once) unpaced dials put
+/// every handshake in flight at the same time: each then takes as long as
+/// all of them together, passes QUIC's retransmission timer (resent
+/// flights, more work) and eventually the handshake timeout.
+///
+/// `T` is what a waiting dial is woken with (a channel in the node).
+#[derive(Debug)]
+pub struct DialSlots<T> {
+    limit: usize,
+    running_first: usize,
+    running_second: usize,
+    first: std::collections::VecDeque<T>,
+    second: std::collections::VecDeque<T>,
+}
+
+impl<T> DialSlots<T> {
+    pub fn new(limit: usize) -> DialSlots<T> {
+        DialSlots {
+            limit,
+            running_first: 0,
+            running_second: 0,
+            first: Default::default(),
+            second: Default::default(),
+        }
+    }
+
+    fn free(&self) -> bool {
+        self.limit == 0 || self.running() < self.limit
+    }
+
+    /// A dial wants to start: `Some(waker)` back means start now (the slot
+    /// is taken), `None` that it was queued.
+    pub fn request(&mut self, waker: T, second: bool) -> Option<T> {
+        if !second {
+            if self.free() && self.first.is_empty() {
+                self.running_first += 1;
+                return Some(waker);
+            }
+            self.first.push_back(waker);
+        } else {
+            if self.free() && self.first.is_empty() && self.second.is_empty() {
+                self.running_second += 1;
+                return Some(waker);
+            }
+            self.second.push_back(waker);
+        }
+        None
+    }
+
+    /// A dial's handshake is over (or it gave its slot back): the waiters to
+    /// start next, which now hold a slot each (`true`: a second dial's).
+    pub fn release(&mut self, second: bool) -> Vec<(T, bool)> {
+        if second {
+            self.running_second = self.running_second.saturating_sub(1);
+        } else {
+            self.running_first = self.running_first.saturating_sub(1);
+        }
+        let mut next = Vec::new();
+        while self.free() {
+            let Some(w) = self.first.pop_front() else { break };
+            self.running_first += 1;
+            next.push((w, false));
+        }
+        while self.first.is_empty() && self.free() {
+            let Some(w) = self.second.pop_front() else { break };
+            self.running_second += 1;
+            next.push((w, true));
+        }
+        next
+    }
+
+    pub fn running(&self) -> usize {
+        self.running_first + self.running_second
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.first.len() + self.second.len()
     }
 }
 
@@ -213,6 +368,90 @@ mod tests {
                 assert!(end(b_first_p));
             }
         }
+    }
+
+    #[test]
+    fn only_the_lower_id_dials_at_once() {
+        let a = NodeId([1; 16]);
+        let b = NodeId([2; 16]);
+        let d = Duration::from_millis(500);
+        assert!(dials_first(a, b) && !dials_first(b, a), "exactly one side of a pair dials first");
+        assert_eq!(gossip_dial_delay(a, b, d, 0.7), Duration::ZERO);
+        assert_eq!(gossip_dial_delay(b, a, d, 0.0), d);
+        assert_eq!(gossip_dial_delay(b, a, d, 0.5), Duration::from_millis(750));
+        assert!(gossip_dial_delay(b, a, d, 7.0) <= 2 * d, "jitter is bounded");
+        // The prompt dialer's connection is the one the duplicate rule keeps.
+        assert!(is_primary(a, b, Direction::Out) && is_primary(b, a, Direction::In));
+        assert_eq!(decide(Some(true), false), Verdict::Retire);
+    }
+
+    #[test]
+    fn second_dialer_waits_for_the_first_but_never_forever() {
+        let limit = Duration::from_secs(10);
+        let s = Duration::from_secs;
+        assert_eq!(second_dial(true, false, s(0), limit), SecondDial::Done);
+        assert_eq!(second_dial(true, true, s(0), limit), SecondDial::Done);
+        assert_eq!(second_dial(false, true, s(0), limit), SecondDial::Wait, "the peer's dial reached us: let it finish");
+        assert_eq!(second_dial(false, true, s(9), limit), SecondDial::Wait);
+        assert_eq!(second_dial(false, true, s(10), limit), SecondDial::Dial, "a stuck handshake does not block our direction");
+        assert_eq!(
+            second_dial(false, false, s(0), limit),
+            SecondDial::Dial,
+            "nothing from the peer (it cannot reach us, e.g. our NAT): our dial connects and punches"
+        );
+    }
+
+    #[test]
+    fn only_timeouts_are_retried_and_not_forever() {
+        assert!(retry_dial(DialFailure::TimedOut, 1));
+        assert!(retry_dial(DialFailure::TimedOut, DIAL_ATTEMPTS - 1));
+        assert!(!retry_dial(DialFailure::TimedOut, DIAL_ATTEMPTS));
+        assert!(!retry_dial(DialFailure::Refused, 1), "a refusal would be refused again");
+    }
+
+    #[test]
+    fn dial_slots_pace_and_put_first_dials_first() {
+        let mut s = DialSlots::new(2);
+        assert_eq!(s.request("a", false), Some("a"));
+        assert_eq!(s.request("x", true), Some("x"), "a free slot serves a second dial too");
+        assert_eq!(s.request("b", false), None, "full: queued");
+        assert_eq!(s.request("y", true), None);
+        assert_eq!(s.request("c", false), None);
+        assert_eq!((s.running(), s.waiting()), (2, 3));
+        // First dials go before second dials, each queue in order.
+        assert_eq!(s.release(false), vec![("b", false)]);
+        assert_eq!(s.release(true), vec![("c", false)]);
+        assert_eq!(s.release(false), vec![("y", true)]);
+        assert_eq!((s.running(), s.waiting()), (2, 0));
+        assert!(s.release(false).is_empty());
+        assert!(s.release(true).is_empty());
+        assert_eq!(s.running(), 0);
+        assert!(s.release(false).is_empty(), "never below zero");
+        assert_eq!(s.running(), 0);
+        assert_eq!(s.request("d", false), Some("d"));
+    }
+
+    #[test]
+    fn queued_dials_are_not_overtaken() {
+        let mut s = DialSlots::new(1);
+        assert_eq!(s.request(1, false), Some(1));
+        assert_eq!(s.request(2, true), None);
+        assert_eq!(s.release(false), vec![(2, true)]);
+        // A slot frees while a first dial waits: a new second dial queues behind it.
+        assert_eq!(s.request(3, false), None);
+        assert_eq!(s.release(true), vec![(3, false)]);
+        assert_eq!(s.request(4, true), None);
+        assert_eq!(s.release(false), vec![(4, true)]);
+    }
+
+    #[test]
+    fn unlimited_slots_never_queue() {
+        let mut s = DialSlots::new(0);
+        for i in 0..1000 {
+            assert_eq!(s.request(i, i % 2 == 0), Some(i));
+        }
+        assert!(s.release(true).is_empty());
+        assert_eq!(s.running(), 999);
     }
 
     #[test]

@@ -247,6 +247,20 @@ pub(crate) fn check_peer(
     purpose: Purpose,
     algs: &WebPkiSupportedAlgorithms,
 ) -> Result<CertFacts, Problem> {
+    let facts = check_issued_by(cert_der, hood, algs)?;
+    check_use(&facts, hood, now, purpose)?;
+    Ok(facts)
+}
+
+/// The part of [`check_peer`] that depends only on the certificate's bytes
+/// and the hood's key: parses it, checks the issuer name and that the hood's
+/// key made the signature. Its result never changes for the same bytes and
+/// hood, so it may be remembered ([`crate::verified`]).
+pub(crate) fn check_issued_by(
+    cert_der: &[u8],
+    hood: &crate::Hood,
+    algs: &WebPkiSupportedAlgorithms,
+) -> Result<CertFacts, Problem> {
     let facts = CertFacts::parse(cert_der).map_err(Problem::Malformed)?;
     if facts.issuer_raw != hood.facts.subject_raw {
         return Err(Problem::UnknownIssuer {
@@ -254,6 +268,17 @@ pub(crate) fn check_peer(
         });
     }
     check_signature(cert_der, &hood.facts.spki, algs)?;
+    Ok(facts)
+}
+
+/// The rest of [`check_peer`], done at every use: not a CA, allowed for
+/// `purpose`, the hood and the certificate valid at `now`.
+pub(crate) fn check_use(
+    facts: &CertFacts,
+    hood: &crate::Hood,
+    now: i64,
+    purpose: Purpose,
+) -> Result<(), Problem> {
     if facts.basic_ca == Some(true) {
         return Err(Problem::IsCa);
     }
@@ -286,6 +311,5 @@ pub(crate) fn check_peer(
             other => other.describe(""),
         })
     })?;
-    check_validity(&facts, now)?;
-    Ok(facts)
+    check_validity(facts, now)
 }

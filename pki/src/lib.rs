@@ -92,6 +92,7 @@ mod info;
 mod key;
 mod pemfile;
 mod tls;
+mod verified;
 
 pub use create::{create_hood, create_hood_with, create_peer, create_peer_with, CreatedFiles};
 pub use error::PkiError;

@@ -1,7 +1,8 @@
 //! rustls configurations whose verifiers accept exactly the certificates
 //! issued by one hood.
 //!
-//! Both directions use the same check ([`crate::cert::check_peer`]): the
+//! Both directions use the same check ([`crate::cert::check_peer`], with the
+//! hood signature remembered per certificate by [`crate::verified`]): the
 //! certificate's issuer is the hood's subject, the hood's key made its
 //! signature, it is not a CA, its extendedKeyUsage (if any) allows the role,
 //! and it is valid now. There is no host name check: peers are reached by IP
@@ -19,10 +20,11 @@ use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
 
-use crate::cert::{self, CertFacts, Problem, Purpose};
+use crate::cert::{self, Problem, Purpose};
 use crate::error::PkiError;
 use crate::hood::Hood;
 use crate::identity::Identity;
+use crate::verified;
 
 /// The one crypto provider this crate uses: rustls' *ring* provider.
 fn provider() -> Arc<CryptoProvider> {
@@ -79,7 +81,7 @@ fn certified_key(identity: &Identity) -> Result<Arc<SingleCertAndKey>, PkiError>
 /// The name (CN) in a peer's certificate, for logs and as the message
 /// source name; `None` if the certificate cannot be parsed or has no CN.
 pub fn peer_name(cert: &CertificateDer<'_>) -> Option<String> {
-    CertFacts::parse(cert).ok()?.cn
+    verified::facts(cert).ok()?.cn.clone()
 }
 
 fn same_hood(identity: &Identity, hood: &Hood) -> Result<(), PkiError> {
@@ -151,15 +153,25 @@ impl HoodVerifier {
         purpose: Purpose,
     ) -> Result<(), Error> {
         let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-        cert::check_peer(
-            end_entity,
-            &self.hood,
-            now_secs,
-            purpose,
-            &self.provider.signature_verification_algorithms,
-        )
-        .map(|_| ())
-        .map_err(|p| self.to_rustls(p, now))
+        let hood_spki = &self.hood.facts.spki;
+        // Parsing and the hood's signature: once per certificate (see `verified`).
+        let facts = match verified::issued_by(end_entity, hood_spki) {
+            Some(f) => f,
+            None => {
+                let f = Arc::new(
+                    cert::check_issued_by(
+                        end_entity,
+                        &self.hood,
+                        &self.provider.signature_verification_algorithms,
+                    )
+                    .map_err(|p| self.to_rustls(p, now))?,
+                );
+                verified::remember(end_entity, hood_spki, f.clone());
+                f
+            }
+        };
+        // Validity, purpose, not a CA: at every handshake.
+        cert::check_use(&facts, &self.hood, now_secs, purpose).map_err(|p| self.to_rustls(p, now))
     }
 
     fn to_rustls(&self, p: Problem, now: UnixTime) -> Error {
@@ -197,7 +209,8 @@ impl HoodVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        let facts = CertFacts::parse(cert)
+        // The certificate was checked a moment ago: its public key is known.
+        let facts = verified::facts(cert)
             .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
         rustls::crypto::verify_tls13_signature_with_raw_key(
             message,

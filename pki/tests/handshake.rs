@@ -223,6 +223,39 @@ fn stolen_certificate_without_key_is_refused() {
     }
 }
 
+/// The hood signature on a peer certificate is verified once per process and
+/// remembered; the rest of the check is not skipped for a remembered one.
+#[test]
+fn remembered_certificate_is_still_checked_at_every_handshake() {
+    let lab = TestHood::new("lab");
+    let me = lab.peer("me");
+    let alice = lab.peer("alice");
+    let (cert, alice_key) = other_hood_files(&lab, "alice");
+    // Remembered: alice talked to us.
+    let (alice_client, _) = configs(&alice, &lab.hood);
+    let (_, my_server) = configs(&me, &lab.hood);
+    handshake(alice_client, my_server).unwrap();
+    // The same certificate without its key: the handshake signature is still checked.
+    let (_, wrong_key) = common::self_signed("x", "y");
+    let (my_client, my_server) = configs(&me, &lab.hood);
+    assert!(matches!(handshake(stolen_client(&cert, &wrong_key), my_server), Err((Side::Server, _))));
+    assert!(matches!(handshake(my_client, stolen_server(&cert, &wrong_key)), Err((Side::Client, _))));
+    // Another hood with the same name (another key) does not accept it.
+    let twin = TestHood::new("lab");
+    let stranger = twin.peer("me");
+    let (_, twin_server) = configs(&stranger, &twin.hood);
+    // (A client that checks nothing: alice's own client would refuse the twin first.)
+    assert_refused(handshake(rogue_client(&cert, &alice_key), twin_server), Side::Server, |e| {
+        *e == CertificateError::BadSignature
+    });
+    // And it still works where it belongs, both ways.
+    let (my_client, my_server) = configs(&me, &lab.hood);
+    let (alice_client, alice_server) = configs(&alice, &lab.hood);
+    handshake(alice_client, my_server).unwrap();
+    let pair = handshake(my_client, alice_server).unwrap();
+    assert_eq!(partybus_pki::peer_name(&pair.client.peer_certificates().unwrap()[0]).as_deref(), Some("alice"));
+}
+
 fn certified_key(cert: &str, key: &str) -> std::sync::Arc<rustls::sign::CertifiedKey> {
     let signing = rustls::crypto::ring::sign::any_supported_type(&common::key_der(key)).unwrap();
     std::sync::Arc::new(rustls::sign::CertifiedKey::new(

@@ -226,6 +226,7 @@ fn mesh_in_process(args: &BenchArgs, p: &mut Printer) -> Result<()> {
                 c.bind = Some(std::net::Ipv4Addr::LOCALHOST.into());
                 cfgs.push(c);
             }
+            let cpu0 = super::util::self_cpu_s();
             let mut it = cfgs.into_iter();
             let bus0 = partybus::Bus::join(it.next().expect("n >= 2")).await?;
             let to = format!("127.0.0.1:{}", bus0.port());
@@ -250,11 +251,17 @@ fn mesh_in_process(args: &BenchArgs, p: &mut Printer) -> Result<()> {
                     Ok(Ok(t)) => full = full.max(t),
                     _ => {
                         let c: Vec<usize> = buses.iter().map(|b| b.neighbours().len()).collect();
-                        bail!("in-process mesh of {n} not full after {bound:?}: {c:?}");
+                        let s: Vec<partybus::ConnStats> = buses.iter().map(|b| b.conn_stats()).collect();
+                        let dials: u64 = s.iter().map(|s| s.dials).sum();
+                        let timed_out: u64 = s.iter().map(|s| s.dials_timed_out + s.accepts_timed_out).sum();
+                        bail!("in-process mesh of {n} not full after {bound:?} ({dials} handshakes, {timed_out} timed out): {c:?}");
                     }
                 }
             }
+            let cpu = super::util::self_cpu_s() - cpu0;
             let (hwm, rss) = super::util::self_rss();
+            let stats: Vec<partybus::ConnStats> = buses.iter().map(|b| b.conn_stats()).collect();
+            let sum = |f: fn(&partybus::ConnStats) -> u64| stats.iter().map(f).sum::<u64>();
             for b in &buses {
                 b.leave().await;
             }
@@ -265,6 +272,12 @@ fn mesh_in_process(args: &BenchArgs, p: &mut Printer) -> Result<()> {
                 "seconds": ((full - last).as_secs_f64() * 1e4).round() / 1e4,
                 "spawn_seconds": (last - first).as_secs_f64(),
                 "seconds_from_first": ((full - first).as_secs_f64() * 1e4).round() / 1e4,
+                "cpu_seconds": (cpu * 100.0).round() / 100.0,
+                "pairs": n * (n - 1) / 2,
+                "handshakes": sum(|s| s.dials),
+                "handshakes_ok": sum(|s| s.dials_ok),
+                "handshakes_timed_out": sum(|s| s.dials_timed_out) + sum(|s| s.accepts_timed_out),
+                "duplicates": sum(|s| s.duplicates) / 2,
                 "process_rss_kib": hwm,
                 "process_rss_now_kib": rss,
             }))
