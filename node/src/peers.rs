@@ -28,11 +28,11 @@ impl std::fmt::Display for Direction {
 /// A connection is *primary* when it was dialled by the node with the lower
 /// id. Both ends compute the same answer.
 pub fn is_primary(own: NodeId, peer: NodeId, dir: Direction) -> bool {
-    let dialer_is_lower = match dir {
+    // The dialer is the lower id.
+    match dir {
         Direction::Out => own < peer,
         Direction::In => peer < own,
-    };
-    dialer_is_lower
+    }
 }
 
 /// What to do with a connection whose handshake just completed.
@@ -354,7 +354,7 @@ mod tests {
         for a_first_p in [true, false] {
             for b_first_p in [true, false] {
                 let end = |first_p: bool| {
-                    let first = if first_p { true } else { false };
+                    let first = first_p;
                     let second = !first;
                     let v1 = decide(None, first);
                     assert_eq!(v1, Verdict::Activate);
