@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::event::{Event, Listener, PeerInfo, Sink};
 use crate::id::NodeId;
 use crate::name::{validate_name, NameError, Selector};
-use crate::node::{self, ConnStats, Emitted, Inner, JoinError, NeighbourEvent, NeighbourInfo};
+use crate::node::{self, ConnStats, Emitted, Inner, JoinError, NeighbourEvent, NeighbourInfo, PathStats};
 use crate::payload::{self, PayloadError};
 
 /// Errors from [`Bus::emit`].
@@ -167,6 +167,11 @@ impl Bus {
     /// timed out in each direction, duplicate connections (diagnostics).
     pub fn conn_stats(&self) -> ConnStats {
         self.inner.conn_stats()
+    }
+    /// The QUIC path to a current neighbour (round-trip time, packet size,
+    /// losses), or None if `id` is not a neighbour.
+    pub fn path(&self, id: NodeId) -> Option<PathStats> {
+        self.inner.path(id)
     }
     /// Dials an address now (in addition to discovery).
     pub fn connect(&self, addr: SocketAddr) {

@@ -40,7 +40,7 @@ pub use config::{Config, FullPolicy, PortSpec};
 pub use event::{Event, PeerInfo};
 pub use id::NodeId;
 pub use name::{NameError, Selector};
-pub use node::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo};
+pub use node::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, PathStats};
 pub use payload::Timestamp;
 pub use peers::Direction;
 

@@ -81,6 +81,21 @@ pub struct ConnStats {
     pub duplicates: u64,
 }
 
+/// The QUIC path to one neighbour, as quinn sees it now (see [`crate::Bus::path`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PathStats {
+    /// Smoothed round-trip time.
+    pub rtt: std::time::Duration,
+    /// UDP payload size in use: 1200 at first on the Internet, up to 1452 as MTU discovery
+    /// proceeds; [`crate::tls::loopback_mtu`] from the start for peers on this host.
+    pub mtu: u16,
+    /// QUIC packets sent to it, and of those, lost (by our reckoning).
+    pub sent_packets: u64,
+    pub lost_packets: u64,
+    /// Congestion window in bytes.
+    pub cwnd: u64,
+}
+
 #[derive(Default)]
 struct Counters {
     dials: AtomicU64,
@@ -471,6 +486,12 @@ impl Inner {
         v
     }
 
+    pub(crate) fn path(&self, id: NodeId) -> Option<PathStats> {
+        let st = self.state();
+        let p = st.neighbours.get(&id)?.conn.stats().path;
+        Some(PathStats { rtt: p.rtt, mtu: p.current_mtu, sent_packets: p.sent_packets, lost_packets: p.lost_packets, cwnd: p.cwnd })
+    }
+
     pub(crate) fn conn_stats(&self) -> ConnStats {
         self.counters.snapshot()
     }
@@ -673,7 +694,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     let (server_on_host, client_on_host) = crate::tls::on_host(&cfg, server.clone(), client.clone());
     let sock = bind_socket(cfg.bind, cfg.port.ports())?;
     let runtime = quinn::default_runtime().ok_or_else(|| JoinError::Endpoint(std::io::Error::other("no async runtime")))?;
-    let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), sock, runtime).map_err(JoinError::Endpoint)?;
+    let mut endpoint = quinn::Endpoint::new(crate::tls::endpoint_config(), Some(server), sock, runtime).map_err(JoinError::Endpoint)?;
     endpoint.set_default_client_config(client);
     let local_addr = endpoint.local_addr().map_err(JoinError::Endpoint)?;
 

@@ -17,13 +17,10 @@ pub enum TlsSetupError {
 }
 
 /// Transport settings. `peer_on_host`: for a connection to a peer on this
-/// host (loopback), whose path MTU is known (64 KiB): start at 1452 bytes,
-/// the most MTU discovery would settle on, instead of probing up to it from
-/// 1200 after every handshake. The probes (4-5 padded packets each way, and
-/// their acknowledgements) double the datagrams of a connection's first
-/// moments; a mesh of nodes on one host forming at once spent a third of its
-/// CPU on them. Other paths keep discovery (a VPN or PPPoE link may carry
-/// less than 1452).
+/// host (loopback), whose path MTU is known: use [`loopback_mtu`] from the
+/// first packet instead of probing up from 1200 after every handshake. Other
+/// paths keep discovery, up to quinn's default bound of 1452 bytes (a VPN or
+/// PPPoE link may carry less).
 pub fn transport(cfg: &Config, peer_on_host: bool) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(cfg.keep_alive));
@@ -36,14 +33,71 @@ pub fn transport(cfg: &Config, peer_on_host: bool) -> Arc<quinn::TransportConfig
     t.max_concurrent_uni_streams(4u32.into());
     t.datagram_receive_buffer_size(None);
     if peer_on_host {
-        t.initial_mtu(LOOPBACK_MTU);
+        t.initial_mtu(loopback_mtu());
     }
     Arc::new(t)
 }
 
-/// The UDP payload size used from the start with peers on this host: MTU
-/// discovery's default upper bound (quinn), so nothing is left to probe.
-const LOOPBACK_MTU: u16 = 1452;
+/// The UDP payload size for peers on this host.
+///
+/// Loopback carries 64 KiB datagrams, and every QUIC packet costs the same
+/// fixed work (header protection, an AEAD call, frame and ACK bookkeeping)
+/// whatever its size, so bigger packets move more bytes per CPU cycle: on the
+/// 2-core bench machines, 6500-byte packets instead of 1452 took 1 KiB events
+/// from ~390 to ~600-740 MB/s and 64 KiB events from ~500 to ~700-1100 MB/s
+/// (see BENCHMARKS.md). The size is bounded by segmentation offload: quinn
+/// 0.11 hands the kernel up to [`GSO_SEGMENTS`] packets in one GSO send, and
+/// one send must fit in one IP datagram (65,535 bytes with the IPv6 and UDP
+/// headers), or the kernel refuses it and the batch is lost. 8 KiB packets
+/// measured worse than 1452 for that reason, and 16 KiB ones never finished
+/// a handshake. It is also bounded by the loopback interface's own MTU, in
+/// case an operator lowered it.
+pub fn loopback_mtu() -> u16 {
+    static MTU: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *MTU.get_or_init(|| {
+        let lo = std::fs::read_to_string("/sys/class/net/lo/mtu").ok().and_then(|s| s.trim().parse::<u32>().ok());
+        mtu_for(lo)
+    })
+}
+
+/// Packets per GSO send in quinn 0.11 (`MAX_TRANSMIT_SEGMENTS`).
+const GSO_SEGMENTS: u32 = 10;
+/// IPv6 (40) and UDP (8) headers: the larger case.
+const IP_UDP_HEADERS: u32 = 48;
+/// The largest payload of one IP datagram, headers included.
+const MAX_DATAGRAM: u32 = 65_535;
+/// quinn's own MTU discovery bound, and our floor for loopback.
+const DISCOVERY_MTU: u16 = 1452;
+
+/// [`loopback_mtu`] for a loopback interface MTU of `lo` (None: unknown, as
+/// on systems without `/sys`).
+fn mtu_for(lo: Option<u32>) -> u16 {
+    let gso_bound = (MAX_DATAGRAM - IP_UDP_HEADERS) / GSO_SEGMENTS;
+    // Round down to a multiple of 4 bytes; no other reason than tidiness.
+    let gso_bound = gso_bound / 4 * 4;
+    match lo {
+        Some(lo) => {
+            let fits = lo.saturating_sub(IP_UDP_HEADERS).min(gso_bound);
+            // Never below QUIC's minimum of 1200.
+            u16::try_from(fits).unwrap_or(DISCOVERY_MTU).max(1200)
+        }
+        None => DISCOVERY_MTU,
+    }
+}
+
+/// Endpoint settings: advertise that we accept [`loopback_mtu`]-sized
+/// datagrams (quinn's default is 1472), or peers on this host would clamp
+/// their packets to the default. Peers elsewhere still send what their MTU
+/// discovery finds, which stops at 1452.
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut e = quinn::EndpointConfig::default();
+    let max = loopback_mtu().max(1472);
+    // 1200..=65527 is the range quinn accepts, and `max` is inside it.
+    if e.max_udp_payload_size(max).is_err() {
+        tracing::warn!(max, "quinn refused the maximum UDP payload size; keeping its default");
+    }
+    e
+}
 
 pub fn server_config(cfg: &Config) -> Result<quinn::ServerConfig, TlsSetupError> {
     let mut tls = partybus_pki::server_config(&cfg.identity, &cfg.hood)?;
@@ -90,4 +144,22 @@ pub fn peer_cert_name(conn: &quinn::Connection) -> String {
         .and_then(|id| id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok())
         .and_then(|chain| chain.first().and_then(|c| partybus_pki::peer_name(c)))
         .unwrap_or_else(|| "?".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_mtu_fits_one_gso_send() {
+        // The default loopback MTU (64 KiB): as large as one GSO send allows.
+        let mtu = mtu_for(Some(65_536));
+        assert_eq!(mtu, 6548);
+        assert!(u32::from(mtu) * GSO_SEGMENTS + IP_UDP_HEADERS <= MAX_DATAGRAM);
+        // A lowered loopback MTU bounds it, never below QUIC's 1200.
+        assert_eq!(mtu_for(Some(1500)), 1452);
+        assert_eq!(mtu_for(Some(576)), 1200);
+        // Unknown: quinn's discovery bound.
+        assert_eq!(mtu_for(None), 1452);
+    }
 }
