@@ -26,9 +26,21 @@ use crate::hood::Hood;
 use crate::identity::Identity;
 use crate::verified;
 
-/// The one crypto provider this crate uses: rustls' *ring* provider.
+/// The one crypto provider this crate uses: rustls' *ring* provider, with
+/// TLS 1.3's AES-128-GCM-SHA256 suite preferred.
+///
+/// rustls' default order puts AES-256-GCM-SHA384 first. Its SHA-384 key
+/// schedule and transcript hash run in software on CPUs without SHA-512
+/// instructions (most of today's x86), while SHA-256 has SHA-NI: in a mesh of
+/// 100 nodes forming in one process, SHA-512 blocks took 5 % of all CPU and
+/// SHA-256 0.3 %. AES-128 also encrypts every packet in 10 rounds instead of
+/// 14. Both are TLS 1.3 and QUIC mandatory-to-implement strength; the other
+/// suites stay enabled (after it) for peers that prefer them.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut p = rustls::crypto::ring::default_provider();
+    let preferred = rustls::CipherSuite::TLS13_AES_128_GCM_SHA256;
+    p.cipher_suites.sort_by_key(|s| s.suite() != preferred);
+    Arc::new(p)
 }
 
 /// A TLS 1.3 server configuration for `identity` that requires every client
