@@ -69,6 +69,9 @@ pub struct ConnStats {
     pub dials_ok: u64,
     /// Of those, timed out (no answer within the handshake timeout).
     pub dials_timed_out: u64,
+    /// Of those, given up by the second dialer of a pair because the first
+    /// dialer's handshake reached it meanwhile.
+    pub dials_abandoned: u64,
     /// Incoming handshakes (accepted by the endpoint).
     pub accepts: u64,
     /// Of those, completed (TLS done).
@@ -101,6 +104,7 @@ struct Counters {
     dials: AtomicU64,
     dials_ok: AtomicU64,
     dials_timed_out: AtomicU64,
+    dials_abandoned: AtomicU64,
     accepts: AtomicU64,
     accepts_ok: AtomicU64,
     accepts_timed_out: AtomicU64,
@@ -118,6 +122,7 @@ impl Counters {
             dials: g(&self.dials),
             dials_ok: g(&self.dials_ok),
             dials_timed_out: g(&self.dials_timed_out),
+            dials_abandoned: g(&self.dials_abandoned),
             accepts: g(&self.accepts),
             accepts_ok: g(&self.accepts_ok),
             accepts_timed_out: g(&self.accepts_timed_out),
@@ -864,7 +869,7 @@ async fn accept_loop(inner: Arc<Inner>) {
                     return;
                 }
             };
-            run_connection(me, conn, Direction::In, None, Some(pending)).await;
+            run_connection(me, conn, Direction::In, None, Handshake::Incoming(pending)).await;
         });
     }
 }
@@ -893,6 +898,31 @@ impl Drop for PendingIncoming {
                 st.incoming.remove(&self.addr);
             }
         }
+    }
+}
+
+/// What a connection holds until its hellos are over (then dropped, which
+/// tells the dialling logic).
+#[allow(dead_code)] // The fields are held for their `Drop`.
+enum Handshake {
+    /// Accepted: second dialers wait for it ([`PendingIncoming`]).
+    Incoming(PendingIncoming),
+    /// Dialled to an address.
+    Dialled,
+    /// Dialled to reach a node learnt through gossip ([`DiallingId`]).
+    DialledFor(DiallingId),
+}
+
+/// A dial to a node learnt through gossip: its id stays in `dialing_ids`
+/// until dropped, so no second dial to it starts.
+struct DiallingId {
+    inner: Arc<Inner>,
+    id: NodeId,
+}
+
+impl Drop for DiallingId {
+    fn drop(&mut self) {
+        self.inner.state().dialing_ids.remove(&self.id);
     }
 }
 
@@ -928,7 +958,7 @@ pub(crate) fn dial(inner: &Arc<Inner>, addr: SocketAddr, expect: Option<NodeId>,
             match res {
                 Ok(conn) => {
                     me.state().dialing_addrs.remove(&addr);
-                    run_connection(me, conn, Direction::Out, Some(addr), None).await;
+                    run_connection(me, conn, Direction::Out, Some(addr), Handshake::Dialled).await;
                     return;
                 }
                 Err((failure, e)) => {
@@ -1039,13 +1069,38 @@ fn dial_known(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>, delay: Dur
                         continue;
                     }
                 }
-                let res = dial_once(&me, addr).await;
+                // As the second dialer, give our dial up if the first
+                // dialer's reaches us meanwhile (it was slow, not absent):
+                // its connection would win the tie-break anyway, and two
+                // handshakes cost twice the CPU. We then wait for its outcome
+                // as above, within the same bound.
+                let budget_ends = waiting_since.unwrap_or_else(Instant::now) + me.settings.handshake_timeout;
+                let res = if second {
+                    tokio::select! {
+                        r = dial_once(&me, addr) => Some(r),
+                        () = peer_dial_arrives(&me, &addrs, budget_ends) => None,
+                    }
+                } else {
+                    Some(dial_once(&me, addr).await)
+                };
                 drop(slot);
                 me.state().dialing_addrs.remove(&addr);
+                let Some(res) = res else {
+                    Counters::bump(&me.counters.dials_abandoned);
+                    debug!(%addr, peer = %id.short(), "dial given up: the peer's own dial reached us");
+                    waiting_since.get_or_insert_with(Instant::now);
+                    attempts -= 1;
+                    continue 'attempts;
+                };
                 match res {
                     Ok(conn) => {
-                        me.state().dialing_ids.remove(&id);
-                        run_connection(me, conn, Direction::Out, Some(addr), None).await;
+                        // The id stays in `dialing_ids` until the hellos are
+                        // over: gossip naming the peer meanwhile must not
+                        // start a second dial to it (under load, the hellos
+                        // of a mesh forming take long enough that this made
+                        // most duplicate connections).
+                        let dialling = DiallingId { inner: me.clone(), id };
+                        run_connection(me, conn, Direction::Out, Some(addr), Handshake::DialledFor(dialling)).await;
                         return;
                     }
                     Err((failure, e)) => {
@@ -1061,6 +1116,20 @@ fn dial_known(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>, delay: Dur
         }
         me.state().dialing_ids.remove(&id);
     });
+}
+
+/// Resolves when an incoming handshake from one of `addrs` is under way,
+/// if that happens before `until`; never resolves after it.
+async fn peer_dial_arrives(inner: &Inner, addrs: &[SocketAddr], until: Instant) {
+    loop {
+        if Instant::now() >= until {
+            return std::future::pending().await;
+        }
+        if addrs.iter().any(|a| inner.state().incoming.contains_key(a)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Re-dials a lost neighbour with exponential backoff and jitter.
@@ -1124,7 +1193,7 @@ async fn run_connection(
     conn: quinn::Connection,
     dir: Direction,
     dialed: Option<SocketAddr>,
-    pending: Option<PendingIncoming>,
+    until_hellos: Handshake,
 ) {
     let remote = canonical(conn.remote_address());
     let cert_name = crate::tls::peer_cert_name(&conn);
@@ -1284,7 +1353,7 @@ async fn run_connection(
     };
 
     // The handshake is over: a second dialer waiting for it decides now.
-    drop(pending);
+    drop(until_hellos);
 
     // 3. Writer.
     let writer = {

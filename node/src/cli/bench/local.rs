@@ -206,7 +206,9 @@ pub fn mesh(args: &BenchArgs, p: &mut Printer) -> Result<()> {
 
 fn mesh_in_process(args: &BenchArgs, p: &mut Printer) -> Result<()> {
     let n = args.nodes.unwrap_or(100).max(2);
-    let threads = args.threads.unwrap_or(1).max(1);
+    // Default: one worker per core, as `#[tokio::main]` would give a program
+    // hosting many nodes.
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let hood = TempHood::new()?;
     let mut files = Vec::new();
     for i in 0..n {
@@ -278,6 +280,7 @@ fn mesh_in_process(args: &BenchArgs, p: &mut Printer) -> Result<()> {
                 "handshakes_ok": sum(|s| s.dials_ok),
                 "handshakes_timed_out": sum(|s| s.dials_timed_out) + sum(|s| s.accepts_timed_out),
                 "duplicates": sum(|s| s.duplicates) / 2,
+                "dials_abandoned": sum(|s| s.dials_abandoned),
                 "process_rss_kib": hwm,
                 "process_rss_now_kib": rss,
             }))

@@ -121,7 +121,7 @@ pub struct BenchArgs {
     /// mesh: Bus instances in this process instead of node processes.
     #[arg(long)]
     pub in_process: bool,
-    /// mesh --in-process: runtime worker threads (default 1: current_thread).
+    /// mesh --in-process: runtime worker threads (default: one per core; 1 = current_thread).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// latency: measured round trips.
