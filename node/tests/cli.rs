@@ -354,3 +354,67 @@ fn bench_quinn_prints_one_plausible_line_per_measurement() {
     // Records are batched: far more of them than 64 KiB writes in the same time.
     assert!(num(&lines[2], "events") > 100.0 * num(&lines[1], "events"), "{out}");
 }
+
+/// Runs `partybus bench ... --json` and parses its result lines.
+fn bench_json(args: &[&str]) -> Vec<serde_json::Value> {
+    let d = tempfile::tempdir().unwrap();
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--timeout", "20s", "--json"]);
+    let o = run(&all, d.path());
+    assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+    let out = text(&o.stdout);
+    out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}"))).collect()
+}
+
+fn num(v: &serde_json::Value, k: &str) -> f64 {
+    v[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {v}"))
+}
+
+#[test]
+fn bench_scenarios_count_what_arrived() {
+    // Throughput: every emitted event arrives once, at each payload size.
+    let rows = bench_json(&["throughput", "--payload", "16,1024", "--count", "3000"]);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for (v, size) in rows.iter().zip([16.0, 1024.0]) {
+        assert_eq!(v["scenario"], "throughput");
+        assert_eq!(num(v, "payload_bytes"), size, "{v}");
+        assert_eq!((num(v, "emitted"), num(v, "events"), num(v, "lost")), (3000.0, 3000.0, 0.0), "{v}");
+        assert!(num(v, "emitter_rss_kib") > 1000.0 && num(v, "receiver_rss_kib") > 1000.0, "{v}");
+    }
+    // Fan-out: each of 2 receivers gets every event.
+    let rows = bench_json(&["fanout", "--receivers", "2", "--payload", "16", "--count", "1000"]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let v = &rows[0];
+    assert_eq!((num(v, "receivers"), num(v, "events"), num(v, "lost")), (2.0, 2000.0, 0.0), "{v}");
+    // Latency: the measured round trips, ordered percentiles.
+    let rows = bench_json(&["latency", "--round-trips", "100", "--warmup", "10"]);
+    let v = &rows[0];
+    assert_eq!((num(v, "events"), num(v, "lost")), (100.0, 0.0), "{v}");
+    let p: Vec<f64> = ["min_us", "p50_us", "p90_us", "p99_us", "max_us"].iter().map(|k| num(v, k)).collect();
+    assert!(p[0] > 0.0 && p.windows(2).all(|w| w[0] <= w[1]), "{v}");
+    // Memory: idle and with neighbours.
+    let rows = bench_json(&["memory", "--neighbours", "2"]);
+    let v = &rows[0];
+    assert_eq!(num(v, "neighbours"), 2.0, "{v}");
+    assert!(num(v, "idle_rss_kib") > 1000.0 && num(v, "rss_kib") >= num(v, "idle_rss_kib"), "{v}");
+}
+
+#[test]
+fn bench_mesh_forms_in_processes_and_in_one_process() {
+    let rows = bench_json(&["mesh", "--nodes", "4"]);
+    assert_eq!(rows[0]["scenario"], "mesh");
+    assert!(num(&rows[0], "seconds") >= 0.0, "{}", rows[0]);
+    // In one process, both schedulers: a full mesh with one connection per pair.
+    for extra in [&[][..], &["--work-stealing"][..]] {
+        let mut args = vec!["mesh", "--in-process", "--nodes", "8", "--threads", "2"];
+        args.extend_from_slice(extra);
+        let rows = bench_json(&args);
+        let v = &rows[0];
+        assert_eq!(v["scenario"], "mesh_in_process");
+        assert_eq!(v["scheduler"], if extra.is_empty() { "thread-per-core" } else { "work-stealing" }, "{v}");
+        assert_eq!(num(v, "pairs"), 28.0, "{v}");
+        assert!(num(v, "handshakes_ok") >= 28.0, "{v}");
+        assert_eq!(num(v, "handshakes_timed_out"), 0.0, "{v}");
+    }
+}

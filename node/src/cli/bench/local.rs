@@ -206,19 +206,26 @@ pub fn mesh(args: &BenchArgs, p: &mut Printer) -> Result<()> {
 
 fn mesh_in_process(args: &BenchArgs, p: &mut Printer) -> Result<()> {
     let n = args.nodes.unwrap_or(100).max(2);
-    // Default: one worker per core, as `#[tokio::main]` would give a program
-    // hosting many nodes.
+    // Default: one thread per core, each with its own current_thread runtime
+    // and its share of the nodes (thread per core: a node's tasks never
+    // change threads, nothing is stolen, and one thread never has to wake
+    // another for a node's work). `--work-stealing` runs all nodes on tokio's
+    // multi-thread scheduler instead, as `#[tokio::main]` would.
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let work_stealing = args.work_stealing && threads > 1;
     let hood = TempHood::new()?;
     let mut files = Vec::new();
     for i in 0..n {
         files.push(hood.peer(&format!("node{i}"))?);
     }
-    let rt = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
-    } else {
+    let rt = if work_stealing {
         tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
     };
+    // With one thread, the nodes run on `rt` itself, on this thread.
+    let pool = if work_stealing || threads == 1 { None } else { Some(RuntimePool::new(threads)?) };
+    let spawn_on = |i: usize| pool.as_ref().map_or_else(|| rt.handle().clone(), |p| p.handles[i % p.handles.len()].clone());
     for run in 0..args.runs {
         let res = rt.block_on(async {
             let mut cfgs = Vec::new();
@@ -230,12 +237,12 @@ fn mesh_in_process(args: &BenchArgs, p: &mut Printer) -> Result<()> {
             }
             let cpu0 = super::util::self_cpu_s();
             let mut it = cfgs.into_iter();
-            let bus0 = partybus::Bus::join(it.next().expect("n >= 2")).await?;
+            let bus0 = spawn_on(0).spawn(partybus::Bus::join(it.next().expect("n >= 2"))).await??;
             let to = format!("127.0.0.1:{}", bus0.port());
             let first = Instant::now();
             let mut buses = vec![bus0];
-            for c in it {
-                buses.push(partybus::Bus::join(c.connect([to.clone()])).await?);
+            for (i, c) in it.enumerate() {
+                buses.push(spawn_on(i + 1).spawn(partybus::Bus::join(c.connect([to.clone()]))).await??);
             }
             let last = Instant::now();
             let mut waits = Vec::new();
@@ -264,13 +271,15 @@ fn mesh_in_process(args: &BenchArgs, p: &mut Printer) -> Result<()> {
             let (hwm, rss) = super::util::self_rss();
             let stats: Vec<partybus::ConnStats> = buses.iter().map(|b| b.conn_stats()).collect();
             let sum = |f: fn(&partybus::ConnStats) -> u64| stats.iter().map(f).sum::<u64>();
-            for b in &buses {
-                b.leave().await;
+            for (i, b) in buses.iter().enumerate() {
+                let b = b.clone();
+                spawn_on(i).spawn(async move { b.leave().await }).await?;
             }
             Ok::<_, anyhow::Error>(json!({
                 "scenario": "mesh_in_process",
                 "nodes": n,
                 "threads": threads,
+                "scheduler": if work_stealing { "work-stealing" } else { "thread-per-core" },
                 "seconds": ((full - last).as_secs_f64() * 1e4).round() / 1e4,
                 "spawn_seconds": (last - first).as_secs_f64(),
                 "seconds_from_first": ((full - first).as_secs_f64() * 1e4).round() / 1e4,
@@ -288,6 +297,39 @@ fn mesh_in_process(args: &BenchArgs, p: &mut Printer) -> Result<()> {
         p.row(&tag(res, run));
     }
     Ok(())
+}
+
+/// One current_thread runtime per thread (thread per core): each node's tasks
+/// stay on one thread, with no work stealing or cross-thread wake-ups.
+struct RuntimePool {
+    handles: Vec<tokio::runtime::Handle>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl RuntimePool {
+    fn new(n: usize) -> Result<RuntimePool> {
+        let mut pool = RuntimePool { handles: Vec::new(), stops: Vec::new(), threads: Vec::new() };
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            pool.handles.push(rt.handle().clone());
+            pool.stops.push(stop);
+            pool.threads.push(std::thread::Builder::new().name(format!("mesh-{i}")).spawn(move || {
+                let _ = rt.block_on(stopped);
+            })?);
+        }
+        Ok(pool)
+    }
+}
+
+impl Drop for RuntimePool {
+    fn drop(&mut self) {
+        self.stops.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 pub fn memory(args: &BenchArgs, p: &mut Printer) -> Result<()> {
