@@ -338,6 +338,8 @@ pub(crate) struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
     counters: Counters,
+    /// Notified whenever an incoming handshake starts or ends (`State::incoming`).
+    incoming_changed: Notify,
     dial_slots: Arc<SlotQueue>,
 }
 
@@ -762,6 +764,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
         tasks: Mutex::new(Vec::new()),
         shutdown,
         counters: Counters::default(),
+        incoming_changed: Notify::new(),
         dial_slots: Arc::new(Mutex::new(peers::DialSlots::new(cfg.dial_concurrency))),
     });
     inner.update_reachable();
@@ -859,6 +862,13 @@ async fn accept_loop(inner: Arc<Inner>) {
                     Counters::bump(&me.counters.accepts_ok);
                     c
                 }
+                // The dialer's application closed the handshake: a second
+                // dialer giving up its dial because ours reached it first
+                // (`dial_known`), or a node leaving. Nothing to warn about.
+                Ok(Err(quinn::ConnectionError::ConnectionClosed(c))) if c.error_code == quinn::TransportErrorCode::APPLICATION_ERROR => {
+                    debug!(remote = %canonical(remote), "the dialer gave its handshake up");
+                    return;
+                }
                 Ok(Err(e)) => {
                     warn!(remote = %canonical(remote), reason = %e, "refused incoming connection");
                     return;
@@ -885,6 +895,7 @@ struct PendingIncoming {
 impl PendingIncoming {
     fn new(inner: &Arc<Inner>, addr: SocketAddr) -> PendingIncoming {
         *inner.state().incoming.entry(addr).or_default() += 1;
+        inner.incoming_changed.notify_waiters();
         PendingIncoming { inner: inner.clone(), addr }
     }
 }
@@ -898,6 +909,8 @@ impl Drop for PendingIncoming {
                 st.incoming.remove(&self.addr);
             }
         }
+        drop(st);
+        self.inner.incoming_changed.notify_waiters();
     }
 }
 
@@ -1055,9 +1068,9 @@ fn dial_known(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>, delay: Dur
                 match decision {
                     peers::SecondDial::Done => break 'attempts,
                     peers::SecondDial::Wait => {
-                        waiting_since.get_or_insert_with(Instant::now);
+                        let since = *waiting_since.get_or_insert_with(Instant::now);
                         drop(slot);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        incoming_changes(&me, &addrs, false, since + me.settings.handshake_timeout).await;
                         attempts -= 1;
                         continue 'attempts;
                     }
@@ -1078,7 +1091,7 @@ fn dial_known(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>, delay: Dur
                 let res = if second {
                     tokio::select! {
                         r = dial_once(&me, addr) => Some(r),
-                        () = peer_dial_arrives(&me, &addrs, budget_ends) => None,
+                        () = incoming_changes(&me, &addrs, true, budget_ends) => None,
                     }
                 } else {
                     Some(dial_once(&me, addr).await)
@@ -1118,17 +1131,29 @@ fn dial_known(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>, delay: Dur
     });
 }
 
-/// Resolves when an incoming handshake from one of `addrs` is under way,
-/// if that happens before `until`; never resolves after it.
-async fn peer_dial_arrives(inner: &Inner, addrs: &[SocketAddr], until: Instant) {
+/// Resolves when an incoming handshake from one of `addrs` is under way
+/// (`under_way`) or when none is any more (`!under_way`), if that happens
+/// before `until`: at `until` it resolves too if `!under_way` (the wait is
+/// over: dial), and never if `under_way` (the dial goes on).
+async fn incoming_changes(inner: &Inner, addrs: &[SocketAddr], under_way: bool, until: Instant) {
     loop {
         if Instant::now() >= until {
-            return std::future::pending().await;
-        }
-        if addrs.iter().any(|a| inner.state().incoming.contains_key(a)) {
+            if under_way {
+                std::future::pending::<()>().await;
+            }
             return;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Registered before the check, so that a change between the two is not missed.
+        let changed = inner.incoming_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if addrs.iter().any(|a| inner.state().incoming.contains_key(a)) == under_way {
+            return;
+        }
+        tokio::select! {
+            () = changed => {}
+            () = tokio::time::sleep_until(until.into()) => {}
+        }
     }
 }
 
@@ -1686,6 +1711,8 @@ pub(crate) async fn leave(inner: &Arc<Inner>) {
         }
         return;
     }
+    // Second dialers waiting for a peer's handshake see that we are leaving.
+    inner.incoming_changed.notify_waiters();
     inner.discovery_stop.stop();
     let conns: Vec<(Arc<SendQueue>, quinn::Connection)> = {
         let st = inner.state();
