@@ -406,13 +406,13 @@ fn bench_mesh_forms_in_processes_and_in_one_process() {
     assert_eq!(rows[0]["scenario"], "mesh");
     assert!(num(&rows[0], "seconds") >= 0.0, "{}", rows[0]);
     // In one process, both schedulers: a full mesh with one connection per pair.
-    for extra in [&[][..], &["--work-stealing"][..]] {
+    for extra in [&[][..], &["--thread-per-core"][..]] {
         let mut args = vec!["mesh", "--in-process", "--nodes", "8", "--threads", "2"];
         args.extend_from_slice(extra);
         let rows = bench_json(&args);
         let v = &rows[0];
         assert_eq!(v["scenario"], "mesh_in_process");
-        assert_eq!(v["scheduler"], if extra.is_empty() { "thread-per-core" } else { "work-stealing" }, "{v}");
+        assert_eq!(v["scheduler"], if extra.is_empty() { "work-stealing" } else { "thread-per-core" }, "{v}");
         assert_eq!(num(v, "pairs"), 28.0, "{v}");
         assert!(num(v, "handshakes_ok") >= 28.0, "{v}");
         assert_eq!(num(v, "handshakes_timed_out"), 0.0, "{v}");

@@ -121,14 +121,14 @@ pub struct BenchArgs {
     /// mesh: Bus instances in this process instead of node processes.
     #[arg(long)]
     pub in_process: bool,
-    /// mesh --in-process: threads, each with its own current_thread runtime and
-    /// its share of the nodes (default: one per core).
+    /// mesh --in-process: runtime threads (default: one per core; 1 = one
+    /// current_thread runtime).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// mesh --in-process: run all nodes on tokio's multi-thread (work-stealing)
-    /// scheduler with --threads workers instead.
+    /// mesh --in-process: give each thread its own current_thread runtime and
+    /// a share of the nodes, instead of tokio's multi-thread scheduler.
     #[arg(long)]
-    pub work_stealing: bool,
+    pub thread_per_core: bool,
     /// latency: measured round trips.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub round_trips: usize,
