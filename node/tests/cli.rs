@@ -397,14 +397,16 @@ fn bench_scenarios_count_what_arrived() {
     let rows = bench_json(&["memory", "--neighbours", "2"]);
     let v = &rows[0];
     assert_eq!(num(v, "neighbours"), 2.0, "{v}");
-    assert!(num(v, "idle_rss_kib") > 1000.0 && num(v, "rss_kib") >= num(v, "idle_rss_kib"), "{v}");
+    // The same node process, idle first: its peak can only have grown.
+    assert!(num(v, "idle_rss_kib") > 1000.0 && num(v, "hwm_kib") >= num(v, "idle_hwm_kib"), "{v}");
 }
 
 #[test]
 fn bench_mesh_forms_in_processes_and_in_one_process() {
+    // The bench fails unless every node sees the 3 others within its time bound.
     let rows = bench_json(&["mesh", "--nodes", "4"]);
     assert_eq!(rows[0]["scenario"], "mesh");
-    assert!(num(&rows[0], "seconds") >= 0.0, "{}", rows[0]);
+    assert_eq!(num(&rows[0], "nodes"), 4.0, "{}", rows[0]);
     // In one process, both schedulers: a full mesh with one connection per pair.
     for extra in [&[][..], &["--thread-per-core"][..]] {
         let mut args = vec!["mesh", "--in-process", "--nodes", "8", "--threads", "2"];
