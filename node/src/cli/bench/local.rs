@@ -274,6 +274,10 @@ fn mesh_in_process(args: &BenchArgs, p: &mut Printer) -> Result<()> {
             let (hwm, rss) = super::util::self_rss();
             let stats: Vec<partybus::ConnStats> = buses.iter().map(|b| b.conn_stats()).collect();
             let sum = |f: fn(&partybus::ConnStats) -> u64| stats.iter().map(f).sum::<u64>();
+            // QUIC packets on the connections that make the mesh (both ends).
+            let paths: Vec<partybus::PathStats> = buses.iter().flat_map(|b| b.neighbours().into_iter().filter_map(|nb| b.path(nb.id))).collect();
+            let packets_sent: u64 = paths.iter().map(|p| p.sent_packets).sum();
+            let packets_lost: u64 = paths.iter().map(|p| p.lost_packets).sum();
             for (i, b) in buses.iter().enumerate() {
                 let b = b.clone();
                 spawn_on(i).spawn(async move { b.leave().await }).await?;
@@ -293,6 +297,8 @@ fn mesh_in_process(args: &BenchArgs, p: &mut Printer) -> Result<()> {
                 "handshakes_timed_out": sum(|s| s.dials_timed_out) + sum(|s| s.accepts_timed_out),
                 "duplicates": sum(|s| s.duplicates) / 2,
                 "dials_abandoned": sum(|s| s.dials_abandoned),
+                "packets_sent": packets_sent,
+                "packets_lost": packets_lost,
                 "process_rss_kib": hwm,
                 "process_rss_now_kib": rss,
             }))
