@@ -322,7 +322,7 @@ pub(crate) struct Inner {
     pub(crate) settings: Settings,
     /// Taken (and so dropped, releasing the UDP port) by `leave`.
     endpoint: Mutex<Option<quinn::Endpoint>>,
-    /// QUIC settings for peers on this host (no MTU probing, see `tls::transport`).
+    /// QUIC settings for peers on this host (large packets from the start, see `tls::transport`).
     server_on_host: Arc<quinn::ServerConfig>,
     client_on_host: quinn::ClientConfig,
     pub(crate) local_addr: SocketAddr,
@@ -450,15 +450,12 @@ impl Inner {
 
     /// Addresses we tell peers in our hello.
     fn advertised(&self) -> Vec<SocketAddr> {
-        let st = self.state();
+        // Interfaces are read (a system call) before taking the state lock.
+        let ifs = interface_addrs(self.local_addr);
         let mut v = self.settings.advertise.clone();
-        v.extend(st.external.iter().copied());
-        for a in interface_addrs(self.local_addr) {
-            // A handful of addresses: a linear check beats building a set (once per connection).
-            if !v.contains(&a) {
-                v.push(a);
-            }
-        }
+        v.extend(self.state().external.iter().copied());
+        v.extend(ifs);
+        // A handful of addresses: a linear check beats building a set (once per connection).
         let mut out: Vec<SocketAddr> = Vec::with_capacity(v.len());
         for a in v {
             if !out.contains(&a) {
@@ -920,23 +917,35 @@ impl Drop for PendingIncoming {
 enum Handshake {
     /// Accepted: second dialers wait for it ([`PendingIncoming`]).
     Incoming(PendingIncoming),
-    /// Dialled to an address.
-    Dialled,
-    /// Dialled to reach a node learnt through gossip ([`DiallingId`]).
-    DialledFor(DiallingId),
+    /// Dialled ([`DialClaim`]).
+    Dialled(DialClaim),
 }
 
-/// A dial to a node learnt through gossip: its id stays in `dialing_ids`
-/// until dropped, so no second dial to it starts.
-struct DiallingId {
+/// A completed dial's claim on its address (`dialing_addrs`) and, when it
+/// was dialled to reach a node learnt through gossip, on that node's id
+/// (`dialing_ids`). Released when the hellos are over: until then, gossip or
+/// discovery naming the same node must not start a second dial (under load,
+/// the hellos of a mesh forming took long enough that this made most
+/// duplicate connections).
+struct DialClaim {
     inner: Arc<Inner>,
-    id: NodeId,
+    addr: SocketAddr,
+    id: Option<NodeId>,
 }
 
-impl Drop for DiallingId {
+impl Drop for DialClaim {
     fn drop(&mut self) {
-        self.inner.state().dialing_ids.remove(&self.id);
+        let mut st = self.inner.state();
+        st.dialing_addrs.remove(&self.addr);
+        if let Some(id) = self.id {
+            st.dialing_ids.remove(&id);
+        }
     }
+}
+
+/// Is a handshake from one of `addrs` (a peer's addresses) under way?
+fn handshake_from(st: &State, addrs: &[SocketAddr]) -> bool {
+    addrs.iter().any(|a| st.incoming.contains_key(a))
 }
 
 /// Dials `addr` unless already connected or dialling there. `expect` is the
@@ -970,8 +979,8 @@ pub(crate) fn dial(inner: &Arc<Inner>, addr: SocketAddr, expect: Option<NodeId>,
             drop(slot);
             match res {
                 Ok(conn) => {
-                    me.state().dialing_addrs.remove(&addr);
-                    run_connection(me, conn, Direction::Out, Some(addr), Handshake::Dialled).await;
+                    let claim = DialClaim { inner: me.clone(), addr, id: None };
+                    run_connection(me, conn, Direction::Out, Some(addr), Handshake::Dialled(claim)).await;
                     return;
                 }
                 Err((failure, e)) => {
@@ -1061,7 +1070,7 @@ fn dial_known(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>, delay: Dur
                     // Its own dial reached us (the second dialer's, after its grace
                     // period, or the first dialer's while our dial waited for a slot):
                     // wait for it rather than open a crossing connection.
-                    let handshaking = addrs.iter().any(|a| st.incoming.contains_key(a));
+                    let handshaking = handshake_from(&st, &addrs);
                     let waited = waiting_since.map_or(Duration::ZERO, |t| t.elapsed());
                     peers::second_dial(done, handshaking, waited, me.settings.handshake_timeout)
                 };
@@ -1097,26 +1106,22 @@ fn dial_known(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>, delay: Dur
                     Some(dial_once(&me, addr).await)
                 };
                 drop(slot);
-                me.state().dialing_addrs.remove(&addr);
-                let Some(res) = res else {
-                    Counters::bump(&me.counters.dials_abandoned);
-                    debug!(%addr, peer = %id.short(), "dial given up: the peer's own dial reached us");
-                    waiting_since.get_or_insert_with(Instant::now);
-                    attempts -= 1;
-                    continue 'attempts;
-                };
                 match res {
-                    Ok(conn) => {
-                        // The id stays in `dialing_ids` until the hellos are
-                        // over: gossip naming the peer meanwhile must not
-                        // start a second dial to it (under load, the hellos
-                        // of a mesh forming take long enough that this made
-                        // most duplicate connections).
-                        let dialling = DiallingId { inner: me.clone(), id };
-                        run_connection(me, conn, Direction::Out, Some(addr), Handshake::DialledFor(dialling)).await;
+                    Some(Ok(conn)) => {
+                        let claim = DialClaim { inner: me.clone(), addr, id: Some(id) };
+                        run_connection(me, conn, Direction::Out, Some(addr), Handshake::Dialled(claim)).await;
                         return;
                     }
-                    Err((failure, e)) => {
+                    None => {
+                        me.state().dialing_addrs.remove(&addr);
+                        Counters::bump(&me.counters.dials_abandoned);
+                        debug!(%addr, peer = %id.short(), "dial given up: the peer's own dial reached us");
+                        waiting_since.get_or_insert_with(Instant::now);
+                        attempts -= 1;
+                        continue 'attempts;
+                    }
+                    Some(Err((failure, e))) => {
+                        me.state().dialing_addrs.remove(&addr);
                         timed_out |= failure == peers::DialFailure::TimedOut;
                         debug!(%addr, peer = %id.short(), error = %e, attempts, "dial failed");
                     }
@@ -1147,7 +1152,7 @@ async fn incoming_changes(inner: &Inner, addrs: &[SocketAddr], under_way: bool, 
         let changed = inner.incoming_changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        if addrs.iter().any(|a| inner.state().incoming.contains_key(a)) == under_way {
+        if handshake_from(&inner.state(), addrs) == under_way {
             return;
         }
         tokio::select! {
