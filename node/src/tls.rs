@@ -48,9 +48,9 @@ pub fn transport(cfg: &Config, peer_on_host: bool) -> Arc<quinn::TransportConfig
 /// (see BENCHMARKS.md). The size is bounded by segmentation offload: quinn
 /// 0.11 hands the kernel up to [`GSO_SEGMENTS`] packets in one GSO send, and
 /// one send must fit in one IP datagram (65,535 bytes with the IPv6 and UDP
-/// headers), or the kernel refuses it and the batch is lost. 8 KiB packets
-/// measured worse than 1452 for that reason, and 16 KiB ones never finished
-/// a handshake. It is also bounded by the loopback interface's own MTU, in
+/// headers). 8 KiB packets (10 of them: 80 KiB per send) measured worse than
+/// 1452, and 16 KiB ones never finished a handshake; we did not trace what
+/// the kernel answered, but both break that bound. It is also bounded by the loopback interface's own MTU, in
 /// case an operator lowered it.
 pub fn loopback_mtu() -> u16 {
     static MTU: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
