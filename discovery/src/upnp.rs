@@ -720,7 +720,7 @@ mod tests {
     #[test]
     fn machine_reports_renews_and_replaces() {
         let mut m = MappingMachine::new();
-        let a = sa("8.8.8.8:4816");
+        let a = sa("203.0.113.21:4816");
         let lease = Duration::from_secs(600);
         assert_eq!(
             m.on_attempt(Attempt::Mapped { ext: a, lease }),
@@ -732,7 +732,7 @@ mod tests {
             (vec![], lease / 2)
         );
         // The router restarted and gave us another port / IP.
-        let b = sa("8.8.4.4:5000");
+        let b = sa("198.51.100.22:5000");
         let (fx, _) = m.on_attempt(Attempt::Mapped { ext: b, lease });
         assert_eq!(fx, vec![Effect::ExternalLost(a), Effect::External(b)]);
         assert_eq!(m.advertised(), Some(b));
@@ -741,7 +741,7 @@ mod tests {
     #[test]
     fn machine_failures_back_off_and_rediscover() {
         let mut m = MappingMachine::new();
-        let a = sa("8.8.8.8:4816");
+        let a = sa("203.0.113.21:4816");
         m.on_attempt(Attempt::Mapped {
             ext: a,
             lease: Duration::ZERO,
@@ -767,7 +767,7 @@ mod tests {
     #[test]
     fn machine_unusable_warns_once_and_withdraws() {
         let mut m = MappingMachine::new();
-        let a = sa("8.8.8.8:4816");
+        let a = sa("203.0.113.21:4816");
         m.on_attempt(Attempt::Mapped {
             ext: a,
             lease: Duration::from_secs(60),
