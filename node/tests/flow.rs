@@ -158,19 +158,24 @@ async fn a_slow_subscriber_blocks_the_emitter_and_loses_nothing() {
     b.leave().await;
 }
 
+/// A pair whose emitter `a` has a 16 KiB send queue and `policy` when it is full.
+async fn small_queue_pair(policy: FullPolicy) -> (partybus::Bus, partybus::Bus) {
+    pair(
+        |c| {
+            c.queue_limit = 16 << 10;
+            c.full_policy = policy;
+        },
+        |_| {},
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drop_policy_drops_and_counts_instead_of_blocking() {
     let _g = heavy().await;
     const N: usize = 20_000;
     const SIZE: usize = 1024;
-    let (a, b) = pair(
-        |c| {
-            c.queue_limit = 16 << 10;
-            c.full_policy = FullPolicy::Drop;
-        },
-        |_| {},
-    )
-    .await;
+    let (a, b) = small_queue_pair(FullPolicy::Drop).await;
     let mut sub = b.subscribe("bp").unwrap();
     wait_listeners(&a, "bp", 1).await;
     let a2 = a.clone();
@@ -204,14 +209,7 @@ async fn the_disconnect_policy_lets_go_of_a_stuck_neighbour() {
     let _g = heavy().await;
     const N: usize = 20_000;
     const SIZE: usize = 1024;
-    let (a, b) = pair(
-        |c| {
-            c.queue_limit = 16 << 10;
-            c.full_policy = FullPolicy::Disconnect(Duration::from_millis(300));
-        },
-        |_| {},
-    )
-    .await;
+    let (a, b) = small_queue_pair(FullPolicy::Disconnect(Duration::from_millis(300))).await;
     let mut b_events = b.neighbour_events();
     // Subscribed, not read for now: b stops taking data once its buffers
     // are full, and a's queue towards b stays full.
