@@ -50,8 +50,8 @@ pub fn transport(cfg: &Config, peer_on_host: bool) -> Arc<quinn::TransportConfig
 /// one send must fit in one IP datagram (65,535 bytes with the IPv6 and UDP
 /// headers). 8 KiB packets (10 of them: 80 KiB per send) measured worse than
 /// 1452, and 16 KiB ones never finished a handshake; we did not trace what
-/// the kernel answered, but both break that bound. It is also bounded by the loopback interface's own MTU, in
-/// case an operator lowered it.
+/// the kernel answered, but both break that bound. It is also bounded by the
+/// loopback interface's own MTU, in case an operator lowered it.
 pub fn loopback_mtu() -> u16 {
     static MTU: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
     *MTU.get_or_init(|| {
@@ -73,8 +73,6 @@ const DISCOVERY_MTU: u16 = 1452;
 /// on systems without `/sys`).
 fn mtu_for(lo: Option<u32>) -> u16 {
     let gso_bound = (MAX_DATAGRAM - IP_UDP_HEADERS) / GSO_SEGMENTS;
-    // Round down to a multiple of 4 bytes; no other reason than tidiness.
-    let gso_bound = gso_bound / 4 * 4;
     match lo {
         Some(lo) => {
             let fits = lo.saturating_sub(IP_UDP_HEADERS).min(gso_bound);
