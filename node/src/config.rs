@@ -117,6 +117,11 @@ pub struct Config {
     pub dial_concurrency: usize,
     /// Bytes a neighbour's send queue may hold.
     pub queue_limit: usize,
+    /// Kernel buffer asked for the UDP socket, each direction (0: the
+    /// system default). Linux caps it at `net.core.rmem_max`/`wmem_max`
+    /// unless the process has CAP_NET_ADMIN; a node that gets less logs one
+    /// warning. A small receive buffer makes the kernel drop QUIC's bursts.
+    pub socket_buffer: usize,
     /// What `emit` does when a queue is full.
     pub full_policy: FullPolicy,
     /// Largest event (name + payload) accepted, sent or received.
@@ -146,6 +151,7 @@ impl Config {
             gossip_dial_delay: Duration::from_millis(500),
             dial_concurrency: 4,
             queue_limit: 4 << 20,
+            socket_buffer: 4 << 20,
             full_policy: FullPolicy::Block,
             max_event_size: 16 << 20,
             max_subscriptions_per_peer: 10_000,

@@ -34,6 +34,7 @@ pub mod wire;
 
 mod bus;
 mod node;
+mod udp;
 
 pub use bus::{Bus, EmitError, ListenOptions, ListenerHandle, Subscription};
 pub use config::{Config, FullPolicy, PortSpec};

@@ -7,7 +7,7 @@
 //! connection one reader and one writer, one dispatcher per bus.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -349,44 +349,6 @@ fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn bind_socket(bind: Option<IpAddr>, ports: &[u16]) -> Result<std::net::UdpSocket, JoinError> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let mut last = None;
-    let candidates: Vec<IpAddr> = match bind {
-        Some(ip) => vec![ip],
-        None => vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED), IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
-    };
-    for ip in &candidates {
-        for &port in ports {
-            let addr = SocketAddr::new(*ip, port);
-            let attempt = (|| -> std::io::Result<std::net::UdpSocket> {
-                let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-                if addr.is_ipv6() && bind.is_none() {
-                    // Dual-stack: IPv4 peers arrive as ::ffff:a.b.c.d.
-                    sock.set_only_v6(false)?;
-                }
-                sock.bind(&addr.into())?;
-                Ok(sock.into())
-            })();
-            match attempt {
-                Ok(s) => return Ok(s),
-                Err(e) => {
-                    let in_use = e.kind() == std::io::ErrorKind::AddrInUse;
-                    last = Some(e);
-                    if !in_use {
-                        break; // this address family does not work here; try the next
-                    }
-                }
-            }
-        }
-    }
-    Err(JoinError::Bind {
-        tried: ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","),
-        bind: candidates.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" and "),
-        last: last.unwrap_or_else(|| std::io::Error::other("no port to try")),
-    })
-}
-
 /// Addresses of local interfaces (link-local excluded), with `port`.
 fn interface_addrs(local: SocketAddr) -> Vec<SocketAddr> {
     let port = local.port();
@@ -696,7 +658,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     let server = crate::tls::server_config(&cfg)?;
     let client = crate::tls::client_config(&cfg)?;
     let (server_on_host, client_on_host) = crate::tls::on_host(&cfg, server.clone(), client.clone());
-    let sock = bind_socket(cfg.bind, cfg.port.ports())?;
+    let sock = crate::udp::bind(cfg.bind, cfg.port.ports(), cfg.socket_buffer)?;
     let runtime = quinn::default_runtime().ok_or_else(|| JoinError::Endpoint(std::io::Error::other("no async runtime")))?;
     let mut endpoint = quinn::Endpoint::new(crate::tls::endpoint_config(), Some(server), sock, runtime).map_err(JoinError::Endpoint)?;
     endpoint.set_default_client_config(client);

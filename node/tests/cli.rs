@@ -381,6 +381,8 @@ fn bench_scenarios_count_what_arrived() {
         assert_eq!(num(v, "payload_bytes"), size, "{v}");
         assert_eq!((num(v, "emitted"), num(v, "events"), num(v, "lost")), (3000.0, 3000.0, 0.0), "{v}");
         assert!(num(v, "emitter_rss_kib") > 1000.0 && num(v, "receiver_rss_kib") > 1000.0, "{v}");
+        // The emitter's QUIC packets of this payload size alone.
+        assert!(num(v, "packets_sent") > 0.0 && num(v, "packets_lost") <= num(v, "packets_sent"), "{v}");
     }
     // Fan-out: each of 2 receivers gets every event.
     let rows = bench_json(&["fanout", "--receivers", "2", "--payload", "16", "--count", "1000"]);

@@ -23,6 +23,7 @@
 //!
 //! [limits]
 //! # queue_limit = 4194304          # bytes per neighbour
+//! # socket_buffer = 4194304        # UDP kernel buffer per direction; 0: system default
 //! # full_policy = "block"          # or "drop", "disconnect"
 //! # stuck_timeout = "10s"          # for "disconnect"
 //! # max_event_size = 16777216
@@ -87,6 +88,7 @@ pub struct DiscoveryConfig {
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     pub queue_limit: Option<usize>,
+    pub socket_buffer: Option<usize>,
     pub full_policy: Option<String>,
     pub stuck_timeout: Option<Dur>,
     pub max_event_size: Option<usize>,

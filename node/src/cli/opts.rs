@@ -120,6 +120,9 @@ impl NodeOpts {
             if let Some(q) = l.queue_limit {
                 cfg.queue_limit = q;
             }
+            if let Some(b) = l.socket_buffer {
+                cfg.socket_buffer = b;
+            }
             if let Some(m) = l.max_event_size {
                 cfg.max_event_size = m;
             }

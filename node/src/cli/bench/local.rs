@@ -275,9 +275,7 @@ fn mesh_in_process(args: &BenchArgs, p: &mut Printer) -> Result<()> {
             let stats: Vec<partybus::ConnStats> = buses.iter().map(|b| b.conn_stats()).collect();
             let sum = |f: fn(&partybus::ConnStats) -> u64| stats.iter().map(f).sum::<u64>();
             // QUIC packets on the connections that make the mesh (both ends).
-            let paths: Vec<partybus::PathStats> = buses.iter().flat_map(|b| b.neighbours().into_iter().filter_map(|nb| b.path(nb.id))).collect();
-            let packets_sent: u64 = paths.iter().map(|p| p.sent_packets).sum();
-            let packets_lost: u64 = paths.iter().map(|p| p.lost_packets).sum();
+            let (packets_sent, packets_lost) = super::util::packets(buses.iter());
             for (i, b) in buses.iter().enumerate() {
                 let b = b.clone();
                 spawn_on(i).spawn(async move { b.leave().await }).await?;

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use partybus::{Bus, NeighbourEvent};
 use serde_json::{json, Value};
 
-use super::util::{payload, percentile, r1, self_cpu_s, self_rss};
+use super::util::{packets, payload, percentile, r1, self_cpu_s, self_rss};
 use super::{BenchArgs, Scenario};
 
 /// Data events of throughput and fanout.
@@ -135,6 +135,7 @@ pub async fn emitter(args: &BenchArgs) -> Result<()> {
     for size in sizes {
         let data = payload(size)?;
         let cpu0 = self_cpu_s();
+        let packets0 = packets([&bus]);
         let t0 = Instant::now();
         let mut sent: u64 = 0;
         'emit: loop {
@@ -174,6 +175,7 @@ pub async fn emitter(args: &BenchArgs) -> Result<()> {
         }
         let secs = t0.elapsed().as_secs_f64();
         let emitter_cpu = self_cpu_s() - cpu0;
+        let packets1 = packets([&bus]);
         let per_event_ns = |cpu: f64, n: u64| if n == 0 { 0.0 } else { (cpu * 1e9 / n as f64).round() };
         let mut v = json!({
             "scenario": args.scenario.name(),
@@ -195,6 +197,10 @@ pub async fn emitter(args: &BenchArgs) -> Result<()> {
             "receiver_cpu_s": r1(receiver_cpu * 100.0) / 100.0,
             "emitter_cpu_ns_per_event": per_event_ns(emitter_cpu, sent),
             "receiver_cpu_ns_per_event": per_event_ns(receiver_cpu, received),
+            // The emitter's QUIC packets: losses (a full receive buffer on
+            // loopback) make congestion control back off.
+            "packets_sent": packets1.0.saturating_sub(packets0.0),
+            "packets_lost": packets1.1.saturating_sub(packets0.1),
         });
         merge(&mut v, rss_json("emitter"));
         out(json!({"result": v}));

@@ -262,6 +262,19 @@ fn fmt_num(f: f64) -> String {
 }
 
 /// Rounds to one decimal (for µs and MB/s in JSON).
+/// QUIC packets sent and, of those, lost on the connections of `buses` to
+/// their neighbours, so far.
+pub fn packets<'a>(buses: impl IntoIterator<Item = &'a partybus::Bus>) -> (u64, u64) {
+    let mut total = (0, 0);
+    for b in buses {
+        for p in b.neighbours().into_iter().filter_map(|nb| b.path(nb.id)) {
+            total.0 += p.sent_packets;
+            total.1 += p.lost_packets;
+        }
+    }
+    total
+}
+
 pub fn r1(f: f64) -> f64 {
     (f * 10.0).round() / 10.0
 }

@@ -1,0 +1,222 @@
+//! The endpoint's UDP socket: bound with fallbacks (dual-stack first, then
+//! IPv4; each port of the spec in turn), with kernel buffers sized for
+//! QUIC's bursts.
+//!
+//! Why the buffers: quinn hands the kernel up to ten packets per GSO send,
+//! and the receiving socket (with UDP GRO) gets them as one large datagram.
+//! Linux's default receive buffer (208 KiB) holds only a few such bursts
+//! while the receiving task is busy handling events, and the kernel drops
+//! the rest. Each drop makes QUIC's congestion control back off. On the
+//! 2-core bench machines this dropped about 2 % of the datagrams of a 16-byte
+//! event stream and held it to 4.6-4.9 M events/s; with 4 MiB buffers
+//! nothing was dropped and it ran at 5.4-5.7 M (BENCHMARKS.md, round 4).
+//! Kernel buffers are not part of the process's RSS, and hold memory only
+//! while full.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::{debug, warn};
+
+use crate::node::JoinError;
+
+/// Binds the endpoint's socket: `bind` (or `[::]` dual-stack, then
+/// `0.0.0.0`) on the first free port of `ports`, asking the kernel for
+/// `buffer` bytes in each direction (0: the system default).
+pub(crate) fn bind(bind: Option<IpAddr>, ports: &[u16], buffer: usize) -> Result<std::net::UdpSocket, JoinError> {
+    let mut last = None;
+    let candidates: Vec<IpAddr> = match bind {
+        Some(ip) => vec![ip],
+        None => vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED), IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
+    };
+    for ip in &candidates {
+        for &port in ports {
+            let addr = SocketAddr::new(*ip, port);
+            let attempt = (|| -> std::io::Result<std::net::UdpSocket> {
+                let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+                if addr.is_ipv6() && bind.is_none() {
+                    // Dual-stack: IPv4 peers arrive as ::ffff:a.b.c.d.
+                    sock.set_only_v6(false)?;
+                }
+                sock.bind(&addr.into())?;
+                size_buffers(&sock, buffer);
+                Ok(sock.into())
+            })();
+            match attempt {
+                Ok(s) => return Ok(s),
+                Err(e) => {
+                    let in_use = e.kind() == std::io::ErrorKind::AddrInUse;
+                    last = Some(e);
+                    if !in_use {
+                        break; // this address family does not work here; try the next
+                    }
+                }
+            }
+        }
+    }
+    Err(JoinError::Bind {
+        tried: ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","),
+        bind: candidates.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" and "),
+        last: last.unwrap_or_else(|| std::io::Error::other("no port to try")),
+    })
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Dir {
+    Recv,
+    Send,
+}
+
+impl Dir {
+    fn get(self, s: &Socket) -> usize {
+        match self {
+            Dir::Recv => s.recv_buffer_size(),
+            Dir::Send => s.send_buffer_size(),
+        }
+        .unwrap_or(0)
+    }
+
+    fn set(self, s: &Socket, n: usize) {
+        let _ = match self {
+            Dir::Recv => s.set_recv_buffer_size(n),
+            Dir::Send => s.set_send_buffer_size(n),
+        };
+    }
+
+    /// Past `net.core.{r,w}mem_max` (needs CAP_NET_ADMIN; root has it).
+    #[cfg(target_os = "linux")]
+    fn force(self, s: &Socket, n: usize) {
+        use std::os::fd::AsRawFd;
+        let opt = match self {
+            Dir::Recv => libc::SO_RCVBUFFORCE,
+            Dir::Send => libc::SO_SNDBUFFORCE,
+        };
+        let v = libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
+        // SAFETY: a valid socket descriptor and a c_int option value of the
+        // size passed; the kernel only reads it.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn force(self, _: &Socket, _: usize) {}
+
+    fn name(self) -> &'static str {
+        match self {
+            Dir::Recv => "receive",
+            Dir::Send => "send",
+        }
+    }
+
+    fn sysctl(self) -> &'static str {
+        match self {
+            Dir::Recv => "net.core.rmem_max",
+            Dir::Send => "net.core.wmem_max",
+        }
+    }
+}
+
+/// The size a buffer ends up with: at least `want` where the system allows
+/// it. Linux reports twice the size asked for (the other half is its
+/// bookkeeping), so a reading of `want` or more means the request held.
+fn grow(s: &Socket, dir: Dir, want: usize) -> usize {
+    if dir.get(s) >= want {
+        return dir.get(s);
+    }
+    dir.set(s, want);
+    if dir.get(s) < want {
+        // Capped by the sysctl limit: a privileged process may go past it,
+        // as quic-go does.
+        dir.force(s, want);
+    }
+    dir.get(s)
+}
+
+/// Only the first socket that falls short warns (a process may run many
+/// nodes); the others log at debug level.
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+fn size_buffers(s: &Socket, want: usize) {
+    if want == 0 {
+        return;
+    }
+    for dir in [Dir::Recv, Dir::Send] {
+        let got = grow(s, dir, want);
+        if got >= want {
+            continue;
+        }
+        let fix = format!(
+            "raise the limit (sysctl -w {}={want}) or run with CAP_NET_ADMIN; Config::socket_buffer = 0 keeps the system default quietly",
+            dir.sysctl()
+        );
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            warn!(
+                "UDP {} buffer is {} KiB, below the {} KiB asked for: the kernel may drop bursts, which slows QUIC down; {fix}",
+                dir.name(),
+                got / 1024,
+                want / 1024
+            );
+        } else {
+            debug!("UDP {} buffer is {} KiB, below the {} KiB asked for", dir.name(), got / 1024, want / 1024);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sysctl(name: &str) -> Option<usize> {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{name}")).ok()?.trim().parse().ok()
+    }
+
+    fn socket() -> Socket {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into()).unwrap();
+        s
+    }
+
+    #[test]
+    fn bound_socket_gets_the_buffers_asked_for() {
+        let want = 3 << 20;
+        let sock = bind(Some(Ipv4Addr::LOCALHOST.into()), &[0], want).unwrap();
+        let sock = Socket::from(sock);
+        let (recv, send) = (sock.recv_buffer_size().unwrap(), sock.send_buffer_size().unwrap());
+        // Without privilege the sysctl limit caps the size (Linux reports
+        // twice the size it grants).
+        let root = unsafe { libc::geteuid() } == 0;
+        let cap = |max: Option<usize>| if root { want } else { max.map_or(0, |m| (2 * m).min(want)) };
+        assert!(recv >= cap(sysctl("rmem_max")), "receive buffer {recv}, asked for {want}");
+        assert!(send >= cap(sysctl("wmem_max")), "send buffer {send}, asked for {want}");
+        // Larger than the default: this is what the setting changes.
+        let default = socket();
+        if root {
+            assert!(recv > default.recv_buffer_size().unwrap(), "{recv} is not above the default");
+        }
+    }
+
+    #[test]
+    fn zero_keeps_the_system_default() {
+        let sock = Socket::from(bind(Some(Ipv4Addr::LOCALHOST.into()), &[0], 0).unwrap());
+        assert_eq!(sock.recv_buffer_size().unwrap(), socket().recv_buffer_size().unwrap());
+        assert_eq!(sock.send_buffer_size().unwrap(), socket().send_buffer_size().unwrap());
+    }
+
+    #[test]
+    fn port_in_use_tries_the_next() {
+        let first = bind(Some(Ipv4Addr::LOCALHOST.into()), &[0], 0).unwrap();
+        let taken = first.local_addr().unwrap().port();
+        let second = bind(Some(Ipv4Addr::LOCALHOST.into()), &[taken, 0], 0).unwrap();
+        assert_ne!(second.local_addr().unwrap().port(), taken);
+        let err = bind(Some(Ipv4Addr::LOCALHOST.into()), &[taken], 0).unwrap_err().to_string();
+        assert!(err.contains(&taken.to_string()), "{err}");
+    }
+}
