@@ -119,8 +119,9 @@ pub struct Config {
     pub queue_limit: usize,
     /// Kernel buffer asked for the UDP socket, each direction (0: the
     /// system default). Linux caps it at `net.core.rmem_max`/`wmem_max`
-    /// unless the process has CAP_NET_ADMIN; a node that gets less logs one
-    /// warning. A small receive buffer makes the kernel drop QUIC's bursts.
+    /// unless the process has CAP_NET_ADMIN; the first node of a process
+    /// that gets less logs a warning naming the sysctls. A small receive
+    /// buffer makes the kernel drop QUIC's bursts.
     pub socket_buffer: usize,
     /// What `emit` does when a queue is full.
     pub full_policy: FullPolicy,

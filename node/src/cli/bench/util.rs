@@ -261,7 +261,6 @@ fn fmt_num(f: f64) -> String {
     }
 }
 
-/// Rounds to one decimal (for µs and MB/s in JSON).
 /// QUIC packets sent and, of those, lost on the connections of `buses` to
 /// their neighbours, so far.
 pub fn packets<'a>(buses: impl IntoIterator<Item = &'a partybus::Bus>) -> (u64, u64) {
@@ -275,6 +274,7 @@ pub fn packets<'a>(buses: impl IntoIterator<Item = &'a partybus::Bus>) -> (u64, 
     total
 }
 
+/// Rounds to one decimal (for µs and MB/s in JSON).
 pub fn r1(f: f64) -> f64 {
     (f * 10.0).round() / 10.0
 }
