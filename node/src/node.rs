@@ -879,29 +879,52 @@ impl Drop for PendingIncoming {
 enum Handshake {
     /// Accepted: second dialers wait for it ([`PendingIncoming`]).
     Incoming(PendingIncoming),
-    /// Dialled ([`DialClaim`]).
-    Dialled(DialClaim),
+    /// Dialled: the claims on the address and, for a peer learnt through
+    /// gossip, on its id ([`DialClaim`]).
+    Dialled { addr: DialClaim, id: Option<DialClaim> },
 }
 
-/// A completed dial's claim on its address (`dialing_addrs`) and, when it
-/// was dialled to reach a node learnt through gossip, on that node's id
-/// (`dialing_ids`). Released when the hellos are over: until then, gossip or
-/// discovery naming the same node must not start a second dial (under load,
-/// the hellos of a mesh forming took long enough that this made most
-/// duplicate connections).
+/// What a dial claims, so that no second dial starts for it.
+#[derive(Clone, Copy)]
+enum DialTarget {
+    /// An address (`State::dialing_addrs`).
+    Addr(SocketAddr),
+    /// A node learnt through gossip (`State::dialing_ids`).
+    Id(NodeId),
+}
+
+/// A node's claim to be dialling a target, released when dropped. Taken
+/// before dialling and, when the dial succeeds, held until the new
+/// connection's hellos are over: until then, gossip or discovery naming the
+/// same target must not start a second dial (under load, the hellos of a
+/// mesh forming took long enough that this made most duplicate connections).
+/// Every way out of a dial (failure, giving up, the task dropped at
+/// shutdown) releases it.
 struct DialClaim {
     inner: Arc<Inner>,
-    addr: SocketAddr,
-    id: Option<NodeId>,
+    target: DialTarget,
+}
+
+impl DialClaim {
+    /// Claims `target` in `st` (the state, locked by the caller); `None` if
+    /// it is claimed already. A claim locks the state when dropped: never
+    /// drop one while holding `st`.
+    fn take(inner: &Arc<Inner>, st: &mut State, target: DialTarget) -> Option<DialClaim> {
+        let fresh = match target {
+            DialTarget::Addr(a) => st.dialing_addrs.insert(a),
+            DialTarget::Id(id) => st.dialing_ids.insert(id),
+        };
+        fresh.then(|| DialClaim { inner: inner.clone(), target })
+    }
 }
 
 impl Drop for DialClaim {
     fn drop(&mut self) {
         let mut st = self.inner.state();
-        st.dialing_addrs.remove(&self.addr);
-        if let Some(id) = self.id {
-            st.dialing_ids.remove(&id);
-        }
+        match self.target {
+            DialTarget::Addr(a) => st.dialing_addrs.remove(&a),
+            DialTarget::Id(id) => st.dialing_ids.remove(&id),
+        };
     }
 }
 
@@ -920,13 +943,16 @@ pub(crate) fn dial(inner: &Arc<Inner>, addr: SocketAddr, expect: Option<NodeId>,
     if inner.closing.load(Ordering::Acquire) || addr.port() == 0 || addr.ip().is_unspecified() {
         return;
     }
-    {
+    let claim = {
         let mut st = inner.state();
-        if !dial_wanted(inner, &st, addr, expect) || st.dialing_addrs.contains(&addr) {
+        if !dial_wanted(inner, &st, addr, expect) {
             return;
         }
-        st.dialing_addrs.insert(addr);
-    }
+        match DialClaim::take(inner, &mut st, DialTarget::Addr(addr)) {
+            Some(c) => c,
+            None => return,
+        }
+    };
     let me = inner.clone();
     tokio::spawn(async move {
         let mut backoff = peers::Backoff::new(me.settings.redial_base, me.settings.redial_max);
@@ -941,8 +967,7 @@ pub(crate) fn dial(inner: &Arc<Inner>, addr: SocketAddr, expect: Option<NodeId>,
             drop(slot);
             match res {
                 Ok(conn) => {
-                    let claim = DialClaim { inner: me.clone(), addr, id: None };
-                    run_connection(me, conn, Direction::Out, Some(addr), Handshake::Dialled(claim)).await;
+                    run_connection(me, conn, Direction::Out, Some(addr), Handshake::Dialled { addr: claim, id: None }).await;
                     return;
                 }
                 Err((failure, e)) => {
@@ -958,7 +983,7 @@ pub(crate) fn dial(inner: &Arc<Inner>, addr: SocketAddr, expect: Option<NodeId>,
                 break;
             }
         }
-        me.state().dialing_addrs.remove(&addr);
+        // `claim` is released here.
     });
 }
 
@@ -1003,12 +1028,16 @@ async fn dial_once(inner: &Arc<Inner>, addr: SocketAddr) -> Result<quinn::Connec
 /// Dials a node learnt through gossip, trying its addresses in order, after
 /// `delay` (the second dialer's grace period, [`peers::gossip_dial_delay`]).
 fn dial_known(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>, delay: Duration) {
-    {
+    let id_claim = {
         let mut st = inner.state();
-        if st.neighbours.contains_key(&id) || !st.dialing_ids.insert(id) {
+        if st.neighbours.contains_key(&id) {
             return;
         }
-    }
+        match DialClaim::take(inner, &mut st, DialTarget::Id(id)) {
+            Some(c) => c,
+            None => return,
+        }
+    };
     let me = inner.clone();
     tokio::spawn(async move {
         let addrs: Vec<SocketAddr> = addrs.into_iter().map(canonical).collect();
@@ -1047,12 +1076,15 @@ fn dial_known(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>, delay: Dur
                     }
                     peers::SecondDial::Dial => {}
                 }
-                {
+                let addr_claim = {
                     let mut st = me.state();
-                    if st.self_addrs.contains(&addr) || !st.dialing_addrs.insert(addr) {
-                        continue;
+                    if st.self_addrs.contains(&addr) {
+                        None
+                    } else {
+                        DialClaim::take(&me, &mut st, DialTarget::Addr(addr))
                     }
-                }
+                };
+                let Some(addr_claim) = addr_claim else { continue };
                 // As the second dialer, give our dial up if the first
                 // dialer's reaches us meanwhile (it was slow, not absent):
                 // its connection would win the tie-break anyway, and two
@@ -1070,12 +1102,12 @@ fn dial_known(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>, delay: Dur
                 drop(slot);
                 match res {
                     Some(Ok(conn)) => {
-                        let claim = DialClaim { inner: me.clone(), addr, id: Some(id) };
-                        run_connection(me, conn, Direction::Out, Some(addr), Handshake::Dialled(claim)).await;
+                        let claims = Handshake::Dialled { addr: addr_claim, id: Some(id_claim) };
+                        run_connection(me, conn, Direction::Out, Some(addr), claims).await;
                         return;
                     }
                     None => {
-                        me.state().dialing_addrs.remove(&addr);
+                        drop(addr_claim);
                         Counters::bump(&me.counters.dials_abandoned);
                         debug!(%addr, peer = %id.short(), "dial given up: the peer's own dial reached us");
                         waiting_since.get_or_insert_with(Instant::now);
@@ -1083,7 +1115,7 @@ fn dial_known(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>, delay: Dur
                         continue 'attempts;
                     }
                     Some(Err((failure, e))) => {
-                        me.state().dialing_addrs.remove(&addr);
+                        drop(addr_claim);
                         timed_out |= failure == peers::DialFailure::TimedOut;
                         debug!(%addr, peer = %id.short(), error = %e, attempts, "dial failed");
                     }
@@ -1094,7 +1126,7 @@ fn dial_known(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>, delay: Dur
             }
             tokio::time::sleep(backoff.next_delay(rand::random::<f64>())).await;
         }
-        me.state().dialing_ids.remove(&id);
+        drop(id_claim); // no more dials for this peer from this task
     });
 }
 
@@ -1253,7 +1285,6 @@ async fn run_connection(
             st.observed.insert(0, obs);
             st.observed.truncate(8);
         }
-        st.dialing_ids.remove(&peer);
         let verdict = peers::decide(st.neighbours.get(&peer).map(|n| n.primary), primary);
         Counters::bump(if verdict == Verdict::Activate { &inner.counters.activated } else { &inner.counters.duplicates });
         match verdict {
