@@ -1027,17 +1027,8 @@ async fn dial_once(inner: &Arc<Inner>, addr: SocketAddr) -> Result<quinn::Connec
 
 /// Dials a node learnt through gossip, trying its addresses in order, after
 /// `delay` (the second dialer's grace period, [`peers::gossip_dial_delay`]).
-fn dial_known(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>, delay: Duration) {
-    let id_claim = {
-        let mut st = inner.state();
-        if st.neighbours.contains_key(&id) {
-            return;
-        }
-        match DialClaim::take(inner, &mut st, DialTarget::Id(id)) {
-            Some(c) => c,
-            None => return,
-        }
-    };
+/// `id_claim` is the caller's claim on `id` ([`DialTarget::Id`]).
+fn dial_known(inner: &Arc<Inner>, id_claim: DialClaim, id: NodeId, addrs: Vec<SocketAddr>, delay: Duration) {
     let me = inner.clone();
     tokio::spawn(async move {
         let addrs: Vec<SocketAddr> = addrs.into_iter().map(canonical).collect();
@@ -1628,7 +1619,10 @@ fn handle_gossip(inner: &Arc<Inner>, list: Vec<PeerAddrs>, link: SocketAddr) {
     {
         let mut st = inner.state();
         for p in list {
-            if p.id == inner.id || st.neighbours.contains_key(&p.id) || st.departed.contains(&p.id) {
+            // In a forming mesh nearly every entry names a node we are
+            // connected to or dialling already (each new neighbour sends us
+            // its whole list): skip those before any allocation.
+            if p.id == inner.id || st.neighbours.contains_key(&p.id) || st.dialing_ids.contains(&p.id) || st.departed.contains(&p.id) {
                 continue;
             }
             let addrs: Vec<SocketAddr> =
@@ -1636,13 +1630,15 @@ fn handle_gossip(inner: &Arc<Inner>, list: Vec<PeerAddrs>, link: SocketAddr) {
             if addrs.is_empty() {
                 continue;
             }
+            let Some(claim) = DialClaim::take(inner, &mut st, DialTarget::Id(p.id)) else { continue };
             st.known.insert(p.id, Known { addrs: addrs.clone(), via_gossip: true });
-            to_dial.push((p.id, addrs));
+            to_dial.push((claim, p.id, addrs));
         }
     }
-    for (id, addrs) in to_dial {
+    // The claims are dropped (if ever) by the dial tasks, not under the lock.
+    for (claim, id, addrs) in to_dial {
         let delay = peers::gossip_dial_delay(inner.id, id, inner.settings.gossip_dial_delay, rand::random::<f64>());
-        dial_known(inner, id, addrs, delay);
+        dial_known(inner, claim, id, addrs, delay);
     }
 }
 

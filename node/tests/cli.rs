@@ -322,7 +322,7 @@ fn a_config_file_with_an_unknown_field_is_an_error_naming_file_and_field() {
 #[test]
 fn bench_quinn_prints_one_plausible_line_per_measurement() {
     let d = tempfile::tempdir().unwrap();
-    let args = ["bench", "quinn", "--round-trips", "200", "--warmup", "20", "--duration", "300ms", "--timeout", "20s", "--json"];
+    let args = ["bench", "quinn", "--measure", "latency,bulk,records", "--round-trips", "200", "--warmup", "20", "--duration", "300ms", "--timeout", "20s", "--json"];
     let o = run(&args, d.path());
     assert!(o.status.success(), "{}", text(&o.stderr));
     let out = text(&o.stdout);
@@ -421,4 +421,14 @@ fn bench_mesh_forms_in_processes_and_in_one_process() {
         assert!(num(v, "handshakes_ok") >= 28.0, "{v}");
         assert_eq!(num(v, "handshakes_timed_out"), 0.0, "{v}");
     }
+    // The quinn floor under it: every pair connected, both ends counted.
+    let rows = bench_json(&["quinn", "--measure", "mesh", "--nodes", "8", "--threads", "2"]);
+    let v = &rows[0];
+    assert_eq!(v["scenario"], "quinn-mesh", "{v}");
+    assert_eq!(num(v, "pairs"), 28.0, "{v}");
+    assert_eq!(num(v, "connection_ends"), 56.0, "{v}");
+    assert!(num(v, "seconds") > 0.0 && num(v, "cpu_seconds") >= 0.0, "{v}");
+    // A handshake sends at least three packets (the client's Initial, the
+    // server's flight, the client's Finished).
+    assert!(num(v, "packets_sent") >= 3.0 * 28.0, "{v}");
 }

@@ -102,6 +102,10 @@ pub fn quinn(args: &BenchArgs, p: &mut Printer) -> Result<()> {
     let hood = TempHood::new()?;
     for m in args.measures() {
         for run in 0..args.runs {
+            if m == super::Measure::Mesh {
+                p.row(&tag(super::raw::mesh(args)?, run));
+                continue;
+            }
             let server = Kid::spawn(role_args(args, &hood, "quinn-server", "server")?, 0, None, true)?;
             let port = ready_port(&server.expect("ready", args.timeout)?)?;
             let mut a = role_args(args, &hood, "quinn-client", "client")?;
@@ -316,7 +320,7 @@ fn mesh_in_process(args: &BenchArgs, p: &mut Printer) -> Result<()> {
 /// -> 1.2 GiB for 100 nodes). A fixed threshold keeps large blocks on `mmap`.
 /// Only here: made process-wide, it slowed the emitter of `bench throughput`
 /// at 1 KiB from ~1.2 to ~2.8 µs of CPU per event.
-fn fixed_mmap_threshold() {
+pub(super) fn fixed_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter.
     unsafe {

@@ -74,16 +74,20 @@ pub enum Measure {
     Bulk,
     /// 16-byte length-prefixed records batched into 64 KiB writes: records/s.
     Records,
+    /// In this process: --nodes endpoints (default 100), one connection per
+    /// pair; time and CPU until all are up (the floor under `mesh --in-process`).
+    Mesh,
 }
 
 impl Measure {
-    pub const ALL: [Measure; 3] = [Measure::Latency, Measure::Bulk, Measure::Records];
+    pub const ALL: [Measure; 4] = [Measure::Latency, Measure::Bulk, Measure::Records, Measure::Mesh];
 
     pub fn name(self) -> &'static str {
         match self {
             Measure::Latency => "latency",
             Measure::Bulk => "bulk",
             Measure::Records => "records",
+            Measure::Mesh => "mesh",
         }
     }
 }
@@ -138,7 +142,7 @@ pub struct BenchArgs {
     /// memory: neighbours of the measured node.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub neighbours: usize,
-    /// quinn: what to measure (default latency,bulk,records).
+    /// quinn: what to measure (default latency,bulk,records,mesh).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub measure: Vec<Measure>,
     /// Repeat each measurement (fresh processes each time).
