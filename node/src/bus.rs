@@ -150,7 +150,10 @@ impl Bus {
     pub fn neighbours(&self) -> Vec<NeighbourInfo> {
         self.inner.neighbours()
     }
-    /// Found/lost notifications from now on.
+    /// Found/lost notifications from now on. A receiver that falls more than
+    /// [`crate::NEIGHBOUR_EVENTS`] events behind gets
+    /// `RecvError::Lagged(missed)` once and then the newest events; resync
+    /// from [`Bus::neighbours`] then.
     pub fn neighbour_events(&self) -> broadcast::Receiver<NeighbourEvent> {
         self.inner.events.subscribe()
     }

@@ -41,7 +41,7 @@ pub use config::{Config, FullPolicy, PortSpec};
 pub use event::{Event, PeerInfo};
 pub use id::NodeId;
 pub use name::{NameError, Selector};
-pub use node::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, PathStats};
+pub use node::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, PathStats, NEIGHBOUR_EVENTS};
 pub use payload::Timestamp;
 pub use peers::Direction;
 

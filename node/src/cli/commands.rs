@@ -98,7 +98,11 @@ pub async fn node(opts: NodeOpts) -> Result<ExitCode> {
                     count = count.saturating_sub(1);
                     out(neighbour_json("lost", &info, count, Some(&reason)));
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "neighbour events missed"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    // Lines were lost; the count need not be.
+                    count = bus.neighbours().len();
+                    tracing::warn!(missed = n, neighbours = count, "neighbour events missed (printing fell behind)");
+                }
                 Err(_) => break,
             },
         }
