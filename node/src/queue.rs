@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushError {
-    /// Over the limit: wait for [`SendQueue::space`] or apply the full policy.
+    /// Over the limit: wait for `SendQueue::space` or apply the full policy.
     Full,
     /// The neighbour is gone.
     Closed,

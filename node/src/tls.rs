@@ -46,7 +46,7 @@ pub fn transport(cfg: &Config, peer_on_host: bool) -> Arc<quinn::TransportConfig
 /// 2-core bench machines, 6500-byte packets instead of 1452 took 1 KiB events
 /// from ~390 to ~600-740 MB/s and 64 KiB events from ~500 to ~700-1100 MB/s
 /// (see BENCHMARKS.md). The size is bounded by segmentation offload: quinn
-/// 0.11 hands the kernel up to [`GSO_SEGMENTS`] packets in one GSO send, and
+/// 0.11 hands the kernel up to `GSO_SEGMENTS` (10) packets in one GSO send, and
 /// one send must fit in one IP datagram (65,535 bytes with the IPv6 and UDP
 /// headers). 8 KiB packets (10 of them: 80 KiB per send) measured worse than
 /// 1452, and 16 KiB ones never finished a handshake; we did not trace what
