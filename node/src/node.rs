@@ -1636,6 +1636,8 @@ fn handle_gossip(inner: &Arc<Inner>, list: Vec<PeerAddrs>, link: SocketAddr) {
             if addrs.is_empty() {
                 continue;
             }
+            // Free (checked above, under the same lock); the claim is taken
+            // only now so that no claim is ever dropped while `st` is held.
             let Some(claim) = DialClaim::take(inner, &mut st, DialTarget::Id(p.id)) else { continue };
             st.known.insert(p.id, Known { addrs: addrs.clone(), via_gossip: true });
             to_dial.push((claim, p.id, addrs));

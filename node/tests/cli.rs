@@ -427,7 +427,7 @@ fn bench_mesh_forms_in_processes_and_in_one_process() {
     assert_eq!(v["scenario"], "quinn-mesh", "{v}");
     assert_eq!(num(v, "pairs"), 28.0, "{v}");
     assert_eq!(num(v, "connection_ends"), 56.0, "{v}");
-    assert!(num(v, "seconds") > 0.0 && num(v, "cpu_seconds") >= 0.0, "{v}");
+    assert!(num(v, "seconds") > 0.0, "{v}");
     // A handshake sends at least three packets (the client's Initial, the
     // server's flight, the client's Finished).
     assert!(num(v, "packets_sent") >= 3.0 * 28.0, "{v}");

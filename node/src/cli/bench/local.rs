@@ -103,7 +103,7 @@ pub fn quinn(args: &BenchArgs, p: &mut Printer) -> Result<()> {
     for m in args.measures() {
         for run in 0..args.runs {
             if m == super::Measure::Mesh {
-                p.row(&tag(super::raw::mesh(args)?, run));
+                p.row(&tag(super::raw::mesh(args, &hood)?, run));
                 continue;
             }
             let server = Kid::spawn(role_args(args, &hood, "quinn-server", "server")?, 0, None, true)?;

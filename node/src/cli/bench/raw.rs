@@ -373,11 +373,11 @@ async fn one_way(conn: &quinn::Connection, args: &BenchArgs, records: bool) -> R
 /// connection. Measured: from the first dial until both ends of every
 /// connection are up. No streams, no gossip: what the mesh would cost if
 /// partybus added nothing to the handshakes.
-pub fn mesh(args: &BenchArgs) -> Result<Value> {
+/// `hood` keeps the certificates across runs (made once, on the first).
+pub fn mesh(args: &BenchArgs, hood: &super::util::TempHood) -> Result<Value> {
     super::local::fixed_mmap_threshold();
     let n = args.nodes.unwrap_or(100).max(2);
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
-    let hood = super::util::TempHood::new()?;
     let mut cfgs = Vec::with_capacity(n);
     for i in 0..n {
         let (ca, cert, key) = hood.peer(&format!("node{i}"))?;
@@ -392,7 +392,7 @@ pub fn mesh(args: &BenchArgs) -> Result<Value> {
             // MTU probes to every connection, which a node does not send.
             let transport = partybus::tls::transport(cfg, true);
             let mut sc = server_config(cfg)?;
-            sc.transport_config(transport.clone());
+            sc.transport_config(transport.clone()); // replaces quinn's default set there
             let mut cc = client_config(cfg)?;
             cc.transport_config(transport);
             let sock = std::net::UdpSocket::bind(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0)).context("cannot bind a UDP socket on 127.0.0.1")?;
