@@ -238,7 +238,10 @@ fn partybus_nodes_mesh_over_mdns() {
         "--timeout".into(),
         "30s".into(),
     ]);
-    let emit = lab.run(&lan.members[1], &bin, eargs, Duration::from_secs(45)).unwrap();
+    // Spawned with the nodes' RUST_LOG: its log is what explains a lost event.
+    let mut emit = lab.spawn_env(&lan.members[1], &bin, eargs, env).unwrap();
+    let st = emit.wait_exit(Duration::from_secs(45)).unwrap();
+    assert!(st.success(), "emit exited with {st}:\n{}", emit.stderr_tail(30));
     let reached: u64 = emit
         .lines()
         .last()

@@ -202,7 +202,8 @@ struct Neighbour {
     queue: Arc<SendQueue>,
     conn: quinn::Connection,
     ctl: Arc<ConnCtl>,
-    primary: bool,
+    /// The active connection's standing in the duplicate rule.
+    rank: peers::Rank,
     /// Addresses to tell others about it.
     gossip_addrs: Vec<SocketAddr>,
     /// One writer at a time drains `queue` (a replacement waits for the old).
@@ -344,6 +345,9 @@ pub(crate) struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
     counters: Counters,
+    /// Numbers our outgoing connections for the duplicate rule
+    /// ([`wire::Hello::dial`]).
+    dial_seq: AtomicU64,
     /// Notified whenever an incoming handshake starts or ends (`State::incoming`).
     incoming_changed: Notify,
     dial_slots: Arc<SlotQueue>,
@@ -729,6 +733,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
         tasks: Mutex::new(Vec::new()),
         shutdown,
         counters: Counters::default(),
+        dial_seq: AtomicU64::new(0),
         incoming_changed: Notify::new(),
         dial_slots: Arc::new(Mutex::new(peers::DialSlots::new(cfg.dial_concurrency))),
     });
@@ -1221,7 +1226,13 @@ async fn run_connection(
     let max_frame = inner.settings.max_event_size + wire::FRAME_OVERHEAD;
 
     // 1. Hellos, both ways, within the handshake timeout.
-    let hello_out = Hello { id: inner.id, port: inner.local_addr.port(), addrs: inner.advertised(), observed: remote };
+    // Numbered when the QUIC handshake is done: a later connection gets a
+    // larger number, which is what the duplicate rule needs.
+    let dial = match dir {
+        Direction::Out => inner.dial_seq.fetch_add(1, Ordering::Relaxed) + 1,
+        Direction::In => 0,
+    };
+    let hello_out = Hello { id: inner.id, port: inner.local_addr.port(), addrs: inner.advertised(), observed: remote, dial };
     let handshake = async {
         let mut send = conn.open_uni().await.map_err(|e| e.to_string())?;
         let mut buf = BytesMut::new();
@@ -1265,7 +1276,7 @@ async fn run_connection(
     }
 
     // 2. Decide, and set the neighbour up.
-    let primary = peers::is_primary(inner.id, peer, dir);
+    let rank = peers::Rank::new(inner.id, peer, dir, if dir == Direction::Out { dial } else { hello.dial });
     let ctl = Arc::new(ConnCtl { retiring: AtomicBool::new(false), retire: Notify::new() });
     let info = Arc::new(PeerInfo { id: peer, name: cert_name.clone(), addr: Some(remote), local: false });
     let mut gossip_addrs = vec![remote];
@@ -1282,7 +1293,7 @@ async fn run_connection(
             st.observed.insert(0, obs);
             st.observed.truncate(8);
         }
-        let verdict = peers::decide(st.neighbours.get(&peer).map(|n| n.primary), primary);
+        let verdict = peers::decide(st.neighbours.get(&peer).map(|n| n.rank), rank);
         Counters::bump(if verdict == Verdict::Activate { &inner.counters.activated } else { &inner.counters.duplicates });
         match verdict {
             Verdict::Activate => {
@@ -1334,7 +1345,7 @@ async fn run_connection(
                         queue: queue.clone(),
                         conn: conn.clone(),
                         ctl: ctl.clone(),
-                        primary,
+                        rank,
                         gossip_addrs: gossip_addrs.clone(),
                         writer_lock: writer_lock.clone(),
                         drain: drain.clone(),
@@ -1357,7 +1368,7 @@ async fn run_connection(
                 nb.drain.count.fetch_add(1, Ordering::AcqRel);
                 nb.conn = conn.clone();
                 nb.ctl = ctl.clone();
-                nb.primary = primary;
+                nb.rank = rank;
                 nb.direction = dir;
                 nb.info = info.clone();
                 (verdict, Some(nb.queue.clone()), Some(nb.writer_lock.clone()), nb.drain.clone())
@@ -1376,7 +1387,7 @@ async fn run_connection(
     drop(until_hellos);
 
     // 3. Writer.
-    let writer = {
+    let mut writer = {
         let ctl = ctl.clone();
         let conn2 = conn.clone();
         tokio::spawn(run_writer(send, queue, writer_lock, ctl, conn2))
@@ -1416,6 +1427,13 @@ async fn run_connection(
             format!("protocol error: {e}")
         }
     };
+    if matches!(outcome, ReaderEnd::Retired) && inner.closing.load(Ordering::Acquire) {
+        // We leave while the peer was switching away from this connection.
+        // It still reads here until we end our stream, and leave() has
+        // finished our queue: let the writer send what emit counted (leave
+        // bounds its own wait, then closes the endpoint).
+        let _ = tokio::time::timeout(Duration::from_secs(3), &mut writer).await;
+    }
     writer.abort();
     // No re-dial after a goodbye, or after the peer broke the protocol (it
     // would only break it again; static discovery still retries it).
@@ -1673,7 +1691,14 @@ async fn run_writer(
     // One writer at a time: a replacement waits for the retiring writer.
     let _guard = tokio::select! {
         g = lock.lock_owned() => g,
-        _ = conn.closed() => return,
+        _ = conn.closed() => {
+            // Never got to write; if the queue is finished, no writer of this
+            // connection will flush it.
+            if queue.is_closed() {
+                queue.set_flushed();
+            }
+            return;
+        }
     };
     loop {
         if ctl.retiring.load(Ordering::Acquire) {
@@ -1689,13 +1714,18 @@ async fn run_writer(
                 Some(mut parts) => {
                     if let Err(e) = send.write_all_chunks(&mut parts).await {
                         debug!(error = %e, "write failed");
+                        // The connection is gone; nothing more leaves here.
+                        queue.set_flushed();
                         return;
                     }
                 }
                 None => {
-                    // Queue finished (leave): flush and end the stream.
+                    // Queue finished (leave): end the stream and wait until
+                    // the peer has acknowledged all of it (`stopped` resolves
+                    // then), so that leave() closes nothing still in flight.
                     let _ = send.finish();
                     let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+                    queue.set_flushed();
                     return;
                 }
             },
@@ -1723,14 +1753,13 @@ pub(crate) async fn leave(inner: &Arc<Inner>) {
     for (q, _) in &conns {
         q.finish();
     }
-    // Give writers a moment to flush what emit already counted.
+    // Let the writers send what emit already counted and the peers
+    // acknowledge it: closing the endpoint discards anything in flight.
+    // Bounded: a peer that stopped answering does not hold the leave up.
     let flush = async {
         for (q, _) in &conns {
-            while q.queued_bytes() > 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            q.flushed().await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let _ = tokio::time::timeout(Duration::from_secs(3), flush).await;
     if let Some(ep) = inner.endpoint() {

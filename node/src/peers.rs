@@ -47,20 +47,55 @@ pub enum Verdict {
     Retire,
 }
 
+/// Where a connection stands in the one-connection-per-pair rule
+/// ([`decide`]). Both ends compute the same rank for the same connection,
+/// from facts both know: who dialled it, and the dialer's number for it.
+///
+/// Ordered: any primary connection outranks any secondary one; between two
+/// of the same kind (so from the same dialer), the later dial wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rank {
+    /// Dialled by the lower id ([`is_primary`]). First field: it decides first.
+    primary: bool,
+    /// The dialer's sequence number for this connection
+    /// ([`crate::wire::Hello::dial`]): a per-process counter, and a node id
+    /// is new at every start, so a larger number is a later dial.
+    dial: u64,
+}
+
+impl Rank {
+    /// The rank of a connection between `own` and `peer` that `dir` says
+    /// who dialled; `dial` is the dialer's number (ours when we dialled,
+    /// the one in the peer's hello when it did).
+    pub fn new(own: NodeId, peer: NodeId, dir: Direction, dial: u64) -> Rank {
+        Rank { primary: is_primary(own, peer, dir), dial }
+    }
+}
+
 /// The one-connection-per-pair rule.
 ///
 /// When two connections to the same node exist, both have completed a
 /// handshake, so both directions work and either may be kept without losing
-/// reachability. The primary one (dialled by the lower id) wins; between two
-/// of the same kind the newer wins (the older one is most likely half-open
-/// after a network change). A lone connection is always kept, whoever
-/// dialled it: a node behind NAT that can only dial out keeps its
-/// connection whatever the ids are (the flaw of tubemail's rule).
-pub fn decide(active_primary: Option<bool>, new_primary: bool) -> Verdict {
-    match active_primary {
+/// reachability. The higher [`Rank`] wins: the primary one (dialled by the
+/// lower id); between two of the same kind the later dial (the older one
+/// is most likely half-open after a network change). A lone connection is
+/// always kept, whoever dialled it: a node behind NAT that can only dial
+/// out keeps its connection whatever the ids are (the flaw of tubemail's
+/// rule).
+///
+/// Both ends must keep the same connection, yet each sees the connections
+/// complete in its own order (a dialer's two dials to a peer's IPv4 and
+/// IPv6 addresses may finish in one order there and in the other order at
+/// the peer). The rank depends on neither end's order, so both keep the
+/// highest-ranked connection whatever order they saw; "the newer one as
+/// seen here" would let each end retire the connection the other keeps.
+pub fn decide(active: Option<Rank>, new: Rank) -> Verdict {
+    match active {
         None => Verdict::Activate,
-        Some(true) if !new_primary => Verdict::Retire,
-        Some(_) => Verdict::Replace,
+        Some(active) if new > active => Verdict::Replace,
+        // Equal ranks only come from a peer that repeats a dial number:
+        // keep what we have (both ends do).
+        Some(_) => Verdict::Retire,
     }
 }
 
@@ -337,35 +372,77 @@ mod tests {
         assert!(!is_primary(a, b, Direction::In));
     }
 
-    #[test]
-    fn duplicate_rule() {
-        assert_eq!(decide(None, false), Verdict::Activate, "a lone secondary (NAT case) is kept");
-        assert_eq!(decide(None, true), Verdict::Activate);
-        assert_eq!(decide(Some(true), false), Verdict::Retire);
-        assert_eq!(decide(Some(false), true), Verdict::Replace);
-        assert_eq!(decide(Some(true), true), Verdict::Replace);
-        assert_eq!(decide(Some(false), false), Verdict::Replace);
+    fn rank(primary: bool, dial: u64) -> Rank {
+        Rank { primary, dial }
     }
 
     #[test]
-    fn simultaneous_open_converges_on_one_connection() {
-        // a < b. Connection p: a→b (primary), s: b→a (secondary). Whatever
-        // order each end sees them complete in, both end with p.
-        for a_first_p in [true, false] {
-            for b_first_p in [true, false] {
-                let end = |first_p: bool| {
-                    let first = first_p;
-                    let second = !first;
-                    let v1 = decide(None, first);
-                    assert_eq!(v1, Verdict::Activate);
-                    match decide(Some(first), second) {
-                        Verdict::Replace => second,
-                        Verdict::Retire => first,
-                        Verdict::Activate => unreachable!(),
-                    }
-                };
-                assert!(end(a_first_p));
-                assert!(end(b_first_p));
+    fn both_ends_rank_a_connection_alike() {
+        let a = NodeId([1; 16]);
+        let b = NodeId([2; 16]);
+        // a dialled b (dial number 7): the same rank at both ends.
+        assert_eq!(Rank::new(a, b, Direction::Out, 7), Rank::new(b, a, Direction::In, 7));
+        assert_eq!(Rank::new(b, a, Direction::Out, 3), Rank::new(a, b, Direction::In, 3));
+        assert!(Rank::new(a, b, Direction::Out, 1) > Rank::new(a, b, Direction::In, 9), "primary beats any secondary");
+    }
+
+    #[test]
+    fn duplicate_rule() {
+        assert_eq!(decide(None, rank(false, 1)), Verdict::Activate, "a lone secondary (NAT case) is kept");
+        assert_eq!(decide(None, rank(true, 1)), Verdict::Activate);
+        assert_eq!(decide(Some(rank(true, 1)), rank(false, 2)), Verdict::Retire);
+        assert_eq!(decide(Some(rank(false, 2)), rank(true, 1)), Verdict::Replace);
+        assert_eq!(decide(Some(rank(true, 1)), rank(true, 2)), Verdict::Replace, "the later dial wins");
+        assert_eq!(decide(Some(rank(true, 2)), rank(true, 1)), Verdict::Retire, "an earlier dial finishing late loses");
+        assert_eq!(decide(Some(rank(false, 1)), rank(false, 2)), Verdict::Replace);
+        assert_eq!(decide(Some(rank(true, 2)), rank(true, 2)), Verdict::Retire, "a repeated number keeps the active one");
+    }
+
+    /// What one end keeps when it sees `order` complete, one after another.
+    fn kept(order: &[Rank]) -> Rank {
+        let mut active: Option<Rank> = None;
+        for &r in order {
+            match decide(active, r) {
+                Verdict::Activate | Verdict::Replace => active = Some(r),
+                Verdict::Retire => {}
+            }
+        }
+        active.expect("at least one connection")
+    }
+
+    fn permutations(items: &[Rank]) -> Vec<Vec<Rank>> {
+        if items.len() <= 1 {
+            return vec![items.to_vec()];
+        }
+        let mut out = Vec::new();
+        for i in 0..items.len() {
+            let mut rest = items.to_vec();
+            let first = rest.remove(i);
+            for mut p in permutations(&rest) {
+                p.insert(0, first);
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn both_ends_keep_the_same_connection_whatever_order_they_see() {
+        // The lab failure that led to ranks: the lower id dialled the peer's
+        // IPv4 and IPv6 addresses, both connections were primary, and the
+        // two ends saw them finish in opposite orders. With "newer as seen
+        // here wins" each end retired the connection the other kept.
+        // The second set is a simultaneous open (one dial each way).
+        let sets: [&[Rank]; 4] = [
+            &[rank(true, 1), rank(true, 2)],
+            &[rank(true, 1), rank(false, 1)],
+            &[rank(true, 1), rank(true, 2), rank(false, 1)],
+            &[rank(false, 1), rank(false, 2), rank(true, 3), rank(true, 4)],
+        ];
+        for set in sets {
+            let best = *set.iter().max().unwrap();
+            for here in permutations(set) {
+                assert_eq!(kept(&here), best, "seen in order {here:?}");
             }
         }
     }
@@ -382,7 +459,7 @@ mod tests {
         assert!(gossip_dial_delay(b, a, d, 7.0) <= 2 * d, "jitter is bounded");
         // The prompt dialer's connection is the one the duplicate rule keeps.
         assert!(is_primary(a, b, Direction::Out) && is_primary(b, a, Direction::In));
-        assert_eq!(decide(Some(true), false), Verdict::Retire);
+        assert_eq!(decide(Some(Rank::new(a, b, Direction::Out, 1)), Rank::new(a, b, Direction::In, 2)), Verdict::Retire);
     }
 
     #[test]

@@ -25,7 +25,10 @@ pub const ALPN: &[u8] = b"partybus/1";
 /// Stream magic.
 pub const MAGIC: [u8; 4] = *b"PBUS";
 /// Protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// 2: [`Hello::dial`] (the duplicate-connection rule needs a rank both ends
+/// agree on).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Bytes of magic + version.
 pub const PREAMBLE_LEN: usize = 6;
 /// Frame bytes on top of an event's name and payload that `max_frame` allows.
@@ -75,6 +78,11 @@ pub struct Hello {
     /// The address at which the sender sees the receiver (the receiver's
     /// "observed address").
     pub observed: SocketAddr,
+    /// Sent by the dialer: its number for this connection, larger for
+    /// every later one (a per-process counter; ids are new at every start).
+    /// Both ends rank duplicate connections by it
+    /// ([`crate::peers::Rank`]). The accepting side sends 0.
+    pub dial: u64,
 }
 
 /// One protocol frame.
@@ -363,6 +371,7 @@ mod tests {
                 port: 4816,
                 addrs: vec!["127.0.0.1:4816".parse().unwrap(), "[::1]:4816".parse().unwrap()],
                 observed: "198.18.0.1:5000".parse().unwrap(),
+                dial: 3,
             }),
             Frame::Peers(vec![PeerAddrs { id: NodeId([1; 16]), addrs: vec!["1.2.3.4:1".parse().unwrap()] }]),
             Frame::Subscribe(vec![WireSub { id: 1, selector: "a.+".into(), spy: true }]),
@@ -463,9 +472,13 @@ mod tests {
 
     #[test]
     fn version_and_magic_are_checked() {
-        let mut dec = FrameDecoder::new(100);
-        dec.push(Bytes::from_static(b"PBUS\x02\x00"));
-        assert_eq!(dec.next_frame(), Err(WireError::Version { ours: 1, theirs: 2 }));
+        for theirs in [PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1] {
+            let mut pre = b"PBUS".to_vec();
+            pre.extend_from_slice(&theirs.to_le_bytes());
+            let mut dec = FrameDecoder::new(100);
+            dec.push(Bytes::from(pre));
+            assert_eq!(dec.next_frame(), Err(WireError::Version { ours: PROTOCOL_VERSION, theirs }));
+        }
         let mut dec = FrameDecoder::new(100);
         dec.push(Bytes::from_static(b"GET "));
         assert_eq!(dec.next_frame(), Err(WireError::BadMagic));
@@ -478,8 +491,11 @@ mod tests {
 
     #[test]
     fn oversized_is_refused_before_buffering() {
+        let mut b = BytesMut::new();
+        put_preamble(&mut b);
+        b.put_slice(b"\xff\xff\xff\xff");
         let mut dec = FrameDecoder::new(100);
-        dec.push(Bytes::from_static(b"PBUS\x01\x00\xff\xff\xff\xff"));
+        dec.push(b.freeze());
         assert!(matches!(dec.next_frame(), Err(WireError::Oversized { .. })));
     }
 

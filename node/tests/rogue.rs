@@ -86,7 +86,8 @@ async fn protocol_breakers_are_disconnected_and_the_node_keeps_working() {
     still_works(&a, &b, &got, n).await;
 
     // (d) a wrong protocol version in the preamble.
-    expect_closed(&a, "version 2", 2, &[], close::VERSION).await;
+    expect_closed(&a, "next version", v + 1, &[], close::VERSION).await;
+    expect_closed(&a, "previous version", v - 1, &[], close::VERSION).await;
     expect_closed(&a, "version 0", 0, &[], close::VERSION).await;
     n += 1;
     still_works(&a, &b, &got, n).await;

@@ -286,7 +286,7 @@ pub fn hello_bytes(observed: SocketAddr, version: u16) -> BytesMut {
     let mut b = BytesMut::new();
     b.extend_from_slice(&wire::MAGIC);
     b.extend_from_slice(&version.to_le_bytes());
-    wire::put_frame(&mut b, &Frame::Hello(Hello { id: NodeId::random(), port: 0, addrs: vec![], observed }));
+    wire::put_frame(&mut b, &Frame::Hello(Hello { id: NodeId::random(), port: 0, addrs: vec![], observed, dial: 1 }));
     b
 }
 
