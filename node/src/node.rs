@@ -186,6 +186,37 @@ struct ConnCtl {
     /// Set when this connection is being retired in favour of another.
     retiring: AtomicBool,
     retire: Notify,
+    /// Set when this connection's writer has ended, for whatever reason.
+    /// After leave() finished the queue, that means: everything was sent
+    /// and the peer acknowledged it, or the connection broke.
+    writer_done: AtomicBool,
+    writer_done_notify: Notify,
+}
+
+impl ConnCtl {
+    fn new() -> ConnCtl {
+        ConnCtl { retiring: AtomicBool::new(false), retire: Notify::new(), writer_done: AtomicBool::new(false), writer_done_notify: Notify::new() }
+    }
+
+    async fn writer_ended(&self) {
+        loop {
+            let n = self.writer_done_notify.notified();
+            if self.writer_done.load(Ordering::Acquire) {
+                return;
+            }
+            n.await;
+        }
+    }
+}
+
+/// Marks the writer ended when dropped: on every return, and on abort.
+struct WriterEnds(Arc<ConnCtl>);
+
+impl Drop for WriterEnds {
+    fn drop(&mut self) {
+        self.0.writer_done.store(true, Ordering::Release);
+        self.0.writer_done_notify.notify_waiters();
+    }
 }
 
 /// Readers of retiring connections still delivering: the active reader
@@ -1277,7 +1308,7 @@ async fn run_connection(
 
     // 2. Decide, and set the neighbour up.
     let rank = peers::Rank::new(inner.id, peer, dir, if dir == Direction::Out { dial } else { hello.dial });
-    let ctl = Arc::new(ConnCtl { retiring: AtomicBool::new(false), retire: Notify::new() });
+    let ctl = Arc::new(ConnCtl::new());
     let info = Arc::new(PeerInfo { id: peer, name: cert_name.clone(), addr: Some(remote), local: false });
     let mut gossip_addrs = vec![remote];
     for a in &hello.addrs {
@@ -1390,7 +1421,13 @@ async fn run_connection(
     let mut writer = {
         let ctl = ctl.clone();
         let conn2 = conn.clone();
-        tokio::spawn(run_writer(send, queue, writer_lock, ctl, conn2))
+        // Made out here, so that it marks the end even if the task is
+        // aborted before it first runs.
+        let ends = WriterEnds(ctl.clone());
+        tokio::spawn(async move {
+            let _ends = ends;
+            run_writer(send, queue, writer_lock, ctl, conn2).await
+        })
     };
 
     // 4. Reader, until the stream or the connection ends.
@@ -1691,14 +1728,7 @@ async fn run_writer(
     // One writer at a time: a replacement waits for the retiring writer.
     let _guard = tokio::select! {
         g = lock.lock_owned() => g,
-        _ = conn.closed() => {
-            // Never got to write; if the queue is finished, no writer of this
-            // connection will flush it.
-            if queue.is_closed() {
-                queue.set_flushed();
-            }
-            return;
-        }
+        _ = conn.closed() => return,
     };
     loop {
         if ctl.retiring.load(Ordering::Acquire) {
@@ -1714,8 +1744,6 @@ async fn run_writer(
                 Some(mut parts) => {
                     if let Err(e) = send.write_all_chunks(&mut parts).await {
                         debug!(error = %e, "write failed");
-                        // The connection is gone; nothing more leaves here.
-                        queue.set_flushed();
                         return;
                     }
                 }
@@ -1725,7 +1753,6 @@ async fn run_writer(
                     // then), so that leave() closes nothing still in flight.
                     let _ = send.finish();
                     let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-                    queue.set_flushed();
                     return;
                 }
             },
@@ -1746,9 +1773,9 @@ pub(crate) async fn leave(inner: &Arc<Inner>) {
     // Second dialers waiting for a peer's handshake see that we are leaving.
     inner.incoming_changed.notify_waiters();
     inner.discovery_stop.stop();
-    let conns: Vec<(Arc<SendQueue>, quinn::Connection)> = {
+    let conns: Vec<(Arc<SendQueue>, Arc<ConnCtl>)> = {
         let st = inner.state();
-        st.neighbours.values().map(|n| (n.queue.clone(), n.conn.clone())).collect()
+        st.neighbours.values().map(|n| (n.queue.clone(), n.ctl.clone())).collect()
     };
     for (q, _) in &conns {
         q.finish();
@@ -1757,8 +1784,8 @@ pub(crate) async fn leave(inner: &Arc<Inner>) {
     // acknowledge it: closing the endpoint discards anything in flight.
     // Bounded: a peer that stopped answering does not hold the leave up.
     let flush = async {
-        for (q, _) in &conns {
-            q.flushed().await;
+        for (_, ctl) in &conns {
+            ctl.writer_ended().await;
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(3), flush).await;

@@ -8,7 +8,7 @@
 //! The queue is bounded in bytes. A frame is accepted when the queue is
 //! empty (so one event larger than the limit still passes) or when it fits.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
@@ -94,11 +94,6 @@ pub struct SendQueue {
     space: Notify,
     dropped: AtomicU64,
     sent_frames: AtomicU64,
-    /// Set once nothing more will leave through this queue: its writer
-    /// ended the stream after [`SendQueue::finish`] and the peer
-    /// acknowledged it, or gave up, or the queue was closed.
-    flushed: AtomicBool,
-    flushed_notify: Notify,
 }
 
 impl SendQueue {
@@ -110,8 +105,6 @@ impl SendQueue {
             space: Notify::new(),
             dropped: AtomicU64::new(0),
             sent_frames: AtomicU64::new(0),
-            flushed: AtomicBool::new(false),
-            flushed_notify: Notify::new(),
         }
     }
 
@@ -230,7 +223,6 @@ impl SendQueue {
         drop(g);
         self.data.notify_one();
         self.space.notify_waiters();
-        self.set_flushed();
         left
     }
 
@@ -242,27 +234,6 @@ impl SendQueue {
         drop(g);
         self.data.notify_one();
         self.space.notify_waiters();
-    }
-
-    /// The writer's report that nothing more will be sent from this queue
-    /// (see [`SendQueue::flushed`]).
-    pub fn set_flushed(&self) {
-        self.flushed.store(true, Ordering::Release);
-        self.flushed_notify.notify_waiters();
-    }
-
-    /// Resolves once the writer has sent everything queued before
-    /// [`SendQueue::finish`] and the peer acknowledged it (or the writer gave
-    /// up, or the queue was closed). What `leave()` waits for before it
-    /// closes the connections: closing earlier discards unacknowledged data.
-    pub async fn flushed(&self) {
-        loop {
-            let n = self.flushed_notify.notified();
-            if self.flushed.load(Ordering::Acquire) {
-                return;
-            }
-            n.await;
-        }
     }
 
     pub fn is_closed(&self) -> bool {
