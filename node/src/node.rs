@@ -186,36 +186,23 @@ struct ConnCtl {
     /// Set when this connection is being retired in favour of another.
     retiring: AtomicBool,
     retire: Notify,
-    /// Set when this connection's writer has ended, for whatever reason.
-    /// After leave() finished the queue, that means: everything was sent
-    /// and the peer acknowledged it, or the connection broke.
-    writer_done: AtomicBool,
-    writer_done_notify: Notify,
+    /// Never sent on: its sender lives in this connection's writer task, so
+    /// it closes when the writer ends, however it ends (abort included).
+    writer_alive: watch::Receiver<()>,
 }
 
 impl ConnCtl {
-    fn new() -> ConnCtl {
-        ConnCtl { retiring: AtomicBool::new(false), retire: Notify::new(), writer_done: AtomicBool::new(false), writer_done_notify: Notify::new() }
+    /// The control, and the sender to move into the writer task.
+    fn new() -> (ConnCtl, watch::Sender<()>) {
+        let (alive_tx, writer_alive) = watch::channel(());
+        (ConnCtl { retiring: AtomicBool::new(false), retire: Notify::new(), writer_alive }, alive_tx)
     }
 
+    /// Resolves once the writer has ended. After leave() finished the queue
+    /// that means: everything sent and acknowledged, or the connection broke.
     async fn writer_ended(&self) {
-        loop {
-            let n = self.writer_done_notify.notified();
-            if self.writer_done.load(Ordering::Acquire) {
-                return;
-            }
-            n.await;
-        }
-    }
-}
-
-/// Marks the writer ended when dropped: on every return, and on abort.
-struct WriterEnds(Arc<ConnCtl>);
-
-impl Drop for WriterEnds {
-    fn drop(&mut self) {
-        self.0.writer_done.store(true, Ordering::Release);
-        self.0.writer_done_notify.notify_waiters();
+        let mut rx = self.writer_alive.clone();
+        while rx.changed().await.is_ok() {}
     }
 }
 
@@ -1308,7 +1295,8 @@ async fn run_connection(
 
     // 2. Decide, and set the neighbour up.
     let rank = peers::Rank::new(inner.id, peer, dir, if dir == Direction::Out { dial } else { hello.dial });
-    let ctl = Arc::new(ConnCtl::new());
+    let (ctl, writer_alive) = ConnCtl::new();
+    let ctl = Arc::new(ctl);
     let info = Arc::new(PeerInfo { id: peer, name: cert_name.clone(), addr: Some(remote), local: false });
     let mut gossip_addrs = vec![remote];
     for a in &hello.addrs {
@@ -1421,11 +1409,9 @@ async fn run_connection(
     let mut writer = {
         let ctl = ctl.clone();
         let conn2 = conn.clone();
-        // Made out here, so that it marks the end even if the task is
-        // aborted before it first runs.
-        let ends = WriterEnds(ctl.clone());
         tokio::spawn(async move {
-            let _ends = ends;
+            // Dropped with the task, even one aborted before it first ran.
+            let _alive = writer_alive;
             run_writer(send, queue, writer_lock, ctl, conn2).await
         })
     };
@@ -1469,7 +1455,7 @@ async fn run_connection(
         // It still reads here until we end our stream, and leave() has
         // finished our queue: let the writer send what emit counted (leave
         // bounds its own wait, then closes the endpoint).
-        let _ = tokio::time::timeout(Duration::from_secs(3), &mut writer).await;
+        let _ = tokio::time::timeout(LEAVE_FLUSH, &mut writer).await;
     }
     writer.abort();
     // No re-dial after a goodbye, or after the peer broke the protocol (it
@@ -1760,6 +1746,10 @@ async fn run_writer(
     }
 }
 
+/// How long leave() lets writers send what is queued and the peers
+/// acknowledge it, at most.
+const LEAVE_FLUSH: Duration = Duration::from_secs(3);
+
 /// Leaves the hood: stops discovery, flushes queues, closes every
 /// connection with GOODBYE, releases the port.
 pub(crate) async fn leave(inner: &Arc<Inner>) {
@@ -1788,7 +1778,7 @@ pub(crate) async fn leave(inner: &Arc<Inner>) {
             ctl.writer_ended().await;
         }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(3), flush).await;
+    let _ = tokio::time::timeout(LEAVE_FLUSH, flush).await;
     if let Some(ep) = inner.endpoint() {
         ep.close(close::GOODBYE.into(), b"leave");
         // Close frames go out at once; waiting longer would only wait out

@@ -13,10 +13,9 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use common::*;
 use partybus::wire::{self, Frame, FrameDecoder, Hello, WireSub};
-use partybus::{Bus, NodeId};
+use partybus::NodeId;
 
 /// What the node sent on its stream, owned.
 #[derive(Debug, PartialEq)]
@@ -84,29 +83,6 @@ impl NodeStream {
     }
 }
 
-/// Our stream on a connection, after our hello with dial number `dial`.
-async fn say_hello(conn: &quinn::Connection, id: NodeId, dial: u64) -> quinn::SendStream {
-    let mut s = conn.open_uni().await.expect("open_uni");
-    let mut b = BytesMut::new();
-    wire::put_preamble(&mut b);
-    wire::put_frame(&mut b, &Frame::Hello(Hello { id, port: 0, addrs: vec![], observed: conn.remote_address(), dial }));
-    s.write_all(&b).await.expect("write hello");
-    s
-}
-
-fn frame(f: &Frame<'_>) -> Bytes {
-    let mut b = BytesMut::new();
-    wire::put_frame(&mut b, f);
-    b.freeze()
-}
-
-async fn connect(ep: &quinn::Endpoint, a: &Bus) -> quinn::Connection {
-    tokio::time::timeout(GUARD, ep.connect((LOCALHOST, a.port()).into(), "partybus").unwrap())
-        .await
-        .expect("handshake in time")
-        .expect("a valid hood certificate is accepted")
-}
-
 /// Two dials from one peer to the node finish their hellos at the node in
 /// the order `first_dial`, then the other. Whatever that order, the node
 /// keeps the later dial (number 2): the other one gets a retire and ends,
@@ -123,17 +99,17 @@ async fn keeps_the_later_dial(peer_id: NodeId, first_dial: u64) {
         .unwrap();
 
     let ep = client_endpoint(valid_client_config("twice"));
-    let c1 = connect(&ep, &a).await;
-    let c2 = connect(&ep, &a).await;
+    let c1 = connect_to_node(&ep, &a).await;
+    let c2 = connect_to_node(&ep, &a).await;
     let mut n1 = NodeStream::accept(&c1).await;
     let mut n2 = NodeStream::accept(&c2).await;
     assert!(matches!(n1.next().await, Got::Hello(h) if h.id == a.id() && h.dial == 0), "{what}: the accepting side sends dial 0");
     assert!(matches!(n2.next().await, Got::Hello(_)));
 
     let (first, second) = if first_dial == 1 { (&c1, &c2) } else { (&c2, &c1) };
-    let s_first = say_hello(first, peer_id, first_dial).await;
+    let s_first = send_hello_as(first, peer_id, first_dial).await;
     assert!(wait_until(|| a.neighbours().len() == 1, GUARD).await, "{what}: the first hello makes a neighbour");
-    let s_second = say_hello(second, peer_id, 3 - first_dial).await;
+    let s_second = send_hello_as(second, peer_id, 3 - first_dial).await;
     let (mut s1, mut s2) = if first_dial == 1 { (s_first, s_second) } else { (s_second, s_first) };
 
     // The earlier dial (1) is retired, whether it came first or second.
@@ -190,9 +166,9 @@ async fn leaving_flushes_a_connection_the_peer_switched_away_from() {
     let _g = heavy().await;
     let a = node_named("switched", None, |_| {}).await;
     let ep = client_endpoint(valid_client_config("switcher"));
-    let c = connect(&ep, &a).await;
+    let c = connect_to_node(&ep, &a).await;
     let n = NodeStream::accept(&c).await;
-    let mut s = say_hello(&c, NodeId::random(), 1).await;
+    let mut s = send_hello_as(&c, NodeId::random(), 1).await;
     s.write_chunk(frame(&Frame::Subscribe(vec![WireSub { id: 1, selector: "late".into(), spy: false }]))).await.unwrap();
     wait_listeners(&a, "late", 1).await;
     // Switch away: retire and end our stream.

@@ -13,10 +13,7 @@ use partybus::Bus;
 
 async fn rogue(target: &Bus) -> (quinn::Endpoint, quinn::Connection) {
     let ep = client_endpoint(valid_client_config("rogue"));
-    let conn = tokio::time::timeout(GUARD, ep.connect((LOCALHOST, target.port()).into(), "partybus").unwrap())
-        .await
-        .expect("handshake in time")
-        .expect("a valid hood certificate is accepted");
+    let conn = connect_to_node(&ep, target).await;
     (ep, conn)
 }
 
@@ -32,12 +29,6 @@ async fn expect_closed(a: &Bus, what: &str, version: u16, tail: &[u8], code: u32
     assert_eq!(app_code(&e), Some(code), "{what}: {e}");
     eprintln!("{what}: closed with {e}");
     ep.close(0u32.into(), b"");
-}
-
-fn frame(f: &Frame<'_>) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    wire::put_frame(&mut b, f);
-    b.to_vec()
 }
 
 async fn still_works(a: &Bus, b: &Bus, got: &std::sync::Arc<std::sync::atomic::AtomicUsize>, n: usize) {
@@ -69,7 +60,7 @@ async fn protocol_breakers_are_disconnected_and_the_node_keeps_working() {
     let mut garbage = 4u32.to_le_bytes().to_vec();
     garbage.extend_from_slice(&[200, 1, 2, 3]);
     expect_closed(&a, "garbage bincode", v, &garbage, close::PROTOCOL).await;
-    let mut trailing = frame(&Frame::Retire);
+    let mut trailing = frame(&Frame::Retire).to_vec();
     let len = u32::from_le_bytes(trailing[..4].try_into().unwrap()) + 1;
     trailing[..4].copy_from_slice(&len.to_le_bytes());
     trailing.push(0);

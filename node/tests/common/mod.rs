@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use partybus::pki::{create_hood, create_peer, Hood, Identity};
 use partybus::wire::{self, Frame, Hello};
 use partybus::{Bus, Config, NeighbourEvent, NodeId, PortSpec};
@@ -281,20 +281,49 @@ pub fn server_endpoint(cfg: quinn::ServerConfig) -> quinn::Endpoint {
     quinn::Endpoint::server(cfg, (LOCALHOST, 0).into()).unwrap()
 }
 
-/// Preamble + hello as the node expects them.
+/// Preamble + hello as the node expects them, from a random id.
 pub fn hello_bytes(observed: SocketAddr, version: u16) -> BytesMut {
+    hello_bytes_as(observed, version, NodeId::random(), 1)
+}
+
+/// Preamble + hello from node `id`, numbering the connection `dial`.
+pub fn hello_bytes_as(observed: SocketAddr, version: u16, id: NodeId, dial: u64) -> BytesMut {
     let mut b = BytesMut::new();
     b.extend_from_slice(&wire::MAGIC);
     b.extend_from_slice(&version.to_le_bytes());
-    wire::put_frame(&mut b, &Frame::Hello(Hello { id: NodeId::random(), port: 0, addrs: vec![], observed, dial: 1 }));
+    wire::put_frame(&mut b, &Frame::Hello(Hello { id, port: 0, addrs: vec![], observed, dial }));
     b
 }
 
 /// After a handshake: open our stream, send the hello (protocol `version`).
 pub async fn send_hello(conn: &quinn::Connection, version: u16) -> quinn::SendStream {
+    send_hello_bytes(conn, hello_bytes(conn.remote_address(), version)).await
+}
+
+/// [`send_hello`] as node `id`, numbering the connection `dial`.
+pub async fn send_hello_as(conn: &quinn::Connection, id: NodeId, dial: u64) -> quinn::SendStream {
+    send_hello_bytes(conn, hello_bytes_as(conn.remote_address(), wire::PROTOCOL_VERSION, id, dial)).await
+}
+
+async fn send_hello_bytes(conn: &quinn::Connection, hello: BytesMut) -> quinn::SendStream {
     let mut s = conn.open_uni().await.expect("open_uni");
-    s.write_all(&hello_bytes(conn.remote_address(), version)).await.expect("write hello");
+    s.write_all(&hello).await.expect("write hello");
     s
+}
+
+/// One encoded frame.
+pub fn frame(f: &Frame<'_>) -> Bytes {
+    let mut b = BytesMut::new();
+    wire::put_frame(&mut b, f);
+    b.freeze()
+}
+
+/// A QUIC connection from `ep` to node `target` (guarded), accepted as hood member.
+pub async fn connect_to_node(ep: &quinn::Endpoint, target: &Bus) -> quinn::Connection {
+    tokio::time::timeout(GUARD, ep.connect((LOCALHOST, target.port()).into(), "partybus").unwrap())
+        .await
+        .expect("handshake in time")
+        .expect("a valid hood certificate is accepted")
 }
 
 /// How a connection ended, waiting at most `timeout`.
