@@ -33,8 +33,7 @@ use std::time::Duration;
 use libp2p::futures::StreamExt;
 use libp2p::identify;
 use libp2p::kad::{
-    self, store::MemoryStore, store::MemoryStoreConfig, GetProvidersOk, GetRecordOk, Mode,
-    QueryResult, Quorum, Record, RecordKey,
+    self, store::MemoryStore, store::MemoryStoreConfig, GetProvidersOk, GetRecordOk, Mode, QueryResult, Quorum, Record, RecordKey,
 };
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{dial_opts::DialOpts, ConnectionId, NetworkBehaviour, SwarmEvent};
@@ -143,9 +142,7 @@ pub fn node_key(hood_fingerprint: &str, peer: &PeerId) -> Vec<u8> {
 }
 
 fn sha256(data: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .to_vec()
+    ring::digest::digest(&ring::digest::SHA256, data).as_ref().to_vec()
 }
 
 /// Encode a node record value: `pb1` then the addresses, space separated.
@@ -170,9 +167,7 @@ pub fn decode_addrs(value: &[u8]) -> Vec<SocketAddr> {
     if it.next() != Some("pb1") {
         return Vec::new();
     }
-    it.take(MAX_ADDRS_PER_RECORD)
-        .filter_map(|t| t.parse().ok())
-        .collect()
+    it.take(MAX_ADDRS_PER_RECORD).filter_map(|t| t.parse().ok()).collect()
 }
 
 /// The addresses we announce: de-duplicated, no unspecified or zero port,
@@ -251,12 +246,7 @@ struct Core {
 }
 
 impl Core {
-    fn new(
-        allow_non_global: bool,
-        bootstrap: Vec<String>,
-        mode: Mode,
-        record_ttl: Duration,
-    ) -> Result<Core, DhtError> {
+    fn new(allow_non_global: bool, bootstrap: Vec<String>, mode: Mode, record_ttl: Duration) -> Result<Core, DhtError> {
         let keypair = libp2p::identity::Keypair::generate_ed25519();
         let local = keypair.public().to_peer_id();
         let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
@@ -278,11 +268,7 @@ impl Core {
         );
         let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
+            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
             .map_err(|e| DhtError::Transport(e.to_string()))?
             .with_behaviour(|key| {
                 let mut kad = kad::Behaviour::with_config(local, store, kcfg);
@@ -320,10 +306,7 @@ impl Core {
     fn listen_random_port(&mut self, ip: IpAddr, port: u16, why: &dyn std::fmt::Display) -> Result<(), DhtError> {
         tracing::info!(port, error = %why, "dht: TCP port taken, listening on a random port");
         let any = multiaddr_of(SocketAddr::new(ip, 0));
-        self.swarm
-            .listen_on(any)
-            .map(|_| ())
-            .map_err(|e| DhtError::Listen { addr: ip.to_string(), reason: e.to_string() })
+        self.swarm.listen_on(any).map(|_| ()).map_err(|e| DhtError::Listen { addr: ip.to_string(), reason: e.to_string() })
     }
 
     /// Listen on `ip:port`; with `fallback_any`, on a random port if that fails.
@@ -333,10 +316,7 @@ impl Core {
         let mut tried_fallback = false;
         if let Err(e) = self.swarm.listen_on(ma.clone()) {
             if !(fallback_any && port != 0) {
-                return Err(DhtError::Listen {
-                    addr: ma.to_string(),
-                    reason: e.to_string(),
-                });
+                return Err(DhtError::Listen { addr: ma.to_string(), reason: e.to_string() });
             }
             tried_fallback = true;
             self.listen_random_port(ip, port, &e)?;
@@ -352,16 +332,12 @@ impl Core {
                     self.listen_addrs.push(address);
                     return Ok(());
                 }
-                SwarmEvent::ListenerClosed { reason: Err(e), .. }
-                | SwarmEvent::ListenerError { error: e, .. } => {
+                SwarmEvent::ListenerClosed { reason: Err(e), .. } | SwarmEvent::ListenerError { error: e, .. } => {
                     if fallback_any && !tried_fallback && port != 0 {
                         tried_fallback = true;
                         self.listen_random_port(ip, port, &e)?;
                     } else {
-                        return Err(DhtError::Listen {
-                            addr: ma.to_string(),
-                            reason: e.to_string(),
-                        });
+                        return Err(DhtError::Listen { addr: ma.to_string(), reason: e.to_string() });
                     }
                 }
                 other => self.on_common_event(other),
@@ -371,20 +347,12 @@ impl Core {
 
     /// Resolve and dial every bootstrap node we are not connected to.
     async fn dial_bootstrap(&mut self) {
-        let connected = self
-            .bootstrap_peers
-            .iter()
-            .any(|p| self.swarm.is_connected(p));
+        let connected = self.bootstrap_peers.iter().any(|p| self.swarm.is_connected(p));
         if connected || self.bootstrap.is_empty() {
             return;
         }
         for target in self.bootstrap.clone() {
-            let addrs = match tokio::time::timeout(
-                RESOLVE_TIMEOUT,
-                tokio::net::lookup_host(target.as_str()),
-            )
-            .await
-            {
+            let addrs = match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(target.as_str())).await {
                 Ok(Ok(a)) => a.collect::<Vec<_>>(),
                 Ok(Err(e)) => {
                     tracing::warn!(%target, error = %e, "dht: cannot resolve bootstrap node (expected HOST:PORT)");
@@ -397,9 +365,7 @@ impl Core {
             };
             for sa in addrs.into_iter().take(4) {
                 tracing::debug!(addr = %sa, "dht: dialing bootstrap node");
-                let dial = DialOpts::unknown_peer_id()
-                    .address(multiaddr_of(sa))
-                    .build();
+                let dial = DialOpts::unknown_peer_id().address(multiaddr_of(sa)).build();
                 let id = dial.connection_id();
                 // Bounded: dials end in ConnectionEstablished or OutgoingConnectionError.
                 if self.bootstrap_dials.len() < 64 {
@@ -418,10 +384,7 @@ impl Core {
         if Instant::now() < self.next_bootstrap_dial {
             return;
         }
-        let connected = self
-            .bootstrap_peers
-            .iter()
-            .any(|p| self.swarm.is_connected(p));
+        let connected = self.bootstrap_peers.iter().any(|p| self.swarm.is_connected(p));
         if connected {
             self.bootstrap_backoff = Duration::from_secs(1);
             self.next_bootstrap_dial = Instant::now() + Duration::from_secs(30);
@@ -441,27 +404,15 @@ impl Core {
             }
             // Our bootstrap dials carry no peer id: learn it here and put
             // the node into the routing table (kad only dials known peers).
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                endpoint,
-                connection_id,
-                ..
-            } if self.bootstrap_dials.remove(&connection_id) => {
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, connection_id, .. } if self.bootstrap_dials.remove(&connection_id) => {
                 let address = endpoint.get_remote_address().clone();
                 if self.bootstrap_peers.insert(peer_id) {
                     tracing::info!(%peer_id, %address, "dht: connected to bootstrap node");
                 }
-                self.swarm
-                    .behaviour_mut()
-                    .kad
-                    .add_address(&peer_id, address);
+                self.swarm.behaviour_mut().kad.add_address(&peer_id, address);
                 let _ = self.swarm.behaviour_mut().kad.bootstrap();
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
-                peer_id,
-                info,
-                ..
-            })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                 let kad_proto = StreamProtocol::new(KAD_PROTOCOL);
                 if !info.protocols.contains(&kad_proto) {
                     return;
@@ -473,20 +424,13 @@ impl Core {
                     }
                     if let Some(sa) = tcp_socket_addr(ma) {
                         if sa.port() != 0 && self.allowed_ip(sa.ip()) {
-                            self.swarm
-                                .behaviour_mut()
-                                .kad
-                                .add_address(&peer_id, multiaddr_of(sa));
+                            self.swarm.behaviour_mut().kad.add_address(&peer_id, multiaddr_of(sa));
                             added += 1;
                         }
                     }
                 }
             }
-            SwarmEvent::OutgoingConnectionError {
-                peer_id,
-                error,
-                connection_id,
-            } => {
+            SwarmEvent::OutgoingConnectionError { peer_id, error, connection_id } => {
                 if self.bootstrap_dials.remove(&connection_id) {
                     tracing::debug!(%error, "dht: bootstrap dial failed; will retry");
                 } else {
@@ -503,12 +447,7 @@ impl Discovery for DhtDiscovery {
         "dht"
     }
 
-    fn start(
-        self: Box<Self>,
-        ctx: DiscoveryContext,
-        sink: DiscoverySink,
-        stop: StopSignal,
-    ) -> BoxFuture<'static, ()> {
+    fn start(self: Box<Self>, ctx: DiscoveryContext, sink: DiscoverySink, stop: StopSignal) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             if let Err(e) = run_service(self.opts, ctx, sink, stop).await {
                 tracing::warn!(error = %e, "dht discovery stopped");
@@ -526,28 +465,12 @@ struct Announce {
     backoff: Duration,
 }
 
-async fn run_service(
-    opts: DhtOptions,
-    ctx: DiscoveryContext,
-    sink: DiscoverySink,
-    mut stop: StopSignal,
-) -> Result<(), DhtError> {
+async fn run_service(opts: DhtOptions, ctx: DiscoveryContext, sink: DiscoverySink, mut stop: StopSignal) -> Result<(), DhtError> {
     let record_ttl = opts.record_ttl.max(Duration::from_secs(2));
-    let reannounce = opts
-        .reannounce
-        .clamp(Duration::from_millis(100), record_ttl / 2);
+    let reannounce = opts.reannounce.clamp(Duration::from_millis(100), record_ttl / 2);
     let lookup_interval = opts.lookup_interval.max(Duration::from_millis(100));
-    let mode = if opts.serve {
-        Mode::Server
-    } else {
-        Mode::Client
-    };
-    let mut core = Core::new(
-        ctx.allow_non_global,
-        opts.bootstrap.clone(),
-        mode,
-        record_ttl,
-    )?;
+    let mode = if opts.serve { Mode::Server } else { Mode::Client };
+    let mut core = Core::new(ctx.allow_non_global, opts.bootstrap.clone(), mode, record_ttl)?;
     let ip = opts.listen_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     match opts.listen_port {
         Some(p) => core.listen(ip, p, false).await?,
@@ -562,12 +485,7 @@ async fn run_service(
     let rdv = RecordKey::new(&rendezvous_key(&ctx.hood_fingerprint));
     let own_key = RecordKey::new(&node_key(&ctx.hood_fingerprint, &local));
     let mut reachable = ctx.reachable.clone();
-    let mut ann = Announce {
-        addrs: Vec::new(),
-        put_query: None,
-        next: Instant::now(),
-        backoff: Duration::from_secs(1),
-    };
+    let mut ann = Announce { addrs: Vec::new(), put_query: None, next: Instant::now(), backoff: Duration::from_secs(1) };
     let mut next_lookup = Instant::now();
     let mut last_lookup: Option<Instant> = None;
     // Node-record queries of the current lookup round: query -> provider.
@@ -581,9 +499,7 @@ async fn run_service(
         let now = Instant::now();
         if now >= ann.next {
             let addrs = announceable(&reachable.borrow_and_update(), ctx.allow_non_global);
-            announce(
-                &mut core, &mut ann, &rdv, &own_key, addrs, record_ttl, reannounce,
-            );
+            announce(&mut core, &mut ann, &rdv, &own_key, addrs, record_ttl, reannounce);
         }
         if now >= next_lookup {
             next_lookup = now + lookup_interval;
@@ -776,12 +692,7 @@ impl DhtNode {
     pub async fn bind(opts: DhtNodeOptions) -> Result<DhtNode, DhtError> {
         // Records on a plain node live as long as their publisher says (the
         // TTL travels with the record), and at most this long.
-        let mut core = Core::new(
-            opts.allow_non_global,
-            opts.bootstrap,
-            Mode::Server,
-            Duration::from_secs(60 * 60),
-        )?;
+        let mut core = Core::new(opts.allow_non_global, opts.bootstrap, Mode::Server, Duration::from_secs(60 * 60))?;
         let ip = opts.listen_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         core.listen(ip, opts.port, false).await?;
         Ok(DhtNode { core })
@@ -844,38 +755,19 @@ mod tests {
 
     #[test]
     fn value_roundtrip_and_garbage() {
-        let addrs: Vec<SocketAddr> = vec![
-            "1.2.3.4:5".parse().unwrap(),
-            "[2001:4860::1]:4816".parse().unwrap(),
-        ];
+        let addrs: Vec<SocketAddr> = vec!["1.2.3.4:5".parse().unwrap(), "[2001:4860::1]:4816".parse().unwrap()];
         assert_eq!(decode_addrs(&encode_addrs(&addrs)), addrs);
         assert!(decode_addrs(b"pb2 1.2.3.4:5").is_empty());
         assert!(decode_addrs(&[0xff, 0xfe]).is_empty());
-        assert_eq!(
-            decode_addrs(b"pb1 junk 1.2.3.4:5"),
-            vec!["1.2.3.4:5".parse().unwrap()]
-        );
-        let many: Vec<SocketAddr> = (1..100)
-            .map(|p| SocketAddr::new([8, 8, 8, 8].into(), p))
-            .collect();
-        assert_eq!(
-            decode_addrs(&encode_addrs(&many)).len(),
-            MAX_ADDRS_PER_RECORD
-        );
+        assert_eq!(decode_addrs(b"pb1 junk 1.2.3.4:5"), vec!["1.2.3.4:5".parse().unwrap()]);
+        let many: Vec<SocketAddr> = (1..100).map(|p| SocketAddr::new([8, 8, 8, 8].into(), p)).collect();
+        assert_eq!(decode_addrs(&encode_addrs(&many)).len(), MAX_ADDRS_PER_RECORD);
     }
 
     #[test]
     fn announce_filter() {
-        let v: Vec<SocketAddr> = [
-            "127.0.0.1:1",
-            "8.8.8.8:1",
-            "0.0.0.0:1",
-            "8.8.8.8:0",
-            "8.8.8.8:1",
-        ]
-        .iter()
-        .map(|s| s.parse().unwrap())
-        .collect();
+        let v: Vec<SocketAddr> =
+            ["127.0.0.1:1", "8.8.8.8:1", "0.0.0.0:1", "8.8.8.8:0", "8.8.8.8:1"].iter().map(|s| s.parse().unwrap()).collect();
         assert_eq!(announceable(&v, false), vec!["8.8.8.8:1".parse().unwrap()]);
         assert_eq!(announceable(&v, true).len(), 2);
     }
@@ -885,16 +777,11 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
         let mut core = Core::new(true, vec![], Mode::Client, Duration::from_secs(60)).unwrap();
-        core.listen([127, 0, 0, 1].into(), port, true)
-            .await
-            .unwrap();
+        core.listen([127, 0, 0, 1].into(), port, true).await.unwrap();
         let got = tcp_socket_addr(&core.listen_addrs[0]).unwrap();
         assert_ne!(got.port(), port);
         let mut strict = Core::new(true, vec![], Mode::Client, Duration::from_secs(60)).unwrap();
-        assert!(strict
-            .listen([127, 0, 0, 1].into(), port, false)
-            .await
-            .is_err());
+        assert!(strict.listen([127, 0, 0, 1].into(), port, false).await.is_err());
     }
 
     #[test]

@@ -37,14 +37,14 @@ use std::pin::Pin;
 use tokio::sync::{mpsc, watch};
 
 pub mod addr;
-pub mod static_addrs;
-pub mod mdns;
-pub mod upnp;
 #[cfg(feature = "dht")]
 pub mod dht;
+pub mod mdns;
+pub mod static_addrs;
+pub mod upnp;
 
-pub use static_addrs::StaticDiscovery;
 pub use mdns::MdnsDiscovery;
+pub use static_addrs::StaticDiscovery;
 
 /// A boxed, sendable future, as returned by [`Discovery::start`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -176,12 +176,7 @@ pub trait Discovery: Send + 'static {
     /// Run until `stop` fires, reporting into `sink`; then clean up
     /// (goodbyes, mapping removal) and return. The node spawns the returned
     /// future and awaits it on `leave()`, with a time limit.
-    fn start(
-        self: Box<Self>,
-        ctx: DiscoveryContext,
-        sink: DiscoverySink,
-        stop: StopSignal,
-    ) -> BoxFuture<'static, ()>;
+    fn start(self: Box<Self>, ctx: DiscoveryContext, sink: DiscoverySink, stop: StopSignal) -> BoxFuture<'static, ()>;
 }
 
 /// A discovery service made from a closure, as tubemail's discovery factories
@@ -207,12 +202,7 @@ where
     fn name(&self) -> &str {
         &self.name
     }
-    fn start(
-        self: Box<Self>,
-        ctx: DiscoveryContext,
-        sink: DiscoverySink,
-        stop: StopSignal,
-    ) -> BoxFuture<'static, ()> {
+    fn start(self: Box<Self>, ctx: DiscoveryContext, sink: DiscoverySink, stop: StopSignal) -> BoxFuture<'static, ()> {
         (self.f)(ctx, sink, stop)
     }
 }

@@ -39,8 +39,7 @@ const STOP_STEP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Non-hex characters in `hood_fingerprint` are ignored (a fingerprint written
 /// as `AB:CD:...` gives the same type as `abcd...`).
 pub fn service_type(hood_fingerprint: &str) -> String {
-    let hex: String =
-        hood_fingerprint.chars().filter(char::is_ascii_hexdigit).map(|c| c.to_ascii_lowercase()).take(12).collect();
+    let hex: String = hood_fingerprint.chars().filter(char::is_ascii_hexdigit).map(|c| c.to_ascii_lowercase()).take(12).collect();
     format!("_tm-{hex}._udp.local.")
 }
 
@@ -49,8 +48,7 @@ pub fn service_type(hood_fingerprint: &str) -> String {
 /// `-`; lowercase; at most 63 bytes). The certificate-name part is shortened
 /// first, so the node-id part always survives.
 pub fn instance_name(cert_name: &str, node_id: &str) -> String {
-    let id: String =
-        sanitize_label(&node_id.chars().filter(char::is_ascii_alphanumeric).take(8).collect::<String>(), 8);
+    let id: String = sanitize_label(&node_id.chars().filter(char::is_ascii_alphanumeric).take(8).collect::<String>(), 8);
     let id = if id.is_empty() { "0".to_owned() } else { id };
     let room = MAX_LABEL_LEN - 1 - id.len();
     let mut name = sanitize_label(cert_name, room);
@@ -332,11 +330,7 @@ mod tests {
     #[test]
     fn instance_name_is_a_dns_label() {
         let long = "x".repeat(200);
-        for cert in [
-            long.as_str(),
-            "a-b-c-d-e-f-g-h-i-j-k-l-m-n-o-p-q-r-s-t-u-v-w-x-y-z-0-1-2-3-4-5-6-7-8-9",
-            "é".repeat(40).as_str(),
-        ] {
+        for cert in [long.as_str(), "a-b-c-d-e-f-g-h-i-j-k-l-m-n-o-p-q-r-s-t-u-v-w-x-y-z-0-1-2-3-4-5-6-7-8-9", "é".repeat(40).as_str()] {
             let n = instance_name(cert, "0123456789abcdef");
             assert!(n.len() <= MAX_LABEL_LEN, "{n} is {} bytes", n.len());
             assert!(n.ends_with("-01234567"), "{n}");
@@ -374,9 +368,6 @@ mod tests {
         let ty = service_type(&"ab".repeat(32));
         let inst = instance_name("peer.one", "00112233445566778899");
         let info = ServiceInfo::new(&ty, &inst, &format!("{inst}.local."), "", 4816, &[("id", "0011")][..]).unwrap();
-        assert_eq!(
-            info.get_fullname(),
-            "peer-one-00112233._tm-ababababab._udp.local.".replace("ababababab", "abababababab")
-        );
+        assert_eq!(info.get_fullname(), "peer-one-00112233._tm-ababababab._udp.local.".replace("ababababab", "abababababab"));
     }
 }

@@ -25,12 +25,7 @@ impl Discovery for StaticDiscovery {
         "static"
     }
 
-    fn start(
-        self: Box<Self>,
-        _ctx: DiscoveryContext,
-        sink: DiscoverySink,
-        mut stop: StopSignal,
-    ) -> BoxFuture<'static, ()> {
+    fn start(self: Box<Self>, _ctx: DiscoveryContext, sink: DiscoverySink, mut stop: StopSignal) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let mut warned = std::collections::HashSet::new();
             loop {
@@ -80,10 +75,7 @@ mod tests {
     async fn reports_and_repeats_then_stops() {
         let (sink, mut rx) = DiscoverySink::channel(16);
         let (handle, stop) = StopSignal::new();
-        let svc = Box::new(StaticDiscovery::new(
-            vec!["127.0.0.1:4816".into(), "[::1]:4817".into()],
-            Duration::from_millis(20),
-        ));
+        let svc = Box::new(StaticDiscovery::new(vec!["127.0.0.1:4816".into(), "[::1]:4817".into()], Duration::from_millis(20)));
         let task = tokio::spawn(svc.start(ctx(), sink, stop));
         let mut seen = Vec::new();
         while seen.len() < 4 {

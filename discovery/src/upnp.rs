@@ -69,12 +69,7 @@ pub struct UpnpOptions {
 
 impl Default for UpnpOptions {
     fn default() -> Self {
-        UpnpOptions {
-            search_timeout: Duration::from_secs(3),
-            lease: Duration::from_secs(60 * 60),
-            gateway_url: None,
-            bind_ip: None,
-        }
+        UpnpOptions { search_timeout: Duration::from_secs(3), lease: Duration::from_secs(60 * 60), gateway_url: None, bind_ip: None }
     }
 }
 
@@ -211,12 +206,7 @@ impl Discovery for UpnpDiscovery {
         "upnp"
     }
 
-    fn start(
-        self: Box<Self>,
-        ctx: DiscoveryContext,
-        sink: DiscoverySink,
-        stop: StopSignal,
-    ) -> BoxFuture<'static, ()> {
+    fn start(self: Box<Self>, ctx: DiscoveryContext, sink: DiscoverySink, stop: StopSignal) -> BoxFuture<'static, ()> {
         Box::pin(run(self.opts, ctx, sink, stop))
     }
 }
@@ -289,12 +279,7 @@ async fn run(opts: UpnpOptions, ctx: DiscoveryContext, sink: DiscoverySink, mut 
     }
 
     if let Some(h) = held {
-        match timeout(
-            REMOVE_TIMEOUT,
-            h.gateway.remove_port(PortMappingProtocol::UDP, h.ext_port),
-        )
-        .await
-        {
+        match timeout(REMOVE_TIMEOUT, h.gateway.remove_port(PortMappingProtocol::UDP, h.ext_port)).await {
             Ok(Ok(())) => tracing::info!(port = h.ext_port, "upnp: mapping removed"),
             Ok(Err(e)) => tracing::debug!(error = %e, "upnp: removing the mapping failed"),
             Err(_) => tracing::debug!("upnp: removing the mapping timed out"),
@@ -328,11 +313,7 @@ async fn map_once(
     if !is_global(ext_ip) && !ctx.allow_non_global {
         // Useless mapping: drop the one we may hold.
         if let Some(h) = held.take() {
-            let _ = timeout(
-                REQUEST_TIMEOUT,
-                h.gateway.remove_port(PortMappingProtocol::UDP, h.ext_port),
-            )
-            .await;
+            let _ = timeout(REQUEST_TIMEOUT, h.gateway.remove_port(PortMappingProtocol::UDP, h.ext_port)).await;
         }
         return Attempt::Unusable { ext_ip };
     }
@@ -352,35 +333,14 @@ async fn map_once(
     while i < ports.len() && tries < MAX_PORT_TRIES + 2 {
         tries += 1;
         let port = ports[i];
-        let res = timeout(
-            REQUEST_TIMEOUT,
-            gateway.add_port(
-                PortMappingProtocol::UDP,
-                port,
-                local,
-                lease_secs(*lease),
-                DESCRIPTION,
-            ),
-        )
-        .await;
+        let res = timeout(REQUEST_TIMEOUT, gateway.add_port(PortMappingProtocol::UDP, port, local, lease_secs(*lease), DESCRIPTION)).await;
         match res {
             Ok(Ok(())) => {
                 if let Some(old) = held.as_ref().filter(|h| h.ext_port != port) {
-                    let _ = timeout(
-                        REQUEST_TIMEOUT,
-                        old.gateway
-                            .remove_port(PortMappingProtocol::UDP, old.ext_port),
-                    )
-                    .await;
+                    let _ = timeout(REQUEST_TIMEOUT, old.gateway.remove_port(PortMappingProtocol::UDP, old.ext_port)).await;
                 }
-                *held = Some(Held {
-                    gateway: gateway.clone(),
-                    ext_port: port,
-                });
-                return Attempt::Mapped {
-                    ext: SocketAddr::new(ext_ip, port),
-                    lease: *lease,
-                };
+                *held = Some(Held { gateway: gateway.clone(), ext_port: port });
+                return Attempt::Mapped { ext: SocketAddr::new(ext_ip, port), lease: *lease };
             }
             Ok(Err(AddPortError::OnlyPermanentLeasesSupported)) if !lease.is_zero() => {
                 tracing::info!("upnp: router supports only permanent mappings; using lease 0");
@@ -431,12 +391,7 @@ fn internal_ip(opts: &UpnpOptions, gateway: SocketAddr) -> Option<IpAddr> {
 
 async fn find_gateway(opts: &UpnpOptions) -> Option<Gateway<Tokio>> {
     if let Some(url) = &opts.gateway_url {
-        match timeout(
-            opts.search_timeout.max(Duration::from_secs(1)) * 2,
-            gateway_from_url(url),
-        )
-        .await
-        {
+        match timeout(opts.search_timeout.max(Duration::from_secs(1)) * 2, gateway_from_url(url)).await {
             Ok(Ok(g)) => return Some(g),
             Ok(Err(e)) => {
                 tracing::warn!(%url, error = %e, "upnp: cannot use the configured gateway");
@@ -453,12 +408,7 @@ async fn find_gateway(opts: &UpnpOptions) -> Option<Gateway<Tokio>> {
     so.timeout = Some(opts.search_timeout);
     so.single_search_timeout = Some(opts.search_timeout);
     // Our own time limit as well, should the crate's ever not hold.
-    match timeout(
-        opts.search_timeout + Duration::from_secs(1),
-        igd_next::aio::tokio::search_gateway(so),
-    )
-    .await
-    {
+    match timeout(opts.search_timeout + Duration::from_secs(1), igd_next::aio::tokio::search_gateway(so)).await {
         Ok(Ok(g)) => Some(g),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "upnp: gateway search failed");
@@ -477,9 +427,7 @@ struct HttpUrl {
 }
 
 fn parse_http_url(url: &str) -> Result<HttpUrl, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("only http:// URLs are supported")?;
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs are supported")?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], rest[i..].to_string()),
         None => (rest, "/".to_string()),
@@ -523,25 +471,14 @@ async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<Vec<u8>, S
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
-    let req = format!(
-        "GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: partybus\r\n\r\n"
-    );
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: partybus\r\n\r\n");
+    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
-    (&mut s)
-        .take(MAX_DESC_BYTES as u64 + 1)
-        .read_to_end(&mut buf)
-        .await
-        .map_err(|e| e.to_string())?;
+    (&mut s).take(MAX_DESC_BYTES as u64 + 1).read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
     if buf.len() > MAX_DESC_BYTES {
         return Err("response too large".into());
     }
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no HTTP header end")?;
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no HTTP header end")?;
     let head = String::from_utf8_lossy(&buf[..split]);
     let status = head.lines().next().unwrap_or("");
     if status.split_whitespace().nth(1) != Some("200") {
@@ -569,10 +506,7 @@ struct WanService {
 /// (depth-first, bounded) and `URLBase`.
 fn parse_root_desc(xml: &[u8]) -> Result<WanService, String> {
     let root = xmltree::Element::parse(xml).map_err(|e| e.to_string())?;
-    let url_base = root
-        .get_child("URLBase")
-        .and_then(|e| e.get_text())
-        .map(|t| t.trim().to_string());
+    let url_base = root.get_child("URLBase").and_then(|e| e.get_text()).map(|t| t.trim().to_string());
     let mut pending: Vec<&xmltree::Element> = root.get_child("device").into_iter().collect();
     let mut visited = 0;
     while let Some(dev) = pending.pop() {
@@ -581,38 +515,17 @@ fn parse_root_desc(xml: &[u8]) -> Result<WanService, String> {
             break;
         }
         if let Some(list) = dev.get_child("serviceList") {
-            for svc in list
-                .children
-                .iter()
-                .filter_map(|c| c.as_element())
-                .filter(|e| e.name == "service")
-            {
-                let text = |n: &str| {
-                    svc.get_child(n)
-                        .and_then(|e| e.get_text())
-                        .map(|t| t.trim().to_string())
-                };
-                if let (Some(st), Some(ctl), Some(scpd)) =
-                    (text("serviceType"), text("controlURL"), text("SCPDURL"))
-                {
+            for svc in list.children.iter().filter_map(|c| c.as_element()).filter(|e| e.name == "service") {
+                let text = |n: &str| svc.get_child(n).and_then(|e| e.get_text()).map(|t| t.trim().to_string());
+                if let (Some(st), Some(ctl), Some(scpd)) = (text("serviceType"), text("controlURL"), text("SCPDURL")) {
                     if WAN_SERVICES.contains(&st.as_str()) {
-                        return Ok(WanService {
-                            service_type: st,
-                            control_url: ctl,
-                            scpd_url: scpd,
-                            url_base,
-                        });
+                        return Ok(WanService { service_type: st, control_url: ctl, scpd_url: scpd, url_base });
                     }
                 }
             }
         }
         if let Some(list) = dev.get_child("deviceList") {
-            pending.extend(
-                list.children
-                    .iter()
-                    .filter_map(|c| c.as_element())
-                    .filter(|e| e.name == "device"),
-            );
+            pending.extend(list.children.iter().filter_map(|c| c.as_element()).filter(|e| e.name == "device"));
         }
     }
     Err("no WANIPConnection/WANPPPConnection service in the description".into())
@@ -623,23 +536,13 @@ fn parse_scpd(xml: &[u8]) -> Result<HashMap<String, Vec<String>>, String> {
     let root = xmltree::Element::parse(xml).map_err(|e| e.to_string())?;
     let list = root.get_child("actionList").ok_or("no actionList")?;
     let mut out = HashMap::new();
-    for action in list
-        .children
-        .iter()
-        .filter_map(|c| c.as_element())
-        .filter(|e| e.name == "action")
-    {
+    for action in list.children.iter().filter_map(|c| c.as_element()).filter(|e| e.name == "action") {
         let Some(name) = action.get_child("name").and_then(|e| e.get_text()) else {
             continue;
         };
         let mut args = Vec::new();
         if let Some(al) = action.get_child("argumentList") {
-            for arg in al
-                .children
-                .iter()
-                .filter_map(|c| c.as_element())
-                .filter(|e| e.name == "argument")
-            {
+            for arg in al.children.iter().filter_map(|c| c.as_element()).filter(|e| e.name == "argument") {
                 let dir = arg.get_child("direction").and_then(|e| e.get_text());
                 let an = arg.get_child("name").and_then(|e| e.get_text());
                 if let (Some(d), Some(n)) = (dir, an) {
@@ -664,12 +567,7 @@ async fn gateway_from_url(url: &str) -> Result<Gateway<Tokio>, String> {
         .ok_or("gateway host has no IPv4 address")?;
     let host_header = format!("{}:{}", u.host, u.port);
     let desc = http_get(addr, &host_header, &u.path).await?;
-    let WanService {
-        service_type,
-        control_url: control,
-        scpd_url: scpd,
-        url_base,
-    } = parse_root_desc(&desc)?;
+    let WanService { service_type, control_url: control, scpd_url: scpd, url_base } = parse_root_desc(&desc)?;
     let base_path = match url_base.as_deref().map(parse_http_url) {
         Some(Ok(b)) => b.path,
         _ => u.path.clone(),
@@ -681,15 +579,7 @@ async fn gateway_from_url(url: &str) -> Result<Gateway<Tokio>, String> {
         Err(_) => control_schema_url.clone(),
     };
     let schema = parse_scpd(&http_get(addr, &host_header, &scpd_path).await?)?;
-    Ok(Gateway {
-        addr,
-        root_url: u.path,
-        control_url,
-        control_schema_url,
-        control_schema: schema,
-        service_type,
-        provider: Tokio,
-    })
+    Ok(Gateway { addr, root_url: u.path, control_url, control_schema_url, control_schema: schema, service_type, provider: Tokio })
 }
 
 #[cfg(test)]
@@ -702,10 +592,7 @@ mod tests {
 
     #[test]
     fn renew_and_retry_schedule() {
-        assert_eq!(
-            renew_delay(Duration::from_secs(3600)),
-            Duration::from_secs(1800)
-        );
+        assert_eq!(renew_delay(Duration::from_secs(3600)), Duration::from_secs(1800));
         assert_eq!(renew_delay(Duration::from_secs(1)), Duration::from_secs(1));
         assert_eq!(renew_delay(Duration::ZERO), PERMANENT_RECHECK);
         assert_eq!(retry_delay(1), FIRST_RETRY);
@@ -722,15 +609,9 @@ mod tests {
         let mut m = MappingMachine::new();
         let a = sa("203.0.113.21:4816");
         let lease = Duration::from_secs(600);
-        assert_eq!(
-            m.on_attempt(Attempt::Mapped { ext: a, lease }),
-            (vec![Effect::External(a)], lease / 2)
-        );
+        assert_eq!(m.on_attempt(Attempt::Mapped { ext: a, lease }), (vec![Effect::External(a)], lease / 2));
         // Renewal to the same address: nothing to say.
-        assert_eq!(
-            m.on_attempt(Attempt::Mapped { ext: a, lease }),
-            (vec![], lease / 2)
-        );
+        assert_eq!(m.on_attempt(Attempt::Mapped { ext: a, lease }), (vec![], lease / 2));
         // The router restarted and gave us another port / IP.
         let b = sa("198.51.100.22:5000");
         let (fx, _) = m.on_attempt(Attempt::Mapped { ext: b, lease });
@@ -742,10 +623,7 @@ mod tests {
     fn machine_failures_back_off_and_rediscover() {
         let mut m = MappingMachine::new();
         let a = sa("203.0.113.21:4816");
-        m.on_attempt(Attempt::Mapped {
-            ext: a,
-            lease: Duration::ZERO,
-        });
+        m.on_attempt(Attempt::Mapped { ext: a, lease: Duration::ZERO });
         let (fx, d) = m.on_attempt(Attempt::Failed);
         assert_eq!(fx, vec![Effect::ExternalLost(a)]);
         assert_eq!(d, FIRST_RETRY);
@@ -755,10 +633,7 @@ mod tests {
         let (fx, _) = m.on_attempt(Attempt::Failed);
         assert_eq!(fx, vec![Effect::Rediscover]);
         assert_eq!(m.failures(), 3);
-        let (fx, d) = m.on_attempt(Attempt::Mapped {
-            ext: a,
-            lease: Duration::from_secs(60),
-        });
+        let (fx, d) = m.on_attempt(Attempt::Mapped { ext: a, lease: Duration::from_secs(60) });
         assert_eq!(fx, vec![Effect::External(a)]);
         assert_eq!(d, Duration::from_secs(30));
         assert_eq!(m.failures(), 0);
@@ -768,10 +643,7 @@ mod tests {
     fn machine_unusable_warns_once_and_withdraws() {
         let mut m = MappingMachine::new();
         let a = sa("203.0.113.21:4816");
-        m.on_attempt(Attempt::Mapped {
-            ext: a,
-            lease: Duration::from_secs(60),
-        });
+        m.on_attempt(Attempt::Mapped { ext: a, lease: Duration::from_secs(60) });
         let ip: IpAddr = "100.64.1.2".parse().unwrap();
         let (fx, d) = m.on_attempt(Attempt::Unusable { ext_ip: ip });
         assert_eq!(fx, vec![Effect::ExternalLost(a), Effect::WarnUnusable(ip)]);
@@ -785,21 +657,14 @@ mod tests {
     fn urls() {
         assert_eq!(
             parse_http_url("http://198.18.0.1:5000/rootDesc.xml").unwrap(),
-            HttpUrl {
-                host: "198.18.0.1".into(),
-                port: 5000,
-                path: "/rootDesc.xml".into()
-            }
+            HttpUrl { host: "198.18.0.1".into(), port: 5000, path: "/rootDesc.xml".into() }
         );
         assert_eq!(parse_http_url("http://[::1]/").unwrap().port, 80);
         assert_eq!(parse_http_url("http://router").unwrap().path, "/");
         assert!(parse_http_url("https://x/").is_err());
         assert_eq!(resolve_ref("/rootDesc.xml", "/ctl/IPConn"), "/ctl/IPConn");
         assert_eq!(resolve_ref("/igd/desc.xml", "ctl"), "/igd/ctl");
-        assert_eq!(
-            resolve_ref("/d.xml", "http://1.2.3.4:5/x"),
-            "http://1.2.3.4:5/x"
-        );
+        assert_eq!(resolve_ref("/d.xml", "http://1.2.3.4:5/x"), "http://1.2.3.4:5/x");
     }
 
     const ROOT_DESC: &str = r#"<?xml version="1.0"?>
@@ -829,18 +694,12 @@ mod tests {
     #[test]
     fn parses_miniupnpd_style_descriptions() {
         let w = parse_root_desc(ROOT_DESC.as_bytes()).unwrap();
-        assert_eq!(
-            w.service_type,
-            "urn:schemas-upnp-org:service:WANIPConnection:1"
-        );
+        assert_eq!(w.service_type, "urn:schemas-upnp-org:service:WANIPConnection:1");
         assert_eq!(w.control_url, "/ctl/IPConn");
         assert_eq!(w.scpd_url, "/WANIPCn.xml");
         assert_eq!(w.url_base, None);
         let s = parse_scpd(SCPD.as_bytes()).unwrap();
-        assert_eq!(
-            s["AddPortMapping"],
-            vec!["NewRemoteHost", "NewExternalPort", "NewProtocol"]
-        );
+        assert_eq!(s["AddPortMapping"], vec!["NewRemoteHost", "NewExternalPort", "NewProtocol"]);
         assert!(s["GetExternalIPAddress"].is_empty());
         assert!(parse_root_desc(b"<root/>").is_err());
     }
@@ -868,17 +727,8 @@ mod tests {
             ..Default::default()
         }));
         let task = tokio::spawn(svc.start(ctx, sink, stop));
-        let ev = timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            ev,
-            DiscoveryEvent::External {
-                addr: sa("8.8.8.8:4816"),
-                source: "upnp".into()
-            }
-        );
+        let ev = timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        assert_eq!(ev, DiscoveryEvent::External { addr: sa("8.8.8.8:4816"), source: "upnp".into() });
         // Renewed at half-life (1 s): wait for a second AddPortMapping.
         timeout(Duration::from_secs(5), async {
             while fake.count("AddPortMapping") < 2 {
@@ -887,29 +737,13 @@ mod tests {
         })
         .await
         .expect("renewal");
-        assert!(
-            fake.last_add()
-                .contains("<NewInternalClient>127.0.0.1</NewInternalClient>"),
-            "{}",
-            fake.last_add()
-        );
-        assert!(fake
-            .last_add()
-            .contains("<NewLeaseDuration>2</NewLeaseDuration>"));
+        assert!(fake.last_add().contains("<NewInternalClient>127.0.0.1</NewInternalClient>"), "{}", fake.last_add());
+        assert!(fake.last_add().contains("<NewLeaseDuration>2</NewLeaseDuration>"));
         handle.stop();
-        timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
         assert_eq!(fake.count("DeletePortMapping"), 1);
         let ev = rx.recv().await.unwrap();
-        assert_eq!(
-            ev,
-            DiscoveryEvent::ExternalLost {
-                addr: sa("8.8.8.8:4816"),
-                source: "upnp".into()
-            }
-        );
+        assert_eq!(ev, DiscoveryEvent::ExternalLost { addr: sa("8.8.8.8:4816"), source: "upnp".into() });
     }
 
     #[tokio::test]
@@ -930,11 +764,7 @@ mod tests {
             bind_ip: Some("127.0.0.1".parse().unwrap()),
             ..Default::default()
         };
-        let task = tokio::spawn(Box::new(UpnpDiscovery::new(opts.clone())).start(
-            ctx.clone(),
-            sink.clone(),
-            stop,
-        ));
+        let task = tokio::spawn(Box::new(UpnpDiscovery::new(opts.clone())).start(ctx.clone(), sink.clone(), stop));
         timeout(Duration::from_secs(5), async {
             while fake.count("GetExternalIPAddress") < 1 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -943,42 +773,21 @@ mod tests {
         .await
         .unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(
-            fake.count("AddPortMapping"),
-            0,
-            "no mapping behind a second NAT"
-        );
+        assert_eq!(fake.count("AddPortMapping"), 0, "no mapping behind a second NAT");
         assert!(rx.try_recv().is_err());
         handle.stop();
-        timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
 
         // Labs: allowed; and the router only does permanent leases (725).
         fake.set_permanent_only();
         ctx.allow_non_global = true;
         let (handle, stop) = StopSignal::new();
         let task = tokio::spawn(Box::new(UpnpDiscovery::new(opts)).start(ctx, sink, stop));
-        let ev = timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            ev,
-            crate::DiscoveryEvent::External {
-                addr: sa("100.64.0.7:4816"),
-                source: "upnp".into()
-            }
-        );
-        assert!(fake
-            .last_add()
-            .contains("<NewLeaseDuration>0</NewLeaseDuration>"));
+        let ev = timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        assert_eq!(ev, crate::DiscoveryEvent::External { addr: sa("100.64.0.7:4816"), source: "upnp".into() });
+        assert!(fake.last_add().contains("<NewLeaseDuration>0</NewLeaseDuration>"));
         handle.stop();
-        timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     }
 
     #[tokio::test]
@@ -1001,21 +810,13 @@ mod tests {
             ..Default::default()
         };
         let task = tokio::spawn(Box::new(UpnpDiscovery::new(opts)).start(ctx, sink, stop));
-        let ev = timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        let crate::DiscoveryEvent::External { addr, .. } = ev else {
-            panic!("{ev:?}")
-        };
+        let ev = timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        let crate::DiscoveryEvent::External { addr, .. } = ev else { panic!("{ev:?}") };
         assert_eq!(addr.ip(), "8.8.8.8".parse::<IpAddr>().unwrap());
         assert_ne!(addr.port(), 4816, "the preferred port was taken");
         assert_eq!(fake.count("AddPortMapping"), 3);
         handle.stop();
-        timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     }
 
     /// A minimal IGD (HTTP + SOAP) on 127.0.0.1 for tests.
@@ -1069,10 +870,7 @@ mod tests {
                                 let head = String::from_utf8_lossy(&buf[..h]).to_lowercase();
                                 let cl = head
                                     .lines()
-                                    .find_map(|l| {
-                                        l.strip_prefix("content-length:")
-                                            .map(|v| v.trim().parse().unwrap_or(0))
-                                    })
+                                    .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
                                     .unwrap_or(0usize);
                                 if buf.len() >= h + 4 + cl {
                                     break;
@@ -1096,23 +894,12 @@ mod tests {
             }
 
             pub fn count(&self, action: &str) -> usize {
-                self.state
-                    .lock()
-                    .unwrap()
-                    .calls
-                    .iter()
-                    .filter(|(a, _)| a == action)
-                    .count()
+                self.state.lock().unwrap().calls.iter().filter(|(a, _)| a == action).count()
             }
 
             pub fn last_add(&self) -> String {
                 let st = self.state.lock().unwrap();
-                st.calls
-                    .iter()
-                    .rev()
-                    .find(|(a, _)| a == "AddPortMapping")
-                    .map(|c| c.1.clone())
-                    .unwrap_or_default()
+                st.calls.iter().rev().find(|(a, _)| a == "AddPortMapping").map(|c| c.1.clone()).unwrap_or_default()
             }
 
             pub fn set_permanent_only(&self) {
@@ -1153,13 +940,7 @@ mod tests {
                 .lines()
                 .find_map(|l| {
                     let l = l.to_ascii_lowercase();
-                    l.starts_with("soapaction:").then(|| {
-                        l.rsplit('#')
-                            .next()
-                            .unwrap_or("")
-                            .trim_matches(['"', ' '])
-                            .to_string()
-                    })
+                    l.starts_with("soapaction:").then(|| l.rsplit('#').next().unwrap_or("").trim_matches(['"', ' ']).to_string())
                 })
                 .unwrap_or_default();
             let action = match action.as_str() {
@@ -1171,10 +952,7 @@ mod tests {
             let mut s = st.lock().unwrap();
             s.calls.push((action.to_string(), req.to_string()));
             match action {
-                "GetExternalIPAddress" => ok(
-                    action,
-                    &format!("<NewExternalIPAddress>{ext_ip}</NewExternalIPAddress>"),
-                ),
+                "GetExternalIPAddress" => ok(action, &format!("<NewExternalIPAddress>{ext_ip}</NewExternalIPAddress>")),
                 "AddPortMapping" => {
                     if s.permanent_only && !req.contains("<NewLeaseDuration>0</NewLeaseDuration>") {
                         return soap_error(725, "OnlyPermanentLeasesSupported");

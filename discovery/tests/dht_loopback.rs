@@ -7,9 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use partybus_discovery::dht::{DhtDiscovery, DhtNode, DhtNodeOptions, DhtOptions};
-use partybus_discovery::{
-    Discovery, DiscoveryContext, DiscoveryEvent, DiscoverySink, StopHandle, StopSignal,
-};
+use partybus_discovery::{Discovery, DiscoveryContext, DiscoveryEvent, DiscoverySink, StopHandle, StopSignal};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
 
@@ -48,20 +46,11 @@ fn start(fp: &str, quic_port: u16, bootstrap: SocketAddr, serve: bool) -> Svc {
     let svc: Box<dyn Discovery> = Box::new(DhtDiscovery::new(opts));
     assert_eq!(svc.name(), "dht");
     let task = tokio::spawn(svc.start(ctx, sink, sig));
-    Svc {
-        quic,
-        rx,
-        stop,
-        task,
-        _reach: reach_tx,
-    }
+    Svc { quic, rx, stop, task, _reach: reach_tx }
 }
 
 /// Drain events that arrived until `until`, returning candidate addresses.
-async fn candidates_until(
-    rx: &mut mpsc::Receiver<DiscoveryEvent>,
-    until: Instant,
-) -> HashSet<SocketAddr> {
+async fn candidates_until(rx: &mut mpsc::Receiver<DiscoveryEvent>, until: Instant) -> HashSet<SocketAddr> {
     let mut seen = HashSet::new();
     while let Ok(Some(ev)) = tokio::time::timeout_at(until, rx.recv()).await {
         match ev {
@@ -77,14 +66,9 @@ async fn candidates_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendezvous_on_loopback() {
-    let node = DhtNode::bind(DhtNodeOptions {
-        port: 0,
-        bootstrap: vec![],
-        allow_non_global: true,
-        listen_ip: Some([127, 0, 0, 1].into()),
-    })
-    .await
-    .expect("dht node");
+    let node = DhtNode::bind(DhtNodeOptions { port: 0, bootstrap: vec![], allow_non_global: true, listen_ip: Some([127, 0, 0, 1].into()) })
+        .await
+        .expect("dht node");
     let boot = node.local_addr().expect("listen addr");
     assert!(boot.ip().is_loopback());
     let (node_stop, node_sig) = StopSignal::new();
@@ -93,9 +77,7 @@ async fn rendezvous_on_loopback() {
     let hood_a = "aa".repeat(32);
     let hood_b = "bb".repeat(32);
     // QUIC ports are only advertised, never bound: nothing dials them here.
-    let mut a: Vec<Svc> = (0..3)
-        .map(|i| start(&hood_a, 40001 + i, boot, i == 2))
-        .collect();
+    let mut a: Vec<Svc> = (0..3).map(|i| start(&hood_a, 40001 + i, boot, i == 2)).collect();
     let mut b = start(&hood_b, 40100, boot, false);
 
     // Each hood-A service finds the other two.
@@ -104,12 +86,10 @@ async fn rendezvous_on_loopback() {
     let mut b_seen = HashSet::new();
     loop {
         for (i, s) in a.iter_mut().enumerate() {
-            let got =
-                candidates_until(&mut s.rx, Instant::now() + Duration::from_millis(100)).await;
+            let got = candidates_until(&mut s.rx, Instant::now() + Duration::from_millis(100)).await;
             found.entry(i).or_default().extend(got);
         }
-        b_seen
-            .extend(candidates_until(&mut b.rx, Instant::now() + Duration::from_millis(50)).await);
+        b_seen.extend(candidates_until(&mut b.rx, Instant::now() + Duration::from_millis(50)).await);
         let done = (0..3).all(|i| {
             let want: HashSet<SocketAddr> = (0..3).filter(|j| *j != i).map(|j| a[j].quic).collect();
             found[&i].is_superset(&want)
@@ -117,36 +97,21 @@ async fn rendezvous_on_loopback() {
         if done {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "rendezvous incomplete: {found:?}"
-        );
+        assert!(Instant::now() < deadline, "rendezvous incomplete: {found:?}");
     }
     for i in 0..3 {
-        assert!(
-            !found[&i].contains(&a[i].quic),
-            "service {i} reported itself"
-        );
-        assert!(
-            !found[&i].contains(&b.quic),
-            "hood A service {i} got hood B's address"
-        );
+        assert!(!found[&i].contains(&a[i].quic), "service {i} reported itself");
+        assert!(!found[&i].contains(&b.quic), "hood A service {i} got hood B's address");
     }
     // Hood B hears nothing of hood A (a few more lookup rounds to be sure).
     b_seen.extend(candidates_until(&mut b.rx, Instant::now() + Duration::from_secs(1)).await);
     let a_addrs: HashSet<SocketAddr> = a.iter().map(|s| s.quic).collect();
-    assert!(
-        b_seen.is_disjoint(&a_addrs),
-        "hood B got hood A addresses: {b_seen:?}"
-    );
+    assert!(b_seen.is_disjoint(&a_addrs), "hood B got hood A addresses: {b_seen:?}");
 
     // Service 0 leaves: within the TTL (plus a lookup round) it is no longer returned.
     let gone = a.remove(0);
     gone.stop.stop();
-    timeout(Duration::from_secs(5), gone.task)
-        .await
-        .expect("service stops in time")
-        .unwrap();
+    timeout(Duration::from_secs(5), gone.task).await.expect("service stops in time").unwrap();
     let left_at = Instant::now();
     // Let records expire (TTL from the last announcement, which was at most
     // `reannounce` ago), then watch two more seconds of lookups.
@@ -156,10 +121,7 @@ async fn rendezvous_on_loopback() {
     let window_end = Instant::now() + Duration::from_secs(2);
     for s in a.iter_mut() {
         let seen = candidates_until(&mut s.rx, window_end).await;
-        assert!(
-            !seen.contains(&gone.quic),
-            "departed node still returned after TTL: {seen:?}"
-        );
+        assert!(!seen.contains(&gone.quic), "departed node still returned after TTL: {seen:?}");
     }
     // ... while the remaining two still find each other.
     let (s1, s2) = (a[0].quic, a[1].quic);
@@ -172,15 +134,8 @@ async fn rendezvous_on_loopback() {
 
     for s in a.into_iter().chain(std::iter::once(b)) {
         s.stop.stop();
-        timeout(Duration::from_secs(5), s.task)
-            .await
-            .expect("service stops")
-            .unwrap();
+        timeout(Duration::from_secs(5), s.task).await.expect("service stops").unwrap();
     }
     node_stop.stop();
-    timeout(Duration::from_secs(5), node_task)
-        .await
-        .expect("node stops")
-        .unwrap()
-        .unwrap();
+    timeout(Duration::from_secs(5), node_task).await.expect("node stops").unwrap().unwrap();
 }

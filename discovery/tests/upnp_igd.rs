@@ -33,10 +33,7 @@ fn env(k: &str) -> Option<String> {
 #[ignore = "needs a miniupnpd lab (run inside the LAN namespace)"]
 async fn maps_through_miniupnpd() {
     let bind_ip: Option<IpAddr> = env("PB_UPNP_BIND_IP").map(|s| s.parse().unwrap());
-    let sock =
-        tokio::net::UdpSocket::bind(SocketAddr::new(bind_ip.unwrap_or([0, 0, 0, 0].into()), 0))
-            .await
-            .unwrap();
+    let sock = tokio::net::UdpSocket::bind(SocketAddr::new(bind_ip.unwrap_or([0, 0, 0, 0].into()), 0)).await.unwrap();
     let port = sock.local_addr().unwrap().port();
     let ctx = DiscoveryContext {
         hood_fingerprint: "00".repeat(32),
@@ -49,23 +46,14 @@ async fn maps_through_miniupnpd() {
     let opts = UpnpOptions {
         gateway_url: env("PB_UPNP_GATEWAY_URL"),
         bind_ip,
-        lease: Duration::from_secs(
-            env("PB_UPNP_LEASE_SECS")
-                .map(|s| s.parse().unwrap())
-                .unwrap_or(60),
-        ),
+        lease: Duration::from_secs(env("PB_UPNP_LEASE_SECS").map(|s| s.parse().unwrap()).unwrap_or(60)),
         ..Default::default()
     };
     let (sink, mut rx) = DiscoverySink::channel(16);
     let (handle, stop) = StopSignal::new();
     let task = tokio::spawn(Box::new(UpnpDiscovery::new(opts)).start(ctx, sink, stop));
-    let ev = timeout(Duration::from_secs(15), rx.recv())
-        .await
-        .expect("mapping in time")
-        .unwrap();
-    let DiscoveryEvent::External { addr, source } = ev else {
-        panic!("unexpected {ev:?}")
-    };
+    let ev = timeout(Duration::from_secs(15), rx.recv()).await.expect("mapping in time").unwrap();
+    let DiscoveryEvent::External { addr, source } = ev else { panic!("unexpected {ev:?}") };
     assert_eq!(source, "upnp");
     println!("mapped: {addr} -> local port {port}");
     if let Some(ip) = env("PB_UPNP_EXPECT_IP") {
@@ -76,10 +64,7 @@ async fn maps_through_miniupnpd() {
     }
     if env("PB_UPNP_EXPECT_PACKET").is_some() {
         let mut buf = [0u8; 1500];
-        let (n, from) = timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
-            .await
-            .expect("a datagram through the mapping")
-            .unwrap();
+        let (n, from) = timeout(Duration::from_secs(10), sock.recv_from(&mut buf)).await.expect("a datagram through the mapping").unwrap();
         println!("received {n} bytes from {from} through the mapping");
     }
     // With PB_UPNP_HOLD_SECS: keep the mapping (and print what happens, e.g.
@@ -91,26 +76,15 @@ async fn maps_through_miniupnpd() {
             println!("event: {ev:?}");
             match ev {
                 DiscoveryEvent::External { addr, .. } => current = Some(addr),
-                DiscoveryEvent::ExternalLost { addr, .. } if current == Some(addr) => {
-                    current = None
-                }
+                DiscoveryEvent::ExternalLost { addr, .. } if current == Some(addr) => current = None,
                 _ => {}
             }
         }
     }
     handle.stop();
-    timeout(Duration::from_secs(5), task)
-        .await
-        .expect("stops in time")
-        .unwrap();
+    timeout(Duration::from_secs(5), task).await.expect("stops in time").unwrap();
     if let Some(addr) = current {
         let ev = rx.recv().await.unwrap();
-        assert_eq!(
-            ev,
-            DiscoveryEvent::ExternalLost {
-                addr,
-                source: "upnp".into()
-            }
-        );
+        assert_eq!(ev, DiscoveryEvent::ExternalLost { addr, source: "upnp".into() });
     }
 }

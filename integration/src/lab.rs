@@ -168,10 +168,7 @@ pub fn print_skip(why: &str) {
 /// Find `prog` on PATH.
 pub fn which(prog: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].iter().map(PathBuf::from))
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).chain(["/usr/sbin", "/sbin"].iter().map(PathBuf::from)).map(|d| d.join(prog)).find(|p| p.is_file())
 }
 
 fn effective_uid() -> Option<u32> {
@@ -230,10 +227,7 @@ impl Lab {
             }
             Ok(o) => {
                 let _ = run_cmd(Command::new("ip").args(["netns", "del", &probe]), CMD_TIMEOUT);
-                return Err(missing(format!(
-                    "cannot create a network namespace: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                )));
+                return Err(missing(format!("cannot create a network namespace: {}", String::from_utf8_lossy(&o.stderr).trim())));
             }
             Err(e) => return Err(missing(format!("cannot run `ip netns add`: {e:#}"))),
         }
@@ -336,20 +330,13 @@ impl Lab {
     pub fn bridge_in(&self, ns: &Ns, name: &str) -> Result<Bridge> {
         check_ifname(name)?;
         self.no_bridge_netfilter(ns)?;
-        self.ip(
-            ns,
-            &["link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0", "mcast_snooping", "0"],
-        )?;
+        self.ip(ns, &["link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0", "mcast_snooping", "0"])?;
         self.ip(ns, &["link", "set", name, "up"])?;
         Ok(Bridge { ns: ns.clone(), name: name.to_owned() })
     }
 
     fn no_bridge_netfilter(&self, ns: &Ns) -> Result<()> {
-        for key in [
-            "net.bridge.bridge-nf-call-iptables",
-            "net.bridge.bridge-nf-call-ip6tables",
-            "net.bridge.bridge-nf-call-arptables",
-        ] {
+        for key in ["net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables", "net.bridge.bridge-nf-call-arptables"] {
             // Absent without br_netfilter: then there is nothing to turn off.
             if self.sysctl_path_exists(ns, key) {
                 self.sysctl(ns, key, "0")?;
@@ -416,8 +403,7 @@ impl Lab {
     /// Set a sysctl inside `ns` (`net.ipv4.ip_forward`, ...).
     pub fn sysctl(&self, ns: &Ns, key: &str, value: &str) -> Result<()> {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        self.exec(ns, ["sh", "-c", &format!("echo {value} > {path}")])
-            .with_context(|| format!("sysctl {key}={value} in {ns}"))?;
+        self.exec(ns, ["sh", "-c", &format!("echo {value} > {path}")]).with_context(|| format!("sysctl {key}={value} in {ns}"))?;
         Ok(())
     }
 
@@ -507,10 +493,8 @@ impl Lab {
         let shared = Arc::new(Shared::default());
         let s2 = shared.clone();
         let copy = File::create(stderr_path.with_extension("stdout")).ok();
-        let reader =
-            std::thread::Builder::new().name(format!("lab-out-{label}")).spawn(move || read_lines(out, &s2, copy))?;
-        Ok(LabProcess { label, child, stdin: None, shared, cursor: 0, stderr_path, reader: Some(reader), stderr_cursor: 0 }
-            .with_stdin())
+        let reader = std::thread::Builder::new().name(format!("lab-out-{label}")).spawn(move || read_lines(out, &s2, copy))?;
+        Ok(LabProcess { label, child, stdin: None, shared, cursor: 0, stderr_path, reader: Some(reader), stderr_cursor: 0 }.with_stdin())
     }
 
     /// Start a program and wait (at most `timeout`) for it to exit; its
@@ -613,12 +597,8 @@ fn ip(args: &[&str]) -> Result<()> {
 /// Run a command with a time limit, collecting its output.
 fn run_cmd(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     let desc = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawn {desc}"))?;
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("spawn {desc}"))?;
     let mut so = child.stdout.take().expect("piped");
     let mut se = child.stderr.take().expect("piped");
     let t_out = std::thread::spawn(move || {
@@ -764,15 +744,8 @@ impl LabProcess {
     }
 
     /// [`LabProcess::wait_for_line`] on lines that parse as JSON.
-    pub fn wait_for_json(
-        &mut self,
-        mut pred: impl FnMut(&serde_json::Value) -> bool,
-        timeout: Duration,
-    ) -> Result<serde_json::Value> {
-        let line = self.wait_for_line(
-            |l| serde_json::from_str::<serde_json::Value>(l).map(|v| pred(&v)).unwrap_or(false),
-            timeout,
-        )?;
+    pub fn wait_for_json(&mut self, mut pred: impl FnMut(&serde_json::Value) -> bool, timeout: Duration) -> Result<serde_json::Value> {
+        let line = self.wait_for_line(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| pred(&v)).unwrap_or(false), timeout)?;
         Ok(serde_json::from_str(&line)?)
     }
 
@@ -899,11 +872,7 @@ impl LabProcess {
             }
             if exited || Instant::now() >= deadline {
                 let why = if exited { "process exited" } else { "timed out" };
-                bail!(
-                    "{}: {why} while waiting {timeout:?} for a matching stderr line; stderr tail:\n{}",
-                    self.label,
-                    self.stderr_tail(30)
-                );
+                bail!("{}: {why} while waiting {timeout:?} for a matching stderr line; stderr tail:\n{}", self.label, self.stderr_tail(30));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -929,12 +898,7 @@ impl Drop for LabProcess {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!(
-                "---- {} stderr tail ({}):\n{}\n----",
-                self.label,
-                self.stderr_path.display(),
-                self.stderr_tail(40)
-            );
+            eprintln!("---- {} stderr tail ({}):\n{}\n----", self.label, self.stderr_path.display(), self.stderr_tail(40));
         }
     }
 }

@@ -284,17 +284,8 @@ impl<'a> NatLab<'a> {
         let conf = dir.join(format!("{}-miniupnpd.conf", site.router.short));
         let pid = dir.join(format!("{}-miniupnpd-{k}.pid", site.router.short));
         std::fs::write(&conf, Self::miniupnpd_conf(site))?;
-        let mut p = self.lab.spawn(
-            &site.router,
-            "miniupnpd",
-            [
-                "-d".as_ref(),
-                "-f".as_ref(),
-                conf.as_os_str(),
-                "-P".as_ref(),
-                pid.as_os_str(),
-            ],
-        )?;
+        let mut p =
+            self.lab.spawn(&site.router, "miniupnpd", ["-d".as_ref(), "-f".as_ref(), conf.as_os_str(), "-P".as_ref(), pid.as_os_str()])?;
         // STUN takes up to 3 s per round; give it a few.
         let line = p
             .wait_for_stderr(
@@ -315,10 +306,7 @@ impl<'a> NatLab<'a> {
             let addr = SocketAddr::V4(SocketAddrV4::new(site.lan_ip, UPNP_HTTP_PORT));
             let ok = self
                 .lab
-                .exec_unchecked(
-                    &site.host,
-                    ["bash", "-c", &format!("exec 3<>/dev/tcp/{}/{}", addr.ip(), addr.port())],
-                )
+                .exec_unchecked(&site.host, ["bash", "-c", &format!("exec 3<>/dev/tcp/{}/{}", addr.ip(), addr.port())])
                 .map(|o| o.status.success())
                 .unwrap_or(false);
             if ok {
@@ -503,10 +491,7 @@ mod tests {
     #[test]
     fn dnat_rules() {
         let text = "table inet pbnat {\n\tchain upnp_prerouting {\n\t\tiif \"wan\" @nh,72,8 0x11 th dport 4816 dnat ip to 198.18.1.10:4816\n\t\tiif \"wan\" @nh,72,8 0x11 th dport 30000 dnat ip to 198.18.1.10:4817\n\t}\n}\n";
-        assert_eq!(
-            parse_dnat_rules(text),
-            vec![(4816, "198.18.1.10:4816".parse().unwrap()), (30000, "198.18.1.10:4817".parse().unwrap())]
-        );
+        assert_eq!(parse_dnat_rules(text), vec![(4816, "198.18.1.10:4816".parse().unwrap()), (30000, "198.18.1.10:4817".parse().unwrap())]);
         assert!(parse_dnat_rules("chain x { }").is_empty());
     }
 

@@ -65,19 +65,13 @@ pub fn parse_request(buf: &[u8]) -> Option<BindingRequest> {
             return None;
         }
         if aty == ATTR_CHANGE_REQUEST && alen == 4 {
-            let flags =
-                u32::from_be_bytes([buf[body], buf[body + 1], buf[body + 2], buf[body + 3]]);
+            let flags = u32::from_be_bytes([buf[body], buf[body + 1], buf[body + 2], buf[body + 3]]);
             change_ip = flags & CHANGE_IP != 0;
             change_port = flags & CHANGE_PORT != 0;
         }
         at = body + alen.div_ceil(4) * 4;
     }
-    Some(BindingRequest {
-        transaction_id,
-        cookie_field,
-        change_ip,
-        change_port,
-    })
+    Some(BindingRequest { transaction_id, cookie_field, change_ip, change_port })
 }
 
 fn push_attr(out: &mut Vec<u8>, ty: u16, value: &[u8]) {
@@ -121,12 +115,7 @@ fn xor_addr_value(a: SocketAddr, tid: &[u8; 12]) -> Vec<u8> {
 
 /// Build the Binding success response to `req` from `client`, sent from
 /// `origin`, advertising `other` as OTHER-ADDRESS.
-pub fn binding_response(
-    req: &BindingRequest,
-    client: SocketAddr,
-    origin: SocketAddr,
-    other: SocketAddr,
-) -> Vec<u8> {
+pub fn binding_response(req: &BindingRequest, client: SocketAddr, origin: SocketAddr, other: SocketAddr) -> Vec<u8> {
     let mut out = Vec::with_capacity(96);
     out.extend_from_slice(&BINDING_SUCCESS.to_be_bytes());
     out.extend_from_slice(&[0, 0]); // length, set below
@@ -156,11 +145,7 @@ pub struct StunConfig {
 impl StunConfig {
     /// Socket index: bit 1 = alternate IP, bit 0 = alternate port.
     fn addr(&self, i: usize) -> SocketAddr {
-        let ip = if i & 2 == 0 {
-            self.primary
-        } else {
-            self.alternate
-        };
+        let ip = if i & 2 == 0 { self.primary } else { self.alternate };
         let port = if i & 1 == 0 { self.port } else { self.alt_port };
         SocketAddr::new(ip, port)
     }
@@ -176,19 +161,13 @@ impl StunServer {
     /// Bind the four sockets.
     pub async fn bind(cfg: StunConfig) -> std::io::Result<StunServer> {
         if cfg.primary == cfg.alternate || cfg.port == cfg.alt_port {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "need two distinct addresses and ports",
-            ));
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "need two distinct addresses and ports"));
         }
         let s0 = UdpSocket::bind(cfg.addr(0)).await?;
         let s1 = UdpSocket::bind(cfg.addr(1)).await?;
         let s2 = UdpSocket::bind(cfg.addr(2)).await?;
         let s3 = UdpSocket::bind(cfg.addr(3)).await?;
-        Ok(StunServer {
-            cfg,
-            sockets: Arc::new([s0, s1, s2, s3]),
-        })
+        Ok(StunServer { cfg, sockets: Arc::new([s0, s1, s2, s3]) })
     }
 
     pub fn config(&self) -> StunConfig {
@@ -207,23 +186,19 @@ impl StunServer {
             tasks.push(tokio::spawn(async move {
                 let mut buf = [0u8; 1500];
                 while count.load(std::sync::atomic::Ordering::Relaxed) < max_requests {
-                    let (n, from) =
-                        match tokio::time::timeout_at(deadline, socks[i].recv_from(&mut buf)).await
-                        {
-                            Err(_) => return,
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, "stun: recv failed");
-                                continue;
-                            }
-                            Ok(Ok(v)) => v,
-                        };
+                    let (n, from) = match tokio::time::timeout_at(deadline, socks[i].recv_from(&mut buf)).await {
+                        Err(_) => return,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "stun: recv failed");
+                            continue;
+                        }
+                        Ok(Ok(v)) => v,
+                    };
                     count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(req) = parse_request(&buf[..n]) else {
                         continue;
                     };
-                    let j = i
-                        ^ (if req.change_ip { 2 } else { 0 })
-                        ^ (if req.change_port { 1 } else { 0 });
+                    let j = i ^ (if req.change_ip { 2 } else { 0 }) ^ (if req.change_port { 1 } else { 0 });
                     let origin = cfg.addr(j);
                     let other = cfg.addr(i ^ 3);
                     let resp = binding_response(&req, from, origin, other);
@@ -290,17 +265,9 @@ mod tests {
         bad[3] = 0x40; // length beyond the buffer
         assert!(parse_request(&bad).is_none());
         let client: SocketAddr = "198.51.100.7:40000".parse().unwrap();
-        let resp = binding_response(
-            &r,
-            client,
-            "203.0.113.1:3478".parse().unwrap(),
-            "203.0.113.2:3479".parse().unwrap(),
-        );
+        let resp = binding_response(&r, client, "203.0.113.1:3478".parse().unwrap(), "203.0.113.2:3479".parse().unwrap());
         assert_eq!(&resp[0..2], &[0x01, 0x01]);
-        assert_eq!(
-            u16::from_be_bytes([resp[2], resp[3]]) as usize,
-            resp.len() - 20
-        );
+        assert_eq!(u16::from_be_bytes([resp[2], resp[3]]) as usize, resp.len() - 20);
         assert_eq!(&resp[8..20], &[7; 12]);
         assert_eq!(mapped(&resp), Some(client));
     }
@@ -330,29 +297,15 @@ mod tests {
         let cfg = server.config();
         let task = tokio::spawn(server.serve(Duration::from_secs(10), 100));
         let primary = SocketAddr::new(cfg.primary, cfg.port);
-        for (k, flags) in [0, CHANGE_PORT, CHANGE_IP, CHANGE_IP | CHANGE_PORT]
-            .into_iter()
-            .enumerate()
-        {
+        for (k, flags) in [0, CHANGE_PORT, CHANGE_IP, CHANGE_IP | CHANGE_PORT].into_iter().enumerate() {
             let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let tid = [k as u8 + 1; 12];
             c.send_to(&request(tid, flags), primary).await.unwrap();
             let mut buf = [0u8; 1500];
-            let (n, from) = tokio::time::timeout(Duration::from_secs(3), c.recv_from(&mut buf))
-                .await
-                .unwrap()
-                .unwrap();
+            let (n, from) = tokio::time::timeout(Duration::from_secs(3), c.recv_from(&mut buf)).await.unwrap().unwrap();
             let want_from = SocketAddr::new(
-                if flags & CHANGE_IP != 0 {
-                    cfg.alternate
-                } else {
-                    cfg.primary
-                },
-                if flags & CHANGE_PORT != 0 {
-                    cfg.alt_port
-                } else {
-                    cfg.port
-                },
+                if flags & CHANGE_IP != 0 { cfg.alternate } else { cfg.primary },
+                if flags & CHANGE_PORT != 0 { cfg.alt_port } else { cfg.port },
             );
             assert_eq!(from, want_from, "flags {flags:#x}");
             assert_eq!(&buf[8..20], &tid);

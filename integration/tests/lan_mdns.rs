@@ -76,19 +76,15 @@ fn mdns_service_on_a_lan() {
         lab.spawn_env(ns, probe, args, [("RUST_LOG", "partybus_discovery=debug,mdns_sd=info")]).unwrap()
     };
     let t0 = Instant::now();
-    let mut members: Vec<LabProcess> =
-        lan.members.iter().enumerate().map(|(i, ns)| spawn(ns, HOOD_A, i as u16 + 1)).collect();
+    let mut members: Vec<LabProcess> = lan.members.iter().enumerate().map(|(i, ns)| spawn(ns, HOOD_A, i as u16 + 1)).collect();
     let far = spawn(&lan.far, HOOD_A, 4);
     let stranger = spawn(&lan.stranger, HOOD_B, 5);
 
     // Every member finds the IPv4 address of both others.
     for (i, p) in members.iter_mut().enumerate() {
-        let mut want: BTreeSet<String> =
-            (0..3).filter(|&j| j != i).map(|j| format!("{}:{}", ip_of(&lan.members[j]), 4811 + j)).collect();
+        let mut want: BTreeSet<String> = (0..3).filter(|&j| j != i).map(|j| format!("{}:{}", ip_of(&lan.members[j]), 4811 + j)).collect();
         while !want.is_empty() {
-            let v = p
-                .wait_for_json(|v| v["candidate"].as_str().is_some_and(|c| want.contains(c)), Duration::from_secs(20))
-                .unwrap();
+            let v = p.wait_for_json(|v| v["candidate"].as_str().is_some_and(|c| want.contains(c)), Duration::from_secs(20)).unwrap();
             want.remove(v["candidate"].as_str().unwrap());
         }
     }
@@ -100,17 +96,9 @@ fn mdns_service_on_a_lan() {
         let c = candidates(p);
         eprintln!("{}: {c:?}", lan.members[i].short);
         for bad in ["198.18.0.15", "198.18.4.14", ":4814", ":4815", "127.0.0.1", "[::1]"] {
-            assert!(
-                !c.iter().any(|a| a.contains(bad)),
-                "{} got a candidate matching {bad}: {c:?}",
-                lan.members[i].short
-            );
+            assert!(!c.iter().any(|a| a.contains(bad)), "{} got a candidate matching {bad}: {c:?}", lan.members[i].short);
         }
-        assert!(
-            !c.iter().any(|a| a.ends_with(&format!(":{}", 4811 + i))),
-            "{} reported itself: {c:?}",
-            lan.members[i].short
-        );
+        assert!(!c.iter().any(|a| a.ends_with(&format!(":{}", 4811 + i))), "{} reported itself: {c:?}", lan.members[i].short);
         // IPv6 link-local addresses are reported with their scope.
         assert!(c.iter().any(|a| a.starts_with("[fe80::") && a.contains('%')), "no IPv6 link-local candidate: {c:?}");
     }
@@ -215,11 +203,7 @@ fn partybus_nodes_mesh_over_mdns() {
     eprintln!("mdns: full mesh of 3 in {:.2} s", mesh_time.as_secs_f64());
     for (i, s) in &seen {
         let others: BTreeSet<String> = (0..3).filter(|j| j != i).map(|j| ids[j].clone()).collect();
-        assert!(
-            s.is_subset(&others) && s.len() == 2,
-            "{} neighbours {s:?}, expected {others:?}",
-            lan.members[*i].short
-        );
+        assert!(s.is_subset(&others) && s.len() == 2, "{} neighbours {s:?}, expected {others:?}", lan.members[*i].short);
     }
 
     // Events: listen on h1, emit on h2 (both join the mesh through mDNS too).
@@ -230,23 +214,12 @@ fn partybus_nodes_mesh_over_mdns() {
     let mut listener = lab.spawn_env(&lan.members[0], &bin, largs, env).unwrap();
     let mut eargs = vec!["emit".to_owned()];
     eargs.extend(node_args(&hood_a, "e2", 4817));
-    eargs.extend([
-        "lab.hello".into(),
-        r#"{"n":42}"#.into(),
-        "--wait-listeners".into(),
-        "1".into(),
-        "--timeout".into(),
-        "30s".into(),
-    ]);
+    eargs.extend(["lab.hello".into(), r#"{"n":42}"#.into(), "--wait-listeners".into(), "1".into(), "--timeout".into(), "30s".into()]);
     // Spawned with the nodes' RUST_LOG: its log is what explains a lost event.
     let mut emit = lab.spawn_env(&lan.members[1], &bin, eargs, env).unwrap();
     let st = emit.wait_exit(Duration::from_secs(45)).unwrap();
     assert!(st.success(), "emit exited with {st}:\n{}", emit.stderr_tail(30));
-    let reached: u64 = emit
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or_else(|| panic!("emit output {:?}", emit.lines()));
+    let reached: u64 = emit.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("emit output {:?}", emit.lines()));
     assert!(reached >= 1, "emit reached {reached} listeners");
     let ev = listener.wait_for_json(|v| v["event"] == "lab.hello", Duration::from_secs(10)).unwrap();
     assert_eq!(ev["payload"]["n"], 42);
@@ -260,11 +233,7 @@ fn partybus_nodes_mesh_over_mdns() {
     }
     for (i, p) in nodes.iter().enumerate() {
         for l in p.lines() {
-            assert!(
-                !l.contains(&far_id) && !l.contains(&stranger_id),
-                "{} connected to an outsider: {l}",
-                lan.members[i].short
-            );
+            assert!(!l.contains(&far_id) && !l.contains(&stranger_id), "{} connected to an outsider: {l}", lan.members[i].short);
             assert!(!l.contains("198.18.4.14") && !l.contains("198.18.0.15"), "{}: {l}", lan.members[i].short);
         }
     }

@@ -99,10 +99,7 @@ fn wait_found(p: &mut LabProcess, id: &str, timeout: Duration) -> serde_json::Va
 
 /// Has `p` printed a `found` line for `id` (looking at all its output)?
 fn has_found(p: &LabProcess, id: &str) -> Option<serde_json::Value> {
-    p.lines()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .rfind(|v| v["neighbour"] == "found" && v["id"] == id)
+    p.lines().iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).rfind(|v| v["neighbour"] == "found" && v["id"] == id)
 }
 
 /// Is `id` a neighbour of `p` now (last found/lost line for it is `found`)?
@@ -218,13 +215,8 @@ fn hub_scenario(lab: &Lab, bin: &Path, opts: NatOptions, sc: &str) {
         eprintln!("nat: scenario {sc} event {host} -> vps1 delivered in {:.2} s", t.elapsed().as_secs_f64());
     }
     // And the other way: a listener on h1 gets an emit from vps1.
-    let mut l1 = hood.spawn(
-        lab,
-        &nat.r1.host,
-        "listen",
-        "l1",
-        &s(&["--port", "4817", "--connect", &hub, "--allow-non-global", "lab.to-h1"]),
-    );
+    let mut l1 =
+        hood.spawn(lab, &nat.r1.host, "listen", "l1", &s(&["--port", "4817", "--connect", &hub, "--allow-non-global", "lab.to-h1"]));
     let t = Instant::now();
     let args = s(&[
         "--port",
@@ -287,11 +279,8 @@ struct DhtMesh<'a> {
 
 fn dht_mesh<'a>(lab: &'a Lab, bin: &Path, scenario: u32, extra: &[&str]) -> DhtMesh<'a> {
     let up = RouterOptions { upnp: true, ..Default::default() };
-    let nat = NatLab::build(
-        lab,
-        NatOptions { r1: up.clone(), r2: up, stun_server: Some(env!("CARGO_BIN_EXE_stun-server").into()) },
-    )
-    .unwrap();
+    let nat =
+        NatLab::build(lab, NatOptions { r1: up.clone(), r2: up, stun_server: Some(env!("CARGO_BIN_EXE_stun-server").into()) }).unwrap();
     let hood = Hood::new(lab, bin);
     let mut dht = lab
         .spawn_env(
@@ -314,10 +303,7 @@ fn dht_mesh<'a>(lab: &'a Lab, bin: &Path, scenario: u32, extra: &[&str]) -> DhtM
     let m1 = nat.wait_mapping(&nat.r1, SocketAddr::new(nat.r1.host_ip.into(), 4816), Duration::from_secs(5)).unwrap();
     assert_eq!(x1, SocketAddr::new(nat.r1.wan_ip.into(), m1), "h1's external address is not its mapping on r1");
     wait_announced(&mut h1, x1, Duration::from_secs(20));
-    eprintln!(
-        "nat: scenario {scenario} h1 mapped at {x1} and announced in the DHT after {:.2} s",
-        t0.elapsed().as_secs_f64()
-    );
+    eprintln!("nat: scenario {scenario} h1 mapped at {x1} and announced in the DHT after {:.2} s", t0.elapsed().as_secs_f64());
 
     let t1 = Instant::now();
     let mut h2 = hood.spawn(lab, &nat.r2.host, "node", "h2", &node_args);
@@ -375,7 +361,12 @@ fn dht_rendezvous_and_upnp_direct_mesh() {
     m.event(&lab, &h2, &h1, "h2-to-h1", 1);
     m.event(&lab, &h1, &h2, "h1-to-h2", 1);
     assert!(is_neighbour(&m.h1, &m.h2_id) && is_neighbour(&m.h2, &m.h1_id), "h1 and h2 lost each other");
-    eprintln!("nat: scenario 1 bootstrap {} only; mappings r1 {:?}, r2 {:?}", m.boot, m.nat.udp_mappings(&m.nat.r1).unwrap(), m.nat.udp_mappings(&m.nat.r2).unwrap());
+    eprintln!(
+        "nat: scenario 1 bootstrap {} only; mappings r1 {:?}, r2 {:?}",
+        m.boot,
+        m.nat.udp_mappings(&m.nat.r1).unwrap(),
+        m.nat.udp_mappings(&m.nat.r2).unwrap()
+    );
     for p in [&mut m.h1, &mut m.h2] {
         p.signal("TERM").unwrap();
     }
@@ -414,8 +405,7 @@ fn router_restart_drops_mapping_and_mesh_heals() {
     // h2 notices: the renewal fails, the external address is withdrawn.
     m.h2.wait_for_stderr(|l| l.contains("upnp: mapping lost"), Duration::from_secs(15))
         .unwrap_or_else(|e| panic!("h2 did not notice the lost mapping: {e:#}"));
-    m.h2.wait_for_stderr(|l| l.contains("external address withdrawn") && l.contains(&m.x2.to_string()), Duration::from_secs(5))
-        .unwrap();
+    m.h2.wait_for_stderr(|l| l.contains("external address withdrawn") && l.contains(&m.x2.to_string()), Duration::from_secs(5)).unwrap();
     eprintln!("nat: scenario 3 h2 noticed the lost mapping after {:.2} s", t0.elapsed().as_secs_f64());
     // The connection dies (idle timeout) on both sides.
     let (h1_id, h2_id) = (m.h1_id.clone(), m.h2_id.clone());
@@ -428,16 +418,8 @@ fn router_restart_drops_mapping_and_mesh_heals() {
     let t_up = Instant::now();
     m.nat.start_miniupnpd(&m.nat.r2).unwrap();
     eprintln!("nat: scenario 3 r2 back after {:.2} s down", t0.elapsed().as_secs_f64());
-    let f12 = if let Some(v) = has_found_after_lost(&m.h1, &h2_id) {
-        v
-    } else {
-        wait_found(&mut m.h1, &h2_id, Duration::from_secs(60))
-    };
-    let f21 = if let Some(v) = has_found_after_lost(&m.h2, &h1_id) {
-        v
-    } else {
-        wait_found(&mut m.h2, &h1_id, Duration::from_secs(30))
-    };
+    let f12 = if let Some(v) = has_found_after_lost(&m.h1, &h2_id) { v } else { wait_found(&mut m.h1, &h2_id, Duration::from_secs(60)) };
+    let f21 = if let Some(v) = has_found_after_lost(&m.h2, &h1_id) { v } else { wait_found(&mut m.h2, &h1_id, Duration::from_secs(30)) };
     eprintln!(
         "nat: scenario 3 full mesh again in {:.2} s after the router came back ({:.2} s after the cut); h1 sees h2 at {} ({}), h2 sees h1 at {} ({})",
         t_up.elapsed().as_secs_f64(),
@@ -457,13 +439,8 @@ fn router_restart_drops_mapping_and_mesh_heals() {
     eprintln!("nat: scenario 3 h2 mapped again at {x2} {:.2} s after the router came back", t_up.elapsed().as_secs_f64());
     // The new mapping takes fresh connections from the internet: a probe
     // node on vps1 dials h2 there.
-    let mut probe = m.hood.spawn(
-        &lab,
-        &m.nat.vps1,
-        "node",
-        "probe",
-        &s(&["--port", "4820", "--connect", &x2.to_string(), "--allow-non-global"]),
-    );
+    let mut probe =
+        m.hood.spawn(&lab, &m.nat.vps1, "node", "probe", &s(&["--port", "4820", "--connect", &x2.to_string(), "--allow-non-global"]));
     let fp = wait_found(&mut probe, &h2_id, Duration::from_secs(20));
     assert_eq!(fp["addr"], x2.to_string(), "{fp}");
     assert_eq!(fp["direction"], "out", "{fp}");

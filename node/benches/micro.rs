@@ -226,8 +226,16 @@ fn handshakes(h: &Harness) {
         let sock = |_: ()| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let rt = quinn::default_runtime().expect("runtime");
         // Loopback: the settings partybus uses for peers on this host.
-        let (server, _) = partybus::tls::on_host(&b, partybus::tls::server_config(&b).expect("server config"), partybus::tls::client_config(&b).expect("client config"));
-        let (_, client) = partybus::tls::on_host(&a, partybus::tls::server_config(&a).expect("server config"), partybus::tls::client_config(&a).expect("client config"));
+        let (server, _) = partybus::tls::on_host(
+            &b,
+            partybus::tls::server_config(&b).expect("server config"),
+            partybus::tls::client_config(&b).expect("client config"),
+        );
+        let (_, client) = partybus::tls::on_host(
+            &a,
+            partybus::tls::server_config(&a).expect("server config"),
+            partybus::tls::client_config(&a).expect("client config"),
+        );
         let srv = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), sock(()), rt.clone()).expect("endpoint");
         let mut cli = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, sock(()), rt).expect("endpoint");
         cli.set_default_client_config(client);

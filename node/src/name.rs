@@ -68,7 +68,12 @@ fn check(text: &str, kind: &'static str, wild: bool, allowed: &'static str) -> R
         return Err(NameError::Empty { kind, allowed });
     }
     if text.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong { kind, text: text.chars().take(40).collect::<String>() + "...", len: text.len(), max: MAX_NAME_LEN });
+        return Err(NameError::TooLong {
+            kind,
+            text: text.chars().take(40).collect::<String>() + "...",
+            len: text.len(),
+            max: MAX_NAME_LEN,
+        });
     }
     for (pos, ch) in text.char_indices() {
         let ok = ch.is_ascii() && {

@@ -313,11 +313,7 @@ impl State {
         let State { emit_cache, subs, neighbours, .. } = self;
         let r = emit_cache.get_or_insert_with(name, || {
             let route = subs.route(name);
-            let remote = route
-                .remote
-                .iter()
-                .filter_map(|(peer, n)| neighbours.get(peer).map(|nb| (nb.queue.clone(), *n, *peer)))
-                .collect();
+            let remote = route.remote.iter().filter_map(|(peer, n)| neighbours.get(peer).map(|nb| (nb.queue.clone(), *n, *peer))).collect();
             Arc::new(EmitRoute { name: name.into(), local: !route.local.is_empty(), local_counted: route.local_counted, remote })
         });
         self.emit_last = Some(r.clone());
@@ -668,9 +664,8 @@ impl ListenerLookup for Inner {
         let mut st = self.state();
         let gen = self.generation();
         let State { listener_cache, subs, listeners, .. } = &mut *st;
-        let l = listener_cache.get_or_insert_with(name, || {
-            Arc::new(subs.route(name).local.iter().filter_map(|id| listeners.get(id).cloned()).collect())
-        });
+        let l = listener_cache
+            .get_or_insert_with(name, || Arc::new(subs.route(name).local.iter().filter_map(|id| listeners.get(id).cloned()).collect()));
         (gen, l)
     }
     fn generation(&self) -> u64 {
@@ -838,11 +833,8 @@ async fn accept_loop(inner: Arc<Inner>) {
         let remote = incoming.remote_address();
         Counters::bump(&inner.counters.accepts);
         let pending = PendingIncoming::new(&inner, canonical(remote));
-        let connecting = if canonical(remote).ip().is_loopback() {
-            incoming.accept_with(inner.server_on_host.clone())
-        } else {
-            incoming.accept()
-        };
+        let connecting =
+            if canonical(remote).ip().is_loopback() { incoming.accept_with(inner.server_on_host.clone()) } else { incoming.accept() };
         tokio::spawn(async move {
             let connecting = async move { connecting?.await };
             let conn = match tokio::time::timeout(me.settings.handshake_timeout, connecting).await {
@@ -1199,9 +1191,7 @@ fn redial(inner: &Arc<Inner>, id: NodeId, addrs: Vec<SocketAddr>) {
                 let st = me.state();
                 // Back already (it dialled us), or someone else now lives at
                 // its address (it restarted with a new id): done.
-                if st.neighbours.contains_key(&id)
-                    || st.neighbours.values().any(|n| n.info.addr.is_some_and(|a| addrs.contains(&a)))
-                {
+                if st.neighbours.contains_key(&id) || st.neighbours.values().any(|n| n.info.addr.is_some_and(|a| addrs.contains(&a))) {
                     return;
                 }
             }
@@ -1230,15 +1220,8 @@ async fn read_hello(recv: &mut quinn::RecvStream, dec: &mut FrameDecoder) -> Res
     }
 }
 
-
 /// Runs one connection from handshake to end.
-async fn run_connection(
-    inner: Arc<Inner>,
-    conn: quinn::Connection,
-    dir: Direction,
-    dialed: Option<SocketAddr>,
-    until_hellos: Handshake,
-) {
+async fn run_connection(inner: Arc<Inner>, conn: quinn::Connection, dir: Direction, dialed: Option<SocketAddr>, until_hellos: Handshake) {
     let remote = canonical(conn.remote_address());
     let cert_name = crate::tls::peer_cert_name(&conn);
     let max_frame = inner.settings.max_event_size + wire::FRAME_OVERHEAD;
@@ -1330,7 +1313,12 @@ async fn run_connection(
                     .values()
                     .map(|n| PeerAddrs {
                         id: n.info.id,
-                        addrs: n.gossip_addrs.iter().copied().filter(|a| peers::may_gossip(*a, remote, inner.settings.allow_non_global)).collect(),
+                        addrs: n
+                            .gossip_addrs
+                            .iter()
+                            .copied()
+                            .filter(|a| peers::may_gossip(*a, remote, inner.settings.allow_non_global))
+                            .collect(),
                     })
                     .filter(|p| !p.addrs.is_empty())
                     .collect();
@@ -1599,35 +1587,35 @@ async fn run_reader(
 /// Handles a frame other than an event; `Ok(true)` for a retire.
 fn handle_control(inner: &Arc<Inner>, peer: NodeId, remote: SocketAddr, frame: Frame<'_>) -> Result<bool, String> {
     match frame {
-                Frame::Subscribe(subs) => {
-                    let mut st = inner.state();
-                    for s in subs {
-                        if let Err(e) = st.subs.add_remote(peer, s.id, &s.selector, s.spy) {
-                            warn!(peer = %peer.short(), error = %e, "subscription refused");
-                        }
-                    }
-                    inner.changed(&mut st);
+        Frame::Subscribe(subs) => {
+            let mut st = inner.state();
+            for s in subs {
+                if let Err(e) = st.subs.add_remote(peer, s.id, &s.selector, s.spy) {
+                    warn!(peer = %peer.short(), error = %e, "subscription refused");
                 }
-                Frame::Unsubscribe(ids) => {
-                    let mut st = inner.state();
-                    for id in ids {
-                        st.subs.remove_remote(peer, id);
-                    }
-                    inner.changed(&mut st);
-                }
-                Frame::Peers(list) => {
-                    if list.len() > 10_000 {
-                        return Err("gossip list too long".into());
-                    }
-                    handle_gossip(inner, list, remote);
-                }
-                Frame::Retire => {
-                    // The peer sends nothing more here; EOF follows.
-                    return Ok(true);
-                }
-                Frame::Hello(_) => return Err("second hello".into()),
-                // The reader takes events before calling this.
-                Frame::Event { .. } => return Err("event frame in the control path".into()),
+            }
+            inner.changed(&mut st);
+        }
+        Frame::Unsubscribe(ids) => {
+            let mut st = inner.state();
+            for id in ids {
+                st.subs.remove_remote(peer, id);
+            }
+            inner.changed(&mut st);
+        }
+        Frame::Peers(list) => {
+            if list.len() > 10_000 {
+                return Err("gossip list too long".into());
+            }
+            handle_gossip(inner, list, remote);
+        }
+        Frame::Retire => {
+            // The peer sends nothing more here; EOF follows.
+            return Ok(true);
+        }
+        Frame::Hello(_) => return Err("second hello".into()),
+        // The reader takes events before calling this.
+        Frame::Event { .. } => return Err("event frame in the control path".into()),
     }
     Ok(false)
 }

@@ -250,7 +250,8 @@ mod tests {
 
     #[test]
     fn typed_round_trip_with_bytes_and_time() {
-        let b = Beat { n: 7, sound: "utz".into(), raw: vec![0, 1, 255], at: Timestamp(UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789)) };
+        let b =
+            Beat { n: 7, sound: "utz".into(), raw: vec![0, 1, 255], at: Timestamp(UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789)) };
         let bytes = encode(&b).unwrap();
         let back: Beat = decode(&bytes).unwrap();
         assert_eq!(back, b);
@@ -263,7 +264,8 @@ mod tests {
 
     #[test]
     fn json_round_trip_with_markers() {
-        let j = serde_json::json!({"a": [1, -2, 2.5, null, true], "b": {"$base64": "AAH/"}, "c": {"$date": "2023-11-14T22:13:20Z"}, "s": "x"});
+        let j =
+            serde_json::json!({"a": [1, -2, 2.5, null, true], "b": {"$base64": "AAH/"}, "c": {"$date": "2023-11-14T22:13:20Z"}, "s": "x"});
         let bytes = from_json(&j).unwrap();
         assert_eq!(to_json(&bytes).unwrap(), j);
         let t: std::collections::HashMap<String, rmpv::Value> = decode(&bytes).unwrap();

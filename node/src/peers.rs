@@ -204,13 +204,7 @@ pub struct DialSlots<T> {
 
 impl<T> DialSlots<T> {
     pub fn new(limit: usize) -> DialSlots<T> {
-        DialSlots {
-            limit,
-            running_first: 0,
-            running_second: 0,
-            first: Default::default(),
-            second: Default::default(),
-        }
+        DialSlots { limit, running_first: 0, running_second: 0, first: Default::default(), second: Default::default() }
     }
 
     fn free(&self) -> bool {

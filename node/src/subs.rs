@@ -142,10 +142,7 @@ impl SubTable {
 
     /// Local subscriptions in the form they travel in.
     pub fn local_wire(&self) -> Vec<crate::wire::WireSub> {
-        self.local
-            .iter()
-            .map(|(id, s)| crate::wire::WireSub { id: *id, selector: s.selector.as_str().to_owned(), spy: s.spy })
-            .collect()
+        self.local.iter().map(|(id, s)| crate::wire::WireSub { id: *id, selector: s.selector.as_str().to_owned(), spy: s.spy }).collect()
     }
 
     /// Adds a neighbour's subscription (idempotent by id), within limits.

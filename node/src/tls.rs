@@ -130,7 +130,11 @@ pub fn client_config(cfg: &Config) -> Result<quinn::ClientConfig, TlsSetupError>
 }
 
 /// [`server_config`] and [`client_config`] for peers on this host (see [`transport`]).
-pub fn on_host(cfg: &Config, mut server: quinn::ServerConfig, mut client: quinn::ClientConfig) -> (quinn::ServerConfig, quinn::ClientConfig) {
+pub fn on_host(
+    cfg: &Config,
+    mut server: quinn::ServerConfig,
+    mut client: quinn::ClientConfig,
+) -> (quinn::ServerConfig, quinn::ClientConfig) {
     server.transport_config(transport(cfg, true));
     client.transport_config(transport(cfg, true));
     (server, client)

@@ -160,10 +160,7 @@ async fn observe_listener_count_follows_subscribe_unsubscribe_loss_and_rejoin() 
     let step = |obs: &mut tokio::sync::watch::Receiver<usize>, n: usize| {
         let mut obs = obs.clone();
         async move {
-            tokio::time::timeout(GUARD, obs.wait_for(|c| *c == n))
-                .await
-                .unwrap_or_else(|_| panic!("count never became {n}"))
-                .unwrap();
+            tokio::time::timeout(GUARD, obs.wait_for(|c| *c == n)).await.unwrap_or_else(|_| panic!("count never became {n}")).unwrap();
         }
     };
     let hb = b.on("o", |_| {}).unwrap(); // remote subscribe

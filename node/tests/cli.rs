@@ -252,7 +252,10 @@ fn listen_and_emit_round_trip_with_the_documented_line_formats() {
         child.wait_with_output().unwrap()
     };
 
-    let o = emit(&["--wait-listeners", "2", "--timeout", "20s", "chat.lobby", r#"{"text":"hi","n":[1,2.5,null],"b":{"$base64":"AAH/"}}"#], None);
+    let o = emit(
+        &["--wait-listeners", "2", "--timeout", "20s", "chat.lobby", r#"{"text":"hi","n":[1,2.5,null],"b":{"$base64":"AAH/"}}"#],
+        None,
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let out = text(&o.stdout);
     assert_eq!(out.lines().last(), Some("2"), "the count (two matching listeners) alone on the last line: {out:?}");
@@ -273,7 +276,8 @@ fn listen_and_emit_round_trip_with_the_documented_line_formats() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout).lines().collect::<Vec<_>>(), ["1", "1", "1"]);
     // (A second chat.lobby line would show up here first.)
-    let got: Vec<serde_json::Value> = (0..3).map(|_| serde_json::from_str::<serde_json::Value>(&ear.line()).unwrap()["payload"].clone()).collect();
+    let got: Vec<serde_json::Value> =
+        (0..3).map(|_| serde_json::from_str::<serde_json::Value>(&ear.line()).unwrap()["payload"].clone()).collect();
     assert_eq!(got, [serde_json::json!(1), serde_json::json!("two"), serde_json::json!({"three": 3})]);
 
     // Not JSON on stdin: an error naming the line.
@@ -322,7 +326,21 @@ fn a_config_file_with_an_unknown_field_is_an_error_naming_file_and_field() {
 #[test]
 fn bench_quinn_prints_one_plausible_line_per_measurement() {
     let d = tempfile::tempdir().unwrap();
-    let args = ["bench", "quinn", "--measure", "latency,bulk,records", "--round-trips", "200", "--warmup", "20", "--duration", "300ms", "--timeout", "20s", "--json"];
+    let args = [
+        "bench",
+        "quinn",
+        "--measure",
+        "latency,bulk,records",
+        "--round-trips",
+        "200",
+        "--warmup",
+        "20",
+        "--duration",
+        "300ms",
+        "--timeout",
+        "20s",
+        "--json",
+    ];
     let o = run(&args, d.path());
     assert!(o.status.success(), "{}", text(&o.stderr));
     let out = text(&o.stdout);

@@ -182,7 +182,10 @@ async fn leaving_flushes_a_connection_the_peer_switched_away_from() {
     let payload = vec![7u8; 32 * 1024];
     let emitted = 200;
     // Read as a peer does, meanwhile (flow control would stall the node).
-    let reader = tokio::spawn(async move { let mut n = n; n.read_to_end().await.into_iter().filter(|g| matches!(g, Got::Event(..))).count() });
+    let reader = tokio::spawn(async move {
+        let mut n = n;
+        n.read_to_end().await.into_iter().filter(|g| matches!(g, Got::Event(..))).count()
+    });
     for _ in 0..emitted {
         assert_eq!(a.emit_bytes("late", &payload).await.unwrap(), 1);
     }

@@ -222,9 +222,7 @@ async fn the_disconnect_policy_lets_go_of_a_stuck_neighbour() {
     assert!(reached < N, "the event that waited for the stuck neighbour is not counted: {reached}");
     // b's subscriber wakes up: b takes what it had, then learns that a
     // closed the connection, and why.
-    let drain = tokio::spawn(async move {
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), sub.recv()).await {}
-    });
+    let drain = tokio::spawn(async move { while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), sub.recv()).await {} });
     let reason = loop {
         match tokio::time::timeout(GUARD, b_events.recv()).await {
             Ok(Ok(partybus::NeighbourEvent::Lost { reason, .. })) => break reason,

@@ -122,9 +122,8 @@ async fn a_peer_cannot_hold_more_subscriptions_than_the_limit() {
     let a = node(0, None, |c| c.max_subscriptions_per_peer = 5).await;
     let (ep, conn) = rogue(&a).await;
     let mut s = send_hello(&conn, wire::PROTOCOL_VERSION).await;
-    let subs = |ids: std::ops::Range<u64>| {
-        frame(&Frame::Subscribe(ids.map(|id| WireSub { id, selector: "lim".into(), spy: false }).collect()))
-    };
+    let subs =
+        |ids: std::ops::Range<u64>| frame(&Frame::Subscribe(ids.map(|id| WireSub { id, selector: "lim".into(), spy: false }).collect()));
     s.write_all(&subs(1..9)).await.unwrap(); // 8 > 5
     assert!(wait_until(|| a.listener_count("lim").unwrap() == 5, GUARD).await);
     s.write_all(&subs(20..23)).await.unwrap(); // more, one frame later

@@ -39,9 +39,7 @@ pub(crate) struct CertFacts {
     pub eku: Option<(bool, bool)>,
 }
 
-fn first_str<'a>(
-    mut it: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>,
-) -> Option<String> {
+fn first_str<'a>(mut it: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>) -> Option<String> {
     it.next().and_then(|a| a.as_str().ok()).map(str::to_string)
 }
 
@@ -56,14 +54,8 @@ impl CertFacts {
     }
 
     fn from_parsed(cert: &X509Certificate<'_>) -> Result<CertFacts, String> {
-        let basic_ca = cert
-            .basic_constraints()
-            .map_err(|e| format!("bad basicConstraints: {e}"))?
-            .map(|b| b.value.ca);
-        let key_cert_sign = cert
-            .key_usage()
-            .map_err(|e| format!("bad keyUsage: {e}"))?
-            .map(|k| k.value.key_cert_sign());
+        let basic_ca = cert.basic_constraints().map_err(|e| format!("bad basicConstraints: {e}"))?.map(|b| b.value.ca);
+        let key_cert_sign = cert.key_usage().map_err(|e| format!("bad keyUsage: {e}"))?.map(|k| k.value.key_cert_sign());
         let eku = cert
             .extended_key_usage()
             .map_err(|e| format!("bad extendedKeyUsage: {e}"))?
@@ -145,67 +137,41 @@ impl Problem {
 pub(crate) fn rfc3339(secs: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| format!("@{secs}"))
 }
 
 /// Current time in UNIX seconds.
 pub(crate) fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 pub(crate) fn check_validity(facts: &CertFacts, now: i64) -> Result<(), Problem> {
     if now < facts.not_before {
-        return Err(Problem::NotYetValid {
-            not_before: facts.not_before,
-        });
+        return Err(Problem::NotYetValid { not_before: facts.not_before });
     }
     if now > facts.not_after {
-        return Err(Problem::Expired {
-            not_after: facts.not_after,
-        });
+        return Err(Problem::Expired { not_after: facts.not_after });
     }
     Ok(())
 }
 
 /// Verifies that `issuer_spki` (a DER SubjectPublicKeyInfo) made the
 /// signature on `cert_der`, with the algorithms of rustls' ring provider.
-pub(crate) fn check_signature(
-    cert_der: &[u8],
-    issuer_spki: &[u8],
-    algs: &WebPkiSupportedAlgorithms,
-) -> Result<(), Problem> {
-    let parts = der::signed_parts(cert_der).ok_or_else(|| {
-        Problem::Malformed("cannot split certificate into TBS and signature".into())
-    })?;
-    let key = der::spki_parts(issuer_spki)
-        .ok_or_else(|| Problem::Malformed("cannot parse the issuer's public key".into()))?;
+pub(crate) fn check_signature(cert_der: &[u8], issuer_spki: &[u8], algs: &WebPkiSupportedAlgorithms) -> Result<(), Problem> {
+    let parts = der::signed_parts(cert_der).ok_or_else(|| Problem::Malformed("cannot split certificate into TBS and signature".into()))?;
+    let key = der::spki_parts(issuer_spki).ok_or_else(|| Problem::Malformed("cannot parse the issuer's public key".into()))?;
     let mut tried = false;
-    for alg in algs.all.iter().filter(|a| {
-        a.signature_alg_id().as_ref() == parts.signature_alg
-            && a.public_key_alg_id().as_ref() == key.alg
-    }) {
+    for alg in algs.all.iter().filter(|a| a.signature_alg_id().as_ref() == parts.signature_alg && a.public_key_alg_id().as_ref() == key.alg)
+    {
         tried = true;
-        if alg
-            .verify_signature(key.key, parts.tbs, parts.signature)
-            .is_ok()
-        {
+        if alg.verify_signature(key.key, parts.tbs, parts.signature).is_ok() {
             return Ok(());
         }
     }
     if tried {
         Err(Problem::BadSignature)
-    } else if algs
-        .all
-        .iter()
-        .any(|a| a.signature_alg_id().as_ref() == parts.signature_alg)
-    {
+    } else if algs.all.iter().any(|a| a.signature_alg_id().as_ref() == parts.signature_alg) {
         // A known algorithm, but not for the issuer's key type: cannot be its signature.
         Err(Problem::BadSignature)
     } else {
@@ -256,16 +222,10 @@ pub(crate) fn check_peer(
 /// and the hood's key: parses it, checks the issuer name and that the hood's
 /// key made the signature. Its result never changes for the same bytes and
 /// hood, so it may be remembered ([`crate::verified`]).
-pub(crate) fn check_issued_by(
-    cert_der: &[u8],
-    hood: &crate::Hood,
-    algs: &WebPkiSupportedAlgorithms,
-) -> Result<CertFacts, Problem> {
+pub(crate) fn check_issued_by(cert_der: &[u8], hood: &crate::Hood, algs: &WebPkiSupportedAlgorithms) -> Result<CertFacts, Problem> {
     let facts = CertFacts::parse(cert_der).map_err(Problem::Malformed)?;
     if facts.issuer_raw != hood.facts.subject_raw {
-        return Err(Problem::UnknownIssuer {
-            issuer: facts.issuer.clone(),
-        });
+        return Err(Problem::UnknownIssuer { issuer: facts.issuer.clone() });
     }
     check_signature(cert_der, &hood.facts.spki, algs)?;
     Ok(facts)
@@ -273,31 +233,16 @@ pub(crate) fn check_issued_by(
 
 /// The rest of [`check_peer`], done at every use: not a CA, allowed for
 /// `purpose`, the hood and the certificate valid at `now`.
-pub(crate) fn check_use(
-    facts: &CertFacts,
-    hood: &crate::Hood,
-    now: i64,
-    purpose: Purpose,
-) -> Result<(), Problem> {
+pub(crate) fn check_use(facts: &CertFacts, hood: &crate::Hood, now: i64, purpose: Purpose) -> Result<(), Problem> {
     if facts.basic_ca == Some(true) {
         return Err(Problem::IsCa);
     }
     if let Some((server, client)) = facts.eku {
         match purpose {
-            Purpose::Server if !server => {
-                return Err(Problem::WrongPurpose {
-                    needed: "TLS server authentication",
-                })
-            }
-            Purpose::Client if !client => {
-                return Err(Problem::WrongPurpose {
-                    needed: "TLS client authentication",
-                })
-            }
+            Purpose::Server if !server => return Err(Problem::WrongPurpose { needed: "TLS server authentication" }),
+            Purpose::Client if !client => return Err(Problem::WrongPurpose { needed: "TLS client authentication" }),
             Purpose::Both if !(server && client) => {
-                return Err(Problem::WrongPurpose {
-                    needed: "both TLS server and client authentication (a partybus peer is both)",
-                })
+                return Err(Problem::WrongPurpose { needed: "both TLS server and client authentication (a partybus peer is both)" })
             }
             _ => {}
         }

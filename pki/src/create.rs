@@ -6,8 +6,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType, SerialNumber,
 };
 use ring::rand::SecureRandom;
 
@@ -35,17 +35,9 @@ pub fn create_hood(name: &str, dir: &Path, days: u32) -> Result<CreatedFiles, Pk
 }
 
 /// [`create_hood`] with a chosen key kind ([`KeyKind::EcdsaP256`] or [`KeyKind::Ed25519`]).
-pub fn create_hood_with(
-    name: &str,
-    dir: &Path,
-    days: u32,
-    kind: KeyKind,
-) -> Result<CreatedFiles, PkiError> {
+pub fn create_hood_with(name: &str, dir: &Path, days: u32, kind: KeyKind) -> Result<CreatedFiles, PkiError> {
     check_name(name)?;
-    let files = CreatedFiles {
-        cert: dir.join(format!("{name}.crt")),
-        key: dir.join(format!("{name}.key")),
-    };
+    let files = CreatedFiles { cert: dir.join(format!("{name}.crt")), key: dir.join(format!("{name}.key")) };
     refuse_existing(&files)?;
     let what = || format!("hood \"{name}\"");
     let key = generate_key(kind, &what())?;
@@ -56,15 +48,8 @@ pub fn create_hood_with(
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     set_validity(&mut params, days, &what())?;
     params.serial_number = Some(random_serial(&what())?);
-    let cert = params.self_signed(&key).map_err(|e| PkiError::Generate {
-        what: what(),
-        reason: e.to_string(),
-    })?;
-    write_pair(
-        &files,
-        cert.pem().as_bytes(),
-        key.serialize_pem().as_bytes(),
-    )?;
+    let cert = params.self_signed(&key).map_err(|e| PkiError::Generate { what: what(), reason: e.to_string() })?;
+    write_pair(&files, cert.pem().as_bytes(), key.serialize_pem().as_bytes())?;
     Ok(files)
 }
 
@@ -75,29 +60,15 @@ pub fn create_hood_with(
 /// digitalSignature, a subjectAltName dNSName NAME when NAME is a valid DNS
 /// name, valid for `days`) and `HOOD.NAME.key` (mode 0600). Refuses to
 /// overwrite either file.
-pub fn create_peer(
-    hood: &str,
-    name: &str,
-    dir: &Path,
-    days: u32,
-) -> Result<CreatedFiles, PkiError> {
+pub fn create_peer(hood: &str, name: &str, dir: &Path, days: u32) -> Result<CreatedFiles, PkiError> {
     create_peer_with(hood, name, dir, days, KeyKind::EcdsaP256)
 }
 
 /// [`create_peer`] with a chosen key kind ([`KeyKind::EcdsaP256`] or [`KeyKind::Ed25519`]).
-pub fn create_peer_with(
-    hood: &str,
-    name: &str,
-    dir: &Path,
-    days: u32,
-    kind: KeyKind,
-) -> Result<CreatedFiles, PkiError> {
+pub fn create_peer_with(hood: &str, name: &str, dir: &Path, days: u32, kind: KeyKind) -> Result<CreatedFiles, PkiError> {
     check_name(hood)?;
     check_name(name)?;
-    let files = CreatedFiles {
-        cert: dir.join(format!("{hood}.{name}.crt")),
-        key: dir.join(format!("{hood}.{name}.key")),
-    };
+    let files = CreatedFiles { cert: dir.join(format!("{hood}.{name}.crt")), key: dir.join(format!("{hood}.{name}.key")) };
     refuse_existing(&files)?;
     let what = || format!("peer \"{name}\" of hood \"{hood}\"");
 
@@ -106,34 +77,19 @@ pub fn create_peer_with(
     let hood_key_path = dir.join(format!("{hood}.key"));
     let hood_cert = Hood::load(&hood_cert_path)?;
     let hood_key_origin = hood_key_path.display().to_string();
-    let hood_key = LoadedKey::from_der(
-        pemfile::key_from_pem(&pemfile::read_file(&hood_key_path)?, &hood_key_origin)?,
-        &hood_key_origin,
-    )?;
+    let hood_key = LoadedKey::from_der(pemfile::key_from_pem(&pemfile::read_file(&hood_key_path)?, &hood_key_origin)?, &hood_key_origin)?;
     if !key::same_public_key(&hood_cert.facts.spki, &hood_key.spki) {
-        return Err(PkiError::KeyMismatch {
-            cert: hood_cert_path.display().to_string(),
-            key: hood_key_origin,
-        });
+        return Err(PkiError::KeyMismatch { cert: hood_cert_path.display().to_string(), key: hood_key_origin });
     }
-    let issuer = Issuer::from_ca_cert_der(
-        hood_cert.der(),
-        RcgenSigner::new(&hood_key, &hood_key_origin)?,
-    )
-    .map_err(|e| PkiError::Generate {
-        what: what(),
-        reason: format!("cannot use {} as issuer: {e}", hood_cert_path.display()),
-    })?;
+    let issuer = Issuer::from_ca_cert_der(hood_cert.der(), RcgenSigner::new(&hood_key, &hood_key_origin)?)
+        .map_err(|e| PkiError::Generate { what: what(), reason: format!("cannot use {} as issuer: {e}", hood_cert_path.display()) })?;
 
     let key = generate_key(kind, &what())?;
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(name, hood);
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
     if rustls_pki_types::DnsName::try_from(name).is_ok() {
         if let Ok(dns) = name.try_into() {
@@ -142,45 +98,21 @@ pub fn create_peer_with(
     }
     set_validity(&mut params, days, &what())?;
     params.serial_number = Some(random_serial(&what())?);
-    let cert = params
-        .signed_by(&key, &issuer)
-        .map_err(|e| PkiError::Generate {
-            what: what(),
-            reason: e.to_string(),
-        })?;
+    let cert = params.signed_by(&key, &issuer).map_err(|e| PkiError::Generate { what: what(), reason: e.to_string() })?;
 
     // Safety net: the new certificate must pass the same check peers will do.
     let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-    cert::check_peer(
-        cert.der(),
-        &hood_cert,
-        cert::now_secs(),
-        Purpose::Both,
-        &algs,
-    )
-    .map_err(|p| PkiError::Generate {
+    cert::check_peer(cert.der(), &hood_cert, cert::now_secs(), Purpose::Both, &algs).map_err(|p| PkiError::Generate {
         what: what(),
-        reason: format!(
-            "the new certificate does not verify against the hood: {}",
-            p.describe(hood_cert.subject())
-        ),
+        reason: format!("the new certificate does not verify against the hood: {}", p.describe(hood_cert.subject())),
     })?;
-    write_pair(
-        &files,
-        cert.pem().as_bytes(),
-        key.serialize_pem().as_bytes(),
-    )?;
+    write_pair(&files, cert.pem().as_bytes(), key.serialize_pem().as_bytes())?;
     Ok(files)
 }
 
 /// Names become file names and certificate names: keep them simple.
 fn check_name(name: &str) -> Result<(), PkiError> {
-    let bad = |reason| {
-        Err(PkiError::InvalidName {
-            name: name.to_string(),
-            reason,
-        })
-    };
+    let bad = |reason| Err(PkiError::InvalidName { name: name.to_string(), reason });
     if name.is_empty() {
         return bad("it is empty");
     }
@@ -190,10 +122,7 @@ fn check_name(name: &str) -> Result<(), PkiError> {
     if name.starts_with('.') {
         return bad("it starts with a dot");
     }
-    if name
-        .chars()
-        .any(|c| c == '/' || c == '\\' || c.is_control())
-    {
+    if name.chars().any(|c| c == '/' || c == '\\' || c.is_control()) {
         return bad("it contains a slash, backslash or control character; names become file names");
     }
     Ok(())
@@ -213,25 +142,17 @@ fn generate_key(kind: KeyKind, what: &str) -> Result<KeyPair, PkiError> {
         other => {
             return Err(PkiError::Generate {
                 what: what.to_string(),
-                reason: format!(
-                    "new {other} keys are not made here; use KeyKind::EcdsaP256 (default) or KeyKind::Ed25519"
-                ),
+                reason: format!("new {other} keys are not made here; use KeyKind::EcdsaP256 (default) or KeyKind::Ed25519"),
             })
         }
     };
-    KeyPair::generate_for(alg).map_err(|e| PkiError::Generate {
-        what: what.to_string(),
-        reason: format!("key generation failed: {e}"),
-    })
+    KeyPair::generate_for(alg).map_err(|e| PkiError::Generate { what: what.to_string(), reason: format!("key generation failed: {e}") })
 }
 
 /// Valid from one hour ago (tolerates clocks that are a little behind) for `days` days.
 fn set_validity(params: &mut CertificateParams, days: u32, what: &str) -> Result<(), PkiError> {
     if days == 0 {
-        return Err(PkiError::Generate {
-            what: what.to_string(),
-            reason: "validity must be at least 1 day".into(),
-        });
+        return Err(PkiError::Generate { what: what.to_string(), reason: "validity must be at least 1 day".into() });
     }
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
@@ -244,10 +165,7 @@ fn random_serial(what: &str) -> Result<SerialNumber, PkiError> {
     let mut bytes = [0u8; 16];
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
-        .map_err(|_| PkiError::Generate {
-            what: what.to_string(),
-            reason: "the system random number generator failed".into(),
-        })?;
+        .map_err(|_| PkiError::Generate { what: what.to_string(), reason: "the system random number generator failed".into() })?;
     bytes[0] = (bytes[0] & 0x7f) | 0x40;
     Ok(SerialNumber::from_slice(&bytes))
 }
@@ -284,24 +202,16 @@ fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
     let _ = mode;
     let mut file = options.open(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::AlreadyExists {
-            PkiError::AlreadyExists {
-                path: path.to_path_buf(),
-            }
+            PkiError::AlreadyExists { path: path.to_path_buf() }
         } else {
-            PkiError::Write {
-                path: path.to_path_buf(),
-                source,
-            }
+            PkiError::Write { path: path.to_path_buf(), source }
         }
     })?;
     let written = file.write_all(contents).and_then(|()| file.sync_all());
     if let Err(source) = written {
         drop(file);
         let _ = std::fs::remove_file(path);
-        return Err(PkiError::Write {
-            path: path.to_path_buf(),
-            source,
-        });
+        return Err(PkiError::Write { path: path.to_path_buf(), source });
     }
     // The umask may have removed bits from `mode`, but never added any; make
     // sure the key is exactly 0600 even if the umask is unusual.
@@ -323,10 +233,7 @@ mod tests {
         assert!(check_name("node-1.example.org").is_ok());
         assert!(check_name("with space").is_ok());
         for bad in ["", ".hidden", "a/b", "a\\b", "a\nb", &"x".repeat(65)] {
-            assert!(
-                matches!(check_name(bad), Err(PkiError::InvalidName { .. })),
-                "{bad:?}"
-            );
+            assert!(matches!(check_name(bad), Err(PkiError::InvalidName { .. })), "{bad:?}");
         }
     }
 

@@ -35,14 +35,7 @@ pub(crate) fn read(input: &[u8]) -> Option<(Tlv<'_>, &[u8])> {
     if end > input.len() {
         return None;
     }
-    Some((
-        Tlv {
-            tag,
-            value: &input[header..end],
-            whole: &input[..end],
-        },
-        &input[end..],
-    ))
+    Some((Tlv { tag, value: &input[header..end], whole: &input[..end] }, &input[end..]))
 }
 
 const SEQUENCE: u8 = 0x30;
@@ -80,11 +73,7 @@ pub(crate) fn signed_parts(cert_der: &[u8]) -> Option<SignedParts<'_>> {
     if !rest.is_empty() {
         return None;
     }
-    Some(SignedParts {
-        tbs: tbs.whole,
-        signature_alg: alg.value,
-        signature: bits(&sig)?,
-    })
+    Some(SignedParts { tbs: tbs.whole, signature_alg: alg.value, signature: bits(&sig)? })
 }
 
 /// The parts of `SubjectPublicKeyInfo ::= SEQUENCE { algorithm, subjectPublicKey }`.
@@ -105,10 +94,7 @@ pub(crate) fn spki_parts(spki_der: &[u8]) -> Option<SpkiParts<'_>> {
     if !rest.is_empty() {
         return None;
     }
-    Some(SpkiParts {
-        alg: alg.value,
-        key: bits(&key)?,
-    })
+    Some(SpkiParts { alg: alg.value, key: bits(&key)? })
 }
 
 #[cfg(test)]

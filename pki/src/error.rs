@@ -20,9 +20,7 @@ pub enum PkiError {
     },
 
     /// The file exists but could not be read (permissions, a directory, ...).
-    #[error(
-        "{path}: cannot read: {source}; check that it is a regular file readable by this user"
-    )]
+    #[error("{path}: cannot read: {source}; check that it is a regular file readable by this user")]
     Unreadable {
         /// The file.
         path: PathBuf,
@@ -98,7 +96,9 @@ pub enum PkiError {
     },
 
     /// The certificate was not issued by the hood.
-    #[error("{origin}: not issued by hood \"{hood}\": {reason}; use a certificate created for this hood, or pass the right hood certificate")]
+    #[error(
+        "{origin}: not issued by hood \"{hood}\": {reason}; use a certificate created for this hood, or pass the right hood certificate"
+    )]
     NotSignedByHood {
         /// File name or caller-given origin.
         origin: String,

@@ -43,79 +43,39 @@ impl Hood {
 
     /// Like [`Hood::from_pem`], from DER.
     pub fn from_der(der: CertificateDer<'static>, origin: &str) -> Result<Hood, PkiError> {
-        let facts = CertFacts::parse(&der).map_err(|reason| PkiError::InvalidCertificate {
-            origin: origin.to_string(),
-            reason,
-        })?;
-        let not_ca = |reason: String| PkiError::NotACa {
-            origin: origin.to_string(),
-            reason,
-        };
+        let facts = CertFacts::parse(&der).map_err(|reason| PkiError::InvalidCertificate { origin: origin.to_string(), reason })?;
+        let not_ca = |reason: String| PkiError::NotACa { origin: origin.to_string(), reason };
         match facts.basic_ca {
             Some(true) => {}
             Some(false) => return Err(not_ca("its basicConstraints say CA:FALSE".into())),
             None if facts.version == 0 => {
                 // X.509 v1 has no extensions: accept it as a CA only when self-signed.
-                let algs =
-                    rustls::crypto::ring::default_provider().signature_verification_algorithms;
-                if !facts.self_issued() || cert::check_signature(&der, &facts.spki, &algs).is_err()
-                {
-                    return Err(not_ca(format!(
-                        "it is an X.509 v1 certificate issued by \"{}\", not a self-signed one",
-                        facts.issuer
-                    )));
+                let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+                if !facts.self_issued() || cert::check_signature(&der, &facts.spki, &algs).is_err() {
+                    return Err(not_ca(format!("it is an X.509 v1 certificate issued by \"{}\", not a self-signed one", facts.issuer)));
                 }
             }
-            None => {
-                return Err(not_ca(
-                    "it has no basicConstraints extension with CA:TRUE".into(),
-                ))
-            }
+            None => return Err(not_ca("it has no basicConstraints extension with CA:TRUE".into())),
         }
         if facts.key_cert_sign == Some(false) {
-            return Err(not_ca(
-                "its keyUsage does not allow signing certificates (keyCertSign)".into(),
-            ));
+            return Err(not_ca("its keyUsage does not allow signing certificates (keyCertSign)".into()));
         }
         let key_kind = facts.key_kind.clone().map_err(|kind| PkiError::Unsupported {
             origin: origin.to_string(),
-            reason: format!(
-                "the hood certificate has {kind}; use a hood with an ECDSA P-256, Ed25519 or RSA key"
-            ),
+            reason: format!("the hood certificate has {kind}; use a hood with an ECDSA P-256, Ed25519 or RSA key"),
         })?;
         match cert::check_validity(&facts, cert::now_secs()) {
             Ok(()) => {}
             Err(Problem::Expired { not_after }) => {
-                return Err(PkiError::Expired {
-                    origin: origin.to_string(),
-                    not_after: cert::rfc3339(not_after),
-                })
+                return Err(PkiError::Expired { origin: origin.to_string(), not_after: cert::rfc3339(not_after) })
             }
             Err(Problem::NotYetValid { not_before }) => {
-                return Err(PkiError::NotYetValid {
-                    origin: origin.to_string(),
-                    not_before: cert::rfc3339(not_before),
-                })
+                return Err(PkiError::NotYetValid { origin: origin.to_string(), not_before: cert::rfc3339(not_before) })
             }
-            Err(other) => {
-                return Err(PkiError::InvalidCertificate {
-                    origin: origin.to_string(),
-                    reason: other.describe(&facts.subject),
-                })
-            }
+            Err(other) => return Err(PkiError::InvalidCertificate { origin: origin.to_string(), reason: other.describe(&facts.subject) }),
         }
-        let name = facts
-            .cn
-            .clone()
-            .or_else(|| facts.o.clone())
-            .unwrap_or_else(|| facts.subject.clone());
-        Ok(Hood {
-            fingerprint: crate::sha256_hex(&der),
-            der,
-            name,
-            key_kind,
-            facts,
-        })
+        let name = facts.cn.clone().or_else(|| facts.o.clone()).unwrap_or_else(|| facts.subject.clone());
+        Ok(Hood { fingerprint: crate::sha256_hex(&der), der, name, key_kind, facts })
     }
 
     /// Lowercase hex SHA-256 of the hood certificate's DER encoding: the

@@ -41,62 +41,29 @@ impl Identity {
     pub fn load(cert_path: &Path, key_path: &Path, hood: &Hood) -> Result<Identity, PkiError> {
         let cert_pem = pemfile::read_file(cert_path)?;
         let key_pem = pemfile::read_file(key_path)?;
-        Self::build(
-            &cert_pem,
-            &key_pem,
-            hood,
-            &cert_path.display().to_string(),
-            &key_path.display().to_string(),
-        )
+        Self::build(&cert_pem, &key_pem, hood, &cert_path.display().to_string(), &key_path.display().to_string())
     }
 
     /// Like [`Identity::load`], from PEM in memory; `origin` names the source
     /// in errors (suffixed with "(certificate)" or "(key)").
-    pub fn from_pem(
-        cert_pem: &[u8],
-        key_pem: &[u8],
-        hood: &Hood,
-        origin: &str,
-    ) -> Result<Identity, PkiError> {
-        Self::build(
-            cert_pem,
-            key_pem,
-            hood,
-            &format!("{origin} (certificate)"),
-            &format!("{origin} (key)"),
-        )
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8], hood: &Hood, origin: &str) -> Result<Identity, PkiError> {
+        Self::build(cert_pem, key_pem, hood, &format!("{origin} (certificate)"), &format!("{origin} (key)"))
     }
 
-    fn build(
-        cert_pem: &[u8],
-        key_pem: &[u8],
-        hood: &Hood,
-        cert_origin: &str,
-        key_origin: &str,
-    ) -> Result<Identity, PkiError> {
+    fn build(cert_pem: &[u8], key_pem: &[u8], hood: &Hood, cert_origin: &str, key_origin: &str) -> Result<Identity, PkiError> {
         let cert = pemfile::cert_from_pem(cert_pem, cert_origin)?;
         let key = LoadedKey::from_der(pemfile::key_from_pem(key_pem, key_origin)?, key_origin)?;
         let facts =
-            cert::CertFacts::parse(&cert).map_err(|reason| PkiError::InvalidCertificate {
-                origin: cert_origin.to_string(),
-                reason,
-            })?;
+            cert::CertFacts::parse(&cert).map_err(|reason| PkiError::InvalidCertificate { origin: cert_origin.to_string(), reason })?;
         if !key::same_public_key(&facts.spki, &key.spki) {
-            return Err(PkiError::KeyMismatch {
-                cert: cert_origin.to_string(),
-                key: key_origin.to_string(),
-            });
+            return Err(PkiError::KeyMismatch { cert: cert_origin.to_string(), key: key_origin.to_string() });
         }
         let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        cert::check_peer(&cert, hood, cert::now_secs(), Purpose::Both, &algs)
-            .map_err(|p| problem_to_error(p, cert_origin, hood))?;
+        cert::check_peer(&cert, hood, cert::now_secs(), Purpose::Both, &algs).map_err(|p| problem_to_error(p, cert_origin, hood))?;
         let key_kind = facts
             .key_kind
             .clone()
-            .map_err(|kind| PkiError::Unsupported {
-                origin: cert_origin.to_string(),
-                reason: format!("the certificate has {kind}"),
-            })?;
+            .map_err(|kind| PkiError::Unsupported { origin: cert_origin.to_string(), reason: format!("the certificate has {kind}") })?;
         Ok(Identity {
             name: facts.cn.clone().unwrap_or_else(|| facts.subject.clone()),
             hood_name: facts.o.clone().unwrap_or_else(|| hood.name().to_string()),
@@ -143,30 +110,16 @@ pub(crate) fn problem_to_error(p: Problem, origin: &str, hood: &Hood) -> PkiErro
     let origin = origin.to_string();
     match p {
         Problem::Malformed(reason) => PkiError::InvalidCertificate { origin, reason },
-        Problem::UnknownIssuer { .. } | Problem::BadSignature => PkiError::NotSignedByHood {
-            reason: p.describe(hood.subject()),
-            hood: hood.name().to_string(),
-            origin,
-        },
-        Problem::Expired { not_after } => PkiError::Expired {
-            origin,
-            not_after: cert::rfc3339(not_after),
-        },
-        Problem::NotYetValid { not_before } => PkiError::NotYetValid {
-            origin,
-            not_before: cert::rfc3339(not_before),
-        },
+        Problem::UnknownIssuer { .. } | Problem::BadSignature => {
+            PkiError::NotSignedByHood { reason: p.describe(hood.subject()), hood: hood.name().to_string(), origin }
+        }
+        Problem::Expired { not_after } => PkiError::Expired { origin, not_after: cert::rfc3339(not_after) },
+        Problem::NotYetValid { not_before } => PkiError::NotYetValid { origin, not_before: cert::rfc3339(not_before) },
         Problem::IsCa => PkiError::IsCa { origin },
         Problem::UnsupportedAlgorithm(_) | Problem::WrongPurpose { .. } => PkiError::Unsupported {
-            reason: format!(
-                "the certificate {}; create a new one with create_peer",
-                p.describe(hood.subject())
-            ),
+            reason: format!("the certificate {}; create a new one with create_peer", p.describe(hood.subject())),
             origin,
         },
-        Problem::HoodNotValid(_) => PkiError::Unsupported {
-            reason: format!("{}; create a new hood", p.describe(hood.subject())),
-            origin,
-        },
+        Problem::HoodNotValid(_) => PkiError::Unsupported { reason: format!("{}; create a new hood", p.describe(hood.subject())), origin },
     }
 }

@@ -45,12 +45,8 @@ impl CertInfo {
     /// Like [`CertInfo::from_file`], from PEM in memory; `origin` names the source in errors.
     pub fn from_pem(pem: &[u8], origin: &str) -> Result<CertInfo, PkiError> {
         let der = pemfile::cert_from_pem(pem, origin)?;
-        let facts = CertFacts::parse(&der).map_err(|reason| PkiError::InvalidCertificate {
-            origin: origin.to_string(),
-            reason,
-        })?;
-        let is_ca = facts.basic_ca == Some(true)
-            || (facts.basic_ca.is_none() && facts.version == 0 && facts.self_issued());
+        let facts = CertFacts::parse(&der).map_err(|reason| PkiError::InvalidCertificate { origin: origin.to_string(), reason })?;
+        let is_ca = facts.basic_ca == Some(true) || (facts.basic_ca.is_none() && facts.version == 0 && facts.self_issued());
         Ok(CertInfo {
             subject: facts.subject.clone(),
             issuer: facts.issuer.clone(),

@@ -7,10 +7,7 @@ use std::sync::Arc;
 use rustls::sign::SigningKey as TlsSigningKey;
 use rustls::SignatureScheme;
 use rustls_pki_types::PrivateKeyDer;
-use x509_parser::oid_registry::{
-    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
-    OID_SIG_ED25519,
-};
+use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519};
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
@@ -55,17 +52,11 @@ impl KeyKind {
         let alg = &spki.algorithm.algorithm;
         if *alg == OID_PKCS1_RSAENCRYPTION {
             match spki.parsed() {
-                Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => Ok(KeyKind::Rsa {
-                    bits: bit_len(rsa.modulus),
-                }),
+                Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => Ok(KeyKind::Rsa { bits: bit_len(rsa.modulus) }),
                 _ => Err("an RSA key that cannot be parsed".into()),
             }
         } else if *alg == OID_KEY_TYPE_EC_PUBLIC_KEY {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok());
+            let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
             match curve {
                 Some(c) if c == OID_EC_P256 => Ok(KeyKind::EcdsaP256),
                 Some(c) if c == OID_NIST_EC_P384 => Ok(KeyKind::EcdsaP384),
@@ -112,10 +103,7 @@ impl LoadedKey {
         let spki = signer
             .public_key()
             .map(|k| k.as_ref().to_vec())
-            .ok_or_else(|| PkiError::InvalidKey {
-                origin: origin.to_string(),
-                reason: "cannot compute the public key".into(),
-            })?;
+            .ok_or_else(|| PkiError::InvalidKey { origin: origin.to_string(), reason: "cannot compute the public key".into() })?;
         Ok(LoadedKey { der, signer, spki })
     }
 }
@@ -123,13 +111,9 @@ impl LoadedKey {
 /// Whether two DER SubjectPublicKeyInfos hold the same key (algorithm OID
 /// and key bits; RSA parameters may be NULL or absent, so those are not compared).
 pub(crate) fn same_public_key(a: &[u8], b: &[u8]) -> bool {
-    match (
-        SubjectPublicKeyInfo::from_der(a),
-        SubjectPublicKeyInfo::from_der(b),
-    ) {
+    match (SubjectPublicKeyInfo::from_der(a), SubjectPublicKeyInfo::from_der(b)) {
         (Ok((_, a)), Ok((_, b))) => {
-            a.algorithm.algorithm == b.algorithm.algorithm
-                && a.subject_public_key.data == b.subject_public_key.data
+            a.algorithm.algorithm == b.algorithm.algorithm && a.subject_public_key.data == b.subject_public_key.data
         }
         _ => false,
     }
@@ -147,36 +131,21 @@ impl RcgenSigner {
     pub(crate) fn new(key: &LoadedKey, origin: &str) -> Result<Self, PkiError> {
         // For each key type: the TLS scheme to sign with and the matching X.509 algorithm.
         let choices: [(SignatureScheme, &'static rcgen::SignatureAlgorithm); 4] = [
-            (
-                SignatureScheme::ECDSA_NISTP256_SHA256,
-                &rcgen::PKCS_ECDSA_P256_SHA256,
-            ),
-            (
-                SignatureScheme::ECDSA_NISTP384_SHA384,
-                &rcgen::PKCS_ECDSA_P384_SHA384,
-            ),
+            (SignatureScheme::ECDSA_NISTP256_SHA256, &rcgen::PKCS_ECDSA_P256_SHA256),
+            (SignatureScheme::ECDSA_NISTP384_SHA384, &rcgen::PKCS_ECDSA_P384_SHA384),
             (SignatureScheme::ED25519, &rcgen::PKCS_ED25519),
             (SignatureScheme::RSA_PKCS1_SHA256, &rcgen::PKCS_RSA_SHA256),
         ];
-        let (scheme, alg) = choices
-            .into_iter()
-            .find(|(scheme, _)| key.signer.choose_scheme(&[*scheme]).is_some())
-            .ok_or_else(|| PkiError::Unsupported {
+        let (scheme, alg) = choices.into_iter().find(|(scheme, _)| key.signer.choose_scheme(&[*scheme]).is_some()).ok_or_else(|| {
+            PkiError::Unsupported {
                 origin: origin.to_string(),
                 reason: "this key type cannot sign certificates here; use an ECDSA P-256, Ed25519 or RSA hood key".into(),
-            })?;
+            }
+        })?;
         let public_key = crate::der::spki_parts(&key.spki)
             .map(|p| p.key.to_vec())
-            .ok_or_else(|| PkiError::InvalidKey {
-                origin: origin.to_string(),
-                reason: "cannot encode the public key".into(),
-            })?;
-        Ok(RcgenSigner {
-            key: key.signer.clone(),
-            scheme,
-            alg,
-            public_key,
-        })
+            .ok_or_else(|| PkiError::InvalidKey { origin: origin.to_string(), reason: "cannot encode the public key".into() })?;
+        Ok(RcgenSigner { key: key.signer.clone(), scheme, alg, public_key })
     }
 }
 
@@ -192,10 +161,7 @@ impl rcgen::PublicKeyData for RcgenSigner {
 
 impl rcgen::SigningKey for RcgenSigner {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        let signer = self
-            .key
-            .choose_scheme(&[self.scheme])
-            .ok_or(rcgen::Error::RemoteKeyError)?;
+        let signer = self.key.choose_scheme(&[self.scheme]).ok_or(rcgen::Error::RemoteKeyError)?;
         signer.sign(msg).map_err(|_| rcgen::Error::RemoteKeyError)
     }
 }

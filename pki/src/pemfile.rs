@@ -3,47 +3,28 @@
 use std::io;
 use std::path::Path;
 
-use rustls_pki_types::{
-    CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
-};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
 
 use crate::error::PkiError;
 
 /// Reads a whole file, turning I/O errors into [`PkiError`]s that name it.
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, PkiError> {
     std::fs::read(path).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => PkiError::NotFound {
-            path: path.to_path_buf(),
-        },
-        _ => PkiError::Unreadable {
-            path: path.to_path_buf(),
-            source,
-        },
+        io::ErrorKind::NotFound => PkiError::NotFound { path: path.to_path_buf() },
+        _ => PkiError::Unreadable { path: path.to_path_buf(), source },
     })
 }
 
 /// All PEM blocks in `input`; `NotPem` if there are none.
-fn blocks(
-    input: &[u8],
-    origin: &str,
-    expected: &'static str,
-    convert: &'static str,
-) -> Result<Vec<pem::Pem>, PkiError> {
-    let not_pem = || PkiError::NotPem {
-        origin: origin.to_string(),
-        expected,
-        convert,
-    };
+fn blocks(input: &[u8], origin: &str, expected: &'static str, convert: &'static str) -> Result<Vec<pem::Pem>, PkiError> {
+    let not_pem = || PkiError::NotPem { origin: origin.to_string(), expected, convert };
     match pem::parse_many(input) {
         Ok(blocks) if !blocks.is_empty() => Ok(blocks),
         Ok(_) => Err(not_pem()),
         Err(e) => {
             if contains(input, b"-----BEGIN ") {
                 // It looks like PEM but is broken (bad base64, missing END line, ...).
-                Err(PkiError::InvalidCertificate {
-                    origin: origin.to_string(),
-                    reason: format!("broken PEM: {e}"),
-                })
+                Err(PkiError::InvalidCertificate { origin: origin.to_string(), reason: format!("broken PEM: {e}") })
             } else {
                 Err(not_pem())
             }
@@ -62,10 +43,7 @@ fn labels(blocks: &[pem::Pem]) -> String {
 }
 
 /// The first `CERTIFICATE` block of `input` (further blocks, e.g. a chain, are ignored).
-pub(crate) fn cert_from_pem(
-    input: &[u8],
-    origin: &str,
-) -> Result<CertificateDer<'static>, PkiError> {
+pub(crate) fn cert_from_pem(input: &[u8], origin: &str) -> Result<CertificateDer<'static>, PkiError> {
     let blocks = blocks(input, origin, "CERTIFICATE", "x509")?;
     blocks
         .iter()
@@ -82,10 +60,7 @@ pub(crate) fn cert_from_pem(
 pub(crate) fn key_from_pem(input: &[u8], origin: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
     let blocks = blocks(input, origin, "PRIVATE KEY", "pkey")?;
     for block in &blocks {
-        let encrypted_header = block
-            .headers()
-            .get("Proc-Type")
-            .is_some_and(|v| v.to_ascii_uppercase().contains("ENCRYPTED"));
+        let encrypted_header = block.headers().get("Proc-Type").is_some_and(|v| v.to_ascii_uppercase().contains("ENCRYPTED"));
         let der = block.contents().to_vec();
         let key = match block.tag() {
             "ENCRYPTED PRIVATE KEY" => None,
@@ -96,15 +71,12 @@ pub(crate) fn key_from_pem(input: &[u8], origin: &str) -> Result<PrivateKeyDer<'
             // `openssl ecparam -genkey` writes an EC PARAMETERS block first; skip it.
             _ => continue,
         };
-        return key.ok_or_else(|| PkiError::EncryptedKey {
-            origin: origin.to_string(),
-        });
+        return key.ok_or_else(|| PkiError::EncryptedKey { origin: origin.to_string() });
     }
     Err(PkiError::WrongPemLabel {
         origin: origin.to_string(),
         found: labels(&blocks),
-        expected:
-            "private key (`BEGIN PRIVATE KEY`, `BEGIN RSA PRIVATE KEY` or `BEGIN EC PRIVATE KEY`)",
+        expected: "private key (`BEGIN PRIVATE KEY`, `BEGIN RSA PRIVATE KEY` or `BEGIN EC PRIVATE KEY`)",
     })
 }
 
@@ -114,24 +86,14 @@ mod tests {
 
     #[test]
     fn binary_and_text_are_not_pem() {
-        assert!(matches!(
-            cert_from_pem(&[0x30, 0x82, 0x01, 0x00, 0xff, 0xfe], "x.crt"),
-            Err(PkiError::NotPem { .. })
-        ));
-        assert!(matches!(
-            key_from_pem(b"hello\nworld\n", "x.key"),
-            Err(PkiError::NotPem { .. })
-        ));
+        assert!(matches!(cert_from_pem(&[0x30, 0x82, 0x01, 0x00, 0xff, 0xfe], "x.crt"), Err(PkiError::NotPem { .. })));
+        assert!(matches!(key_from_pem(b"hello\nworld\n", "x.key"), Err(PkiError::NotPem { .. })));
     }
 
     #[test]
     fn encrypted_keys_are_named() {
-        let pkcs8 =
-            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
-        assert!(matches!(
-            key_from_pem(pkcs8.as_bytes(), "k"),
-            Err(PkiError::EncryptedKey { .. })
-        ));
+        let pkcs8 = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        assert!(matches!(key_from_pem(pkcs8.as_bytes(), "k"), Err(PkiError::EncryptedKey { .. })));
         let legacy = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00112233445566778899AABBCCDDEEFF\n\nAAAA\n-----END RSA PRIVATE KEY-----\n";
         let err = key_from_pem(legacy.as_bytes(), "k").unwrap_err();
         assert!(matches!(err, PkiError::EncryptedKey { .. }), "{err}");
@@ -145,9 +107,6 @@ mod tests {
         assert!(matches!(err, PkiError::WrongPemLabel { .. }));
         assert!(err.to_string().contains("`PRIVATE KEY`"), "{err}");
         let cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        assert!(matches!(
-            key_from_pem(cert.as_bytes(), "peer.key"),
-            Err(PkiError::WrongPemLabel { .. })
-        ));
+        assert!(matches!(key_from_pem(cert.as_bytes(), "peer.key"), Err(PkiError::WrongPemLabel { .. })));
     }
 }

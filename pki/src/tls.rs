@@ -49,10 +49,7 @@ fn provider() -> Arc<CryptoProvider> {
 pub fn server_config(identity: &Identity, hood: &Hood) -> Result<rustls::ServerConfig, PkiError> {
     same_hood(identity, hood)?;
     let provider = provider();
-    let verifier = Arc::new(HoodClientVerifier(HoodVerifier::new(
-        hood,
-        provider.clone(),
-    )));
+    let verifier = Arc::new(HoodClientVerifier(HoodVerifier::new(hood, provider.clone())));
     Ok(rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_error(identity, e))?
@@ -66,10 +63,7 @@ pub fn server_config(identity: &Identity, hood: &Hood) -> Result<rustls::ServerC
 pub fn client_config(identity: &Identity, hood: &Hood) -> Result<rustls::ClientConfig, PkiError> {
     same_hood(identity, hood)?;
     let provider = provider();
-    let verifier = Arc::new(HoodServerVerifier(HoodVerifier::new(
-        hood,
-        provider.clone(),
-    )));
+    let verifier = Arc::new(HoodServerVerifier(HoodVerifier::new(hood, provider.clone())));
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_error(identity, e))?
@@ -83,12 +77,8 @@ pub fn client_config(identity: &Identity, hood: &Hood) -> Result<rustls::ClientC
 /// certificate with webpki, which refuses X.509 v1 certificates (old openssl
 /// peers); [`Identity`] has already checked that they match.
 fn certified_key(identity: &Identity) -> Result<Arc<SingleCertAndKey>, PkiError> {
-    let key = rustls::crypto::ring::sign::any_supported_type(&identity.key_der())
-        .map_err(|e| tls_error(identity, e))?;
-    Ok(Arc::new(SingleCertAndKey::from(CertifiedKey::new(
-        vec![identity.cert_der().clone()],
-        key,
-    ))))
+    let key = rustls::crypto::ring::sign::any_supported_type(&identity.key_der()).map_err(|e| tls_error(identity, e))?;
+    Ok(Arc::new(SingleCertAndKey::from(CertifiedKey::new(vec![identity.cert_der().clone()], key))))
 }
 
 /// The name (CN) in a peer's certificate, for logs and as the message
@@ -110,10 +100,7 @@ fn same_hood(identity: &Identity, hood: &Hood) -> Result<(), PkiError> {
 }
 
 fn tls_error(identity: &Identity, e: Error) -> PkiError {
-    PkiError::Tls {
-        identity: identity.name().to_string(),
-        reason: e.to_string(),
-    }
+    PkiError::Tls { identity: identity.name().to_string(), reason: e.to_string() }
 }
 
 /// Refusal reasons that have no rustls variant of their own; shown in full in
@@ -143,28 +130,16 @@ struct HoodVerifier {
 
 impl fmt::Debug for HoodVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HoodVerifier")
-            .field("hood", &self.hood.name())
-            .field("fingerprint", &self.hood.fingerprint())
-            .finish()
+        f.debug_struct("HoodVerifier").field("hood", &self.hood.name()).field("fingerprint", &self.hood.fingerprint()).finish()
     }
 }
 
 impl HoodVerifier {
     fn new(hood: &Hood, provider: Arc<CryptoProvider>) -> Self {
-        HoodVerifier {
-            hints: vec![DistinguishedName::from(hood.facts.subject_raw.clone())],
-            hood: hood.clone(),
-            provider,
-        }
+        HoodVerifier { hints: vec![DistinguishedName::from(hood.facts.subject_raw.clone())], hood: hood.clone(), provider }
     }
 
-    fn check(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        now: UnixTime,
-        purpose: Purpose,
-    ) -> Result<(), Error> {
+    fn check(&self, end_entity: &CertificateDer<'_>, now: UnixTime, purpose: Purpose) -> Result<(), Error> {
         let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
         let hood_spki = &self.hood.facts.spki;
         // Parsing and the hood's signature: once per certificate (see `verified`).
@@ -172,12 +147,8 @@ impl HoodVerifier {
             Some(f) => f,
             None => {
                 let f = Arc::new(
-                    cert::check_issued_by(
-                        end_entity,
-                        &self.hood,
-                        &self.provider.signature_verification_algorithms,
-                    )
-                    .map_err(|p| self.to_rustls(p, now))?,
+                    cert::check_issued_by(end_entity, &self.hood, &self.provider.signature_verification_algorithms)
+                        .map_err(|p| self.to_rustls(p, now))?,
                 );
                 verified::remember(end_entity, hood_spki, f.clone());
                 f
@@ -188,20 +159,13 @@ impl HoodVerifier {
     }
 
     fn to_rustls(&self, p: Problem, now: UnixTime) -> Error {
-        let secs =
-            |t: i64| UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.max(0) as u64));
+        let secs = |t: i64| UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.max(0) as u64));
         let e = match p {
             Problem::Malformed(_) => CertificateError::BadEncoding,
             Problem::UnknownIssuer { .. } => CertificateError::UnknownIssuer,
             Problem::BadSignature => CertificateError::BadSignature,
-            Problem::Expired { not_after } => CertificateError::ExpiredContext {
-                time: now,
-                not_after: secs(not_after),
-            },
-            Problem::NotYetValid { not_before } => CertificateError::NotValidYetContext {
-                time: now,
-                not_before: secs(not_before),
-            },
+            Problem::Expired { not_after } => CertificateError::ExpiredContext { time: now, not_after: secs(not_after) },
+            Problem::NotYetValid { not_before } => CertificateError::NotValidYetContext { time: now, not_before: secs(not_before) },
             Problem::WrongPurpose { .. } => CertificateError::InvalidPurpose,
             Problem::IsCa | Problem::UnsupportedAlgorithm(_) | Problem::HoodNotValid(_) => {
                 CertificateError::Other(rustls::OtherError(Arc::new(Refused(format!(
@@ -216,15 +180,9 @@ impl HoodVerifier {
 
     /// TLS 1.3 CertificateVerify: checked against the certificate's public
     /// key itself, so this works for X.509 v1 certificates too.
-    fn tls13(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
+    fn tls13(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
         // The certificate was checked a moment ago: its public key is known.
-        let facts = verified::facts(cert)
-            .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let facts = verified::facts(cert).map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
         rustls::crypto::verify_tls13_signature_with_raw_key(
             message,
             &SubjectPublicKeyInfoDer::from(facts.spki.as_slice()),
@@ -235,15 +193,11 @@ impl HoodVerifier {
 
     fn tls12(&self) -> Result<HandshakeSignatureValid, Error> {
         // Never reached: both configurations allow TLS 1.3 only.
-        Err(Error::General(
-            "TLS 1.2 is not supported by partybus; use TLS 1.3".into(),
-        ))
+        Err(Error::General("TLS 1.2 is not supported by partybus; use TLS 1.3".into()))
     }
 
     fn schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -37,10 +37,7 @@ fn table() -> MutexGuard<'static, HashMap<Vec<u8>, Entry>> {
 
 /// The facts of `cert_der` if it was found to be signed by the hood key `hood_spki`.
 pub(crate) fn issued_by(cert_der: &[u8], hood_spki: &[u8]) -> Option<Arc<CertFacts>> {
-    table()
-        .get(cert_der)
-        .filter(|e| e.hood_spki == hood_spki)
-        .map(|e| e.facts.clone())
+    table().get(cert_der).filter(|e| e.hood_spki == hood_spki).map(|e| e.facts.clone())
 }
 
 /// Remembers that the hood key `hood_spki` signed `cert_der`.
@@ -49,13 +46,7 @@ pub(crate) fn remember(cert_der: &[u8], hood_spki: &[u8], facts: Arc<CertFacts>)
     if t.len() >= MAX_ENTRIES && !t.contains_key(cert_der) {
         t.clear();
     }
-    t.insert(
-        cert_der.to_vec(),
-        Entry {
-            hood_spki: hood_spki.to_vec(),
-            facts,
-        },
-    );
+    t.insert(cert_der.to_vec(), Entry { hood_spki: hood_spki.to_vec(), facts });
 }
 
 /// The parsed facts of `cert_der` if it was checked already (for its public

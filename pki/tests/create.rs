@@ -6,8 +6,8 @@ use std::io::Write;
 use std::process::Command;
 
 use partybus_pki::{
-    create_hood, create_hood_with, create_peer, create_peer_with, CertInfo, Hood, Identity,
-    KeyKind, PkiError, DEFAULT_HOOD_DAYS, DEFAULT_PEER_DAYS,
+    create_hood, create_hood_with, create_peer, create_peer_with, CertInfo, Hood, Identity, KeyKind, PkiError, DEFAULT_HOOD_DAYS,
+    DEFAULT_PEER_DAYS,
 };
 
 #[test]
@@ -25,24 +25,15 @@ fn hood_and_peer_round_trip() {
     assert_eq!(hood.subject(), "CN=lab, O=lab");
     assert_eq!(hood.key_kind(), KeyKind::EcdsaP256);
     assert_eq!(hood.fingerprint().len(), 64);
-    assert!(hood
-        .fingerprint()
-        .chars()
-        .all(|c| matches!(c, '0'..='9' | 'a'..='f')));
+    assert!(hood.fingerprint().chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')));
 
     let me = Identity::load(&peer_files.cert, &peer_files.key, &hood).unwrap();
     assert_eq!(me.name(), "alice");
     assert_eq!(me.hood_name(), "lab");
     assert_eq!(me.key_kind(), KeyKind::EcdsaP256);
     assert_eq!(me.hood_fingerprint(), hood.fingerprint());
-    assert!(matches!(
-        me.key_der(),
-        rustls_pki_types::PrivateKeyDer::Pkcs8(_)
-    ));
-    assert_eq!(
-        partybus_pki::peer_name(me.cert_der()).as_deref(),
-        Some("alice")
-    );
+    assert!(matches!(me.key_der(), rustls_pki_types::PrivateKeyDer::Pkcs8(_)));
+    assert_eq!(partybus_pki::peer_name(me.cert_der()).as_deref(), Some("alice"));
 
     let hood_info = CertInfo::from_file(&hood_files.cert).unwrap();
     assert!(hood_info.is_ca);
@@ -50,9 +41,7 @@ fn hood_and_peer_round_trip() {
     assert_eq!(hood_info.o.as_deref(), Some("lab"));
     assert_eq!(hood_info.fingerprint, hood.fingerprint());
     assert_eq!(hood_info.key_type, "ECDSA P-256");
-    assert!(hood_info
-        .to_string()
-        .contains(&format!("hood fingerprint: {}", hood.fingerprint())));
+    assert!(hood_info.to_string().contains(&format!("hood fingerprint: {}", hood.fingerprint())));
 
     let peer_info = CertInfo::from_file(&peer_files.cert).unwrap();
     assert!(!peer_info.is_ca);
@@ -62,16 +51,8 @@ fn hood_and_peer_round_trip() {
     assert_eq!(peer_info.issuer, "CN=lab, O=lab");
     assert!(!peer_info.to_string().contains("hood fingerprint"));
     // RFC 3339, and the validity is the requested number of days (+ 1 hour of slack before now).
-    let nb = time::OffsetDateTime::parse(
-        &peer_info.not_before,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .unwrap();
-    let na = time::OffsetDateTime::parse(
-        &peer_info.not_after,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .unwrap();
+    let nb = time::OffsetDateTime::parse(&peer_info.not_before, &time::format_description::well_known::Rfc3339).unwrap();
+    let na = time::OffsetDateTime::parse(&peer_info.not_after, &time::format_description::well_known::Rfc3339).unwrap();
     let days = (na - nb).whole_hours();
     assert_eq!(days, i64::from(DEFAULT_PEER_DAYS) * 24 + 1);
     // serde works
@@ -142,12 +123,7 @@ fn ed25519_hood_and_peers_mix_with_ecdsa() {
     let (ca, _) = common::configs(&a, &hood);
     let (_, sb) = common::configs(&b, &hood);
     common::handshake(ca, sb).unwrap();
-    assert_eq!(
-        CertInfo::from_file(&dir.path().join("ed.a.crt"))
-            .unwrap()
-            .key_type,
-        "Ed25519"
-    );
+    assert_eq!(CertInfo::from_file(&dir.path().join("ed.a.crt")).unwrap().key_type, "Ed25519");
 }
 
 #[test]
@@ -163,18 +139,9 @@ fn rsa_cannot_be_created() {
 fn bad_names_and_days() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["", "../evil", ".hidden", "a/b"] {
-        assert!(
-            matches!(
-                create_hood(name, dir.path(), 10),
-                Err(PkiError::InvalidName { .. })
-            ),
-            "{name:?}"
-        );
+        assert!(matches!(create_hood(name, dir.path(), 10), Err(PkiError::InvalidName { .. })), "{name:?}");
     }
-    assert!(matches!(
-        create_hood("ok", dir.path(), 0),
-        Err(PkiError::Generate { .. })
-    ));
+    assert!(matches!(create_hood("ok", dir.path(), 0), Err(PkiError::Generate { .. })));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
@@ -182,10 +149,7 @@ fn bad_names_and_days() {
 fn peer_needs_the_hood_files() {
     let dir = tempfile::tempdir().unwrap();
     let err = create_peer("nohood", "x", dir.path(), 10).unwrap_err();
-    assert!(
-        matches!(&err, PkiError::NotFound { path } if path.ends_with("nohood.crt")),
-        "{err}"
-    );
+    assert!(matches!(&err, PkiError::NotFound { path } if path.ends_with("nohood.crt")), "{err}");
 
     // Hood key that does not belong to the hood certificate.
     create_hood("a", dir.path(), 10).unwrap();
@@ -215,9 +179,7 @@ fn dns_san_only_for_dns_names() {
         let pem = std::fs::read(p).unwrap();
         let der = pem::parse(pem).unwrap().into_contents();
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-        cert.subject_alternative_name()
-            .unwrap()
-            .map(|s| format!("{:?}", s.value.general_names))
+        cert.subject_alternative_name().unwrap().map(|s| format!("{:?}", s.value.general_names))
     };
     assert!(san(&dns.cert).unwrap().contains("node-1.example"));
     assert_eq!(san(&spaced.cert), None);
@@ -234,14 +196,8 @@ fn fingerprint_matches_openssl() {
     }
     let dir = tempfile::tempdir().unwrap();
     let files = create_hood("lab", dir.path(), 10).unwrap();
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "openssl x509 -in '{}' -outform DER | sha256sum",
-            files.cert.display()
-        ))
-        .output()
-        .unwrap();
+    let out =
+        Command::new("sh").arg("-c").arg(format!("openssl x509 -in '{}' -outform DER | sha256sum", files.cert.display())).output().unwrap();
     assert!(out.status.success());
     let expected = String::from_utf8(out.stdout).unwrap();
     let expected = expected.split_whitespace().next().unwrap();
@@ -249,54 +205,28 @@ fn fingerprint_matches_openssl() {
     assert_eq!(hood.fingerprint(), expected);
 
     // openssl agrees on the contents, too.
-    let text = Command::new("openssl")
-        .args(["x509", "-noout", "-text", "-in"])
-        .arg(dir.path().join("lab.crt"))
-        .output()
-        .unwrap();
+    let text = Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(dir.path().join("lab.crt")).output().unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("CA:TRUE"), "{text}");
     assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
     let files = create_peer("lab", "alice", dir.path(), 10).unwrap();
-    let verify = Command::new("openssl")
-        .args(["verify", "-CAfile"])
-        .arg(dir.path().join("lab.crt"))
-        .arg(&files.cert)
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
-    let text = Command::new("openssl")
-        .args(["x509", "-noout", "-text", "-in"])
-        .arg(&files.cert)
-        .output()
-        .unwrap();
+    let verify = Command::new("openssl").args(["verify", "-CAfile"]).arg(dir.path().join("lab.crt")).arg(&files.cert).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    let text = Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(&files.cert).output().unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(
-        text.contains("TLS Web Server Authentication, TLS Web Client Authentication"),
-        "{text}"
-    );
+    assert!(text.contains("TLS Web Server Authentication, TLS Web Client Authentication"), "{text}");
     assert!(text.contains("Digital Signature"), "{text}");
     assert!(text.contains("Subject: CN = alice, O = lab"), "{text}");
 }
 
 fn openssl_available() -> bool {
-    let ok = Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ok = Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success());
     if !ok {
         if std::env::var("PARTYBUS_LAB").as_deref() == Ok("required") {
             panic!("openssl is required (PARTYBUS_LAB=required) but was not found");
         }
         // Straight to stderr: the test harness does not capture this.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: openssl not found; install it to compare fingerprints with openssl"
-        );
+        let _ = writeln!(std::io::stderr(), "SKIPPED: openssl not found; install it to compare fingerprints with openssl");
     }
     ok
 }

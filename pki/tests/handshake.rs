@@ -16,24 +16,12 @@ fn two_peers_of_one_hood_talk_both_ways() {
 
     let pair = handshake(alice_client, bob_server).unwrap();
     let seen_by_bob = &pair.server.peer_certificates().unwrap()[0];
-    assert_eq!(
-        partybus_pki::peer_name(seen_by_bob).as_deref(),
-        Some("alice")
-    );
+    assert_eq!(partybus_pki::peer_name(seen_by_bob).as_deref(), Some("alice"));
     let seen_by_alice = &pair.client.peer_certificates().unwrap()[0];
-    assert_eq!(
-        partybus_pki::peer_name(seen_by_alice).as_deref(),
-        Some("bob")
-    );
-    assert_eq!(
-        pair.client.protocol_version(),
-        Some(rustls::ProtocolVersion::TLSv1_3)
-    );
+    assert_eq!(partybus_pki::peer_name(seen_by_alice).as_deref(), Some("bob"));
+    assert_eq!(pair.client.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
     // AES-128-GCM-SHA256 first (SHA-256 has CPU instructions, SHA-384 mostly not).
-    assert_eq!(
-        pair.client.negotiated_cipher_suite().map(|s| s.suite()),
-        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
-    );
+    assert_eq!(pair.client.negotiated_cipher_suite().map(|s| s.suite()), Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
 
     handshake(bob_client, alice_server).unwrap();
 }
@@ -53,10 +41,7 @@ fn identity_of_other_hood_is_rejected_by_config() {
     let b = TestHood::new("b");
     let me = a.peer("me");
     let err = partybus_pki::server_config(&me, &b.hood).unwrap_err();
-    assert!(
-        matches!(err, partybus_pki::PkiError::HoodMismatch { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, partybus_pki::PkiError::HoodMismatch { .. }), "{err}");
     assert!(partybus_pki::client_config(&me, &b.hood).is_err());
 }
 
@@ -73,31 +58,17 @@ fn peer_of_another_hood_is_refused_both_ways() {
     // TLS 1.3, so the stranger's own verifier would refuse us first; use a
     // rogue client that checks nothing so that our server has to decide.)
     let (cert, key) = other_hood_files(&other, "stranger");
-    assert_refused(
-        handshake(rogue_client(&cert, &key), my_server),
-        Side::Server,
-        |e| *e == CertificateError::UnknownIssuer,
-    );
+    assert_refused(handshake(rogue_client(&cert, &key), my_server), Side::Server, |e| *e == CertificateError::UnknownIssuer);
     // As client: we connect to the stranger.
-    assert_refused(
-        handshake(my_client, rogue_server(&cert, &key)),
-        Side::Client,
-        |e| *e == CertificateError::UnknownIssuer,
-    );
+    assert_refused(handshake(my_client, rogue_server(&cert, &key)), Side::Client, |e| *e == CertificateError::UnknownIssuer);
     // And with the stranger's real configs, whoever checks first refuses.
     let (my_client, my_server) = configs(&me, &lab.hood);
-    assert_refused(handshake(my_client, their_server), Side::Client, |e| {
-        *e == CertificateError::UnknownIssuer
-    });
-    assert_refused(handshake(their_client, my_server), Side::Client, |e| {
-        *e == CertificateError::UnknownIssuer
-    });
+    assert_refused(handshake(my_client, their_server), Side::Client, |e| *e == CertificateError::UnknownIssuer);
+    assert_refused(handshake(their_client, my_server), Side::Client, |e| *e == CertificateError::UnknownIssuer);
 }
 
 fn other_hood_files(hood: &TestHood, name: &str) -> (String, String) {
-    let read = |ext: &str| {
-        std::fs::read_to_string(hood.path(&format!("{}.{name}.{ext}", hood.name))).unwrap()
-    };
+    let read = |ext: &str| std::fs::read_to_string(hood.path(&format!("{}.{name}.{ext}", hood.name))).unwrap();
     (read("crt"), read("key"))
 }
 
@@ -107,16 +78,8 @@ fn self_signed_is_refused_both_ways() {
     let me = lab.peer("me");
     let (cert, key) = common::self_signed("mallory", "lab");
     let (my_client, my_server) = configs(&me, &lab.hood);
-    assert_refused(
-        handshake(rogue_client(&cert, &key), my_server),
-        Side::Server,
-        |e| *e == CertificateError::UnknownIssuer,
-    );
-    assert_refused(
-        handshake(my_client, rogue_server(&cert, &key)),
-        Side::Client,
-        |e| *e == CertificateError::UnknownIssuer,
-    );
+    assert_refused(handshake(rogue_client(&cert, &key), my_server), Side::Server, |e| *e == CertificateError::UnknownIssuer);
+    assert_refused(handshake(my_client, rogue_server(&cert, &key)), Side::Client, |e| *e == CertificateError::UnknownIssuer);
 }
 
 /// A self-signed certificate that copies the hood's subject as its issuer:
@@ -127,16 +90,8 @@ fn forged_issuer_name_is_refused_both_ways() {
     let me = lab.peer("me");
     let (cert, key) = common::self_signed("lab", "lab");
     let (my_client, my_server) = configs(&me, &lab.hood);
-    assert_refused(
-        handshake(rogue_client(&cert, &key), my_server),
-        Side::Server,
-        |e| *e == CertificateError::BadSignature,
-    );
-    assert_refused(
-        handshake(my_client, rogue_server(&cert, &key)),
-        Side::Client,
-        |e| *e == CertificateError::BadSignature,
-    );
+    assert_refused(handshake(rogue_client(&cert, &key), my_server), Side::Server, |e| *e == CertificateError::BadSignature);
+    assert_refused(handshake(my_client, rogue_server(&cert, &key)), Side::Client, |e| *e == CertificateError::BadSignature);
 }
 
 #[test]
@@ -146,16 +101,8 @@ fn expired_is_refused_both_ways() {
     let (cert, key) = lab.expired_peer("old");
     let (my_client, my_server) = configs(&me, &lab.hood);
     let expired = |e: &CertificateError| matches!(e, CertificateError::ExpiredContext { .. });
-    assert_refused(
-        handshake(rogue_client(&cert, &key), my_server),
-        Side::Server,
-        expired,
-    );
-    assert_refused(
-        handshake(my_client, rogue_server(&cert, &key)),
-        Side::Client,
-        expired,
-    );
+    assert_refused(handshake(rogue_client(&cert, &key), my_server), Side::Server, expired);
+    assert_refused(handshake(my_client, rogue_server(&cert, &key)), Side::Client, expired);
 }
 
 #[test]
@@ -165,16 +112,8 @@ fn not_yet_valid_is_refused_both_ways() {
     let (cert, key) = lab.future_peer("early");
     let (my_client, my_server) = configs(&me, &lab.hood);
     let early = |e: &CertificateError| matches!(e, CertificateError::NotValidYetContext { .. });
-    assert_refused(
-        handshake(rogue_client(&cert, &key), my_server),
-        Side::Server,
-        early,
-    );
-    assert_refused(
-        handshake(my_client, rogue_server(&cert, &key)),
-        Side::Client,
-        early,
-    );
+    assert_refused(handshake(rogue_client(&cert, &key), my_server), Side::Server, early);
+    assert_refused(handshake(my_client, rogue_server(&cert, &key)), Side::Client, early);
 }
 
 #[test]
@@ -182,24 +121,11 @@ fn hood_issued_ca_certificate_is_refused_as_peer() {
     let lab = TestHood::new("lab");
     let me = lab.peer("me");
     let now = time::OffsetDateTime::now_utc();
-    let (cert, key) = lab.custom_peer(
-        "sub-ca",
-        now - time::Duration::hours(1),
-        now + time::Duration::days(1),
-        true,
-    );
+    let (cert, key) = lab.custom_peer("sub-ca", now - time::Duration::hours(1), now + time::Duration::days(1), true);
     let (my_client, my_server) = configs(&me, &lab.hood);
     let is_other = |e: &CertificateError| matches!(e, CertificateError::Other(o) if o.to_string().contains("CA certificate"));
-    assert_refused(
-        handshake(rogue_client(&cert, &key), my_server),
-        Side::Server,
-        is_other,
-    );
-    assert_refused(
-        handshake(my_client, rogue_server(&cert, &key)),
-        Side::Client,
-        is_other,
-    );
+    assert_refused(handshake(rogue_client(&cert, &key), my_server), Side::Server, is_other);
+    assert_refused(handshake(my_client, rogue_server(&cert, &key)), Side::Client, is_other);
 }
 
 /// A certificate whose key was swapped: the hood signed the certificate, but
@@ -250,9 +176,7 @@ fn remembered_certificate_is_still_checked_at_every_handshake() {
     let stranger = twin.peer("me");
     let (_, twin_server) = configs(&stranger, &twin.hood);
     // (A client that checks nothing: alice's own client would refuse the twin first.)
-    assert_refused(handshake(rogue_client(&cert, &alice_key), twin_server), Side::Server, |e| {
-        *e == CertificateError::BadSignature
-    });
+    assert_refused(handshake(rogue_client(&cert, &alice_key), twin_server), Side::Server, |e| *e == CertificateError::BadSignature);
     // And it still works where it belongs, both ways.
     let (my_client, my_server) = configs(&me, &lab.hood);
     let (alice_client, alice_server) = configs(&alice, &lab.hood);
@@ -263,21 +187,14 @@ fn remembered_certificate_is_still_checked_at_every_handshake() {
 
 fn certified_key(cert: &str, key: &str) -> std::sync::Arc<rustls::sign::CertifiedKey> {
     let signing = rustls::crypto::ring::sign::any_supported_type(&common::key_der(key)).unwrap();
-    std::sync::Arc::new(rustls::sign::CertifiedKey::new(
-        vec![common::cert_der(cert)],
-        signing,
-    ))
+    std::sync::Arc::new(rustls::sign::CertifiedKey::new(vec![common::cert_der(cert)], signing))
 }
 
 #[derive(Debug)]
 struct Fixed(std::sync::Arc<rustls::sign::CertifiedKey>);
 
 impl rustls::client::ResolvesClientCert for Fixed {
-    fn resolve(
-        &self,
-        _: &[&[u8]],
-        _: &[rustls::SignatureScheme],
-    ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
         Some(self.0.clone())
     }
     fn has_certs(&self) -> bool {
@@ -286,10 +203,7 @@ impl rustls::client::ResolvesClientCert for Fixed {
 }
 
 impl rustls::server::ResolvesServerCert for Fixed {
-    fn resolve(
-        &self,
-        _: rustls::server::ClientHello<'_>,
-    ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
         Some(self.0.clone())
     }
 }

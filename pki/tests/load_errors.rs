@@ -22,18 +22,10 @@ fn missing_file() {
     assert!(matches!(err, PkiError::NotFound { .. }));
     says(&err, "nope.crt", "not found");
     lab.peer("me");
-    let err = Identity::load(
-        &lab.path("lab.me.crt"),
-        &lab.path("lab.nokey.key"),
-        &lab.hood,
-    )
-    .unwrap_err();
+    let err = Identity::load(&lab.path("lab.me.crt"), &lab.path("lab.nokey.key"), &lab.hood).unwrap_err();
     assert!(matches!(err, PkiError::NotFound { .. }));
     says(&err, "lab.nokey.key", "check the path");
-    assert!(matches!(
-        CertInfo::from_file(&missing),
-        Err(PkiError::NotFound { .. })
-    ));
+    assert!(matches!(CertInfo::from_file(&missing), Err(PkiError::NotFound { .. })));
 }
 
 #[test]
@@ -50,9 +42,7 @@ fn unreadable_file() {
 fn not_pem() {
     let lab = TestHood::new("lab");
     // DER instead of PEM
-    let der = pem::parse(std::fs::read(lab.path("lab.crt")).unwrap())
-        .unwrap()
-        .into_contents();
+    let der = pem::parse(std::fs::read(lab.path("lab.crt")).unwrap()).unwrap().into_contents();
     write(&lab.path("lab.der"), &der);
     let err = Hood::load(&lab.path("lab.der")).unwrap_err();
     assert!(matches!(err, PkiError::NotPem { .. }), "{err}");
@@ -63,46 +53,26 @@ fn not_pem() {
     assert!(matches!(err, PkiError::NotPem { .. }), "{err}");
     // a key file that is not PEM
     lab.peer("me");
-    let err =
-        Identity::load(&lab.path("lab.me.crt"), &lab.path("notes.txt"), &lab.hood).unwrap_err();
+    let err = Identity::load(&lab.path("lab.me.crt"), &lab.path("notes.txt"), &lab.hood).unwrap_err();
     assert!(matches!(err, PkiError::NotPem { .. }), "{err}");
     says(&err, "notes.txt", "openssl pkey -inform DER");
     // an empty file
     write(&lab.path("empty.crt"), "");
-    assert!(matches!(
-        Hood::load(&lab.path("empty.crt")),
-        Err(PkiError::NotPem { .. })
-    ));
+    assert!(matches!(Hood::load(&lab.path("empty.crt")), Err(PkiError::NotPem { .. })));
     // broken PEM
-    write(
-        &lab.path("broken.crt"),
-        "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
-    );
+    write(&lab.path("broken.crt"), "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n");
     let err = Hood::load(&lab.path("broken.crt")).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            PkiError::InvalidCertificate { .. } | PkiError::NotPem { .. }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, PkiError::InvalidCertificate { .. } | PkiError::NotPem { .. }), "{err}");
     // PEM with garbage inside
-    write(
-        &lab.path("garbage.crt"),
-        pem::encode(&pem::Pem::new("CERTIFICATE", b"not a certificate".to_vec())),
-    );
+    write(&lab.path("garbage.crt"), pem::encode(&pem::Pem::new("CERTIFICATE", b"not a certificate".to_vec())));
     let err = Hood::load(&lab.path("garbage.crt")).unwrap_err();
     assert!(matches!(err, PkiError::InvalidCertificate { .. }), "{err}");
     says(&err, "garbage.crt", "not a valid X.509 certificate");
     let err = CertInfo::from_file(&lab.path("garbage.crt")).unwrap_err();
     assert!(matches!(err, PkiError::InvalidCertificate { .. }), "{err}");
     // garbage key
-    write(
-        &lab.path("garbage.key"),
-        pem::encode(&pem::Pem::new("PRIVATE KEY", b"not a key".to_vec())),
-    );
-    let err =
-        Identity::load(&lab.path("lab.me.crt"), &lab.path("garbage.key"), &lab.hood).unwrap_err();
+    write(&lab.path("garbage.key"), pem::encode(&pem::Pem::new("PRIVATE KEY", b"not a key".to_vec())));
+    let err = Identity::load(&lab.path("lab.me.crt"), &lab.path("garbage.key"), &lab.hood).unwrap_err();
     assert!(matches!(err, PkiError::InvalidKey { .. }), "{err}");
     says(&err, "garbage.key", "PKCS#8");
 }
@@ -116,18 +86,13 @@ fn wrong_pem_label() {
     assert!(matches!(err, PkiError::WrongPemLabel { .. }), "{err}");
     says(&err, "lab.key", "PRIVATE KEY");
     // swapped certificate and key
-    let err =
-        Identity::load(&lab.path("lab.me.key"), &lab.path("lab.me.crt"), &lab.hood).unwrap_err();
+    let err = Identity::load(&lab.path("lab.me.key"), &lab.path("lab.me.crt"), &lab.hood).unwrap_err();
     assert!(matches!(err, PkiError::WrongPemLabel { .. }), "{err}");
     says(&err, "lab.me.key", "swap");
-    let err =
-        Identity::load(&lab.path("lab.me.crt"), &lab.path("lab.me.crt"), &lab.hood).unwrap_err();
+    let err = Identity::load(&lab.path("lab.me.crt"), &lab.path("lab.me.crt"), &lab.hood).unwrap_err();
     assert!(matches!(err, PkiError::WrongPemLabel { .. }), "{err}");
     says(&err, "lab.me.crt", "private key");
-    assert!(matches!(
-        CertInfo::from_file(&lab.path("lab.me.key")),
-        Err(PkiError::WrongPemLabel { .. })
-    ));
+    assert!(matches!(CertInfo::from_file(&lab.path("lab.me.key")), Err(PkiError::WrongPemLabel { .. })));
 }
 
 #[test]
@@ -135,12 +100,7 @@ fn key_does_not_match_cert() {
     let lab = TestHood::new("lab");
     lab.peer("alice");
     lab.peer("bob");
-    let err = Identity::load(
-        &lab.path("lab.alice.crt"),
-        &lab.path("lab.bob.key"),
-        &lab.hood,
-    )
-    .unwrap_err();
+    let err = Identity::load(&lab.path("lab.alice.crt"), &lab.path("lab.bob.key"), &lab.hood).unwrap_err();
     assert!(matches!(err, PkiError::KeyMismatch { .. }), "{err}");
     says(&err, "lab.bob.key", "does not belong");
     says(&err, "lab.alice.crt", "");
@@ -151,12 +111,7 @@ fn cert_not_signed_by_hood() {
     let lab = TestHood::new("lab");
     let other = TestHood::new("other");
     other.peer("stranger");
-    let err = Identity::load(
-        &other.path("other.stranger.crt"),
-        &other.path("other.stranger.key"),
-        &lab.hood,
-    )
-    .unwrap_err();
+    let err = Identity::load(&other.path("other.stranger.crt"), &other.path("other.stranger.key"), &lab.hood).unwrap_err();
     assert!(matches!(err, PkiError::NotSignedByHood { .. }), "{err}");
     says(&err, "other.stranger.crt", "not issued by hood \"lab\"");
     says(&err, "other.stranger.crt", "CN=other");
@@ -165,12 +120,7 @@ fn cert_not_signed_by_hood() {
     // signatures do not.
     let twin = TestHood::new("lab");
     twin.peer("twin");
-    let err = Identity::load(
-        &twin.path("lab.twin.crt"),
-        &twin.path("lab.twin.key"),
-        &lab.hood,
-    )
-    .unwrap_err();
+    let err = Identity::load(&twin.path("lab.twin.crt"), &twin.path("lab.twin.key"), &lab.hood).unwrap_err();
     assert!(matches!(err, PkiError::NotSignedByHood { .. }), "{err}");
     says(&err, "lab.twin.crt", "did not sign it");
 
@@ -187,12 +137,7 @@ fn expired() {
     let (cert, key) = lab.expired_peer("old");
     write(&lab.path("lab.old.crt"), &cert);
     write(&lab.path("lab.old.key"), &key);
-    let err = Identity::load(
-        &lab.path("lab.old.crt"),
-        &lab.path("lab.old.key"),
-        &lab.hood,
-    )
-    .unwrap_err();
+    let err = Identity::load(&lab.path("lab.old.crt"), &lab.path("lab.old.key"), &lab.hood).unwrap_err();
     assert!(matches!(err, PkiError::Expired { .. }), "{err}");
     says(&err, "lab.old.crt", "expired on");
     // CertInfo still describes it.
@@ -212,18 +157,8 @@ fn not_yet_valid() {
 fn expired_and_future_hoods() {
     let now = time::OffsetDateTime::now_utc();
     for (label, nb, na, expired) in [
-        (
-            "expired",
-            now - time::Duration::days(9),
-            now - time::Duration::days(1),
-            true,
-        ),
-        (
-            "future",
-            now + time::Duration::days(1),
-            now + time::Duration::days(9),
-            false,
-        ),
+        ("expired", now - time::Duration::days(9), now - time::Duration::days(1), true),
+        ("future", now + time::Duration::days(1), now + time::Duration::days(9), false),
     ] {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = common::peer_params(label, label, nb, na);
@@ -268,25 +203,15 @@ fn hood_cert_is_not_a_peer() {
 fn encrypted_key() {
     let lab = TestHood::new("lab");
     lab.peer("me");
-    let enc =
-        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBAA==\n-----END ENCRYPTED PRIVATE KEY-----\n";
+    let enc = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBAA==\n-----END ENCRYPTED PRIVATE KEY-----\n";
     write(&lab.path("lab.me.enc"), enc);
-    let err =
-        Identity::load(&lab.path("lab.me.crt"), &lab.path("lab.me.enc"), &lab.hood).unwrap_err();
+    let err = Identity::load(&lab.path("lab.me.crt"), &lab.path("lab.me.enc"), &lab.hood).unwrap_err();
     assert!(matches!(err, PkiError::EncryptedKey { .. }), "{err}");
-    says(
-        &err,
-        "lab.me.enc",
-        "encrypted private keys are not supported yet",
-    );
+    says(&err, "lab.me.enc", "encrypted private keys are not supported yet");
     says(&err, "lab.me.enc", "openssl pkey -in");
 
     // A real one made by openssl, when available.
-    if std::process::Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok()
-    {
+    if std::process::Command::new("openssl").arg("version").output().is_ok() {
         let status = std::process::Command::new("openssl")
             .args(["pkey", "-aes256", "-passout", "pass:secret", "-in"])
             .arg(lab.path("lab.me.key"))
@@ -295,12 +220,7 @@ fn encrypted_key() {
             .status()
             .unwrap();
         assert!(status.success());
-        let err = Identity::load(
-            &lab.path("lab.me.crt"),
-            &lab.path("lab.me.key.enc"),
-            &lab.hood,
-        )
-        .unwrap_err();
+        let err = Identity::load(&lab.path("lab.me.crt"), &lab.path("lab.me.key.enc"), &lab.hood).unwrap_err();
         assert!(matches!(err, PkiError::EncryptedKey { .. }), "{err}");
         // `openssl ec -traditional` writes Proc-Type: 4,ENCRYPTED
         let status = std::process::Command::new("openssl")
@@ -313,12 +233,7 @@ fn encrypted_key() {
         assert!(status.success());
         let text = std::fs::read_to_string(lab.path("lab.me.key.enc2")).unwrap();
         assert!(text.contains("Proc-Type: 4,ENCRYPTED"), "{text}");
-        let err = Identity::load(
-            &lab.path("lab.me.crt"),
-            &lab.path("lab.me.key.enc2"),
-            &lab.hood,
-        )
-        .unwrap_err();
+        let err = Identity::load(&lab.path("lab.me.crt"), &lab.path("lab.me.key.enc2"), &lab.hood).unwrap_err();
         assert!(matches!(err, PkiError::EncryptedKey { .. }), "{err}");
     }
 }
@@ -339,9 +254,6 @@ fn errors_never_panic_on_random_input() {
         assert!(Hood::from_pem(input, "x").is_err());
         assert!(CertInfo::from_pem(input, "x").is_err());
         assert!(Identity::from_pem(input, input, &lab.hood, "x").is_err());
-        assert!(
-            partybus_pki::peer_name(&rustls_pki_types::CertificateDer::from(input.to_vec()))
-                .is_none()
-        );
+        assert!(partybus_pki::peer_name(&rustls_pki_types::CertificateDer::from(input.to_vec())).is_none());
     }
 }

@@ -28,12 +28,8 @@ impl Fixtures {
     }
 
     fn identity(&self, hood: &Hood, hood_name: &str, peer: &str) -> Identity {
-        Identity::load(
-            &self.path(&format!("{hood_name}.{peer}.crt")),
-            &self.path(&format!("{hood_name}.{peer}.key")),
-            hood,
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
+        Identity::load(&self.path(&format!("{hood_name}.{peer}.crt")), &self.path(&format!("{hood_name}.{peer}.key")), hood)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn read(&self, file: &str) -> String {
@@ -42,17 +38,8 @@ impl Fixtures {
 }
 
 fn run(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+    assert!(out.status.success(), "openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
 /// Peer of `hood` the way `createPeer.sh` makes it: a key, a CSR, and
@@ -61,21 +48,7 @@ fn openssl_peer(dir: &Path, hood: &str, peer: &str, bits: &str, subj: &str) {
     let key = format!("{hood}.{peer}.key");
     let csr = format!("{hood}.{peer}.csr");
     let crt = format!("{hood}.{peer}.crt");
-    run(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            &format!("rsa:{bits}"),
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            subj,
-        ],
-    );
+    run(dir, &["req", "-newkey", &format!("rsa:{bits}"), "-nodes", "-keyout", &key, "-out", &csr, "-subj", subj]);
     run(
         dir,
         &[
@@ -325,9 +298,7 @@ macro_rules! fixtures_or_skip {
 }
 
 fn x509_version(path: &Path) -> u32 {
-    let der = pem::parse(std::fs::read(path).unwrap())
-        .unwrap()
-        .into_contents();
+    let der = pem::parse(std::fs::read(path).unwrap()).unwrap().into_contents();
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
     cert.version().0 + 1
 }
@@ -336,11 +307,7 @@ fn x509_version(path: &Path) -> u32 {
 fn openssl_makes_v1_peers_and_v3_hoods() {
     let f = fixtures_or_skip!();
     assert_eq!(x509_version(&f.path("old.crt")), 3, "req -x509 makes v3");
-    assert_eq!(
-        x509_version(&f.path("old.rsa1.crt")),
-        1,
-        "x509 -req without -extfile makes v1"
-    );
+    assert_eq!(x509_version(&f.path("old.rsa1.crt")), 1, "x509 -req without -extfile makes v1");
     assert_eq!(x509_version(&f.path("old.rsa2.crt")), 1);
     assert_eq!(x509_version(&f.path("v1.crt")), 1);
     // and ours are v3
@@ -364,16 +331,10 @@ fn loads_openssl_hood_and_peers() {
     let rsa2 = f.identity(&hood, "old", "rsa2");
     assert_eq!(rsa2.name(), "rsa2");
     assert_eq!(rsa2.hood_name(), "old");
-    assert!(matches!(
-        rsa2.key_der(),
-        rustls_pki_types::PrivateKeyDer::Pkcs1(_)
-    ));
+    assert!(matches!(rsa2.key_der(), rustls_pki_types::PrivateKeyDer::Pkcs1(_)));
     let ec = f.identity(&hood, "old", "ec");
     assert_eq!(ec.key_kind(), KeyKind::EcdsaP256);
-    assert!(matches!(
-        ec.key_der(),
-        rustls_pki_types::PrivateKeyDer::Sec1(_)
-    ));
+    assert!(matches!(ec.key_der(), rustls_pki_types::PrivateKeyDer::Sec1(_)));
     let modern = f.identity(&hood, "old", "modern");
     assert_eq!(modern.key_kind(), KeyKind::EcdsaP256);
 
@@ -390,17 +351,12 @@ fn fingerprint_is_openssl_sha256_of_der() {
     for hood in ["old", "v1"] {
         let out = Command::new("sh")
             .arg("-c")
-            .arg(format!(
-                "openssl x509 -in {hood}.crt -outform DER | sha256sum"
-            ))
+            .arg(format!("openssl x509 -in {hood}.crt -outform DER | sha256sum"))
             .current_dir(&f.dir)
             .output()
             .unwrap();
         let text = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(
-            f.hood(hood).fingerprint(),
-            text.split_whitespace().next().unwrap()
-        );
+        assert_eq!(f.hood(hood).fingerprint(), text.split_whitespace().next().unwrap());
     }
 }
 
@@ -408,22 +364,11 @@ fn fingerprint_is_openssl_sha256_of_der() {
 fn our_peer_under_openssl_hood_verifies_with_openssl() {
     let f = fixtures_or_skip!();
     let out = Command::new("openssl")
-        .args([
-            "verify",
-            "-CAfile",
-            "old.crt",
-            "old.modern.crt",
-            "old.rsa1.crt",
-            "old.rsa2.crt",
-        ])
+        .args(["verify", "-CAfile", "old.crt", "old.modern.crt", "old.rsa1.crt", "old.rsa2.crt"])
         .current_dir(&f.dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let info = CertInfo::from_file(&f.path("old.modern.crt")).unwrap();
     assert_eq!(info.issuer, "CN=old, O=old");
     assert_eq!(info.o.as_deref(), Some("old"));
@@ -435,10 +380,7 @@ fn our_peer_under_openssl_hood_verifies_with_openssl() {
     let info = CertInfo::from_file(&f.path("old.rsa2.crt")).unwrap();
     assert!(!info.is_ca);
     assert_eq!(info.cn.as_deref(), Some("rsa2"));
-    assert_eq!(
-        info.subject,
-        "C=DE, ST=Berlin, L=Berlin, O=old, OU=Peer, CN=rsa2"
-    );
+    assert_eq!(info.subject, "C=DE, ST=Berlin, L=Berlin, O=old, OU=Peer, CN=rsa2");
 }
 
 #[test]
@@ -478,23 +420,10 @@ fn openssl_peer_of_another_hood_is_refused_both_ways() {
     let key = f.read("else.stranger.key");
     let (my_client, my_server) = configs(&me, &hood);
     let unknown = |e: &CertificateError| *e == CertificateError::UnknownIssuer;
-    assert_refused(
-        handshake(rogue_client(&cert, &key), my_server),
-        Side::Server,
-        unknown,
-    );
-    assert_refused(
-        handshake(my_client, rogue_server(&cert, &key)),
-        Side::Client,
-        unknown,
-    );
+    assert_refused(handshake(rogue_client(&cert, &key), my_server), Side::Server, unknown);
+    assert_refused(handshake(my_client, rogue_server(&cert, &key)), Side::Client, unknown);
 
-    let err = Identity::load(
-        &f.path("else.stranger.crt"),
-        &f.path("else.stranger.key"),
-        &hood,
-    )
-    .unwrap_err();
+    let err = Identity::load(&f.path("else.stranger.crt"), &f.path("else.stranger.key"), &hood).unwrap_err();
     assert!(matches!(err, PkiError::NotSignedByHood { .. }), "{err}");
     // An openssl RSA peer refuses our peer of another (ECDSA) hood, too.
     let other = TestHood::new("lab");
@@ -541,17 +470,13 @@ fn openssl_rsa_peer_refuses_self_signed_and_expired_both_ways() {
 
     // expired and not yet valid, signed by the openssl RSA hood (with rcgen:
     // openssl 3.0's `x509` has no -not_before/-not_after).
-    let hood_key =
-        rcgen::KeyPair::from_pkcs8_pem_and_sign_algo(&f.read("old.key"), &rcgen::PKCS_RSA_SHA256)
-            .unwrap();
+    let hood_key = rcgen::KeyPair::from_pkcs8_pem_and_sign_algo(&f.read("old.key"), &rcgen::PKCS_RSA_SHA256).unwrap();
     let issuer = rcgen::Issuer::from_ca_cert_pem(&f.read("old.crt"), hood_key).unwrap();
     let now = time::OffsetDateTime::now_utc();
     let day = time::Duration::days(1);
     let make = |nb, na| {
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = common::peer_params("gone", "old", nb, na)
-            .signed_by(&key, &issuer)
-            .unwrap();
+        let cert = common::peer_params("gone", "old", nb, na).signed_by(&key, &issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     };
     let (cert, key) = make(now - day * 30, now - day);
@@ -559,16 +484,8 @@ fn openssl_rsa_peer_refuses_self_signed_and_expired_both_ways() {
     std::fs::write(f.path("old.gone.key"), &key).unwrap();
     let (c, s) = configs(&rsa1, &hood);
     let expired = |e: &CertificateError| matches!(e, CertificateError::ExpiredContext { .. });
-    assert_refused(
-        handshake(rogue_client(&cert, &key), s),
-        Side::Server,
-        expired,
-    );
-    assert_refused(
-        handshake(c, rogue_server(&cert, &key)),
-        Side::Client,
-        expired,
-    );
+    assert_refused(handshake(rogue_client(&cert, &key), s), Side::Server, expired);
+    assert_refused(handshake(c, rogue_server(&cert, &key)), Side::Client, expired);
     let err = Identity::load(&f.path("old.gone.crt"), &f.path("old.gone.key"), &hood).unwrap_err();
     assert!(matches!(err, PkiError::Expired { .. }), "{err}");
 
@@ -584,10 +501,7 @@ fn openssl_peer_cert_is_not_a_hood() {
     let f = fixtures_or_skip!();
     let err = Hood::load(&f.path("old.rsa1.crt")).unwrap_err();
     assert!(matches!(err, PkiError::NotACa { .. }), "{err}");
-    assert!(
-        err.to_string().contains("v1 certificate issued by"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("v1 certificate issued by"), "{err}");
 }
 
 #[test]

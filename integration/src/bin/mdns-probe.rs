@@ -12,10 +12,7 @@ use partybus_discovery::{Discovery, DiscoveryContext, DiscoveryEvent, DiscoveryS
 use tokio::io::AsyncBufReadExt;
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     let mut fingerprint = None;
     let mut id = None;
     let mut name = "probe".to_owned();
@@ -52,10 +49,7 @@ fn main() -> anyhow::Result<()> {
         let (handle, stop) = StopSignal::new();
         let svc = Box::new(MdnsDiscovery::new().include_loopback(loopback));
         let task = tokio::spawn(svc.start(ctx, sink, stop));
-        println!(
-            "{}",
-            serde_json::json!({"ready": {"id": id, "name": name, "port": port, "fingerprint": fingerprint}})
-        );
+        println!("{}", serde_json::json!({"ready": {"id": id, "name": name, "port": port, "fingerprint": fingerprint}}));
         let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         let deadline = tokio::time::sleep(Duration::from_secs(secs));
         tokio::pin!(deadline);

@@ -12,23 +12,15 @@ use std::time::Duration;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut max_seconds = 3600u64;
     if let Some(i) = args.iter().position(|a| a == "--max-seconds") {
-        max_seconds = args
-            .get(i + 1)
-            .ok_or_else(|| anyhow::anyhow!("--max-seconds N"))?
-            .parse()?;
+        max_seconds = args.get(i + 1).ok_or_else(|| anyhow::anyhow!("--max-seconds N"))?.parse()?;
         args.drain(i..i + 2);
     }
     if args.len() < 2 || args.len() > 4 {
-        anyhow::bail!(
-            "usage: stun-server PRIMARY_IP ALTERNATE_IP [PORT [ALT_PORT]] [--max-seconds N]"
-        );
+        anyhow::bail!("usage: stun-server PRIMARY_IP ALTERNATE_IP [PORT [ALT_PORT]] [--max-seconds N]");
     }
     let cfg = stun::StunConfig {
         primary: args[0].parse()?,
@@ -41,8 +33,6 @@ async fn main() -> anyhow::Result<()> {
         "stun-server listening on {}:{{{},{}}} and {}:{{{},{}}}",
         cfg.primary, cfg.port, cfg.alt_port, cfg.alternate, cfg.port, cfg.alt_port
     );
-    server
-        .serve(Duration::from_secs(max_seconds), u64::MAX)
-        .await;
+    server.serve(Duration::from_secs(max_seconds), u64::MAX).await;
     Ok(())
 }

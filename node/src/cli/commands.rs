@@ -205,7 +205,12 @@ pub async fn emit(args: EmitArgs) -> Result<ExitCode> {
             let mut rx = bus.observe_listener_count(&args.event)?;
             if tokio::time::timeout(args.timeout, rx.wait_for(|c| *c >= n)).await.is_err() {
                 timed_out = true;
-                eprintln!("partybus: {} listener(s) of {:?} after {:?}, wanted {n}; emitting anyway", *rx.borrow(), args.event, args.timeout);
+                eprintln!(
+                    "partybus: {} listener(s) of {:?} after {:?}, wanted {n}; emitting anyway",
+                    *rx.borrow(),
+                    args.event,
+                    args.timeout
+                );
             }
         }
         None => {
@@ -231,8 +236,7 @@ pub async fn emit(args: EmitArgs) -> Result<ExitCode> {
                     if line.trim().is_empty() {
                         continue;
                     }
-                    let v: serde_json::Value =
-                        serde_json::from_str(&line).with_context(|| format!("stdin line {line_no} is not JSON"))?;
+                    let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("stdin line {line_no} is not JSON"))?;
                     let payload = partybus::payload::from_json(&v)?;
                     let n = bus.emit_raw(&args.event, payload.into()).await?;
                     out(json!(n));
@@ -275,7 +279,9 @@ pub async fn dht(args: DhtArgs) -> Result<ExitCode> {
     .await
     .context("cannot start the DHT node")?;
     let signal = shutdown_signal();
-    out(json!({"ready": {"peer_id": node.peer_id().to_string(), "addrs": node.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>()}}));
+    out(
+        json!({"ready": {"peer_id": node.peer_id().to_string(), "addrs": node.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>()}}),
+    );
     let run = tokio::spawn(node.run(stop));
     signal.await;
     handle.stop();

@@ -70,9 +70,7 @@ pub struct NodeOpts {
 
 /// Does any local interface have a global (Internet-routable) address?
 fn has_global_address() -> bool {
-    if_addrs::get_if_addrs()
-        .map(|ifs| ifs.iter().any(|i| partybus::discovery::addr::is_global(i.ip())))
-        .unwrap_or(false)
+    if_addrs::get_if_addrs().map(|ifs| ifs.iter().any(|i| partybus::discovery::addr::is_global(i.ip()))).unwrap_or(false)
 }
 
 /// Resolves a path from the config file relative to the file's folder.
@@ -132,7 +130,9 @@ impl NodeOpts {
             match l.full_policy.as_deref() {
                 None | Some("block") => {}
                 Some("drop") => cfg.full_policy = FullPolicy::Drop,
-                Some("disconnect") => cfg.full_policy = FullPolicy::Disconnect(l.stuck_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10))),
+                Some("disconnect") => {
+                    cfg.full_policy = FullPolicy::Disconnect(l.stuck_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)))
+                }
                 Some(other) => bail!("config `limits.full_policy = {other:?}` is not one of \"block\", \"drop\", \"disconnect\""),
             }
         }
@@ -168,11 +168,7 @@ impl NodeOpts {
             disc.dht_serve.unwrap_or_else(has_global_address)
         };
         if !dht.is_empty() || serve {
-            let opts = partybus::discovery::dht::DhtOptions {
-                bootstrap: dht,
-                serve,
-                ..Default::default()
-            };
+            let opts = partybus::discovery::dht::DhtOptions { bootstrap: dht, serve, ..Default::default() };
             cfg.discovery.push(Box::new(partybus::discovery::dht::DhtDiscovery::new(opts)));
         }
         Ok(cfg)

@@ -9,15 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use partybus_pki::{create_hood, create_peer, Hood, Identity};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, ServerConfig, ServerConnection,
-    SignatureScheme,
-};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, ServerConfig, ServerConnection, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use time::{Duration, OffsetDateTime};
 
@@ -33,11 +27,7 @@ impl TestHood {
         let dir = tempfile::tempdir().unwrap();
         create_hood(name, dir.path(), 30).unwrap();
         let hood = Hood::load(&dir.path().join(format!("{name}.crt"))).unwrap();
-        TestHood {
-            dir,
-            name: name.to_string(),
-            hood,
-        }
+        TestHood { dir, name: name.to_string(), hood }
     }
 
     pub fn path(&self, file: &str) -> PathBuf {
@@ -52,17 +42,8 @@ impl TestHood {
 
     /// A certificate signed by this hood with arbitrary validity (rcgen
     /// directly, bypassing create_peer's checks). Returns (cert PEM, key PEM).
-    pub fn custom_peer(
-        &self,
-        name: &str,
-        not_before: OffsetDateTime,
-        not_after: OffsetDateTime,
-        ca: bool,
-    ) -> (String, String) {
-        let hood_key = KeyPair::from_pem(
-            &std::fs::read_to_string(self.path(&format!("{}.key", self.name))).unwrap(),
-        )
-        .unwrap();
+    pub fn custom_peer(&self, name: &str, not_before: OffsetDateTime, not_after: OffsetDateTime, ca: bool) -> (String, String) {
+        let hood_key = KeyPair::from_pem(&std::fs::read_to_string(self.path(&format!("{}.key", self.name))).unwrap()).unwrap();
         let hood_pem = std::fs::read_to_string(self.path(&format!("{}.crt", self.name))).unwrap();
         let issuer = Issuer::from_ca_cert_pem(&hood_pem, hood_key).unwrap();
         let key = KeyPair::generate().unwrap();
@@ -76,39 +57,21 @@ impl TestHood {
 
     pub fn expired_peer(&self, name: &str) -> (String, String) {
         let now = OffsetDateTime::now_utc();
-        self.custom_peer(
-            name,
-            now - Duration::days(30),
-            now - Duration::days(1),
-            false,
-        )
+        self.custom_peer(name, now - Duration::days(30), now - Duration::days(1), false)
     }
 
     pub fn future_peer(&self, name: &str) -> (String, String) {
         let now = OffsetDateTime::now_utc();
-        self.custom_peer(
-            name,
-            now + Duration::days(1),
-            now + Duration::days(30),
-            false,
-        )
+        self.custom_peer(name, now + Duration::days(1), now + Duration::days(30), false)
     }
 }
 
-pub fn peer_params(
-    cn: &str,
-    o: &str,
-    not_before: OffsetDateTime,
-    not_after: OffsetDateTime,
-) -> CertificateParams {
+pub fn peer_params(cn: &str, o: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name.push(DnType::CommonName, cn);
     params.distinguished_name.push(DnType::OrganizationName, o);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.not_before = not_before;
     params.not_after = not_after;
     params
@@ -168,9 +131,7 @@ impl ServerCertVerifier for AcceptAnything {
         Ok(HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -178,9 +139,7 @@ impl ServerCertVerifier for AcceptAnything {
 /// refuses X.509 v1 certificates).
 fn single(cert_pem: &str, key_pem: &str) -> Arc<rustls::sign::SingleCertAndKey> {
     let key = rustls::crypto::ring::sign::any_supported_type(&key_der(key_pem)).unwrap();
-    Arc::new(rustls::sign::SingleCertAndKey::from(
-        rustls::sign::CertifiedKey::new(vec![cert_der(cert_pem)], key),
-    ))
+    Arc::new(rustls::sign::SingleCertAndKey::from(rustls::sign::CertifiedKey::new(vec![cert_der(cert_pem)], key)))
 }
 
 /// A client that presents `cert` and accepts any server.
@@ -210,10 +169,7 @@ pub enum Side {
 
 /// Moves all pending TLS bytes from one connection to the other; `Ok(false)`
 /// if there was nothing to move.
-fn transfer<A, B>(
-    from: &mut rustls::ConnectionCommon<A>,
-    to: &mut rustls::ConnectionCommon<B>,
-) -> Result<bool, rustls::Error> {
+fn transfer<A, B>(from: &mut rustls::ConnectionCommon<A>, to: &mut rustls::ConnectionCommon<B>) -> Result<bool, rustls::Error> {
     let mut buf = Vec::new();
     while from.wants_write() {
         if from.write_tls(&mut buf).unwrap() == 0 {
@@ -239,21 +195,11 @@ pub struct Pair {
 /// Runs a full TLS handshake in memory (the client addresses the server by
 /// an IP address, as partybus does), then sends "ping" client -> server and
 /// "pong" back. `Err` says which side failed first and why.
-pub fn handshake(
-    client: ClientConfig,
-    server: ServerConfig,
-) -> Result<Pair, (Side, rustls::Error)> {
-    let mut c = ClientConnection::new(
-        Arc::new(client),
-        ServerName::try_from("192.0.2.7").unwrap().to_owned(),
-    )
-    .unwrap();
+pub fn handshake(client: ClientConfig, server: ServerConfig) -> Result<Pair, (Side, rustls::Error)> {
+    let mut c = ClientConnection::new(Arc::new(client), ServerName::try_from("192.0.2.7").unwrap().to_owned()).unwrap();
     let mut s = ServerConnection::new(Arc::new(server)).unwrap();
     shuttle(&mut c, &mut s)?;
-    assert!(
-        !c.is_handshaking() && !s.is_handshaking(),
-        "handshake stalled"
-    );
+    assert!(!c.is_handshaking() && !s.is_handshaking(), "handshake stalled");
     c.writer().write_all(b"ping").unwrap();
     shuttle(&mut c, &mut s)?;
     let mut got = [0u8; 4];
@@ -263,16 +209,10 @@ pub fn handshake(
     shuttle(&mut c, &mut s)?;
     c.reader().read_exact(&mut got).unwrap();
     assert_eq!(&got, b"pong");
-    Ok(Pair {
-        client: c,
-        server: s,
-    })
+    Ok(Pair { client: c, server: s })
 }
 
-fn shuttle(
-    c: &mut ClientConnection,
-    s: &mut ServerConnection,
-) -> Result<(), (Side, rustls::Error)> {
+fn shuttle(c: &mut ClientConnection, s: &mut ServerConnection) -> Result<(), (Side, rustls::Error)> {
     for _ in 0..50 {
         let c_to_s = transfer(&mut **c, &mut **s).map_err(|e| (Side::Server, e))?;
         let s_to_c = transfer(&mut **s, &mut **c).map_err(|e| (Side::Client, e))?;
@@ -285,26 +225,16 @@ fn shuttle(
 
 /// Our server and client configs for `me` in `hood`.
 pub fn configs(me: &Identity, hood: &Hood) -> (ClientConfig, ServerConfig) {
-    (
-        partybus_pki::client_config(me, hood).unwrap(),
-        partybus_pki::server_config(me, hood).unwrap(),
-    )
+    (partybus_pki::client_config(me, hood).unwrap(), partybus_pki::server_config(me, hood).unwrap())
 }
 
 /// Asserts that the handshake failed on `side` with the given certificate error.
 #[track_caller]
-pub fn assert_refused(
-    result: Result<Pair, (Side, rustls::Error)>,
-    side: Side,
-    check: impl Fn(&rustls::CertificateError) -> bool,
-) {
+pub fn assert_refused(result: Result<Pair, (Side, rustls::Error)>, side: Side, check: impl Fn(&rustls::CertificateError) -> bool) {
     match result {
         Ok(_) => panic!("handshake succeeded, but {side:?} should have refused"),
         Err((got_side, rustls::Error::InvalidCertificate(e))) if got_side == side && check(&e) => {
-            eprintln!(
-                "{side:?} refused as expected: {}",
-                rustls::Error::InvalidCertificate(e)
-            );
+            eprintln!("{side:?} refused as expected: {}", rustls::Error::InvalidCertificate(e));
         }
         Err((got_side, e)) => panic!("expected {side:?} to refuse, got {got_side:?}: {e} ({e:?})"),
     }

@@ -395,7 +395,8 @@ pub fn mesh(args: &BenchArgs, hood: &super::util::TempHood) -> Result<Value> {
             sc.transport_config(transport.clone()); // replaces quinn's default set there
             let mut cc = client_config(cfg)?;
             cc.transport_config(transport);
-            let sock = std::net::UdpSocket::bind(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0)).context("cannot bind a UDP socket on 127.0.0.1")?;
+            let sock = std::net::UdpSocket::bind(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0))
+                .context("cannot bind a UDP socket on 127.0.0.1")?;
             let mut e = quinn::Endpoint::new(partybus::tls::endpoint_config(), Some(sc), sock, Arc::new(quinn::TokioRuntime))?;
             e.set_default_client_config(cc);
             endpoints.push(e);
@@ -449,7 +450,11 @@ pub fn mesh(args: &BenchArgs, hood: &super::util::TempHood) -> Result<Value> {
         }
         let mut conns = Vec::new();
         for h in dials.into_iter().chain(accepts) {
-            conns.extend(timeout(t.saturating_sub(t0.elapsed()), h).await.with_context(|| format!("quinn mesh of {n} not full within {t:?}"))???);
+            conns.extend(
+                timeout(t.saturating_sub(t0.elapsed()), h)
+                    .await
+                    .with_context(|| format!("quinn mesh of {n} not full within {t:?}"))???,
+            );
         }
         let secs = t0.elapsed().as_secs_f64();
         let cpu = super::util::self_cpu_s() - cpu0;
