@@ -13,12 +13,15 @@ use tokio::sync::{broadcast, mpsc, watch};
 use crate::config::Config;
 use crate::event::{Event, Listener, PeerInfo, Sink};
 use crate::id::NodeId;
+use crate::mesh::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, PathStats};
 use crate::name::{validate_name, NameError, Selector};
-use crate::node::{self, ConnStats, Emitted, Inner, JoinError, NeighbourEvent, NeighbourInfo, PathStats};
+use crate::node::{self, Inner, Owner};
 use crate::payload::{self, PayloadError};
+use crate::plane::{Emitted, Plane};
 
 /// Errors from [`Bus::emit`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EmitError {
     #[error(transparent)]
     Name(#[from] NameError),
@@ -47,17 +50,19 @@ impl ListenOptions {
 /// A member of a hood: emit and receive events.
 ///
 /// Cheap to clone; all clones are the same node. Call [`Bus::leave`] to
-/// leave the hood cleanly.
+/// leave the hood cleanly; when the last clone is dropped without it, the
+/// node leaves by itself (and logs a warning).
 #[derive(Clone)]
 pub struct Bus {
     inner: Arc<Inner>,
+    _owner: Arc<Owner>,
 }
 
 /// Removes its listener when dropped or [`ListenerHandle::remove`]d.
 /// [`ListenerHandle::detach`] keeps the listener for the life of the bus.
 #[must_use = "dropping the handle removes the listener; call .detach() to keep it"]
 pub struct ListenerHandle {
-    inner: Weak<Inner>,
+    inner: Weak<Plane>,
     id: Option<u64>,
 }
 
@@ -118,7 +123,8 @@ impl Bus {
     /// at once (neighbours arrive in the background; see
     /// [`Bus::neighbour_events`] and [`Bus::wait_neighbours`]).
     pub async fn join(config: Config) -> Result<Bus, JoinError> {
-        Ok(Bus { inner: node::start(config).await? })
+        let inner = node::start(config).await?;
+        Ok(Bus { _owner: Arc::new(Owner(inner.clone())), inner })
     }
 
     /// This node's id (new at every start).
@@ -148,7 +154,7 @@ impl Bus {
 
     /// Current neighbours.
     pub fn neighbours(&self) -> Vec<NeighbourInfo> {
-        self.inner.neighbours()
+        self.inner.plane.neighbours()
     }
     /// Found/lost notifications from now on. A receiver that falls more than
     /// [`crate::NEIGHBOUR_EVENTS`] events behind gets
@@ -178,7 +184,7 @@ impl Bus {
     }
     /// Dials an address now (in addition to discovery).
     pub fn connect(&self, addr: SocketAddr) {
-        node::dial(&self.inner, addr, None, true);
+        self.inner.connect(addr);
     }
 
     /// Calls `handler` for every event matching `selector` (wildcards `+`
@@ -216,9 +222,9 @@ impl Bus {
 
     fn add(&self, selector: &str, opts: ListenOptions, sink: Sink) -> Result<ListenerHandle, NameError> {
         let selector = Selector::new(selector)?;
-        let id = self.inner.next_sub_id.fetch_add(1, Ordering::Relaxed);
-        self.inner.add_listener(Listener { id, selector, sink }, opts.spy);
-        Ok(ListenerHandle { inner: Arc::downgrade(&self.inner), id: Some(id) })
+        let id = self.inner.plane.next_sub_id.fetch_add(1, Ordering::Relaxed);
+        self.inner.plane.add_listener(Listener { id, selector, sink }, opts.spy);
+        Ok(ListenerHandle { inner: Arc::downgrade(&self.inner.plane), id: Some(id) })
     }
 
     /// Emits `event` with a serde payload to every matching listener in the
@@ -245,16 +251,16 @@ impl Bus {
     /// Emits a payload that is already MessagePack-encoded.
     pub async fn emit_raw(&self, event: &str, payload: Bytes) -> Result<usize, EmitError> {
         // The name is validated on its way into the route cache (see
-        // `State::emit_route`), not again for every event.
+        // `plane::State::emit_route`), not again for every event.
         let size = event.len() + payload.len();
         let max = self.inner.settings.max_event_size;
         if size > max {
             return Err(EmitError::TooLarge { name: event.to_owned(), size, max });
         }
-        if self.inner.closing.load(Ordering::Acquire) {
+        if self.inner.is_leaving() {
             return Err(EmitError::Left);
         }
-        Ok(match self.inner.emit_now(event, &payload)? {
+        Ok(match self.inner.plane.emit_now(event, &payload)? {
             Emitted::Done { count, batch_ready } => {
                 if batch_ready {
                     tokio::task::yield_now().await;
@@ -263,20 +269,20 @@ impl Bus {
             }
             // Boxed: keeps this future small (it is moved on every emit),
             // the allocation only happens when a queue is full.
-            Emitted::Wait(rest) => Box::pin(self.inner.emit_wait(event, payload, rest)).await,
+            Emitted::Wait(rest) => Box::pin(self.inner.plane.emit_wait(event, payload, rest)).await,
         })
     }
 
     /// One entry per non-spy listener of `event` in the hood: the peer it lives on.
     pub fn listeners(&self, event: &str) -> Result<Vec<PeerInfo>, NameError> {
         validate_name(event)?;
-        Ok(self.inner.listeners_of(event))
+        Ok(self.inner.plane.listeners_of(event))
     }
 
     /// Non-spy listeners of `event` in the hood.
     pub fn listener_count(&self, event: &str) -> Result<usize, NameError> {
         validate_name(event)?;
-        let mut st = self.inner.state();
+        let mut st = self.inner.plane.state();
         Ok(st.subs.route(event).counted())
     }
 
@@ -285,19 +291,19 @@ impl Bus {
     /// `changed()`/`borrow()`, or wrap in `tokio_stream::wrappers::WatchStream`.
     pub fn observe_listener_count(&self, event: &str) -> Result<watch::Receiver<usize>, NameError> {
         validate_name(event)?;
-        Ok(self.inner.add_observer(event.to_owned()))
+        Ok(self.inner.plane.add_observer(event.to_owned()))
     }
 
     /// Removes one listener by id; returns whether it existed.
     pub fn remove_listener(&self, id: u64) -> bool {
-        self.inner.remove_listeners(&[id]) == 1
+        self.inner.plane.remove_listeners(&[id]) == 1
     }
 
     /// Removes every local listener, or those registered with exactly
     /// `selector`; returns how many.
     pub fn remove_all_listeners(&self, selector: Option<&str>) -> usize {
-        let ids = self.inner.listener_ids(selector);
-        self.inner.remove_listeners(&ids)
+        let ids = self.inner.plane.listener_ids(selector);
+        self.inner.plane.remove_listeners(&ids)
     }
 
     /// Events dropped for neighbours under [`crate::FullPolicy::Drop`].

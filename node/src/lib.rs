@@ -19,7 +19,10 @@
 //!
 //! Layout: protocol logic without I/O in [`wire`] (frames), [`subs`]
 //! (subscription table), [`peers`] (connection rules), [`name`]
-//! (selectors); the tasks that drive them in `node`; the API in [`Bus`].
+//! (selectors) and `mesh::proto` (the mesh's state machine); one actor
+//! drives the mesh (`mesh::actor`) with thin tasks around quinn; the data
+//! plane (`plane`: send queues, routes) has a lock of its own; the API in
+//! [`Bus`].
 
 pub mod config;
 pub mod event;
@@ -33,15 +36,17 @@ pub mod tls;
 pub mod wire;
 
 mod bus;
+mod mesh;
 mod node;
+mod plane;
 mod udp;
 
 pub use bus::{Bus, EmitError, ListenOptions, ListenerHandle, Subscription};
 pub use config::{Config, FullPolicy, PortSpec};
 pub use event::{Event, PeerInfo};
 pub use id::NodeId;
+pub use mesh::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, PathStats, NEIGHBOUR_EVENTS};
 pub use name::{NameError, Selector};
-pub use node::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, PathStats, NEIGHBOUR_EVENTS};
 pub use payload::Timestamp;
 pub use peers::Direction;
 

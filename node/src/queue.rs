@@ -34,6 +34,11 @@ struct Inner {
     /// (within bounds), so a steady stream fills one allocation per batch
     /// instead of growing (and copying) it.
     next_cap: usize,
+    /// Event frames queued so far, and of those, taken by a writer: after
+    /// a connection switch, the new writer tells the peer how many events
+    /// went out before it ([`crate::wire::Frame::Resume`]).
+    events: u64,
+    taken_events: u64,
 }
 
 /// Smallest buffer allocated: many small frames share one allocation.
@@ -66,6 +71,7 @@ impl Inner {
     /// Takes everything queued, leaving an empty buffer (allocated on the
     /// next push).
     fn take_all(&mut self, limit: usize) -> Vec<Bytes> {
+        self.taken_events = self.events;
         self.next_cap = self.buf.len().min(limit).max(MIN_ALLOC);
         let mut out = std::mem::take(&mut self.parts);
         self.parts_len = 0;
@@ -93,18 +99,24 @@ pub struct SendQueue {
     /// Wakes emitters: the writer took the buffer (or queue closed).
     space: Notify,
     dropped: AtomicU64,
-    sent_frames: AtomicU64,
 }
 
 impl SendQueue {
     pub fn new(limit: usize) -> SendQueue {
         SendQueue {
-            inner: Mutex::new(Inner { buf: BytesMut::new(), parts: Vec::new(), parts_len: 0, closed: false, next_cap: MIN_ALLOC }),
+            inner: Mutex::new(Inner {
+                buf: BytesMut::new(),
+                parts: Vec::new(),
+                parts_len: 0,
+                closed: false,
+                next_cap: MIN_ALLOC,
+                events: 0,
+                taken_events: 0,
+            }),
             limit: limit.max(1),
             data: Notify::new(),
             space: Notify::new(),
             dropped: AtomicU64::new(0),
-            sent_frames: AtomicU64::new(0),
         }
     }
 
@@ -146,9 +158,9 @@ impl SendQueue {
             g.parts.push(head);
             g.parts.push(tail.clone());
         }
+        g.events += 1;
         let after = g.queued();
         drop(g);
-        self.sent_frames.fetch_add(1, Ordering::Relaxed);
         if before == 0 {
             self.data.notify_one();
         }
@@ -257,9 +269,9 @@ impl SendQueue {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Event frames accepted.
-    pub fn sent_frames(&self) -> u64 {
-        self.sent_frames.load(Ordering::Relaxed)
+    /// Event frames taken by writers so far.
+    pub fn taken_events(&self) -> u64 {
+        self.lock().taken_events
     }
 }
 

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, warn};
 
-use crate::node::JoinError;
+use crate::mesh::JoinError;
 
 /// Binds the endpoint's socket: `bind` (or `[::]` dual-stack, then
 /// `0.0.0.0`) on the first free port of `ports`, asking the kernel for

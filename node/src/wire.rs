@@ -28,7 +28,8 @@ pub const MAGIC: [u8; 4] = *b"PBUS";
 ///
 /// 2: [`Hello::dial`] (the duplicate-connection rule needs a rank both ends
 /// agree on).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: [`Frame::Resume`] (in-order delivery across a connection switch).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Bytes of magic + version.
 pub const PREAMBLE_LEN: usize = 6;
 /// Frame bytes on top of an event's name and payload that `max_frame` allows.
@@ -104,10 +105,19 @@ pub enum Frame<'a> {
     /// The sender retires this connection in favour of another one to the
     /// same node; nothing follows on this stream.
     Retire,
+    /// First on a connection that continues another one's send queue (a
+    /// switch): `after` event frames were sent to this node on the earlier
+    /// connections. The receiver delivers the events that follow only once
+    /// it has delivered that many: the two ends may see the connections
+    /// complete in opposite orders, so the earlier connection's events can
+    /// still be on their way when this one is read.
+    Resume {
+        after: u64,
+    },
 }
 
 /// Wire errors; each closes the connection with [`close::PROTOCOL`] or [`close::VERSION`].
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
     #[error("stream does not start with the partybus magic (not a partybus peer?)")]
     BadMagic,
@@ -379,6 +389,7 @@ mod tests {
             Frame::Event { name: "music", payload: b"\xa3utz" },
             Frame::Event { name: "big", payload: &[0u8; 70_000] },
             Frame::Retire,
+            Frame::Resume { after: 12345 },
         ]
     }
 

@@ -98,6 +98,8 @@ pub async fn node(opts: NodeOpts) -> Result<ExitCode> {
                     count = count.saturating_sub(1);
                     out(neighbour_json("lost", &info, count, Some(&reason)));
                 }
+                // A kind of event this version does not print.
+                Ok(_) => count = bus.neighbours().len(),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     // Lines were lost; the count need not be.
                     count = bus.neighbours().len();

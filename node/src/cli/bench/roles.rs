@@ -308,7 +308,7 @@ pub async fn node(args: &BenchArgs) -> Result<()> {
                 let kind = match ev {
                     Ok(NeighbourEvent::Found(_)) => { count += 1; "found" }
                     Ok(NeighbourEvent::Lost { .. }) => { count = count.saturating_sub(1); "lost" }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => { count = bus.neighbours().len(); "lagged" }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => { count = bus.neighbours().len(); "lagged" }
                     Err(_) => break,
                 };
                 let mut v = json!({"neighbour": kind, "count": count});

@@ -1,0 +1,226 @@
+//! One connection's task, from the end of its QUIC handshake to its close:
+//! the hellos, then (as the mesh decides) its writer and reader, then its
+//! teardown. It reports to the actor and takes the actor's commands; it
+//! calls no other task.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::sync::{mpsc, watch, Notify};
+use tracing::{debug, warn};
+
+use super::actor::Msg;
+use super::errors::HelloError;
+use super::proto::{ConnId, PeerHello, ReaderEnd, Teardown};
+use super::stream::{run_reader, run_writer};
+use crate::event::PeerInfo;
+use crate::node::Inner;
+use crate::peers::{canonical, Direction};
+use crate::queue::SendQueue;
+use crate::wire::{self, close, Frame, FrameDecoder, Hello};
+
+/// How long leave() lets writers send what is queued and the peers
+/// acknowledge it, at most.
+pub(crate) const LEAVE_FLUSH: Duration = Duration::from_secs(3);
+
+/// Per-connection control shared by its reader, its writer and the actor.
+pub(crate) struct ConnCtl {
+    /// Set when this connection is being retired in favour of another.
+    retiring: AtomicBool,
+    retire: Notify,
+    /// Never sent on: its sender lives in this connection's writer task, so
+    /// it closes when the writer ends, however it ends (abort included).
+    writer_alive: watch::Receiver<()>,
+}
+
+impl ConnCtl {
+    /// The control, and the sender to move into the writer task.
+    fn new() -> (ConnCtl, watch::Sender<()>) {
+        let (alive_tx, writer_alive) = watch::channel(());
+        (ConnCtl { retiring: AtomicBool::new(false), retire: Notify::new(), writer_alive }, alive_tx)
+    }
+
+    /// Tells the writer to send a retire and end.
+    pub(crate) fn retire(&self) {
+        self.retiring.store(true, Ordering::Release);
+        self.retire.notify_one();
+    }
+
+    pub(crate) fn is_retiring(&self) -> bool {
+        self.retiring.load(Ordering::Acquire)
+    }
+
+    pub(crate) async fn retire_notified(&self) {
+        self.retire.notified().await
+    }
+
+    /// Resolves once the writer has ended. After leave() finished the queue
+    /// that means: everything sent and acknowledged, or the connection broke.
+    pub(crate) async fn writer_ended(&self) {
+        let mut rx = self.writer_alive.clone();
+        while rx.changed().await.is_ok() {}
+    }
+}
+
+/// Events delivered from one neighbour, across its connections: a reader
+/// continuing another connection ([`crate::wire::Frame::Resume`]) waits
+/// until the events sent before it are delivered, to keep emit order.
+#[derive(Default)]
+pub(crate) struct Drain {
+    delivered: AtomicU64,
+    advanced: Notify,
+}
+
+impl Drain {
+    pub(crate) fn delivered(&self, n: u64) {
+        self.delivered.fetch_add(n, Ordering::AcqRel);
+        self.advanced.notify_waiters();
+    }
+
+    /// Waits until `after` events were delivered, at most `bound`.
+    pub(crate) async fn wait_for(&self, after: u64, bound: Duration) {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let advanced = self.advanced.notified();
+            if self.delivered.load(Ordering::Acquire) >= after || tokio::time::timeout_at(deadline, advanced).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// What the writer continues, as the mesh decided.
+pub(crate) struct Start {
+    pub info: Arc<PeerInfo>,
+    /// `None`: retired at birth (send a retire and end).
+    pub queue: Option<(Arc<SendQueue>, Arc<tokio::sync::Mutex<()>>)>,
+    pub drain: Arc<Drain>,
+}
+
+/// The actor's commands to a connection task.
+pub(crate) enum ConnCmd {
+    /// Send our hello, numbered `dial` (dialled connections).
+    Hello {
+        dial: u64,
+    },
+    Start(Start),
+    Teardown(Teardown),
+    /// Close unused (our own node, or an abandoned dial).
+    Close {
+        code: u32,
+        reason: &'static [u8],
+    },
+}
+
+/// Runs connection `id` after its QUIC handshake. `cmds` ends when the actor drops it (leave).
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    id: ConnId,
+    conn: quinn::Connection,
+    dir: Direction,
+    mut cmds: mpsc::UnboundedReceiver<ConnCmd>,
+) {
+    let remote = canonical(conn.remote_address());
+    let dial = match dir {
+        Direction::In => 0,
+        Direction::Out => match cmds.recv().await {
+            Some(ConnCmd::Hello { dial }) => dial,
+            Some(ConnCmd::Close { code, reason }) => return conn.close(code.into(), reason),
+            _ => return conn.close(close::GOODBYE.into(), b"leaving"),
+        },
+    };
+    let hello = match tokio::time::timeout(inner.settings.handshake_timeout, exchange_hellos(&inner, &conn, remote, dial)).await {
+        Ok(Ok(h)) => h,
+        res => {
+            let e = res.unwrap_or(Err(HelloError::TimedOut)).err().expect("not Ok");
+            if e.is_mismatch() {
+                warn!(%remote, error = %e, "protocol mismatch");
+                conn.close(close::VERSION.into(), e.to_string().as_bytes());
+            } else {
+                debug!(%remote, error = %e, "hello failed");
+                conn.close(close::PROTOCOL.into(), b"hello failed");
+            }
+            inner.report(Msg::HelloFailed { conn: id }).await;
+            return;
+        }
+    };
+    let (send, recv, dec, hello) = hello;
+    let (ctl, writer_alive) = ConnCtl::new();
+    let ctl = Arc::new(ctl);
+    let peer_hello = PeerHello { id: hello.id, addrs: hello.addrs, observed: hello.observed, dial: hello.dial };
+    let name = crate::tls::peer_cert_name(&conn);
+    inner.report(Msg::Hello { conn: id, hello: peer_hello, name, ctl: ctl.clone() }).await;
+
+    let start = match cmds.recv().await {
+        Some(ConnCmd::Start(s)) => s,
+        Some(ConnCmd::Close { code, reason }) => return conn.close(code.into(), reason),
+        _ => return conn.close(close::GOODBYE.into(), b"leaving"),
+    };
+    let mut writer = {
+        let (ctl, conn, queue) = (ctl.clone(), conn.clone(), start.queue);
+        inner.tracker.spawn(async move {
+            // Dropped with the task, even one aborted before it first ran.
+            let _alive = writer_alive;
+            run_writer(send, queue, ctl, conn).await
+        })
+    };
+    let end = run_reader(&inner, id, &start.info, recv, dec, &start.drain).await;
+    if let ReaderEnd::Protocol(e) = &end {
+        warn!(peer = %hello.id.short(), name = %start.info.name, addr = %remote, error = %e, "peer broke the protocol; disconnecting");
+        conn.close(close::PROTOCOL.into(), e.to_string().as_bytes());
+    }
+    inner.report(Msg::ReaderEnded { conn: id, end }).await;
+
+    match cmds.recv().await {
+        Some(ConnCmd::Teardown(Teardown::Retired)) => {
+            // Both sides are done with this stream; let the writer's finish be
+            // acknowledged, then close quietly.
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            conn.close(close::DUPLICATE.into(), b"duplicate");
+        }
+        Some(ConnCmd::Teardown(Teardown::Lost { flush, protocol })) => {
+            if flush {
+                // We leave while the peer was switching away from this
+                // connection. It still reads here until we end our stream, and
+                // leave() has finished our queue: let the writer send what
+                // emit counted (leave bounds its own wait).
+                let _ = tokio::time::timeout(LEAVE_FLUSH, &mut writer).await;
+            }
+            writer.abort();
+            if !protocol {
+                conn.close(close::GOODBYE.into(), b"bye");
+            }
+        }
+        _ => writer.abort(),
+    }
+}
+
+type Hellos = (quinn::SendStream, quinn::RecvStream, FrameDecoder, Hello);
+
+/// Sends our hello and reads the peer's.
+async fn exchange_hellos(inner: &Inner, conn: &quinn::Connection, remote: SocketAddr, dial: u64) -> Result<Hellos, HelloError> {
+    let hello_out = Hello { id: inner.id, port: inner.local_addr.port(), addrs: inner.advertised(), observed: remote, dial };
+    let mut send = conn.open_uni().await?;
+    let mut buf = BytesMut::new();
+    wire::put_preamble(&mut buf);
+    wire::put_frame(&mut buf, &Frame::Hello(hello_out));
+    send.write_all(&buf).await?;
+    let mut recv = conn.accept_uni().await?;
+    let mut dec = FrameDecoder::new(inner.settings.max_event_size + wire::FRAME_OVERHEAD);
+    loop {
+        if let Some(body) = dec.next_frame()? {
+            return match wire::parse(&body)? {
+                Frame::Hello(h) => Ok((send, recv, dec, h)),
+                _ => Err(HelloError::NotHello),
+            };
+        }
+        match recv.read_chunk(64 * 1024, true).await? {
+            None => return Err(HelloError::StreamEnded),
+            Some(chunk) => dec.push(chunk.bytes),
+        }
+    }
+}

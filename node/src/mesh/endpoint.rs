@@ -1,0 +1,100 @@
+//! The QUIC endpoint's two ways in: the accept loop and one dial attempt.
+//! Each hands the connection to its task ([`super::conn::run`]) and reports
+//! to the actor.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+
+use super::actor::Msg;
+use super::conn;
+use super::proto::Attempt;
+use crate::node::Inner;
+use crate::peers::{canonical, DialFailure, Direction};
+
+/// Accepts incoming connections until the endpoint closes.
+pub(crate) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        if inner.is_leaving() {
+            incoming.refuse();
+            continue;
+        }
+        let remote = canonical(incoming.remote_address());
+        let id = inner.next_conn();
+        let connecting = if remote.ip().is_loopback() { incoming.accept_with(inner.server_on_host.clone()) } else { incoming.accept() };
+        // Reported before the handshake goes on, so a second dialer of this
+        // peer knows at once to wait for it.
+        inner.report(Msg::IncomingStarted { conn: id, addr: remote }).await;
+        let me = inner.clone();
+        inner.spawn(async move {
+            let connecting = async move { connecting?.await };
+            let conn = match tokio::time::timeout(me.settings.handshake_timeout, connecting).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    // The dialer's application closed the handshake: a second
+                    // dialer giving its dial up because ours reached it first,
+                    // or a node leaving. Nothing to warn about.
+                    if matches!(&e, quinn::ConnectionError::ConnectionClosed(c) if c.error_code == quinn::TransportErrorCode::APPLICATION_ERROR) {
+                        debug!(%remote, "the dialer gave its handshake up");
+                    } else {
+                        warn!(%remote, reason = %e, "refused incoming connection");
+                    }
+                    me.report(Msg::IncomingDone { conn: id, result: Err(DialFailure::Refused) }).await;
+                    return;
+                }
+                Err(_) => {
+                    warn!(%remote, "incoming handshake timed out");
+                    me.report(Msg::IncomingDone { conn: id, result: Err(DialFailure::TimedOut) }).await;
+                    return;
+                }
+            };
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            me.report(Msg::IncomingDone { conn: id, result: Ok((conn.clone(), tx)) }).await;
+            conn::run(me, id, conn, Direction::In, rx).await;
+        });
+    }
+}
+
+/// One dial attempt: the QUIC handshake to `addr` within the handshake
+/// timeout, then (connected) the connection's task.
+pub(crate) async fn dial(inner: Arc<Inner>, attempt: Attempt, addr: SocketAddr) {
+    match connect(&inner, addr).await {
+        Ok(conn) => {
+            let id = inner.next_conn();
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            inner.report(Msg::Dialled { attempt, result: Ok((id, conn.clone(), tx)) }).await;
+            conn::run(inner, id, conn, Direction::Out, rx).await;
+        }
+        Err(failure) => inner.report(Msg::Dialled { attempt, result: Err(failure) }).await,
+    }
+}
+
+async fn connect(inner: &Inner, addr: SocketAddr) -> Result<quinn::Connection, DialFailure> {
+    let endpoint = inner.endpoint().ok_or(DialFailure::Refused)?;
+    let connecting = if addr.ip().is_loopback() {
+        endpoint.connect_with(inner.client_on_host.clone(), addr, "partybus")
+    } else {
+        endpoint.connect(addr, "partybus")
+    };
+    let connecting = connecting.map_err(|e| {
+        debug!(%addr, error = %e, "cannot dial");
+        DialFailure::Refused
+    })?;
+    match tokio::time::timeout(inner.settings.handshake_timeout, connecting).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => {
+            // TLS refusals are worth a warning: they name the reason.
+            if matches!(e, quinn::ConnectionError::TransportError(_) | quinn::ConnectionError::ConnectionClosed(_)) {
+                warn!(%addr, reason = %e, "connection refused");
+            } else {
+                debug!(%addr, error = %e, "dial failed");
+            }
+            Err(if matches!(e, quinn::ConnectionError::TimedOut) { DialFailure::TimedOut } else { DialFailure::Refused })
+        }
+        Err(_) => {
+            debug!(%addr, "handshake timed out");
+            Err(DialFailure::TimedOut)
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The mesh: who the neighbours are and over which connection.
+//!
+//! - [`proto`]: every decision, as a state machine with no I/O (inputs in,
+//!   outputs out, time passed in), tested with simulated time.
+//! - [`actor`]: the one task that drives it.
+//! - [`endpoint`], [`conn`], [`stream`]: thin tasks around quinn: accept,
+//!   dial, one task per connection (hellos, then reader and writer).
+//! - [`report`]: what the library reports about the mesh.
+
+pub(crate) mod actor;
+pub(crate) mod conn;
+pub(crate) mod endpoint;
+pub(crate) mod errors;
+pub(crate) mod proto;
+mod report;
+mod stream;
+
+pub use report::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, PathStats, NEIGHBOUR_EVENTS};

@@ -1,0 +1,422 @@
+//! Dial jobs: an address to try (discovery, re-dial) or a peer learnt
+//! through gossip (its addresses in order), with their claims, handshake
+//! slots, retries, and the second dialer's wait for the peer's own dial.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::{Conn, ConnId, Known, Mesh, Output, Timer, MAX_DIAL_JOBS, MAX_GOSSIP_ADDRS, MAX_KNOWN};
+use crate::id::NodeId;
+use crate::peers::{self, canonical, Backoff, DialFailure, Direction, SecondDial};
+use crate::wire::PeerAddrs;
+
+/// One QUIC handshake we started ([`Output::Connect`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Attempt(pub u64);
+
+/// A dial job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct JobId(u64);
+
+pub(super) enum Target {
+    /// An address, hoping to find `expect` there (a re-dial).
+    Addr { addr: SocketAddr, expect: Option<NodeId>, retry: bool },
+    /// A node learnt through gossip.
+    Peer(PeerDial),
+}
+
+pub(super) struct PeerDial {
+    id: NodeId,
+    addrs: Vec<SocketAddr>,
+    /// The higher id of the pair: it dials after a grace period, behind
+    /// first dials, and gives its dial up when the peer's reaches us.
+    second: bool,
+    /// The next address to try in this round.
+    next: usize,
+    /// Some address of this round timed out (worth another round).
+    timed_out: bool,
+    /// Since when we wait for the peer's handshake (bounded by the handshake timeout).
+    waiting_since: Option<Instant>,
+    /// The address being dialled now (claimed).
+    claimed: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for a timer: the grace period, or a retry's backoff.
+    Delayed,
+    /// Queued for a handshake slot.
+    WaitingSlot,
+    Connecting(Attempt),
+    /// Connected; the claims hold until the hellos are over.
+    Hellos,
+    /// Waiting for the peer's handshake to end (or the wait's bound).
+    WaitingIncoming,
+}
+
+pub(super) struct DialJob {
+    target: Target,
+    stage: Stage,
+    /// Rounds started, the first included ([`peers::retry_dial`]).
+    attempts: u32,
+    backoff: Backoff,
+}
+
+impl DialJob {
+    fn second(&self) -> bool {
+        matches!(&self.target, Target::Peer(p) if p.second)
+    }
+}
+
+impl Mesh {
+    /// Is a dial to `addr` (hoping to find `expect`) still useful?
+    fn dial_wanted(&self, addr: SocketAddr, expect: Option<NodeId>) -> bool {
+        !self.leaving
+            && !self.self_addrs.contains(&addr)
+            && !self.neighbours.values().any(|n| n.remote == addr)
+            && !expect.is_some_and(|id| self.neighbours.contains_key(&id) || self.departed.contains(&id))
+    }
+
+    fn new_job(&mut self, target: Target, stage: Stage) -> JobId {
+        self.next_job += 1;
+        let id = JobId(self.next_job);
+        let backoff = Backoff::new(self.cfg.redial_base, self.cfg.redial_max);
+        self.jobs.insert(id, DialJob { target, stage, attempts: 1, backoff });
+        id
+    }
+
+    /// Dials `addr` unless connected or dialling there already.
+    pub(super) fn dial_addr(&mut self, addr: SocketAddr, expect: Option<NodeId>, retry: bool, now: Instant) {
+        let addr = canonical(addr);
+        if addr.port() == 0 || addr.ip().is_unspecified() || !self.dial_wanted(addr, expect) {
+            return;
+        }
+        if self.jobs.len() >= MAX_DIAL_JOBS || !self.dialing_addrs.insert(addr) {
+            return;
+        }
+        let job = self.new_job(Target::Addr { addr, expect, retry }, Stage::WaitingSlot);
+        self.request_slot(job, now);
+    }
+
+    /// Gossip from the neighbour on `conn`: dial the nodes we do not know yet.
+    pub(super) fn on_gossip(&mut self, conn: ConnId, list: Vec<PeerAddrs>, now: Instant) {
+        let Some(link) = self.conns.get(&conn).map(|c| c.remote) else { return };
+        let allow = self.cfg.allow_non_global;
+        for p in list {
+            // In a forming mesh nearly every entry names a node we are
+            // connected to or dialling already: skip those before any allocation.
+            if p.id == self.me || self.neighbours.contains_key(&p.id) || self.dialing_ids.contains(&p.id) || self.departed.contains(&p.id) {
+                continue;
+            }
+            if self.jobs.len() >= MAX_DIAL_JOBS || (self.known.len() >= MAX_KNOWN && !self.known.contains_key(&p.id)) {
+                tracing::debug!(peer = %p.id.short(), "gossip ignored: too many peers known or being dialled");
+                continue;
+            }
+            let addrs: Vec<SocketAddr> =
+                p.addrs.into_iter().map(canonical).filter(|a| peers::may_gossip(*a, link, allow)).take(MAX_GOSSIP_ADDRS).collect();
+            if addrs.is_empty() {
+                continue;
+            }
+            self.dialing_ids.insert(p.id);
+            self.known.insert(p.id, Known { addrs: addrs.clone(), via_gossip: true });
+            let unit = self.unit();
+            let delay = peers::gossip_dial_delay(self.me, p.id, self.cfg.gossip_dial_delay, unit);
+            let dial =
+                PeerDial { id: p.id, addrs, second: !delay.is_zero(), next: 0, timed_out: false, waiting_since: None, claimed: None };
+            if delay.is_zero() {
+                let job = self.new_job(Target::Peer(dial), Stage::WaitingSlot);
+                self.request_slot(job, now);
+            } else {
+                let job = self.new_job(Target::Peer(dial), Stage::Delayed);
+                self.arm(now + delay, Timer::Dial(job));
+            }
+        }
+    }
+
+    fn request_slot(&mut self, job: JobId, now: Instant) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        j.stage = Stage::WaitingSlot;
+        let second = j.second();
+        if self.slots.request(job, second).is_some() {
+            self.slot_granted(job, now);
+        }
+    }
+
+    /// A handshake is over: its slot goes to the next waiting jobs (slots
+    /// granted to jobs that ended meanwhile are passed on).
+    fn release_slot(&mut self, second: bool, now: Instant) {
+        let mut freed = vec![second];
+        let mut granted = Vec::new();
+        while let Some(second) = freed.pop() {
+            for (job, second) in self.slots.release(second) {
+                if self.jobs.get(&job).is_some_and(|j| j.stage == Stage::WaitingSlot) {
+                    granted.push(job);
+                } else {
+                    freed.push(second);
+                }
+            }
+        }
+        for job in granted {
+            self.slot_granted(job, now);
+        }
+    }
+
+    fn slot_granted(&mut self, job: JobId, now: Instant) {
+        let Some(j) = self.jobs.get(&job) else { return };
+        let second = j.second();
+        match &j.target {
+            Target::Addr { addr, expect, .. } => {
+                let (addr, expect) = (*addr, *expect);
+                if self.dial_wanted(addr, expect) {
+                    self.connect(job, addr);
+                } else {
+                    self.release_slot(second, now);
+                    self.finish_job(job);
+                }
+            }
+            Target::Peer(p) => {
+                // Connected meanwhile, or it said goodbye: do not dial it.
+                let done = self.leaving || self.neighbours.contains_key(&p.id) || self.departed.contains(&p.id);
+                // Its own dial reached us (the second dialer's, after its
+                // grace period, or the first dialer's while ours waited for
+                // a slot): wait for it rather than open a crossing connection.
+                let handshaking = p.addrs.iter().any(|a| self.incoming.contains_key(a));
+                let waited = p.waiting_since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                match peers::second_dial(done, handshaking, waited, self.cfg.handshake_timeout) {
+                    SecondDial::Done => {
+                        self.release_slot(second, now);
+                        self.finish_job(job);
+                    }
+                    SecondDial::Wait => {
+                        self.release_slot(second, now);
+                        self.wait_for_incoming(job, now);
+                    }
+                    SecondDial::Dial => {
+                        let next = p
+                            .addrs
+                            .iter()
+                            .enumerate()
+                            .skip(p.next)
+                            .find(|(_, a)| !self.self_addrs.contains(*a) && !self.dialing_addrs.contains(*a));
+                        match next.map(|(i, a)| (i, *a)) {
+                            Some((i, addr)) => {
+                                self.dialing_addrs.insert(addr);
+                                if let Some(Target::Peer(p)) = self.jobs.get_mut(&job).map(|j| &mut j.target) {
+                                    p.next = i;
+                                    p.claimed = Some(addr);
+                                }
+                                self.connect(job, addr);
+                            }
+                            None => {
+                                self.release_slot(second, now);
+                                self.end_round(job, now);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn wait_for_incoming(&mut self, job: JobId, now: Instant) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let Target::Peer(p) = &mut j.target else { return };
+        let since = *p.waiting_since.get_or_insert(now);
+        j.stage = Stage::WaitingIncoming;
+        let at = since + self.cfg.handshake_timeout;
+        self.arm(at, Timer::Dial(job));
+    }
+
+    fn connect(&mut self, job: JobId, addr: SocketAddr) {
+        self.next_attempt += 1;
+        let attempt = super::Attempt(self.next_attempt);
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.stage = Stage::Connecting(attempt);
+        }
+        self.attempts.insert(attempt, job);
+        self.counters.dials += 1;
+        self.out.push_back(Output::Connect { attempt, addr });
+    }
+
+    pub(super) fn on_dialled(&mut self, attempt: Attempt, result: Result<ConnId, DialFailure>, now: Instant) {
+        let Some(job) = self.attempts.remove(&attempt) else {
+            // Given up meanwhile (or we are leaving): a handshake that
+            // completed anyway is closed unused.
+            if let Ok(conn) = result {
+                self.out.push_back(Output::Close { conn, why: super::CloseWhy::Abandoned });
+            }
+            return;
+        };
+        let Some(j) = self.jobs.get(&job) else { return };
+        let second = j.second();
+        self.release_slot(second, now);
+        match result {
+            Ok(conn) => {
+                self.counters.dials_ok += 1;
+                let Some(j) = self.jobs.get_mut(&job) else { return };
+                j.stage = Stage::Hellos;
+                let addr = match &j.target {
+                    Target::Addr { addr, .. } => Some(*addr),
+                    Target::Peer(p) => p.claimed,
+                };
+                // A connecting job always holds its address.
+                let Some(addr) = addr else { return };
+                self.dial_seq += 1;
+                self.conns.insert(conn, Conn::handshaking(Direction::Out, addr, Some(job), self.dial_seq));
+                self.out.push_back(Output::StartHello { conn, dial: self.dial_seq });
+            }
+            Err(failure) => {
+                if failure == DialFailure::TimedOut {
+                    self.counters.dials_timed_out += 1;
+                }
+                let unit = self.unit();
+                let Some(j) = self.jobs.get_mut(&job) else { return };
+                match &mut j.target {
+                    Target::Addr { retry, .. } => {
+                        if *retry && peers::retry_dial(failure, j.attempts) {
+                            j.stage = Stage::Delayed;
+                            let d = j.backoff.next_delay(unit);
+                            self.arm(now + d, Timer::Dial(job));
+                        } else {
+                            self.finish_job(job);
+                        }
+                    }
+                    Target::Peer(p) => {
+                        if let Some(a) = p.claimed.take() {
+                            self.dialing_addrs.remove(&a);
+                        }
+                        p.timed_out |= failure == DialFailure::TimedOut;
+                        p.next += 1;
+                        if p.next < p.addrs.len() {
+                            self.request_slot(job, now);
+                        } else {
+                            self.end_round(job, now);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every address of a gossip dial was tried: another round after a
+    /// backoff if one timed out (within [`peers::DIAL_ATTEMPTS`]), else done.
+    fn end_round(&mut self, job: JobId, now: Instant) {
+        let unit = self.unit();
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let Target::Peer(p) = &mut j.target else { return };
+        if p.timed_out && peers::retry_dial(DialFailure::TimedOut, j.attempts) {
+            j.attempts += 1;
+            p.next = 0;
+            p.timed_out = false;
+            j.stage = Stage::Delayed;
+            let d = j.backoff.next_delay(unit);
+            self.arm(now + d, Timer::Dial(job));
+        } else {
+            self.finish_job(job);
+        }
+    }
+
+    pub(super) fn on_dial_timer(&mut self, job: JobId, now: Instant) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        match (j.stage, &mut j.target) {
+            (Stage::Delayed, Target::Addr { addr, expect, .. }) => {
+                let (addr, expect) = (*addr, *expect);
+                j.attempts += 1;
+                if self.dial_wanted(addr, expect) {
+                    self.request_slot(job, now);
+                } else {
+                    self.finish_job(job);
+                }
+            }
+            (Stage::Delayed, Target::Peer(_)) => self.request_slot(job, now),
+            (Stage::WaitingIncoming, Target::Peer(p)) => {
+                // The wait's bound: decide again (and dial, the wait being over).
+                if p.waiting_since.is_some_and(|s| now >= s + self.cfg.handshake_timeout) {
+                    p.next = 0;
+                    self.request_slot(job, now);
+                }
+            }
+            _ => {} // a stale timer
+        }
+    }
+
+    /// An incoming handshake from `addr` started: a second dialer dialling
+    /// that peer gives its dial up (the first dialer was slow, not absent:
+    /// its connection would win anyway, and two handshakes cost twice the
+    /// CPU) and waits for the outcome instead, within the same bound.
+    pub(super) fn abandon_crossing_dials(&mut self, addr: SocketAddr, now: Instant) {
+        let limit = self.cfg.handshake_timeout;
+        let crossing: Vec<(JobId, Attempt)> = self
+            .jobs
+            .iter()
+            .filter_map(|(id, j)| match (&j.target, j.stage) {
+                (Target::Peer(p), Stage::Connecting(a))
+                    if p.second && p.addrs.contains(&addr) && p.waiting_since.is_none_or(|s| now < s + limit) =>
+                {
+                    Some((*id, a))
+                }
+                _ => None,
+            })
+            .collect();
+        for (job, attempt) in crossing {
+            self.attempts.remove(&attempt);
+            self.out.push_back(Output::Abandon { attempt });
+            self.counters.dials_abandoned += 1;
+            if let Some(Target::Peer(p)) = self.jobs.get_mut(&job).map(|j| &mut j.target) {
+                if let Some(a) = p.claimed.take() {
+                    self.dialing_addrs.remove(&a);
+                }
+            }
+            self.release_slot(true, now);
+            self.wait_for_incoming(job, now);
+        }
+    }
+
+    /// No handshake from `addr` is under way any more: gossip dials
+    /// waiting for one decide again.
+    pub(super) fn incoming_over(&mut self, addr: SocketAddr, now: Instant) {
+        let waiting: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| {
+                j.stage == Stage::WaitingIncoming
+                    && matches!(&j.target, Target::Peer(p) if p.addrs.contains(&addr) && !p.addrs.iter().any(|a| self.incoming.contains_key(a)))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for job in waiting {
+            if let Some(Target::Peer(p)) = self.jobs.get_mut(&job).map(|j| &mut j.target) {
+                p.next = 0;
+            }
+            self.request_slot(job, now);
+        }
+    }
+
+    /// Ends a job and releases its claims. Nothing else refers to it:
+    /// timers and slots granted to it find it gone.
+    pub(super) fn finish_job(&mut self, job: JobId) {
+        let Some(j) = self.jobs.remove(&job) else { return };
+        if let Stage::Connecting(a) = j.stage {
+            self.attempts.remove(&a);
+        }
+        match j.target {
+            Target::Addr { addr, .. } => {
+                self.dialing_addrs.remove(&addr);
+            }
+            Target::Peer(p) => {
+                self.dialing_ids.remove(&p.id);
+                if let Some(a) = p.claimed {
+                    self.dialing_addrs.remove(&a);
+                }
+            }
+        }
+    }
+
+    /// The address a job dialled (to remember as our own on a self-connect).
+    pub(super) fn job_addr(&self, job: JobId) -> Option<SocketAddr> {
+        match &self.jobs.get(&job)?.target {
+            Target::Addr { addr, .. } => Some(*addr),
+            Target::Peer(p) => p.claimed,
+        }
+    }
+}

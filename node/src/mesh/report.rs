@@ -1,0 +1,105 @@
+//! What a node reports about its mesh: neighbours, their paths, connection
+//! counters, and why `join` failed.
+
+use std::net::SocketAddr;
+
+use crate::id::NodeId;
+use crate::peers::Direction;
+
+/// A neighbour as the library reports it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct NeighbourInfo {
+    pub id: NodeId,
+    /// CN of its certificate.
+    pub name: String,
+    /// Its address as seen from here.
+    pub addr: SocketAddr,
+    /// Who dialled.
+    pub direction: Direction,
+    /// Events dropped for it under [`crate::FullPolicy::Drop`].
+    pub dropped: u64,
+}
+
+/// Neighbour events a receiver may fall behind before it gets
+/// `RecvError::Lagged`. tokio writes every slot of a broadcast channel when
+/// it is made (about 150 bytes each here): 1024 slots cost each node ~150 KiB
+/// of resident memory, 2 % of an idle node, for a channel that is mostly idle.
+pub const NEIGHBOUR_EVENTS: usize = 256;
+
+/// Found / lost notifications.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NeighbourEvent {
+    Found(NeighbourInfo),
+    Lost { info: NeighbourInfo, reason: String },
+}
+
+/// Errors from `join`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsSetupError),
+    #[error("cannot bind a UDP port: tried {tried} on {bind}: {last}; pick free ports with --port (e.g. 4816-4819, or 0 for any)")]
+    Bind { tried: String, bind: String, last: std::io::Error },
+    #[error("cannot start the QUIC endpoint: {0}")]
+    Endpoint(std::io::Error),
+}
+
+/// Connection counters of one node since it joined (see [`crate::Bus::conn_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ConnStats {
+    /// QUIC handshakes this node started (dials).
+    pub dials: u64,
+    /// Of those, completed (TLS done).
+    pub dials_ok: u64,
+    /// Of those, timed out (no answer within the handshake timeout).
+    pub dials_timed_out: u64,
+    /// Of those, given up by the second dialer of a pair because the first
+    /// dialer's handshake reached it meanwhile.
+    pub dials_abandoned: u64,
+    /// Incoming handshakes (accepted by the endpoint).
+    pub accepts: u64,
+    /// Of those, completed (TLS done).
+    pub accepts_ok: u64,
+    /// Of those, timed out.
+    pub accepts_timed_out: u64,
+    /// Connections that completed TLS and hellos and became the neighbour's connection.
+    pub activated: u64,
+    /// Duplicate connections (a second connection to a neighbour) retired or replacing the older one.
+    pub duplicates: u64,
+}
+
+impl From<super::proto::Counters> for ConnStats {
+    fn from(c: super::proto::Counters) -> ConnStats {
+        ConnStats {
+            dials: c.dials,
+            dials_ok: c.dials_ok,
+            dials_timed_out: c.dials_timed_out,
+            dials_abandoned: c.dials_abandoned,
+            accepts: c.accepts,
+            accepts_ok: c.accepts_ok,
+            accepts_timed_out: c.accepts_timed_out,
+            activated: c.activated,
+            duplicates: c.duplicates,
+        }
+    }
+}
+
+/// The QUIC path to one neighbour, as quinn sees it now (see [`crate::Bus::path`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct PathStats {
+    /// Smoothed round-trip time.
+    pub rtt: std::time::Duration,
+    /// UDP payload size in use: 1200 at first on the Internet, up to 1452 as MTU discovery
+    /// proceeds; the loopback MTU from the start for peers on this host.
+    pub mtu: u16,
+    /// QUIC packets sent to it, and of those, lost (by our reckoning).
+    pub sent_packets: u64,
+    pub lost_packets: u64,
+    /// Congestion window in bytes.
+    pub cwnd: u64,
+}

@@ -1,0 +1,205 @@
+//! A connection's two halves: the reader (frames in: events to the
+//! dispatcher, subscriptions to the data plane, gossip to the actor) and the
+//! writer (its neighbour's send queue out).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tracing::debug;
+
+use super::actor::Msg;
+use super::conn::{ConnCtl, Drain};
+use super::errors::ProtocolError;
+use super::proto::{ConnId, ReaderEnd};
+use crate::event::{BatchBuilder, PeerInfo};
+use crate::node::Inner;
+use crate::queue::SendQueue;
+use crate::wire::{self, close, Frame, FrameDecoder};
+
+/// How long a reader waits for the events of the connection it replaces;
+/// past that they are taken as lost with it.
+const RESUME_WAIT: Duration = Duration::from_secs(5);
+
+/// Gossip frames longer than this are a protocol error.
+const MAX_GOSSIP: usize = 10_000;
+
+/// Reads frames until the stream or the connection ends.
+pub(super) async fn run_reader(
+    inner: &Arc<Inner>,
+    conn: ConnId,
+    info: &Arc<PeerInfo>,
+    mut recv: quinn::RecvStream,
+    mut dec: FrameDecoder,
+    drain: &Drain,
+) -> ReaderEnd {
+    let mut batch = BatchBuilder::new();
+    let max_event = inner.settings.max_event_size;
+    let mut got_retire = false;
+    // Events the peer sent on earlier connections before this one (a switch).
+    let mut resume_after: Option<u64> = None;
+    loop {
+        // Decode everything buffered.
+        loop {
+            let body = match dec.next_frame() {
+                Ok(Some(b)) => b,
+                Ok(None) => break,
+                Err(e) => return ReaderEnd::Protocol(e.into()),
+            };
+            // Events take the direct path; every other frame (and any odd
+            // encoding of an event) goes through the full parser.
+            let (name, offset) = match wire::event_parts(&body) {
+                Some(parts) => parts,
+                None => match wire::parse(&body) {
+                    Ok(Frame::Event { name, payload }) => (name.as_bytes(), body.len() - payload.len()),
+                    Ok(Frame::Resume { after }) => {
+                        resume_after = Some(after);
+                        continue;
+                    }
+                    Ok(frame) => match control(inner, conn, info, frame).await {
+                        Ok(retire) => {
+                            got_retire |= retire;
+                            continue;
+                        }
+                        Err(e) => return ReaderEnd::Protocol(e),
+                    },
+                    Err(e) => return ReaderEnd::Protocol(e.into()),
+                },
+            };
+            let size = name.len() + body.len() - offset;
+            if size > max_event {
+                return ReaderEnd::Protocol(ProtocolError::EventTooLarge { size, max: max_event });
+            }
+            if let Err(e) = batch.set_name(name) {
+                return ReaderEnd::Protocol(ProtocolError::BadName(e));
+            }
+            // The payload ends the frame: trim the body to it rather than
+            // take another reference to the chunk.
+            let mut payload = body;
+            payload.advance(offset);
+            batch.push(payload);
+        }
+        if let Some(deliveries) = batch.take(info) {
+            // Keep emit order across a connection switch: the events the
+            // peer sent on the earlier connection go first.
+            if let Some(after) = resume_after.take() {
+                drain.wait_for(after, RESUME_WAIT).await;
+            }
+            let n = deliveries.events.len() as u64;
+            if inner.plane.dispatch_tx.send(deliveries).await.is_err() {
+                return ReaderEnd::Eof;
+            }
+            drain.delivered(n);
+        }
+        match recv.read_chunk(256 * 1024, true).await {
+            // Clean end of stream: retire (a switch) or leave.
+            Ok(None) => return if got_retire { ReaderEnd::Retired } else { ReaderEnd::Eof },
+            Ok(Some(chunk)) => dec.push(chunk.bytes),
+            Err(quinn::ReadError::ConnectionLost(e)) => return closed(&e),
+            Err(e) => return ReaderEnd::Protocol(ProtocolError::Stream(e.to_string())),
+        }
+    }
+}
+
+/// What a closed connection means for the mesh.
+fn closed(e: &quinn::ConnectionError) -> ReaderEnd {
+    use quinn::ConnectionError as E;
+    let goodbye = matches!(e, E::ApplicationClosed(c) if c.error_code == close::GOODBYE.into()) || matches!(e, E::LocallyClosed);
+    let reason = match e {
+        E::ApplicationClosed(c) if c.error_code == close::GOODBYE.into() => "left".into(),
+        E::ApplicationClosed(c) if c.error_code == close::PROTOCOL.into() => {
+            format!("closed by peer: protocol error ({})", String::from_utf8_lossy(&c.reason))
+        }
+        E::ApplicationClosed(c) if c.error_code == close::STUCK.into() => {
+            "closed by peer: stuck (its send queue to us stayed full too long; its full policy is disconnect)".into()
+        }
+        E::TimedOut => "timed out (no answer within the idle timeout)".into(),
+        other => other.to_string(),
+    };
+    ReaderEnd::Closed { goodbye, reason }
+}
+
+/// Handles a frame other than an event; `Ok(true)` for a retire.
+async fn control(inner: &Arc<Inner>, conn: ConnId, info: &PeerInfo, frame: Frame<'_>) -> Result<bool, ProtocolError> {
+    match frame {
+        Frame::Subscribe(subs) => inner.plane.remote_subs(info.id, subs, Vec::new()),
+        Frame::Unsubscribe(ids) => inner.plane.remote_subs(info.id, Vec::new(), ids),
+        Frame::Peers(list) => {
+            if list.len() > MAX_GOSSIP {
+                return Err(ProtocolError::GossipTooLong(list.len()));
+            }
+            // Bounded channel: a peer flooding gossip waits here, not in memory.
+            inner.report(Msg::Gossip { conn, peers: list }).await;
+        }
+        // The peer sends nothing more here; EOF follows.
+        Frame::Retire => return Ok(true),
+        Frame::Resume { .. } => unreachable!("the reader takes resumes before calling this"),
+        Frame::Hello(_) => return Err(ProtocolError::SecondHello),
+        // The reader takes events before calling this.
+        Frame::Event { .. } => unreachable!("events are read before control frames"),
+    }
+    Ok(false)
+}
+
+/// Sends `queue` on `send` until the queue finishes (leave), the
+/// connection is retired, or a write fails. `None`: retired at birth.
+pub(super) async fn run_writer(
+    mut send: quinn::SendStream,
+    queue: Option<(Arc<SendQueue>, Arc<tokio::sync::Mutex<()>>)>,
+    ctl: Arc<ConnCtl>,
+    conn: quinn::Connection,
+) {
+    let retire_frame = || {
+        let mut b = BytesMut::new();
+        wire::put_frame(&mut b, &Frame::Retire);
+        b.freeze()
+    };
+    let Some((queue, lock)) = queue else {
+        let _ = send.write_chunk(retire_frame()).await;
+        let _ = send.finish();
+        let _ = send.stopped().await;
+        return;
+    };
+    // One writer at a time: a replacement waits for the retiring writer.
+    let _guard = tokio::select! {
+        g = lock.lock_owned() => g,
+        _ = conn.closed() => return,
+    };
+    // Continuing another connection's queue: say how many events it sent,
+    // so that the peer delivers ours after them.
+    let after = queue.taken_events();
+    if after > 0 {
+        let mut b = BytesMut::new();
+        wire::put_frame(&mut b, &Frame::Resume { after });
+        if send.write_chunk(b.freeze()).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        if ctl.is_retiring() {
+            let _ = send.write_chunk(retire_frame()).await;
+            let _ = send.finish();
+            return; // releases the lock: the new writer continues the queue
+        }
+        tokio::select! {
+            biased;
+            _ = ctl.retire_notified() => continue,
+            data = queue.take() => match data {
+                Some(mut parts) => {
+                    if let Err(e) = send.write_all_chunks(&mut parts).await {
+                        debug!(error = %e, "write failed");
+                        return;
+                    }
+                }
+                None => {
+                    // Queue finished (leave): end the stream and wait until
+                    // the peer has acknowledged all of it (`stopped` resolves
+                    // then), so that leave() closes nothing still in flight.
+                    let _ = send.finish();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+                    return;
+                }
+            },
+        }
+    }
+}
