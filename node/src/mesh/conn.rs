@@ -161,7 +161,7 @@ pub(crate) async fn run(
     };
     let mut writer = {
         let (ctl, conn, queue) = (ctl.clone(), conn.clone(), start.queue);
-        inner.tracker.spawn(async move {
+        inner.spawn(async move {
             // Dropped with the task, even one aborted before it first ran.
             let _alive = writer_alive;
             run_writer(send, queue, ctl, conn).await

@@ -329,12 +329,10 @@ impl Mesh {
                 }
             }
             (Stage::Delayed, Target::Peer(_)) => self.request_slot(job, now),
-            (Stage::WaitingIncoming, Target::Peer(p)) => {
-                // The wait's bound: decide again (and dial, the wait being over).
-                if p.waiting_since.is_some_and(|s| now >= s + self.cfg.handshake_timeout) {
-                    p.next = 0;
-                    self.request_slot(job, now);
-                }
+            // The wait's bound: decide again (and dial, the wait being over).
+            (Stage::WaitingIncoming, Target::Peer(p)) if p.waiting_since.is_some_and(|s| now >= s + self.cfg.handshake_timeout) => {
+                p.next = 0;
+                self.request_slot(job, now);
             }
             _ => {} // a stale timer
         }
