@@ -696,8 +696,41 @@ fn emit_without_wait_listeners_reaches_a_listener_it_only_hears_of_through_gossi
         let v: serde_json::Value = serde_json::from_str(&ear.line()).unwrap();
         assert_eq!((v["event"].as_str(), v["payload"].as_i64()), (Some("chat.lobby"), Some(round)), "{v}");
         // Bounded: the first neighbour, then at most 3 s of settling (and the leave).
+        eprintln!("round {round}: emit took {:?}", started.elapsed());
         assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
     }
     drop(ear);
     assert!(hub.term().success());
+}
+
+/// The `--flags` in `text`, in order of first appearance.
+fn flags_in(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')) {
+        if word.starts_with("--") && word.len() > 2 && !out.iter().any(|w| w == word) {
+            out.push(word.to_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_readme_lists_exactly_the_node_options_of_node_help() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let start = readme.find("All node commands share the same options:").expect("README's list of node options");
+    let list = &readme[start..start + readme[start..].find("`.").expect("the list ends with `.")];
+    let mut documented = flags_in(list);
+    let o = run(&["node", "--help"], Path::new("."));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let help = text(&o.stdout);
+    // Option lines of clap's help: "  -h, --help ..." or "      --ca <FILE> ...".
+    let mut offered: Vec<String> = help
+        .lines()
+        .filter_map(|l| l.trim_start().trim_start_matches("-h, ").split_whitespace().next())
+        .filter(|w| w.starts_with("--") && *w != "--help")
+        .map(str::to_owned)
+        .collect();
+    documented.sort();
+    offered.sort();
+    assert_eq!(documented, offered, "README.md's option list and `partybus node --help` differ");
 }
