@@ -52,3 +52,8 @@ pub use peers::Direction;
 
 pub use partybus_discovery as discovery;
 pub use partybus_pki as pki;
+
+/// The README's Rust examples, compiled as doctests (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -18,6 +18,116 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The keys of a JSON object line in the order they appear, nested ones as
+/// `outer.inner` (a `payload` is the event's own and not looked into).
+/// serde_json's `Value` may sort keys, so this reads the text itself.
+fn key_paths(line: &str) -> Vec<String> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    struct Keys<'a> {
+        out: &'a mut Vec<String>,
+        prefix: String,
+    }
+    impl<'de> DeserializeSeed<'de> for Keys<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Keys<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+            while let Some(k) = m.next_key::<String>()? {
+                let path = if self.prefix.is_empty() { k.clone() } else { format!("{}.{k}", self.prefix) };
+                self.out.push(path.clone());
+                if k == "payload" {
+                    m.next_value::<IgnoredAny>()?;
+                } else {
+                    m.next_value_seed(Keys { out: &mut *self.out, prefix: path })?;
+                }
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<(), A::Error> {
+            while s.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+    let mut out = Vec::new();
+    let mut d = serde_json::Deserializer::from_str(line);
+    Keys { out: &mut out, prefix: String::new() }.deserialize(&mut d).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    d.end().unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    out
+}
+
+/// What kind of output line this is: "ready", "found", "lost" or "event".
+fn line_kind(v: &serde_json::Value) -> String {
+    if v.get("ready").is_some() {
+        "ready".into()
+    } else if let Some(k) = v["neighbour"].as_str() {
+        k.into()
+    } else if v.get("event").is_some() {
+        "event".into()
+    } else {
+        panic!("unknown line {v}")
+    }
+}
+
+/// The example output lines in README.md's `json` blocks, by kind.
+fn documented_lines() -> std::collections::HashMap<String, String> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let mut in_json = false;
+    let mut found = std::collections::HashMap::new();
+    for l in readme.lines().map(str::trim) {
+        if l.starts_with("```") {
+            in_json = l == "```json";
+        } else if in_json && l.starts_with('{') {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("README line {l:?} is not JSON: {e}"));
+            assert!(found.insert(line_kind(&v), l.to_owned()).is_none(), "two README examples of one kind: {l}");
+        }
+    }
+    found
+}
+
+/// Asserts that `line`, printed by the binary, has the keys (and their order)
+/// of README.md's example line of its kind.
+fn assert_documented(line: &str) {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    let kind = line_kind(&v);
+    let doc = documented_lines();
+    let example = doc.get(&kind).unwrap_or_else(|| panic!("README.md shows no {kind:?} line; the binary printed {line}"));
+    assert_eq!(key_paths(line), key_paths(example), "the binary printed\n  {line}\nREADME.md documents\n  {example}");
+}
+
+#[test]
+fn the_readme_documents_every_kind_of_line() {
+    let mut kinds: Vec<String> = documented_lines().into_keys().collect();
+    kinds.sort();
+    assert_eq!(kinds, ["event", "found", "lost", "ready"]);
+    // The key reader sees order and nesting (the comparison above relies on it).
+    assert_eq!(key_paths(r#"{"b":1,"a":{"y":[1,{"q":2}],"x":null},"payload":{"z":1}}"#), ["b", "a", "a.y", "a.x", "payload"]);
+}
+
 /// A hood "h" with peers in a temp dir.
 fn hood_with(peers: &[&str]) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
@@ -31,6 +141,10 @@ fn hood_with(peers: &[&str]) -> tempfile::TempDir {
 }
 
 fn pki_args(dir: &Path, peer: &str) -> Vec<String> {
+    pki_args_bind(dir, peer, "127.0.0.1")
+}
+
+fn pki_args_bind(dir: &Path, peer: &str, bind: &str) -> Vec<String> {
     let p = |f: String| dir.join(f).to_string_lossy().into_owned();
     vec![
         "--ca".into(),
@@ -40,7 +154,7 @@ fn pki_args(dir: &Path, peer: &str) -> Vec<String> {
         "--key".into(),
         p(format!("h.{peer}.key")),
         "--bind".into(),
-        "127.0.0.1".into(),
+        bind.into(),
     ]
 }
 
@@ -73,6 +187,17 @@ impl Daemon {
     }
     fn line(&self) -> String {
         self.lines.recv_timeout(GUARD).expect("a line from the child")
+    }
+    /// The next line as JSON.
+    fn json(&self) -> serde_json::Value {
+        let l = self.line();
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l:?}"))
+    }
+    /// The `ready` line of `partybus node`: (port, id).
+    fn ready(&self) -> (u16, String) {
+        let v = self.json();
+        let port = v["ready"]["port"].as_u64().unwrap_or_else(|| panic!("no port in {v}"));
+        (u16::try_from(port).unwrap(), v["ready"]["id"].as_str().unwrap().to_owned())
     }
     /// SIGTERM, then the exit status (the child leaves cleanly).
     fn term(mut self) -> std::process::ExitStatus {
@@ -191,7 +316,9 @@ fn node_prints_the_ready_line_and_neighbour_lines_and_leaves_on_sigterm() {
     let mut args = vec!["node".to_owned(), "--port".into(), "0".into()];
     args.extend(pki_args(d.path(), "a"));
     let a = Daemon::spawn(&args);
-    let ready: serde_json::Value = serde_json::from_str(&a.line()).unwrap();
+    let line = a.line();
+    assert_documented(&line);
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
     let r = &ready["ready"];
     assert_eq!(r["name"], "a");
     assert_eq!(r["fingerprint"], hood_fp);
@@ -203,7 +330,9 @@ fn node_prints_the_ready_line_and_neighbour_lines_and_leaves_on_sigterm() {
     args.extend(pki_args(d.path(), "b"));
     let b = Daemon::spawn(&args);
     let b_ready: serde_json::Value = serde_json::from_str(&b.line()).unwrap();
-    let found: serde_json::Value = serde_json::from_str(&a.line()).unwrap();
+    let line = a.line();
+    assert_documented(&line);
+    let found: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(found["neighbour"], "found");
     assert_eq!(found["name"], "b");
     assert_eq!(found["id"], b_ready["ready"]["id"]);
@@ -215,7 +344,9 @@ fn node_prints_the_ready_line_and_neighbour_lines_and_leaves_on_sigterm() {
 
     // b leaves cleanly on SIGTERM: a sees it lost with reason "left".
     assert!(b.term().success());
-    let lost: serde_json::Value = serde_json::from_str(&a.line()).unwrap();
+    let line = a.line();
+    assert_documented(&line);
+    let lost: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(lost["neighbour"], "lost");
     assert_eq!(lost["reason"], "left");
     assert_eq!(lost["count"], 0);
@@ -261,6 +392,7 @@ fn listen_and_emit_round_trip_with_the_documented_line_formats() {
     assert_eq!(out.lines().last(), Some("2"), "the count (two matching listeners) alone on the last line: {out:?}");
 
     let line = ear.line();
+    assert_documented(&line);
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["event"], "chat.lobby");
     assert_eq!(v["source"]["name"], "mouth");
@@ -399,8 +531,12 @@ fn bench_scenarios_count_what_arrived() {
         assert_eq!(num(v, "payload_bytes"), size, "{v}");
         assert_eq!((num(v, "emitted"), num(v, "events"), num(v, "lost")), (3000.0, 3000.0, 0.0), "{v}");
         assert!(num(v, "emitter_rss_kib") > 1000.0 && num(v, "receiver_rss_kib") > 1000.0, "{v}");
-        // The emitter's QUIC packets of this payload size alone.
-        assert!(num(v, "packets_sent") > 0.0 && num(v, "packets_lost") <= num(v, "packets_sent"), "{v}");
+        // The emitter's QUIC packets of this payload size alone: at least
+        // enough to carry the payloads, in packets of at most 6548 bytes
+        // (the largest partybus uses, on loopback: see `tls::loopback_mtu`).
+        let payload_bytes = num(v, "emitted") * size;
+        assert!(num(v, "packets_sent") >= (payload_bytes / 6548.0).ceil(), "too few packets for {payload_bytes} bytes: {v}");
+        let _ = num(v, "packets_lost"); // reported (a figure, not a pass mark)
     }
     // Fan-out: each of 2 receivers gets every event.
     let rows = bench_json(&["fanout", "--receivers", "2", "--payload", "16", "--count", "1000"]);
@@ -417,8 +553,17 @@ fn bench_scenarios_count_what_arrived() {
     let rows = bench_json(&["memory", "--neighbours", "2"]);
     let v = &rows[0];
     assert_eq!(num(v, "neighbours"), 2.0, "{v}");
-    // The same node process, idle first: its peak can only have grown.
-    assert!(num(v, "idle_rss_kib") > 1000.0 && num(v, "hwm_kib") >= num(v, "idle_hwm_kib"), "{v}");
+    let (idle, rss) = (num(v, "idle_rss_kib"), num(v, "rss_kib"));
+    assert!(idle > 1000.0, "{v}");
+    // The node with two neighbours holds more than idle (the first one alone
+    // maps ~700 KiB of code, see BENCHMARKS.md): the two samples are of the
+    // same process, before and after.
+    assert!(rss > idle, "{v}");
+    // Peaks (VmHWM) and current sizes (VmRSS) not swapped: a peak is never below the size at the time.
+    assert!(num(v, "idle_hwm_kib") >= idle && num(v, "hwm_kib") >= rss, "{v}");
+    // The derived figures agree with the samples.
+    assert_eq!(num(v, "per_neighbour_kib"), ((rss - idle) / 2.0).round(), "{v}");
+    let _ = (num(v, "first_neighbour_kib"), num(v, "per_further_neighbour_kib"));
 }
 
 #[test]
@@ -449,4 +594,143 @@ fn bench_mesh_forms_in_processes_and_in_one_process() {
     // A handshake sends at least three packets (the client's Initial, the
     // server's flight, the client's Finished).
     assert!(num(v, "packets_sent") >= 3.0 * 28.0, "{v}");
+}
+
+/// `partybus node` for `peer` with `extra` arguments.
+fn node_args(d: &Path, peer: &str, bind: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["node".to_owned(), "--port".into(), "0".into()];
+    args.extend(pki_args_bind(d, peer, bind));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+#[test]
+fn connect_takes_an_ipv6_address_in_brackets_and_a_dns_name() {
+    let d = hood_with(&["a", "b", "c", "e"]);
+    // IPv6 loopback.
+    let a = Daemon::spawn(&node_args(d.path(), "a", "::1", &[]));
+    let (pa, _) = a.ready();
+    let b = Daemon::spawn(&node_args(d.path(), "b", "::1", &["--connect", &format!("[::1]:{pa}")]));
+    let (pb, _) = b.ready();
+    let found = b.json();
+    assert_eq!((found["neighbour"].as_str(), found["name"].as_str()), (Some("found"), Some("a")), "{found}");
+    assert_eq!(found["addr"], format!("[::1]:{pa}"), "{found}");
+    assert_eq!(found["direction"], "out");
+    let found = a.json();
+    assert_eq!(found["addr"], format!("[::1]:{pb}"), "{found}");
+    assert_eq!(found["direction"], "in");
+
+    // A DNS name: `localhost`, which resolves on this host without a network.
+    let c = Daemon::spawn(&node_args(d.path(), "c", "127.0.0.1", &[]));
+    let (pc, _) = c.ready();
+    let e = Daemon::spawn(&node_args(d.path(), "e", "127.0.0.1", &["--connect", &format!("localhost:{pc}")]));
+    e.ready();
+    let found = e.json();
+    assert_eq!((found["name"].as_str(), found["direction"].as_str()), (Some("c"), Some("out")), "{found}");
+    assert_eq!(found["addr"], format!("127.0.0.1:{pc}"), "{found}");
+    for n in [a, b, c, e] {
+        assert!(n.term().success());
+    }
+
+    // An IPv6 address without brackets: refused at once, saying how to write it.
+    let o = run(
+        &node_args(d.path(), "b", "::1", &["--connect", &format!("::1:{pa}")]).iter().map(String::as_str).collect::<Vec<_>>(),
+        d.path(),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains(&format!("[::1]:{pa}")), "{}", text(&o.stderr));
+}
+
+#[test]
+fn a_connect_flag_replaces_the_config_files_connect_list() {
+    let d = hood_with(&["a", "b", "c"]);
+    let a = Daemon::spawn(&node_args(d.path(), "a", "127.0.0.1", &[]));
+    let (pa, _) = a.ready();
+    let b = Daemon::spawn(&node_args(d.path(), "b", "127.0.0.1", &[]));
+    let (pb, _) = b.ready();
+    let cfg = d.path().join("c.toml");
+    std::fs::write(&cfg, format!("[discovery]\nconnect = [\"127.0.0.1:{pa}\"]\nconnect_interval = \"200ms\"\n")).unwrap();
+    let cfg = cfg.to_string_lossy().into_owned();
+
+    // The file alone: c dials a.
+    let c = Daemon::spawn(&node_args(d.path(), "c", "127.0.0.1", &["--config", &cfg]));
+    c.ready();
+    assert_eq!(c.json()["name"], "a");
+    assert!(c.term().success());
+    assert_eq!(a.json()["neighbour"], "found");
+    assert_eq!(a.json()["neighbour"], "lost");
+
+    // The flag: c dials b only. The file's list, were it kept, would be
+    // dialled at start and every 200 ms; a and b do not know each other.
+    let c = Daemon::spawn(&node_args(d.path(), "c", "127.0.0.1", &["--config", &cfg, "--connect", &format!("127.0.0.1:{pb}")]));
+    c.ready();
+    assert_eq!(c.json()["name"], "b");
+    let more = c.lines.recv_timeout(Duration::from_millis(1500));
+    assert!(more.is_err(), "c found another neighbour: {more:?}");
+    assert!(a.lines.try_recv().is_err(), "a was dialled");
+    for n in [a, b, c] {
+        assert!(n.term().success());
+    }
+}
+
+#[test]
+fn emit_without_wait_listeners_reaches_a_listener_it_only_hears_of_through_gossip() {
+    let d = hood_with(&["hub", "ear", "mouth"]);
+    // hub: no listeners; ear listens and knows hub only; mouth knows hub only.
+    let hub = Daemon::spawn(&node_args(d.path(), "hub", "127.0.0.1", &[]));
+    let (ph, _) = hub.ready();
+    let mut args = vec!["listen".to_owned(), "--port".into(), "0".into(), "--connect".into(), format!("127.0.0.1:{ph}")];
+    args.extend(pki_args(d.path(), "ear"));
+    args.push("chat.+".into());
+    let ear = Daemon::spawn(&args);
+    assert_eq!(hub.json()["name"], "ear");
+    for round in 0..3 {
+        let mut a: Vec<String> = vec!["emit".into(), "--port".into(), "0".into(), "--connect".into(), format!("127.0.0.1:{ph}")];
+        a.extend(pki_args(d.path(), "mouth"));
+        a.extend(["chat.lobby".to_owned(), format!("{round}")]);
+        let started = std::time::Instant::now();
+        let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        // The listener is reached: mouth waited for gossip, the connection to ear and ear's subscription.
+        assert_eq!(text(&o.stdout).lines().last(), Some("1"), "round {round}: {}", text(&o.stderr));
+        let v: serde_json::Value = serde_json::from_str(&ear.line()).unwrap();
+        assert_eq!((v["event"].as_str(), v["payload"].as_i64()), (Some("chat.lobby"), Some(round)), "{v}");
+        // Bounded: the first neighbour, then at most 3 s of settling (and the leave).
+        eprintln!("round {round}: emit took {:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    }
+    drop(ear);
+    assert!(hub.term().success());
+}
+
+/// The `--flags` in `text`, in order of first appearance.
+fn flags_in(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')) {
+        if word.starts_with("--") && word.len() > 2 && !out.iter().any(|w| w == word) {
+            out.push(word.to_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_readme_lists_exactly_the_node_options_of_node_help() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let start = readme.find("All node commands share the same options:").expect("README's list of node options");
+    let list = &readme[start..start + readme[start..].find("`.").expect("the list ends with `.")];
+    let mut documented = flags_in(list);
+    let o = run(&["node", "--help"], Path::new("."));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let help = text(&o.stdout);
+    // Option lines of clap's help: "  -h, --help ..." or "      --ca <FILE> ...".
+    let mut offered: Vec<String> = help
+        .lines()
+        .filter_map(|l| l.trim_start().trim_start_matches("-h, ").split_whitespace().next())
+        .filter(|w| w.starts_with("--") && *w != "--help")
+        .map(str::to_owned)
+        .collect();
+    documented.sort();
+    offered.sort();
+    assert_eq!(documented, offered, "README.md's option list and `partybus node --help` differ");
 }

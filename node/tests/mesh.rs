@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -158,6 +158,17 @@ async fn nodes_of_two_hoods_never_connect() {
 
 const MESH: usize = 20;
 
+/// Checks a full mesh of `buses` connection by connection:
+///
+/// - each node has the n-1 others as neighbours;
+/// - both ends of every pair use the same connection: one end dialled it
+///   (`Out`) and the other accepted it (`In`), each naming the other's
+///   socket. Two live connections between a pair, each end keeping a
+///   different one (the flaw of tubemail's rule), show as Out/Out or In/In;
+/// - each node made each neighbour its neighbour once (`ConnStats::activated`
+///   is n-1 everywhere, n*(n-1) connection ends in all): no pair was lost and
+///   found again, and every further connection of a pair was counted as a
+///   duplicate (retired or replacing), not as a second neighbour.
 async fn check_full_mesh(buses: &[Bus]) {
     let n = buses.len();
     for b in buses {
@@ -165,21 +176,50 @@ async fn check_full_mesh(buses: &[Bus]) {
             .await
             .unwrap_or_else(|_| panic!("{} has {} neighbours of {}", b.me().name, b.neighbours().len(), n - 1));
     }
-    // Let duplicate connections (if any) settle, then check exactly.
-    tokio::time::sleep(Duration::from_millis(800)).await;
     let all: HashSet<NodeId> = buses.iter().map(|b| b.id()).collect();
     assert_eq!(all.len(), n);
-    let mut total = 0;
+    let addr_of: HashMap<NodeId, SocketAddr> = buses.iter().map(|b| (b.id(), b.local_addr_v4())).collect();
+    // What each end of each pair uses, as (direction, the peer's address); a
+    // switch to a duplicate may still be under way at one end, so allow a
+    // bounded time for both ends to agree.
+    let disagreements = || {
+        let view: HashMap<(NodeId, NodeId), (Direction, SocketAddr)> =
+            buses.iter().flat_map(|b| b.neighbours().into_iter().map(move |nb| ((b.id(), nb.id), (nb.direction, nb.addr)))).collect();
+        let mut bad = Vec::new();
+        for (i, a) in buses.iter().enumerate() {
+            for b in &buses[i + 1..] {
+                let ab = view.get(&(a.id(), b.id())).copied();
+                let ba = view.get(&(b.id(), a.id())).copied();
+                let same_connection = match (ab, ba) {
+                    (Some((d1, addr1)), Some((d2, addr2))) => d1 != d2 && addr1 == addr_of[&b.id()] && addr2 == addr_of[&a.id()],
+                    _ => false,
+                };
+                if !same_connection {
+                    bad.push(format!("{}->{}: {ab:?}, {}->{}: {ba:?}", a.me().name, b.me().name, b.me().name, a.me().name));
+                }
+            }
+        }
+        bad
+    };
+    if !wait_until(|| disagreements().is_empty(), Duration::from_secs(10)).await {
+        panic!("pairs whose ends use different connections (or none): {:#?}", disagreements());
+    }
+    let mut activated = 0;
+    let mut duplicates = 0;
     for b in buses {
         let nb = b.neighbours();
         let ids: HashSet<NodeId> = nb.iter().map(|i| i.id).collect();
-        assert_eq!(ids.len(), nb.len(), "{}: duplicate neighbour entries {nb:?}", b.me().name);
         let mut expect = all.clone();
         expect.remove(&b.id());
         assert_eq!(ids, expect, "{}", b.me().name);
-        total += nb.len();
+        assert_eq!(nb.len(), n - 1, "{}: {nb:?}", b.me().name);
+        let s = b.conn_stats();
+        assert_eq!(s.activated, (n - 1) as u64, "{}: each neighbour activated once: {s:?}", b.me().name);
+        activated += s.activated;
+        duplicates += s.duplicates;
     }
-    assert_eq!(total, n * (n - 1));
+    assert_eq!(activated, (n * (n - 1)) as u64);
+    eprintln!("{n} nodes: {activated} connection ends in use, {duplicates} duplicate connection ends retired or replaced");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,4 +413,48 @@ async fn a_killed_node_is_lost_within_the_idle_timeout_and_rejoins_after_restart
     drop(k2);
     s0.leave().await;
     s1.leave().await;
+}
+
+/// Discovery of one's own (`FnDiscovery`, the README's "or your own"): the
+/// node starts it with its context, dials what it reports, forms the mesh
+/// from it, and stops it on leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovery_function_of_ones_own_feeds_the_mesh_and_is_stopped_on_leave() {
+    use partybus::discovery::{DiscoveryContext, FnDiscovery};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let a = node_named("found-by-fn", None, |_| {}).await;
+    let target = a.local_addr_v4();
+    let (ctx_tx, ctx_rx) = tokio::sync::oneshot::channel::<DiscoveryContext>();
+    let stopped = Arc::new(AtomicBool::new(false));
+    let stopped2 = stopped.clone();
+    let mine = FnDiscovery::new("mine", move |ctx, sink, mut stop| {
+        Box::pin(async move {
+            let _ = ctx_tx.send(ctx);
+            sink.candidate(target, "mine");
+            stop.stopped().await;
+            stopped2.store(true, Ordering::SeqCst);
+        })
+    });
+    // No static address: the function is the only way b can find a.
+    let b = node_named("uses-fn", None, |c| {
+        c.discovery.push(Box::new(mine));
+    })
+    .await;
+    let ctx = tokio::time::timeout(GUARD, ctx_rx).await.expect("the node starts the discovery").expect("context sent");
+    assert_eq!(ctx.port, b.port());
+    assert_eq!(ctx.node_id, b.id().to_hex());
+    assert_eq!(ctx.cert_name, "uses-fn");
+    assert_eq!(ctx.hood_fingerprint, b.fingerprint());
+
+    wait_neighbours(&b, 1).await;
+    wait_neighbours(&a, 1).await;
+    let nb = b.neighbours();
+    assert_eq!((nb[0].id, nb[0].name.as_str(), nb[0].direction, nb[0].addr), (a.id(), "found-by-fn", Direction::Out, target));
+    assert!(!stopped.load(Ordering::SeqCst), "stopped before leave");
+    b.leave().await;
+    // leave() awaits the discovery futures (bounded); the function saw its stop.
+    assert!(wait_until(|| stopped.load(Ordering::SeqCst), GUARD).await, "the discovery function was not stopped by leave()");
+    a.leave().await;
 }

@@ -55,19 +55,49 @@ fn out_line(line: &str) {
     let _ = o.flush();
 }
 
-fn neighbour_json(kind: &str, n: &NeighbourInfo, count: usize, reason: Option<&str>) -> serde_json::Value {
-    let mut v = json!({
-        "neighbour": kind,
-        "id": n.id.to_hex(),
-        "name": n.name,
-        "addr": n.addr.to_string(),
-        "direction": n.direction,
-        "count": count,
-    });
-    if let Some(r) = reason {
-        v["reason"] = json!(r);
+/// One line of `partybus node`: keys in this order (the order README.md
+/// documents; alphabetical, as the first versions printed them).
+#[derive(serde::Serialize)]
+struct NeighbourLine<'a> {
+    addr: String,
+    count: usize,
+    direction: String,
+    id: String,
+    name: &'a str,
+    neighbour: &'a str,
+    /// Lost lines only: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+fn neighbour_line(kind: &str, n: &NeighbourInfo, count: usize, reason: Option<&str>) -> String {
+    let line = NeighbourLine {
+        addr: n.addr.to_string(),
+        count,
+        direction: n.direction.to_string(),
+        id: n.id.to_hex(),
+        name: &n.name,
+        neighbour: kind,
+        reason,
+    };
+    serde_json::to_string(&line).unwrap_or_default()
+}
+
+/// The first line of `partybus node`.
+fn ready_line(bus: &Bus) -> String {
+    #[derive(serde::Serialize)]
+    struct Ready<'a> {
+        fingerprint: &'a str,
+        id: String,
+        name: &'a str,
+        port: u16,
     }
-    v
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        ready: Ready<'a>,
+    }
+    let line = Line { ready: Ready { fingerprint: bus.fingerprint(), id: bus.id().to_hex(), name: &bus.me().name, port: bus.port() } };
+    serde_json::to_string(&line).unwrap_or_default()
 }
 
 async fn join(opts: &NodeOpts) -> Result<Bus> {
@@ -79,9 +109,7 @@ pub async fn node(opts: NodeOpts) -> Result<ExitCode> {
     let bus = join(&opts).await?;
     let mut events = bus.neighbour_events();
     let stop = shutdown_signal();
-    out(json!({"ready": {
-        "id": bus.id().to_hex(), "name": bus.me().name, "port": bus.port(), "fingerprint": bus.fingerprint(),
-    }}));
+    out_line(&ready_line(&bus));
     tokio::pin!(stop);
     // Counted from the events themselves, so each line's count is the
     // neighbour count right after that event.
@@ -92,11 +120,11 @@ pub async fn node(opts: NodeOpts) -> Result<ExitCode> {
             ev = events.recv() => match ev {
                 Ok(NeighbourEvent::Found(n)) => {
                     count += 1;
-                    out(neighbour_json("found", &n, count, None));
+                    out_line(&neighbour_line("found", &n, count, None));
                 }
                 Ok(NeighbourEvent::Lost { info, reason }) => {
                     count = count.saturating_sub(1);
-                    out(neighbour_json("lost", &info, count, Some(&reason)));
+                    out_line(&neighbour_line("lost", &info, count, Some(&reason)));
                 }
                 // A kind of event this version does not print.
                 Ok(_) => count = bus.neighbours().len(),
@@ -193,6 +221,62 @@ pub struct EmitArgs {
     pub timeout: Duration,
 }
 
+/// How long the neighbour set, the handshakes under way and the listener
+/// count of the event must stay unchanged before `emit` (without
+/// `--wait-listeners`) counts them as settled; at least four round trips
+/// of the slowest neighbour.
+const SETTLE_QUIET: Duration = Duration::from_millis(200);
+/// The longest `emit` waits for that after its first neighbour.
+const SETTLE_MAX: Duration = Duration::from_secs(3);
+/// How often the handshake counters are sampled while settling.
+const SETTLE_TICK: Duration = Duration::from_millis(10);
+
+/// Waits until nothing that changes whom an event reaches has changed for a
+/// while, or until `deadline`: no neighbour found or lost, no handshake
+/// started or finished (a neighbour we were told about through gossip, or
+/// one dialling us after it heard of us), no change in the count of
+/// listeners of `event`, for [`SETTLE_QUIET`] or four round trips to the
+/// slowest neighbour, whichever is longer. A neighbour sends its
+/// subscriptions first thing on a new connection, so once the neighbour set
+/// is quiet for that long, their subscriptions have arrived.
+///
+/// The bus offers no direct signal for "this neighbour's subscriptions have
+/// arrived" or "no peer heard of through gossip is still to be dialled", so
+/// this is a condition on what it does offer, bounded by `deadline`.
+async fn settle(bus: &Bus, event: &str, deadline: tokio::time::Instant) -> Result<()> {
+    let mut listeners = bus.observe_listener_count(event)?;
+    let mut neighbours = bus.neighbour_count();
+    let handshakes = || {
+        let s = bus.conn_stats();
+        (s.dials, s.dials_ok, s.dials_timed_out, s.dials_abandoned, s.accepts, s.accepts_ok, s.accepts_timed_out, s.activated, s.duplicates)
+    };
+    let mut seen = handshakes();
+    let mut last_change = tokio::time::Instant::now();
+    loop {
+        let now = tokio::time::Instant::now();
+        let slowest = bus.neighbours().iter().filter_map(|n| bus.path(n.id)).map(|p| p.rtt).max().unwrap_or_default();
+        if now >= deadline || now.duration_since(last_change) >= SETTLE_QUIET.max(slowest * 4) {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.min(now + SETTLE_TICK)) => {}
+            r = listeners.changed() => match r {
+                Ok(()) => last_change = tokio::time::Instant::now(),
+                Err(_) => return Ok(()), // the node is stopping
+            },
+            r = neighbours.changed() => match r {
+                Ok(()) => last_change = tokio::time::Instant::now(),
+                Err(_) => return Ok(()),
+            },
+        }
+        let h = handshakes();
+        if h != seen {
+            seen = h;
+            last_change = tokio::time::Instant::now();
+        }
+    }
+}
+
 pub async fn emit(args: EmitArgs) -> Result<ExitCode> {
     partybus::name::validate_name(&args.event).with_context(|| format!("bad event name {:?}", args.event))?;
     let single = match args.json.as_deref() {
@@ -216,10 +300,11 @@ pub async fn emit(args: EmitArgs) -> Result<ExitCode> {
             }
         }
         None => {
-            // Give discovery a chance: wait for a first neighbour, then a
-            // moment for more neighbours and their subscriptions.
+            // Give discovery a chance: wait for a first neighbour, then until
+            // the mesh around us and the listener count have settled.
+            let deadline = tokio::time::Instant::now() + args.timeout;
             if tokio::time::timeout(args.timeout, bus.wait_neighbours(1)).await.is_ok() {
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                settle(&bus, &args.event, deadline.min(tokio::time::Instant::now() + SETTLE_MAX)).await?;
             }
         }
     }

@@ -1,4 +1,7 @@
 //! The TOML config file of `partybus node` (and the other node commands).
+//! Flags override it (see `NodeOpts::resolve` in `opts.rs`): a flag wins
+//! over the file's setting, `--no-...` turns off a boolean the file turns
+//! on, and a list on the command line replaces the file's list.
 //!
 //! ```toml
 //! ca = "hood.crt"            # paths are relative to this file
@@ -121,6 +124,19 @@ mod tests {
         let c: FileConfig = toml::from_str(&example).unwrap();
         assert_eq!(c.port.as_deref(), Some("4816-4819"));
         assert_eq!(c.discovery.unwrap().dht, vec!["dht.example.org:4816".to_string()]);
+    }
+
+    #[test]
+    fn parses_the_readme_example() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").expect("README has a toml block") + "```toml\n".len();
+        let example = &readme[start..start + readme[start..].find("```").expect("the block ends")];
+        let c: FileConfig = toml::from_str(example).unwrap_or_else(|e| panic!("README's config example: {e}"));
+        assert_eq!(c.cert.as_deref(), Some(Path::new("hood.vps1.crt")));
+        // Every commented-out setting is a real one too.
+        let uncommented: String = example.lines().map(|l| l.strip_prefix("# ").unwrap_or(l)).collect::<Vec<_>>().join("\n");
+        let c: FileConfig = toml::from_str(&uncommented).unwrap_or_else(|e| panic!("README's config example, uncommented: {e}"));
+        assert_eq!(c.discovery.and_then(|d| d.connect_interval).map(|d| d.0), Some(std::time::Duration::from_secs(60)));
     }
 
     #[test]

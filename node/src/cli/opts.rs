@@ -12,7 +12,7 @@ use super::config_file::FileConfig;
 
 #[derive(Args, Clone, Debug, Default)]
 pub struct NodeOpts {
-    /// TOML config file; flags override it.
+    /// TOML config file; flags override it (a list flag replaces the file's list).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Hood CA certificate (PEM).
@@ -30,21 +30,30 @@ pub struct NodeOpts {
     /// Address to bind (default: dual-stack ::).
     #[arg(long, value_name = "IP")]
     pub bind: Option<IpAddr>,
-    /// Peer address to connect to (repeatable), re-tried every 60 s.
+    /// Peer address to connect to (repeatable; IPv6 as [::1]:4816), re-tried every 60 s.
+    /// Replaces the config file's `connect` list.
     #[arg(long, value_name = "HOST:PORT")]
     pub connect: Vec<String>,
     /// Also advertise this address (repeatable), e.g. a public address behind 1:1 NAT.
+    /// Replaces the config file's `advertise` list.
     #[arg(long, value_name = "IP:PORT")]
     pub advertise: Vec<SocketAddr>,
     /// Find hood members on the LAN with mDNS / DNS-SD.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_mdns")]
     pub mdns: bool,
+    /// No mDNS, even if the config file turns it on.
+    #[arg(long, overrides_with = "mdns")]
+    pub no_mdns: bool,
     /// DHT bootstrap node (repeatable): rendezvous over a Kademlia DHT.
+    /// Replaces the config file's `dht` list.
     #[arg(long, value_name = "HOST:PORT")]
     pub dht: Vec<String>,
     /// Map our UDP port on the home router with UPnP IGD.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_upnp")]
     pub upnp: bool,
+    /// No UPnP, even if the config file turns it on or names a gateway (`upnp_url`).
+    #[arg(long, overrides_with = "upnp", conflicts_with = "upnp_url")]
+    pub no_upnp: bool,
     /// UPnP gateway description URL (skips SSDP search), e.g. http://ROUTER:PORT/rootDesc.xml.
     #[arg(long, value_name = "URL")]
     pub upnp_url: Option<String>,
@@ -52,20 +61,95 @@ pub struct NodeOpts {
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     pub upnp_lease: Option<Duration>,
     /// Serve the DHT to others (default: on when this host has a global address, as on a VPS).
-    #[arg(long, conflicts_with = "no_dht_serve")]
+    #[arg(long, overrides_with = "no_dht_serve")]
     pub dht_serve: bool,
-    /// Do not serve the DHT, even on a host with a global address.
-    #[arg(long)]
+    /// Do not serve the DHT, even on a host with a global address or with `dht_serve = true` in the config file.
+    #[arg(long, overrides_with = "dht_serve")]
     pub no_dht_serve: bool,
     /// Accept and advertise non-global addresses (labs, private WANs).
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_allow_non_global")]
     pub allow_non_global: bool,
+    /// Keep to global addresses, even if the config file says `allow_non_global = true`.
+    #[arg(long, overrides_with = "allow_non_global")]
+    pub no_allow_non_global: bool,
     /// Neighbour idle timeout (e.g. 20s).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     pub idle_timeout: Option<Duration>,
     /// QUIC keep-alive interval (e.g. 5s).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     pub keep_alive: Option<Duration>,
+}
+
+/// A `--flag` / `--no-flag` pair as the command line gave it: `None` when
+/// neither was given (clap keeps only the last of the two).
+fn switch(on: bool, off: bool) -> Option<bool> {
+    match (on, off) {
+        (true, _) => Some(true),
+        (false, true) => Some(false),
+        (false, false) => None,
+    }
+}
+
+/// A list from the command line replaces the config file's list.
+fn list<T: Clone>(flags: &[T], file: &[T]) -> Vec<T> {
+    if flags.is_empty() {
+        file.to_vec()
+    } else {
+        flags.to_vec()
+    }
+}
+
+/// Checks the form of a `HOST:PORT` target, so a typo is an error now
+/// rather than a warning and a node that never connects. Whether the host
+/// resolves is left to discovery (a DNS name may come up later).
+fn check_target(t: &str, what: &str) -> Result<()> {
+    let fix = "expected HOST:PORT, e.g. 192.0.2.10:4816, [2001:db8::1]:4816 or peer.example.org:4816";
+    let Some((host, port)) = t.rsplit_once(':') else { bail!("{what} {t:?} has no port: {fix}") };
+    if host.is_empty() {
+        bail!("{what} {t:?} has no host: {fix}");
+    }
+    if port.parse::<u16>().is_err() {
+        bail!("{what} {t:?}: {port:?} is not a port number (0-65535): {fix}");
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        let Some(ip) = inner.strip_suffix(']') else { bail!("{what} {t:?}: unbalanced '[': {fix}") };
+        // As a whole, so that a scope (`[fe80::1%2]:4816`) is accepted.
+        if t.parse::<std::net::SocketAddrV6>().is_err() {
+            bail!("{what} {t:?}: {ip:?} in brackets is not an IPv6 address: {fix}");
+        }
+    } else if host.contains(':') {
+        bail!("{what} {t:?}: an IPv6 address needs brackets, as in [{host}]:{port}");
+    }
+    Ok(())
+}
+
+/// The flags and the config file merged: flags win, a list on the command
+/// line replaces the file's list. Pure (no files read but the config file,
+/// no network), so the merge rules can be tested.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resolved {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub port: Option<PortSpec>,
+    pub bind: Option<IpAddr>,
+    pub advertise: Vec<SocketAddr>,
+    pub allow_non_global: bool,
+    pub idle_timeout: Option<Duration>,
+    pub keep_alive: Option<Duration>,
+    pub connect: Vec<String>,
+    pub connect_interval: Duration,
+    pub mdns: bool,
+    /// UPnP on, with its gateway URL and lease (None: the default lease).
+    pub upnp: Option<(Option<String>, Option<Duration>)>,
+    pub dht: Vec<String>,
+    /// None: serve when this host has a global address.
+    pub dht_serve: Option<bool>,
+    pub queue_limit: Option<usize>,
+    pub socket_buffer: Option<usize>,
+    pub max_event_size: Option<usize>,
+    pub max_subscriptions_per_peer: Option<usize>,
+    pub full_policy: Option<FullPolicy>,
 }
 
 /// Does any local interface have a global (Internet-routable) address?
@@ -82,8 +166,9 @@ fn rel(base: Option<&std::path::Path>, p: PathBuf) -> PathBuf {
 }
 
 impl NodeOpts {
-    /// Merges the config file (if any) and the flags into a library config.
-    pub fn to_config(&self) -> Result<Config> {
+    /// Merges the config file (if any) and the flags: flags override the
+    /// file; `--connect`, `--dht` and `--advertise` replace the file's lists.
+    pub fn resolve(&self) -> Result<Resolved> {
         let (file, base) = match &self.config {
             Some(path) => (FileConfig::load(path)?, path.parent().map(|p| p.to_path_buf())),
             None => (FileConfig::default(), None),
@@ -96,81 +181,225 @@ impl NodeOpts {
                 (None, None) => bail!("no {what} given: use --{field} FILE or `{field} = \"FILE\"` in the config file (--config)"),
             }
         };
-        let ca = from(&self.ca, &file.ca, "hood CA certificate", "ca")?;
-        let cert = from(&self.cert, &file.cert, "peer certificate", "cert")?;
-        let key = from(&self.key, &file.key, "peer private key", "key")?;
-        let mut cfg = Config::from_files(&ca, &cert, &key)?;
-
-        let port = self.port.clone().or(file.port.clone());
-        if let Some(p) = port {
-            cfg.port = p.parse::<PortSpec>().map_err(anyhow::Error::msg).context("option --port / config `port`")?;
+        let mut r = Resolved {
+            ca: from(&self.ca, &file.ca, "hood CA certificate", "ca")?,
+            cert: from(&self.cert, &file.cert, "peer certificate", "cert")?,
+            key: from(&self.key, &file.key, "peer private key", "key")?,
+            ..Resolved::default()
+        };
+        if let Some(p) = self.port.clone().or(file.port.clone()) {
+            r.port = Some(p.parse::<PortSpec>().map_err(anyhow::Error::msg).context("option --port / config `port`")?);
         }
-        cfg.bind = self.bind.or(file.bind);
-        cfg.advertise = if self.advertise.is_empty() { file.advertise.clone() } else { self.advertise.clone() };
-        cfg.allow_non_global = self.allow_non_global || file.allow_non_global.unwrap_or(false);
-        if let Some(d) = self.idle_timeout.or(file.idle_timeout.map(|d| d.0)) {
+        r.bind = self.bind.or(file.bind);
+        r.advertise = list(&self.advertise, &file.advertise);
+        r.allow_non_global = switch(self.allow_non_global, self.no_allow_non_global).or(file.allow_non_global).unwrap_or(false);
+        r.idle_timeout = self.idle_timeout.or(file.idle_timeout.map(|d| d.0));
+        r.keep_alive = self.keep_alive.or(file.keep_alive.map(|d| d.0));
+        if let Some(l) = &file.limits {
+            r.queue_limit = l.queue_limit;
+            r.socket_buffer = l.socket_buffer;
+            r.max_event_size = l.max_event_size;
+            r.max_subscriptions_per_peer = l.max_subscriptions_per_peer;
+            r.full_policy = match l.full_policy.as_deref() {
+                None => None,
+                Some("block") => Some(FullPolicy::Block),
+                Some("drop") => Some(FullPolicy::Drop),
+                Some("disconnect") => Some(FullPolicy::Disconnect(l.stuck_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)))),
+                Some(other) => bail!("config `limits.full_policy = {other:?}` is not one of \"block\", \"drop\", \"disconnect\""),
+            };
+        }
+
+        let disc = file.discovery.clone().unwrap_or_default();
+        r.connect = list(&self.connect, &disc.connect);
+        for t in &r.connect {
+            check_target(t, if self.connect.is_empty() { "config `discovery.connect` entry" } else { "--connect" })?;
+        }
+        r.connect_interval = disc.connect_interval.map(|d| d.0).unwrap_or(Duration::from_secs(60));
+        r.mdns = switch(self.mdns, self.no_mdns).unwrap_or(disc.mdns);
+        let upnp_url = self.upnp_url.clone().or(disc.upnp_url.clone());
+        let upnp = match switch(self.upnp, self.no_upnp) {
+            Some(on) => on,
+            // A gateway URL in the file (or on the command line) implies UPnP.
+            None => disc.upnp || upnp_url.is_some(),
+        };
+        if upnp {
+            r.upnp = Some((upnp_url, self.upnp_lease.or(disc.upnp_lease.map(|d| d.0))));
+        }
+        r.dht = list(&self.dht, &disc.dht);
+        for t in &r.dht {
+            check_target(t, if self.dht.is_empty() { "config `discovery.dht` entry" } else { "--dht" })?;
+        }
+        r.dht_serve = switch(self.dht_serve, self.no_dht_serve).or(disc.dht_serve);
+        Ok(r)
+    }
+
+    /// Merges the config file (if any) and the flags into a library config.
+    pub fn to_config(&self) -> Result<Config> {
+        let r = self.resolve()?;
+        let mut cfg = Config::from_files(&r.ca, &r.cert, &r.key)?;
+        if let Some(p) = r.port {
+            cfg.port = p;
+        }
+        cfg.bind = r.bind;
+        cfg.advertise = r.advertise;
+        cfg.allow_non_global = r.allow_non_global;
+        if let Some(d) = r.idle_timeout {
             cfg.idle_timeout = d;
         }
-        if let Some(d) = self.keep_alive.or(file.keep_alive.map(|d| d.0)) {
+        if let Some(d) = r.keep_alive {
             cfg.keep_alive = d;
         }
-        if let Some(l) = &file.limits {
-            if let Some(q) = l.queue_limit {
-                cfg.queue_limit = q;
-            }
-            if let Some(b) = l.socket_buffer {
-                cfg.socket_buffer = b;
-            }
-            if let Some(m) = l.max_event_size {
-                cfg.max_event_size = m;
-            }
-            if let Some(m) = l.max_subscriptions_per_peer {
-                cfg.max_subscriptions_per_peer = m;
-            }
-            match l.full_policy.as_deref() {
-                None | Some("block") => {}
-                Some("drop") => cfg.full_policy = FullPolicy::Drop,
-                Some("disconnect") => {
-                    cfg.full_policy = FullPolicy::Disconnect(l.stuck_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)))
-                }
-                Some(other) => bail!("config `limits.full_policy = {other:?}` is not one of \"block\", \"drop\", \"disconnect\""),
-            }
+        if let Some(q) = r.queue_limit {
+            cfg.queue_limit = q;
         }
-
-        // Discovery: flags add to the file's lists.
-        let disc = file.discovery.clone().unwrap_or_default();
-        let mut connect = disc.connect.clone();
-        connect.extend(self.connect.iter().cloned());
-        if !connect.is_empty() {
-            let every = disc.connect_interval.map(|d| d.0).unwrap_or(Duration::from_secs(60));
-            cfg.discovery.push(Box::new(partybus::discovery::StaticDiscovery::new(connect, every)));
+        if let Some(b) = r.socket_buffer {
+            cfg.socket_buffer = b;
         }
-        if self.mdns || disc.mdns {
+        if let Some(m) = r.max_event_size {
+            cfg.max_event_size = m;
+        }
+        if let Some(m) = r.max_subscriptions_per_peer {
+            cfg.max_subscriptions_per_peer = m;
+        }
+        if let Some(p) = r.full_policy {
+            cfg.full_policy = p;
+        }
+        if !r.connect.is_empty() {
+            cfg.discovery.push(Box::new(partybus::discovery::StaticDiscovery::new(r.connect, r.connect_interval)));
+        }
+        if r.mdns {
             cfg.discovery.push(Box::new(partybus::discovery::MdnsDiscovery::new()));
         }
-        let upnp_url = self.upnp_url.clone().or(disc.upnp_url.clone());
-        if self.upnp || disc.upnp || upnp_url.is_some() {
-            let mut opts = partybus::discovery::upnp::UpnpOptions { gateway_url: upnp_url, ..Default::default() };
-            if let Some(lease) = self.upnp_lease.or(disc.upnp_lease.map(|d| d.0)) {
+        if let Some((gateway_url, lease)) = r.upnp {
+            let mut opts = partybus::discovery::upnp::UpnpOptions { gateway_url, ..Default::default() };
+            if let Some(lease) = lease {
                 opts.lease = lease;
             }
             cfg.discovery.push(Box::new(partybus::discovery::upnp::UpnpDiscovery::new(opts)));
         }
-        let mut dht = disc.dht.clone();
-        dht.extend(self.dht.iter().cloned());
         // A node with a global address (a VPS) serves the DHT by default:
         // it is what others bootstrap from.
-        let serve = if self.dht_serve {
-            true
-        } else if self.no_dht_serve {
-            false
-        } else {
-            disc.dht_serve.unwrap_or_else(has_global_address)
-        };
-        if !dht.is_empty() || serve {
-            let opts = partybus::discovery::dht::DhtOptions { bootstrap: dht, serve, ..Default::default() };
+        let serve = r.dht_serve.unwrap_or_else(has_global_address);
+        if !r.dht.is_empty() || serve {
+            let opts = partybus::discovery::dht::DhtOptions { bootstrap: r.dht, serve, ..Default::default() };
             cfg.discovery.push(Box::new(partybus::discovery::dht::DhtDiscovery::new(opts)));
         }
         Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        node: NodeOpts,
+    }
+
+    /// Parses `flags` after `--config FILE` holding `toml` (plus the
+    /// certificate paths, which `resolve` does not read).
+    fn resolve(toml: &str, flags: &[&str]) -> Result<Resolved> {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("node.toml");
+        std::fs::write(&file, format!("ca = \"h.crt\"\ncert = \"h.a.crt\"\nkey = \"h.a.key\"\n{toml}")).unwrap();
+        let mut args = vec!["partybus", "--config", file.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        Cmd::try_parse_from(args)?.node.resolve()
+    }
+
+    fn ok(toml: &str, flags: &[&str]) -> Resolved {
+        resolve(toml, flags).unwrap_or_else(|e| panic!("{toml:?} {flags:?}: {e:#}"))
+    }
+
+    #[test]
+    fn a_flag_turns_a_files_boolean_off_and_on() {
+        // (file setting, flag, what wins)
+        type Case = (&'static str, &'static str, fn(&Resolved) -> bool);
+        let cases: [Case; 4] = [
+            ("[discovery]\nmdns = true", "mdns", |r| r.mdns),
+            ("[discovery]\nupnp = true", "upnp", |r| r.upnp.is_some()),
+            ("[discovery]\ndht_serve = true", "dht-serve", |r| r.dht_serve == Some(true)),
+            ("allow_non_global = true", "allow-non-global", |r| r.allow_non_global),
+        ];
+        for (on_in_file, flag, get) in cases {
+            let off_in_file = on_in_file.replace("true", "false");
+            let (yes, no) = (format!("--{flag}"), format!("--no-{flag}"));
+            assert!(get(&ok(on_in_file, &[])), "{on_in_file}: the file alone");
+            assert!(!get(&ok(&off_in_file, &[])), "{off_in_file}: the file alone");
+            assert!(!get(&ok(on_in_file, &[&no])), "{on_in_file} {no}: the flag wins");
+            assert!(get(&ok(&off_in_file, &[&yes])), "{off_in_file} {yes}: the flag wins");
+            assert!(get(&ok("", &[&yes])), "{yes} without a file setting");
+            // Both flags: the last one wins.
+            assert!(!get(&ok(on_in_file, &[&yes, &no])), "{yes} {no}");
+            assert!(get(&ok(&off_in_file, &[&no, &yes])), "{no} {yes}");
+        }
+        // Without anything: off, and the DHT's serving left to the host's addresses.
+        let r = ok("", &[]);
+        assert!(!r.mdns && r.upnp.is_none() && !r.allow_non_global && r.dht_serve.is_none(), "{r:?}");
+        assert_eq!(ok("", &["--no-dht-serve"]).dht_serve, Some(false));
+    }
+
+    #[test]
+    fn upnp_url_implies_upnp_unless_no_upnp() {
+        let url = "[discovery]\nupnp_url = \"http://127.0.0.1:5000/rootDesc.xml\"\nupnp_lease = \"10m\"";
+        let r = ok(url, &[]);
+        assert_eq!(r.upnp, Some((Some("http://127.0.0.1:5000/rootDesc.xml".to_owned()), Some(Duration::from_secs(600)))));
+        assert_eq!(ok(url, &["--upnp-lease", "1m"]).upnp.unwrap().1, Some(Duration::from_secs(60)));
+        assert_eq!(ok(url, &["--no-upnp"]).upnp, None);
+        // --no-upnp with a gateway URL on the same command line is a contradiction.
+        let e = resolve("", &["--no-upnp", "--upnp-url", "http://127.0.0.1:1/x.xml"]).unwrap_err().to_string();
+        assert!(e.contains("--no-upnp") && e.contains("--upnp-url"), "{e}");
+    }
+
+    #[test]
+    fn a_list_on_the_command_line_replaces_the_files_list() {
+        let file = "advertise = [\"127.0.0.9:4816\"]\n[discovery]\nconnect = [\"127.0.0.1:1\", \"localhost:2\"]\ndht = [\"127.0.0.1:3\"]";
+        let r = ok(file, &[]);
+        assert_eq!(r.connect, ["127.0.0.1:1", "localhost:2"]);
+        assert_eq!(r.dht, ["127.0.0.1:3"]);
+        assert_eq!(r.advertise, ["127.0.0.9:4816".parse::<SocketAddr>().unwrap()]);
+        let r = ok(file, &["--connect", "[::1]:7", "--connect", "127.0.0.1:8", "--dht", "localhost:9", "--advertise", "127.0.0.10:1"]);
+        assert_eq!(r.connect, ["[::1]:7", "127.0.0.1:8"]);
+        assert_eq!(r.dht, ["localhost:9"]);
+        assert_eq!(r.advertise, ["127.0.0.10:1".parse::<SocketAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn scalars_from_flags_win() {
+        let file = "port = \"4816\"\nbind = \"127.0.0.1\"\nidle_timeout = \"20s\"\nkeep_alive = \"5s\"";
+        let r = ok(file, &[]);
+        assert_eq!((r.port.clone(), r.bind), (Some(PortSpec::single(4816)), Some("127.0.0.1".parse().unwrap())));
+        assert_eq!((r.idle_timeout, r.keep_alive), (Some(Duration::from_secs(20)), Some(Duration::from_secs(5))));
+        let r = ok(file, &["--port", "0", "--bind", "::1", "--idle-timeout", "3s", "--keep-alive", "1s", "--ca", "/x/ca.crt"]);
+        assert_eq!((r.port.clone(), r.bind), (Some(PortSpec::any()), Some("::1".parse().unwrap())));
+        assert_eq!((r.idle_timeout, r.keep_alive), (Some(Duration::from_secs(3)), Some(Duration::from_secs(1))));
+        assert_eq!(r.ca, PathBuf::from("/x/ca.crt"));
+        // The file's paths are relative to the file.
+        assert!(r.cert.ends_with("h.a.crt") && r.cert.is_absolute(), "{:?}", r.cert);
+    }
+
+    #[test]
+    fn a_malformed_target_is_an_error_that_shows_the_form() {
+        for (flag, bad, says) in [
+            ("--connect", "127.0.0.1", "no port"),
+            ("--connect", "::1:4816", "needs brackets, as in [::1]:4816"),
+            ("--connect", "[::1:4816", "unbalanced"),
+            ("--connect", "[nope]:4816", "not an IPv6 address"),
+            ("--connect", "localhost:port", "not a port number"),
+            ("--dht", ":4816", "no host"),
+            ("--dht", "localhost:70000", "not a port number"),
+        ] {
+            let e = format!("{:#}", resolve("", &[flag, bad]).unwrap_err());
+            assert!(e.contains(flag) && e.contains(bad) && e.contains(says), "{flag} {bad}: {e}");
+        }
+        let e = format!("{:#}", resolve("[discovery]\nconnect = [\"peer\"]", &[]).unwrap_err());
+        assert!(e.contains("discovery.connect") && e.contains("HOST:PORT"), "{e}");
+        for good in ["127.0.0.1:1", "[::1]:4816", "localhost:4816", "[fe80::1%2]:1"] {
+            let r = resolve("", &["--connect", good]);
+            assert!(r.is_ok(), "{good}: {r:?}");
+        }
     }
 }
