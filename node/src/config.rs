@@ -110,7 +110,7 @@ pub struct Config {
     pub gossip_dial_delay: Duration,
     /// Outgoing handshakes this node runs at a time (0: no limit); the rest
     /// wait, first dials of a pair before second dials
-    /// ([`crate::peers::DialSlots`]). A node joining a large hood over a
+    /// (handshake slots, `mesh::proto::pacing`). A node joining a large hood over a
     /// WAN pays about one handshake time per `dial_concurrency` peers; many
     /// nodes forming a mesh at once on few cores (a whole hood started on
     /// one host) get far fewer crossing dials and no handshake pileup.

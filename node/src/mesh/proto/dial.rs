@@ -5,9 +5,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::pacing::Backoff;
 use super::{Conn, ConnId, Known, Mesh, Output, Timer, MAX_DIAL_JOBS, MAX_GOSSIP_ADDRS, MAX_KNOWN};
 use crate::id::NodeId;
-use crate::peers::{self, canonical, Backoff, DialFailure, Direction, SecondDial};
+use crate::peers::{self, canonical, DialFailure, Direction, SecondDial};
 use crate::wire::PeerAddrs;
 
 /// One QUIC handshake we started ([`Output::Connect`]).

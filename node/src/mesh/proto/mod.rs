@@ -22,6 +22,7 @@
 
 mod dial;
 mod neighbours;
+pub(crate) mod pacing;
 #[cfg(test)]
 mod tests;
 
@@ -33,8 +34,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::id::NodeId;
-use crate::peers::{DialFailure, DialSlots};
+use crate::peers::DialFailure;
 use crate::wire::PeerAddrs;
+use pacing::{Backoff, DialSlots};
 
 pub(crate) use dial::Attempt;
 use dial::{DialJob, JobId};
@@ -182,7 +184,7 @@ struct Known {
 struct Redial {
     addrs: Vec<SocketAddr>,
     since: Instant,
-    backoff: crate::peers::Backoff,
+    backoff: Backoff,
 }
 
 /// The mesh state machine. See the module documentation.
@@ -364,7 +366,7 @@ impl Mesh {
         if addrs.is_empty() || self.leaving {
             return;
         }
-        let mut backoff = crate::peers::Backoff::new(self.cfg.redial_base, self.cfg.redial_max);
+        let mut backoff = Backoff::new(self.cfg.redial_base, self.cfg.redial_max);
         let d = backoff.next_delay(self.unit());
         self.redials.insert(peer, Redial { addrs, since: now, backoff });
         self.arm(now + d, Timer::Redial(peer));
