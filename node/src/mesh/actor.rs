@@ -79,8 +79,10 @@ impl Actor {
                 },
                 () = sleep => self.fire_timers(),
             }
-            self.carry_out();
+            // Figures first: whoever sees a neighbour in the data plane
+            // (added by `carry_out`) sees it counted too.
             self.inner.publish_mesh(self.mesh.counters().into(), self.mesh.observed());
+            self.carry_out();
         }
     }
 
