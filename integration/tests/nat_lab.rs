@@ -14,48 +14,26 @@
 //!    and the mesh heals.
 //!
 //! Each prints its time to full mesh (`nat: scenario N full mesh in X s`).
-//! They skip without root/ip/nft/miniupnpd unless PARTYBUS_LAB=required.
+//! Network labs: `#[ignore]`d by default, run with `--include-ignored`, and
+//! then they fail if the lab cannot run (see `partybus_integration::lab`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use partybus_integration::lab::{lab_required, Lab, LabProcess, Ns};
+use partybus_integration::lab::{require_program, Lab, LabProcess, Ns};
 use partybus_integration::nat::{self, NatLab, NatOptions, RouterOptions, VPS1_IP};
 use partybus_integration::pb;
 
 const LOG: &str = "info,partybus=debug,partybus_discovery=debug";
 const DHT_PORT: u16 = 4000;
 
-/// Lab, partybus binary and certificates directory, or `None` (skipped).
-fn setup(prefix: &str, upnp: bool) -> Option<(Lab, PathBuf)> {
-    if let Some(why) = nat::missing_prereqs(upnp) {
-        // Root/ip/nft are checked by the lab itself; check ours first only
-        // when the lab could run at all.
-        let lab = Lab::new_or_skip(prefix)?;
-        drop(lab);
-        nat::skip_or_fail(&why);
-        return None;
-    }
-    let lab = Lab::new_or_skip(prefix)?;
-    let bin = match pb::partybus_bin() {
-        Ok(b) => b,
-        Err(e) => {
-            nat::skip_or_fail(&format!("{e:#}"));
-            return None;
-        }
-    };
-    for (args, word) in [(&["node"][..], "--upnp"), (&["node"][..], "--dht"), (&["dht"][..], "--allow-non-global")] {
-        if !pb::partybus_has(&bin, args, word) {
-            let why = format!("{} has no `{} {word}`", bin.display(), args.join(" "));
-            if lab_required() {
-                panic!("{why}");
-            }
-            nat::skip_or_fail(&why);
-            return None;
-        }
-    }
-    Some((lab, bin))
+/// Lab and partybus binary; fails the test when the lab cannot run.
+fn setup(prefix: &str, upnp: bool) -> (Lab, PathBuf) {
+    nat::require_prereqs(upnp);
+    let lab = Lab::require(prefix);
+    let bin = pb::require_bin(&[(&["node"], "--upnp"), (&["node"], "--dht"), (&["dht"], "--allow-non-global")]);
+    (lab, bin)
 }
 
 struct Hood {
@@ -148,16 +126,18 @@ fn addr_field(line: &str, key: &str) -> Option<SocketAddr> {
 
 /// Scenario 2: a public hub node, h1 and h2 join it with --connect; no UPnP.
 #[test]
+#[ignore = "network lab: needs root, ip, nft; run with --include-ignored"]
 fn hub_on_vps_without_upnp() {
-    let Some((lab, bin)) = setup("nathub", false) else { return };
+    let (lab, bin) = setup("nathub", false);
     hub_scenario(&lab, &bin, NatOptions::default(), "2");
 }
 
 /// Scenario 2 with symmetric NATs (`masquerade fully-random`) and 2 % loss
 /// each way on both WAN links: joining through the hub still works.
 #[test]
+#[ignore = "network lab: needs root, ip, nft; run with --include-ignored"]
 fn hub_with_symmetric_nat_and_loss() {
-    let Some((lab, bin)) = setup("natsym", false) else { return };
+    let (lab, bin) = setup("natsym", false);
     let r = RouterOptions { symmetric: true, loss_ppm: 20_000, upnp: false };
     hub_scenario(&lab, &bin, NatOptions { r1: r.clone(), r2: r, stun_server: None }, "2s");
 }
@@ -354,8 +334,9 @@ impl DhtMesh<'_> {
 
 /// Scenario 1: DHT rendezvous + UPnP mappings, direct connection, events both ways.
 #[test]
+#[ignore = "network lab: needs root, ip, nft, miniupnpd; run with --include-ignored"]
 fn dht_rendezvous_and_upnp_direct_mesh() {
-    let Some((lab, bin)) = setup("natdht", true) else { return };
+    let (lab, bin) = setup("natdht", true);
     let mut m = dht_mesh(&lab, &bin, 1, &[]);
     let (h1, h2) = (m.nat.r1.host.clone(), m.nat.r2.host.clone());
     m.event(&lab, &h2, &h1, "h2-to-h1", 1);
@@ -383,16 +364,12 @@ fn dht_rendezvous_and_upnp_direct_mesh() {
 /// with no mappings. h2 notices (renewal fails: short lease), maps again, and
 /// h1 and h2 find each other again; events flow.
 #[test]
+#[ignore = "network lab: needs root, ip, nft, miniupnpd, conntrack; run with --include-ignored"]
 fn router_restart_drops_mapping_and_mesh_heals() {
-    let Some((lab, bin)) = setup("natrst", true) else { return };
-    if partybus_integration::lab::which("conntrack").is_none() {
-        nat::skip_or_fail("`conntrack` is not installed (apt-get install conntrack): needed to simulate a router reboot");
-        return;
-    }
-    if !pb::partybus_has(&bin, &["node"], "--upnp-lease") {
-        nat::skip_or_fail(&format!("{} has no `node --upnp-lease`", bin.display()));
-        return;
-    }
+    let (lab, bin) = setup("natrst", true);
+    // conntrack simulates the router's reboot (its state forgotten).
+    require_program("conntrack", "conntrack");
+    pb::require_bin(&[(&["node"], "--upnp-lease")]);
     // Lease 6 s: renewed every 3 s. Idle timeout 4 s: the cut is noticed soon.
     let mut m = dht_mesh(&lab, &bin, 3, &["--upnp-lease", "6s", "--keep-alive", "1s", "--idle-timeout", "4s"]);
     let internal2 = SocketAddr::new(m.nat.r2.host_ip.into(), 4816);
