@@ -293,10 +293,9 @@ fn two_hoods_on_one_lan_do_not_mix() {
 
     // Each hood: a full mesh of its three members.
     let t0 = Instant::now();
-    for h in 0..2 {
-        for i in 0..3 {
+    for (h, hood_nodes) in nodes.iter_mut().enumerate() {
+        for (i, p) in hood_nodes.iter_mut().enumerate() {
             let want: BTreeSet<String> = (0..3).filter(|&j| j != i).map(|j| ids[h][j].clone()).collect();
-            let p = &mut nodes[h][i];
             let mut have = BTreeSet::new();
             while have != want {
                 let v = p
@@ -331,12 +330,12 @@ fn two_hoods_on_one_lan_do_not_mix() {
     // every line ever printed: only own-hood neighbours, never an address or
     // id of the other hood.
     std::thread::sleep(Duration::from_secs(5));
-    for h in 0..2 {
+    for (h, hood_nodes) in nodes.iter().enumerate() {
         let other = 1 - h;
-        for p in &nodes[h] {
+        for p in hood_nodes {
             for l in p.lines() {
-                for j in 0..3 {
-                    assert!(!l.contains(&ids[other][j]), "{} printed a member of the other hood: {l}", p.label());
+                for (j, id) in ids[other].iter().enumerate() {
+                    assert!(!l.contains(id), "{} printed a member of the other hood: {l}", p.label());
                     assert!(!l.contains(&format!("\"{}:", ip(other, j))), "{} printed an address of the other hood: {l}", p.label());
                 }
             }
