@@ -75,6 +75,13 @@ pub enum DhtError {
     Transport(String),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: String, reason: String },
+    /// The DHT's TCP port is in use by another program (or another DHT node).
+    #[error(
+        "DHT TCP port {port} on {ip} is taken ({reason}): another program listens there, perhaps another partybus node \
+         serving the DHT or another `partybus dht`. Stop it, or serve the DHT on another port: `partybus dht --port N`; \
+         a `partybus node` serves it on the number of its own `--port` (or `--no-dht-serve` turns serving off)"
+    )]
+    PortTaken { ip: IpAddr, port: u16, reason: String },
     #[error("no listen address within {0:?}")]
     NoListenAddr(Duration),
 }
@@ -86,7 +93,11 @@ pub struct DhtOptions {
     /// brackets). The only peers contacted unless the DHT tells us about others.
     pub bootstrap: Vec<String>,
     /// The DHT's own TCP port. `None`: the same number as the node's QUIC
-    /// port (`ctx.port`) on TCP, or a random port if that one is taken.
+    /// port (`ctx.port`) on TCP. If that one is taken, a service that only
+    /// uses the DHT (not [`DhtOptions::serve`]) listens on a random port (no
+    /// one needs to reach it there); a serving one fails with
+    /// [`DhtError::PortTaken`], since others bootstrap from that port. An
+    /// explicit port is never replaced.
     pub listen_port: Option<u16>,
     /// The address the DHT listens on; `None`: all IPv4 interfaces (0.0.0.0).
     pub listen_ip: Option<IpAddr>,
@@ -128,6 +139,13 @@ pub struct DhtDiscovery {
 impl DhtDiscovery {
     pub fn new(opts: DhtOptions) -> Self {
         DhtDiscovery { opts }
+    }
+
+    /// Run the service until `stop` fires, like [`Discovery::start`], but
+    /// return its error (a taken serving port: [`DhtError::PortTaken`])
+    /// instead of only logging it, for callers that must fail on it.
+    pub async fn run(self, ctx: DiscoveryContext, sink: DiscoverySink, stop: StopSignal) -> Result<(), DhtError> {
+        run_service(self.opts, ctx, sink, stop).await
     }
 }
 
@@ -302,25 +320,20 @@ impl Core {
         !ip.is_unspecified() && (self.allow_non_global || is_global(ip))
     }
 
-    /// The fallback of [`Core::listen`]: `port` is taken, use any port on `ip`.
-    fn listen_random_port(&mut self, ip: IpAddr, port: u16, why: &dyn std::fmt::Display) -> Result<(), DhtError> {
-        tracing::info!(port, error = %why, "dht: TCP port taken, listening on a random port");
-        let any = multiaddr_of(SocketAddr::new(ip, 0));
-        self.swarm.listen_on(any).map(|_| ()).map_err(|e| DhtError::Listen { addr: ip.to_string(), reason: e.to_string() })
-    }
-
-    /// Listen on `ip:port`; with `fallback_any`, on a random port if that fails.
-    /// Waits (bounded) for the first listen address.
+    /// Listen on `ip:port`; with `fallback_any`, on a random port if that one
+    /// is taken (else [`DhtError::PortTaken`]). Waits (bounded) for the first
+    /// listen address.
     async fn listen(&mut self, ip: IpAddr, port: u16, fallback_any: bool) -> Result<(), DhtError> {
-        let ma = multiaddr_of(SocketAddr::new(ip, port));
-        let mut tried_fallback = false;
-        if let Err(e) = self.swarm.listen_on(ma.clone()) {
-            if !(fallback_any && port != 0) {
-                return Err(DhtError::Listen { addr: ma.to_string(), reason: e.to_string() });
+        let mut port = port;
+        if let Err(e) = check_port_free(ip, port) {
+            if !(fallback_any && matches!(e, DhtError::PortTaken { .. })) {
+                return Err(e);
             }
-            tried_fallback = true;
-            self.listen_random_port(ip, port, &e)?;
+            tracing::info!(port, error = %e, "dht: TCP port taken, listening on a random port");
+            port = 0;
         }
+        let ma = multiaddr_of(SocketAddr::new(ip, port));
+        self.swarm.listen_on(ma.clone()).map_err(|e| DhtError::Listen { addr: ma.to_string(), reason: error_text(&e) })?;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let ev = tokio::select! {
@@ -333,12 +346,7 @@ impl Core {
                     return Ok(());
                 }
                 SwarmEvent::ListenerClosed { reason: Err(e), .. } | SwarmEvent::ListenerError { error: e, .. } => {
-                    if fallback_any && !tried_fallback && port != 0 {
-                        tried_fallback = true;
-                        self.listen_random_port(ip, port, &e)?;
-                    } else {
-                        return Err(DhtError::Listen { addr: ma.to_string(), reason: e.to_string() });
-                    }
+                    return Err(DhtError::Listen { addr: ma.to_string(), reason: error_text(&e) });
                 }
                 other => self.on_common_event(other),
             }
@@ -449,10 +457,43 @@ impl Discovery for DhtDiscovery {
 
     fn start(self: Box<Self>, ctx: DiscoveryContext, sink: DiscoverySink, stop: StopSignal) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            if let Err(e) = run_service(self.opts, ctx, sink, stop).await {
-                tracing::warn!(error = %e, "dht discovery stopped");
+            if let Err(e) = self.run(ctx, sink, stop).await {
+                tracing::error!(error = %e, "dht discovery failed; the DHT is not used (or served) by this node");
             }
         })
+    }
+}
+
+/// An error's message, or its debug form where the message is empty (some
+/// libp2p transport errors display as nothing).
+fn error_text<E: std::fmt::Display + std::fmt::Debug>(e: &E) -> String {
+    let s = e.to_string();
+    if s.is_empty() {
+        format!("{e:?}")
+    } else {
+        s
+    }
+}
+
+/// Fails with [`DhtError::PortTaken`] if a TCP listener holds `ip:port`.
+///
+/// libp2p listens with `SO_REUSEPORT`: a second DHT node on a port that one
+/// already serves would bind it without an error and silently share its
+/// connections with the first. A plain listener (no `SO_REUSEPORT`) cannot
+/// bind there, so a short-lived one tells whether the port is free. (A
+/// program binding the port between this probe and the real listen is not
+/// detected; that window is a few microseconds.) Port 0 is always free.
+pub fn check_port_free(ip: IpAddr, port: u16) -> Result<(), DhtError> {
+    if port == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind(SocketAddr::new(ip, port)) {
+        Ok(probe) => {
+            drop(probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(DhtError::PortTaken { ip, port, reason: e.to_string() }),
+        Err(e) => Err(DhtError::Listen { addr: SocketAddr::new(ip, port).to_string(), reason: e.to_string() }),
     }
 }
 
@@ -474,7 +515,9 @@ async fn run_service(opts: DhtOptions, ctx: DiscoveryContext, sink: DiscoverySin
     let ip = opts.listen_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     match opts.listen_port {
         Some(p) => core.listen(ip, p, false).await?,
-        None => core.listen(ip, ctx.port, true).await?,
+        // A serving node is a bootstrap node: others are told its port, so
+        // it never moves silently to another one.
+        None => core.listen(ip, ctx.port, !opts.serve).await?,
     }
     let local = core.local_peer_id();
     tracing::info!(peer_id = %local, listen = ?core.listen_addrs, serve = opts.serve, "dht discovery started");
@@ -773,7 +816,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn listen_port_taken_falls_back() {
+    async fn listen_port_taken_falls_back_only_when_allowed() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
         let mut core = Core::new(true, vec![], Mode::Client, Duration::from_secs(60)).unwrap();
@@ -781,7 +824,9 @@ mod tests {
         let got = tcp_socket_addr(&core.listen_addrs[0]).unwrap();
         assert_ne!(got.port(), port);
         let mut strict = Core::new(true, vec![], Mode::Client, Duration::from_secs(60)).unwrap();
-        assert!(strict.listen([127, 0, 0, 1].into(), port, false).await.is_err());
+        let e = strict.listen([127, 0, 0, 1].into(), port, false).await.unwrap_err();
+        assert!(matches!(e, DhtError::PortTaken { port: p, .. } if p == port), "{e:?}");
+        assert!(strict.listen_addrs.is_empty());
     }
 
     #[test]

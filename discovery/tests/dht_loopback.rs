@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use partybus_discovery::dht::{DhtDiscovery, DhtNode, DhtNodeOptions, DhtOptions};
+use partybus_discovery::dht::{DhtDiscovery, DhtError, DhtNode, DhtNodeOptions, DhtOptions};
 use partybus_discovery::{Discovery, DiscoveryContext, DiscoveryEvent, DiscoverySink, StopHandle, StopSignal};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
@@ -138,4 +138,75 @@ async fn rendezvous_on_loopback() {
     }
     node_stop.stop();
     timeout(Duration::from_secs(5), node_task).await.expect("node stops").unwrap().unwrap();
+}
+
+fn loopback_node(port: u16) -> DhtNodeOptions {
+    DhtNodeOptions { port, bootstrap: vec![], allow_non_global: true, listen_ip: Some([127, 0, 0, 1].into()) }
+}
+
+/// The message of a taken port names the port and the way out.
+fn assert_port_taken(e: &DhtError, port: u16) {
+    assert!(matches!(e, DhtError::PortTaken { port: p, .. } if *p == port), "{e:?}");
+    let msg = e.to_string();
+    for want in [format!("port {port}"), "taken".into(), "--port".into()] {
+        assert!(msg.contains(&want), "message lacks {want:?}: {msg}");
+    }
+}
+
+/// A bootstrap node (`partybus dht`) whose port is taken fails, naming the
+/// port, whether a plain program holds it or another DHT node (libp2p
+/// listens with SO_REUSEPORT, so without a check the second node would bind
+/// the same port silently and share its connections).
+#[tokio::test]
+async fn bootstrap_node_on_a_taken_port_fails_loudly() {
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = plain.local_addr().unwrap().port();
+    let e = DhtNode::bind(loopback_node(port)).await.err().expect("bound a port another program listens on");
+    assert_port_taken(&e, port);
+    drop(plain);
+
+    let first = DhtNode::bind(loopback_node(0)).await.expect("first node");
+    let port = first.local_addr().unwrap().port();
+    let e = DhtNode::bind(loopback_node(port)).await.err().expect("a second DHT node shares the first one's port");
+    assert_port_taken(&e, port);
+    // And with the port free again it binds exactly there.
+    drop(first);
+    let again = DhtNode::bind(loopback_node(port)).await.expect("port free again");
+    assert_eq!(again.local_addr().unwrap().port(), port);
+}
+
+fn ctx_with_port(port: u16) -> DiscoveryContext {
+    DiscoveryContext {
+        hood_fingerprint: "cc".repeat(32),
+        node_id: "11".repeat(16),
+        cert_name: "n".into(),
+        port,
+        reachable: watch::channel(vec![]).1,
+        allow_non_global: true,
+    }
+}
+
+/// A node serving the DHT (`listen_port: None`: the node's own port number on
+/// TCP) is a bootstrap node too: a taken port is an error, not a random
+/// port. A node only using the DHT may move to a random port.
+#[tokio::test]
+async fn serving_node_on_a_taken_default_port_fails_loudly() {
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = plain.local_addr().unwrap().port();
+    let opts = |serve| DhtOptions { listen_ip: Some([127, 0, 0, 1].into()), serve, ..Default::default() };
+
+    let (sink, _rx) = DiscoverySink::channel(16);
+    let (_stop, sig) = StopSignal::new();
+    let run = DhtDiscovery::new(opts(true)).run(ctx_with_port(port), sink, sig);
+    let e = timeout(Duration::from_secs(10), run).await.expect("fails at once").expect_err("served the DHT somewhere else");
+    assert_port_taken(&e, port);
+
+    // A client-only service keeps running on another port.
+    let (sink, _rx) = DiscoverySink::channel(16);
+    let (stop, sig) = StopSignal::new();
+    let task = tokio::spawn(DhtDiscovery::new(opts(false)).run(ctx_with_port(port), sink, sig));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!task.is_finished(), "client-only service stopped: {:?}", task.await);
+    stop.stop();
+    timeout(Duration::from_secs(5), task).await.expect("stops").unwrap().expect("client-only service ran");
 }

@@ -7,17 +7,22 @@
 //! Namespaces left over by crashed runs (same prefix, owning process gone) are
 //! removed when a new lab starts.
 //!
-//! The lab needs root, `ip` and `nft`. Where they are missing a test skips
-//! (prints `SKIPPED: ...` on stderr and returns) unless `PARTYBUS_LAB=required`,
-//! which turns a missing prerequisite into a failure:
+//! The lab needs root, `ip` and `nft`. The rule for every lab test in the
+//! tree: it is `#[ignore]`d with its prerequisites as the reason, so a plain
+//! `cargo test` reports it as *ignored*; the project's test command
+//! (`cargo test --workspace -- --include-ignored`, what CI runs) runs it, and
+//! then it either runs its lab completely or **fails**, naming what is
+//! missing ([`Lab::require`], [`require_program`], [`unavailable`]). A lab
+//! test never passes without having run.
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use partybus_integration::lab_or_skip;
+//! use partybus_integration::Lab;
 //!
 //! #[test]
+//! #[ignore = "network lab: needs root, ip and nft; run with --include-ignored"]
 //! fn two_hosts() {
-//!     let lab = lab_or_skip!("lan");
+//!     let lab = Lab::require("lan");
 //!     let lan = lab.bridge("lan0").unwrap();
 //!     let a = lab.host("a", &lan, "198.18.0.11/24").unwrap();
 //!     let b = lab.host("b", &lan, "198.18.0.12/24").unwrap();
@@ -47,10 +52,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-/// Environment variable: `required` makes missing lab prerequisites a test
-/// failure; `skip` skips lab tests even where they could run.
-pub const LAB_ENV: &str = "PARTYBUS_LAB";
-
 /// Environment variable: if set, the lab directory (stdout/stderr of every
 /// process, rulesets, certificates) is kept even when the test passes.
 pub const KEEP_ENV: &str = "PARTYBUS_LAB_KEEP";
@@ -70,16 +71,16 @@ const MAX_LINES: usize = 200_000;
 /// Why a lab cannot be created.
 #[derive(Debug)]
 pub enum LabError {
-    /// A prerequisite is missing and `PARTYBUS_LAB` is not `required`: skip.
-    Skip(String),
-    /// The lab is required (or prerequisites are met) but could not be set up.
+    /// A prerequisite is missing (not root, no `ip`/`nft`, no namespaces).
+    Unavailable(String),
+    /// Prerequisites are met but the lab could not be set up.
     Failed(anyhow::Error),
 }
 
 impl fmt::Display for LabError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LabError::Skip(why) => write!(f, "lab unavailable: {why}"),
+            LabError::Unavailable(why) => write!(f, "lab unavailable: {why}"),
             LabError::Failed(e) => write!(f, "lab setup failed: {e:#}"),
         }
     }
@@ -87,19 +88,28 @@ impl fmt::Display for LabError {
 
 impl std::error::Error for LabError {}
 
-/// Create a [`Lab`] or skip the calling test: on a missing prerequisite
-/// prints `SKIPPED: <why>; set PARTYBUS_LAB=required to make this a failure`
-/// and `return`s from the calling function (which must return `()`; in a test
-/// returning `Result` use `let Some(lab) = Lab::new_or_skip(..) else { return Ok(()) };`).
-/// Panics if the lab is required but cannot be created.
-#[macro_export]
-macro_rules! lab_or_skip {
-    ($prefix:expr) => {
-        match $crate::lab::Lab::new_or_skip($prefix) {
-            Some(lab) => lab,
-            None => return Default::default(),
-        }
-    };
+/// Fail the calling lab test because `why` (a missing prerequisite): a lab
+/// test that cannot run fails, it never passes without running. The message
+/// says how to provide the prerequisite or leave lab tests out.
+#[track_caller]
+pub fn unavailable(why: &str) -> ! {
+    panic!(
+        "network lab cannot run: {why}.\n\
+         Lab tests are #[ignore]d by default; this one was asked for (--include-ignored or --ignored), so it fails \
+         instead of passing without running. Run it as root with the packages `.ci/run` installs (iproute2, nftables, \
+         iputils-ping, conntrack, miniupnpd, miniupnpd-nftables), or leave the lab tests out: plain `cargo test` \
+         reports them as ignored."
+    )
+}
+
+/// `prog`'s path, or fail the calling lab test ([`unavailable`]) naming the
+/// Debian `package` that provides it.
+#[track_caller]
+pub fn require_program(prog: &str, package: &str) -> PathBuf {
+    match which(prog) {
+        Some(p) => p,
+        None => unavailable(&format!("`{prog}` is not installed (Debian package `{package}`)")),
+    }
 }
 
 /// A network namespace of the lab. Cheap to clone.
@@ -151,20 +161,6 @@ impl fmt::Debug for Lab {
     }
 }
 
-/// Is the lab required (`PARTYBUS_LAB=required`)?
-pub fn lab_required() -> bool {
-    std::env::var(LAB_ENV).map(|v| v.eq_ignore_ascii_case("required")).unwrap_or(false)
-}
-
-/// Print the standard skip message on stderr.
-///
-/// Written to the stderr handle directly, not with `eprintln!`, so that the
-/// test harness does not capture it: the skip is visible in a normal
-/// `cargo test` run.
-pub fn print_skip(why: &str) {
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}; set {LAB_ENV}=required to make this a failure");
-}
-
 /// Find `prog` on PATH.
 pub fn which(prog: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -190,20 +186,9 @@ impl Lab {
     /// Check prerequisites, clean up leftovers of crashed runs and create an
     /// empty lab. `prefix` names the test (a few letters; `[a-z0-9]` are kept).
     ///
-    /// A missing prerequisite gives [`LabError::Skip`], or
-    /// [`LabError::Failed`] when `PARTYBUS_LAB=required`.
+    /// A missing prerequisite gives [`LabError::Unavailable`].
     pub fn new(prefix: &str) -> Result<Lab, LabError> {
-        let required = lab_required();
-        let missing = |why: String| {
-            if required {
-                LabError::Failed(anyhow!("{LAB_ENV}=required but {why}"))
-            } else {
-                LabError::Skip(why)
-            }
-        };
-        if !required && std::env::var(LAB_ENV).map(|v| v.eq_ignore_ascii_case("skip")).unwrap_or(false) {
-            return Err(LabError::Skip(format!("{LAB_ENV}=skip")));
-        }
+        let missing = LabError::Unavailable;
         if effective_uid() != Some(0) {
             return Err(missing("network labs need root (euid 0)".into()));
         }
@@ -247,15 +232,13 @@ impl Lab {
         })
     }
 
-    /// [`Lab::new`], printing the skip message and returning `None` when the
-    /// lab is unavailable; panics when it is required but fails.
-    pub fn new_or_skip(prefix: &str) -> Option<Lab> {
+    /// [`Lab::new`] for a lab test: fails the test ([`unavailable`]) when a
+    /// prerequisite is missing, or with the error when the setup fails.
+    #[track_caller]
+    pub fn require(prefix: &str) -> Lab {
         match Lab::new(prefix) {
-            Ok(lab) => Some(lab),
-            Err(LabError::Skip(why)) => {
-                print_skip(&why);
-                None
-            }
+            Ok(lab) => lab,
+            Err(LabError::Unavailable(why)) => unavailable(&why),
             Err(e @ LabError::Failed(_)) => panic!("{e}"),
         }
     }

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::lab::{lab_required, print_skip, which, Bridge, Lab, LabProcess, Ns};
+use crate::lab::{require_program, which, Bridge, Lab, LabProcess, Ns};
 
 /// Public address of the VPS host.
 pub const VPS1_IP: &str = "203.0.113.10";
@@ -120,22 +120,14 @@ pub struct NatLab<'a> {
     pub r2: Site,
 }
 
-/// Are the programs the NAT lab needs there (beyond the lab's own `ip` and
-/// `nft`)? `upnp`: miniupnpd too. Returns why not.
-pub fn missing_prereqs(upnp: bool) -> Option<String> {
-    if upnp && which("miniupnpd").is_none() {
-        return Some("`miniupnpd` is not installed (apt-get install miniupnpd miniupnpd-nftables)".into());
+/// Fail the calling lab test ([`crate::lab::unavailable`]) unless the
+/// programs the NAT lab needs beyond the lab's own `ip` and `nft` are
+/// installed. `upnp`: miniupnpd too.
+#[track_caller]
+pub fn require_prereqs(upnp: bool) {
+    if upnp {
+        require_program("miniupnpd", "miniupnpd and miniupnpd-nftables");
     }
-    None
-}
-
-/// Skip the calling test (print the skip message) or, with
-/// `PARTYBUS_LAB=required`, fail it.
-pub fn skip_or_fail(why: &str) {
-    if lab_required() {
-        panic!("PARTYBUS_LAB=required but {why}");
-    }
-    print_skip(why);
 }
 
 impl<'a> NatLab<'a> {

@@ -37,6 +37,20 @@ pub fn partybus_bin() -> Result<PathBuf> {
     )
 }
 
+/// The `partybus` binary for a lab test, checked to have each `(subcommand
+/// args, word)` in its `--help`; fails the test ([`crate::lab::unavailable`])
+/// when it is missing or lacks one.
+#[track_caller]
+pub fn require_bin(features: &[(&[&str], &str)]) -> PathBuf {
+    let bin = partybus_bin().unwrap_or_else(|e| crate::lab::unavailable(&format!("{e:#}")));
+    for (args, word) in features {
+        if !partybus_has(&bin, args, word) {
+            crate::lab::unavailable(&format!("{} has no `{} {word}` (stale binary? rebuild it)", bin.display(), args.join(" ")));
+        }
+    }
+    bin
+}
+
 /// Does `partybus --help` list `word` (a subcommand or option)? For tests
 /// that must wait until the binary grows a feature.
 pub fn partybus_has(bin: &Path, args: &[&str], word: &str) -> bool {

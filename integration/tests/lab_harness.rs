@@ -1,19 +1,22 @@
 //! Self-tests of the network lab harness (namespaces, bridges, routers,
-//! processes, cleanup). Skip without root/ip/nft unless PARTYBUS_LAB=required.
+//! processes, cleanup). Network labs: `#[ignore]`d by default, run with
+//! `--include-ignored`, and then they fail if the lab cannot run (see
+//! `partybus_integration::lab`).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use partybus_integration::lab::{which, Lab};
-use partybus_integration::lab_or_skip;
+use partybus_integration::lab::{require_program, Lab};
 
 fn netns_list() -> String {
     String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned()
 }
 
 #[test]
+#[ignore = "network lab: needs root, ip, nft, ping; run with --include-ignored"]
 fn bridge_hosts_processes_and_cleanup() {
-    let lab = lab_or_skip!("selftest");
+    require_program("ping", "iputils-ping");
+    let lab = Lab::require("selftest");
     let run = lab.run_name().to_owned();
     let lan = lab.bridge("lan0").unwrap();
     let other = lab.bridge("lan4").unwrap();
@@ -36,13 +39,9 @@ fn bridge_hosts_processes_and_cleanup() {
     let routes = String::from_utf8_lossy(&routes.stdout);
     assert!(!routes.contains("default"), "{routes}");
 
-    if which("ping").is_some() {
-        lab.exec(&a, ["ping", "-c1", "-W2", "198.18.0.12"]).unwrap();
-        // A host on another bridge is unreachable (and there is no route to it).
-        assert!(!lab.exec_unchecked(&a, ["ping", "-c1", "-W1", "198.18.4.13"]).unwrap().status.success());
-    } else {
-        eprintln!("note: ping not installed, reachability not checked");
-    }
+    lab.exec(&a, ["ping", "-c1", "-W2", "198.18.0.12"]).unwrap();
+    // A host on another bridge is unreachable (and there is no route to it).
+    assert!(!lab.exec_unchecked(&a, ["ping", "-c1", "-W1", "198.18.4.13"]).unwrap().status.success());
 
     // Processes: stdout lines, stderr file, wait with timeout, kill on drop.
     let mut p = lab.spawn(&b, "sh", ["-c", "echo one; echo err >&2; echo two; sleep 30"]).unwrap();
@@ -80,10 +79,10 @@ fn bridge_hosts_processes_and_cleanup() {
 }
 
 #[test]
+#[ignore = "network lab: needs root, ip, nft; run with --include-ignored"]
 fn leftovers_of_crashed_runs_are_removed() {
-    // Needs the prerequisites itself; skip like a lab test.
-    let Some(probe) = Lab::new_or_skip("leftover") else { return };
-    drop(probe);
+    // Needs the prerequisites itself, like a lab test.
+    drop(Lab::require("leftover"));
     // A namespace named like one of a run whose process is gone.
     let stale = "pb-leftover-4194299-0-x";
     let _ = Command::new("ip").args(["netns", "add", stale]).status();
@@ -94,12 +93,10 @@ fn leftovers_of_crashed_runs_are_removed() {
 }
 
 #[test]
+#[ignore = "network lab: needs root, ip, nft, ping; run with --include-ignored"]
 fn router_with_nat_between_lan_and_public() {
-    let lab = lab_or_skip!("router");
-    if which("ping").is_none() {
-        eprintln!("SKIPPED: ping not installed");
-        return;
-    }
+    require_program("ping", "iputils-ping");
+    let lab = Lab::require("router");
     // LAN 198.18.8.0/24 behind a NAT router; "internet" 203.0.113.0/24.
     let lan = lab.bridge("lan8").unwrap();
     let wan = lab.bridge("inet").unwrap();

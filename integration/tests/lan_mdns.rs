@@ -7,13 +7,17 @@
 //!
 //! `mdns_service_on_a_lan` runs the discovery service alone (`mdns-probe`);
 //! `partybus_nodes_mesh_over_mdns` runs real `partybus node`s and exchanges
-//! events. Both skip without root/ip/nft unless PARTYBUS_LAB=required.
+//! events. `two_hoods_on_one_lan_do_not_mix` runs two hoods of three nodes
+//! each on one segment: two meshes, no neighbour across them.
+//!
+//! Network labs: `#[ignore]`d by default, run with `--include-ignored`, and
+//! then they fail if the lab cannot run (see `partybus_integration::lab`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use partybus_integration::lab::{lab_required, print_skip, Lab, LabProcess, Ns};
-use partybus_integration::{lab_or_skip, pb};
+use partybus_integration::lab::{Lab, LabProcess, Ns};
+use partybus_integration::pb;
 
 const HOOD_A: &str = "a1a2a3a4a5a6a7a8a9b0b1b2b3b4b5b6b7b8b9c0c1c2c3c4c5c6c7c8c9d0d1d2";
 const HOOD_B: &str = "f1f2f3f4f5f6f7f8f9e0e1e2e3e4e5e6e7e8e9d0d1d2d3d4d5d6d7d8d9c0c1c2";
@@ -56,8 +60,9 @@ fn candidates(p: &LabProcess) -> BTreeSet<String> {
 /// The discovery service alone: candidates, isolation of segments and hoods,
 /// IPv6 link-local, bounded stop.
 #[test]
+#[ignore = "network lab: needs root, ip, nft; run with --include-ignored"]
 fn mdns_service_on_a_lan() {
-    let lab = lab_or_skip!("mdnsp");
+    let lab = Lab::require("mdnsp");
     let lan = build_lan(&lab);
     let probe = env!("CARGO_BIN_EXE_mdns-probe");
     let spawn = |ns: &Ns, hood: &str, n: u16| {
@@ -136,21 +141,10 @@ fn mdns_service_on_a_lan() {
 /// The real thing: `partybus node --mdns` on three hosts forms a full mesh
 /// without `--connect`, events flow, other segment and other hood stay apart.
 #[test]
+#[ignore = "network lab: needs root, ip, nft; run with --include-ignored"]
 fn partybus_nodes_mesh_over_mdns() {
-    let lab = lab_or_skip!("mdnsn");
-    let bin = match pb::partybus_bin() {
-        Ok(b) if pb::partybus_has(&b, &["node"], "--mdns") => b,
-        Ok(b) if !lab_required() => {
-            print_skip(&format!("{} has no `node --mdns` yet", b.display()));
-            return;
-        }
-        Ok(b) => panic!("{} has no `node --mdns`", b.display()),
-        Err(e) if !lab_required() => {
-            print_skip(&format!("{e:#}"));
-            return;
-        }
-        Err(e) => panic!("{e:#}"),
-    };
+    let lab = Lab::require("mdnsn");
+    let bin = pb::require_bin(&[(&["node"], "--mdns")]);
     let lan = build_lan(&lab);
     let dir = lab.dir().join("certs");
     std::fs::create_dir_all(&dir).unwrap();
@@ -220,7 +214,8 @@ fn partybus_nodes_mesh_over_mdns() {
     let st = emit.wait_exit(Duration::from_secs(45)).unwrap();
     assert!(st.success(), "emit exited with {st}:\n{}", emit.stderr_tail(30));
     let reached: u64 = emit.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("emit output {:?}", emit.lines()));
-    assert!(reached >= 1, "emit reached {reached} listeners");
+    // One listener exists (l1 on h1; nodes do not listen): exactly 1.
+    assert_eq!(reached, 1, "emit reached {reached} listeners, expected exactly the one on h1");
     let ev = listener.wait_for_json(|v| v["event"] == "lab.hello", Duration::from_secs(10)).unwrap();
     assert_eq!(ev["payload"]["n"], 42);
     eprintln!("mdns: listen + emit (both joining over mDNS) delivered in {:.2} s", t_ev.elapsed().as_secs_f64());
@@ -244,5 +239,120 @@ fn partybus_nodes_mesh_over_mdns() {
     for p in nodes.iter_mut().chain([&mut far, &mut stranger, &mut listener]) {
         let st = p.wait_exit(Duration::from_secs(10)).unwrap();
         eprintln!("{} stopped: {st} after {:.2} s", p.label(), t_stop.elapsed().as_secs_f64());
+    }
+}
+
+/// Two hoods on one LAN segment, three `partybus node --mdns` each: each hood
+/// forms its own full mesh and no node ever has a neighbour of the other
+/// hood. One node of hood B is also told to `--connect` to a node of hood A,
+/// so a cross-hood handshake is attempted, not only left undiscovered: it
+/// must be refused.
+#[test]
+#[ignore = "network lab: needs root, ip, nft; run with --include-ignored"]
+fn two_hoods_on_one_lan_do_not_mix() {
+    let lab = Lab::require("mdns2h");
+    let bin = pb::require_bin(&[(&["node"], "--mdns")]);
+    let lan0 = lab.bridge("lan0").unwrap();
+    let dir = lab.dir().join("certs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let hoods = [pb::create_hood(&bin, &dir, "hooda").unwrap(), pb::create_hood(&bin, &dir, "hoodb").unwrap()];
+    let env = [("RUST_LOG", "info,partybus=debug,partybus_discovery=debug")];
+    // Hood A on 198.18.0.21..23, hood B on 198.18.0.31..33, all on lan0.
+    let ip = |h: usize, i: usize| format!("198.18.0.{}{}", 2 + h, i + 1);
+    let cross = format!("{}:4816", ip(0, 0)); // b1 dials a1
+    let mut nodes: Vec<Vec<LabProcess>> = Vec::new();
+    for (h, hood) in hoods.iter().enumerate() {
+        let mut v = Vec::new();
+        for i in 0..3 {
+            let name = format!("{}{}", ["a", "b"][h], i + 1);
+            let ns = lab.host(&name, &lan0, &format!("{}/24", ip(h, i))).unwrap();
+            let peer = pb::create_peer(&bin, &dir, hood, &name).unwrap();
+            let mut args = vec!["node".to_owned()];
+            args.extend(pb::identity_args(hood, &peer));
+            args.extend(["--port".into(), "4816".into(), "--mdns".into()]);
+            if h == 1 && i == 0 {
+                args.extend(["--connect".into(), cross.clone()]);
+            }
+            v.push(lab.spawn_env(&ns, &bin, args, env).unwrap());
+        }
+        nodes.push(v);
+    }
+    let ids: Vec<Vec<String>> = nodes
+        .iter_mut()
+        .map(|v| {
+            v.iter_mut()
+                .map(|p| {
+                    p.wait_for_json(|v| v.get("ready").is_some(), Duration::from_secs(20)).unwrap()["ready"]["id"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect()
+        })
+        .collect();
+
+    // Each hood: a full mesh of its three members.
+    let t0 = Instant::now();
+    for (h, hood_nodes) in nodes.iter_mut().enumerate() {
+        for (i, p) in hood_nodes.iter_mut().enumerate() {
+            let want: BTreeSet<String> = (0..3).filter(|&j| j != i).map(|j| ids[h][j].clone()).collect();
+            let mut have = BTreeSet::new();
+            while have != want {
+                let v = p
+                    .wait_for_json(|v| v.get("neighbour").is_some(), Duration::from_secs(30))
+                    .unwrap_or_else(|e| panic!("{}: no full mesh of its hood (has {have:?}, wants {want:?}): {e:#}", p.label()));
+                let id = v["id"].as_str().unwrap_or_default().to_owned();
+                assert!(want.contains(&id), "{}: neighbour {id} is not a member of its hood: {v}", p.label());
+                if v["neighbour"] == "found" {
+                    have.insert(id);
+                } else {
+                    have.remove(&id);
+                }
+            }
+        }
+    }
+    eprintln!("mdns: two hoods, each a full mesh of 3, in {:.2} s", t0.elapsed().as_secs_f64());
+
+    // The cross-hood dial was made and refused by TLS (each side's hood CA
+    // does not know the other's certificate): b1 failed to dial a1, and a1
+    // saw b1's handshake fail. (The handshake error comes from the TLS
+    // stack: "the cryptographic handshake failed: ... UnknownIssuer".)
+    let b1_ip = ip(1, 0);
+    let refused = |l: &str| l.contains("handshake failed") && l.contains("UnknownIssuer");
+    nodes[1][0]
+        .wait_for_stderr(|l| l.contains(&cross) && refused(l), Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("b1's dial of a1 at {cross} was not refused by TLS: {e:#}"));
+    nodes[0][0]
+        .wait_for_stderr(|l| l.contains(&b1_ip) && refused(l), Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("a1 did not refuse b1's handshake from {b1_ip}: {e:#}"));
+
+    // Give stray discovery and the retried cross dial time, then check
+    // every line ever printed: only own-hood neighbours, never an address or
+    // id of the other hood.
+    std::thread::sleep(Duration::from_secs(5));
+    for (h, hood_nodes) in nodes.iter().enumerate() {
+        let other = 1 - h;
+        for p in hood_nodes {
+            for l in p.lines() {
+                for (j, id) in ids[other].iter().enumerate() {
+                    assert!(!l.contains(id), "{} printed a member of the other hood: {l}", p.label());
+                    assert!(!l.contains(&format!("\"{}:", ip(other, j))), "{} printed an address of the other hood: {l}", p.label());
+                }
+            }
+            let neighbours: BTreeSet<String> = p
+                .lines()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v.get("neighbour").is_some())
+                .filter_map(|v| v["id"].as_str().map(str::to_owned))
+                .collect();
+            assert_eq!(neighbours.len(), 2, "{}: neighbours ever reported {neighbours:?}", p.label());
+        }
+    }
+    for p in nodes.iter_mut().flatten() {
+        p.signal("TERM").unwrap();
+    }
+    for p in nodes.iter_mut().flatten() {
+        p.wait_exit(Duration::from_secs(10)).unwrap();
     }
 }

@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::Command;
 
 use partybus_pki::{
@@ -191,9 +190,7 @@ fn dns_san_only_for_dns_names() {
 /// The fingerprint is what `openssl x509 -in HOOD.crt -outform DER | sha256sum` prints.
 #[test]
 fn fingerprint_matches_openssl() {
-    if !openssl_available() {
-        return;
-    }
+    common::require_openssl("the fingerprint comparison");
     let dir = tempfile::tempdir().unwrap();
     let files = create_hood("lab", dir.path(), 10).unwrap();
     let out =
@@ -217,16 +214,4 @@ fn fingerprint_matches_openssl() {
     assert!(text.contains("TLS Web Server Authentication, TLS Web Client Authentication"), "{text}");
     assert!(text.contains("Digital Signature"), "{text}");
     assert!(text.contains("Subject: CN = alice, O = lab"), "{text}");
-}
-
-fn openssl_available() -> bool {
-    let ok = Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success());
-    if !ok {
-        if std::env::var("PARTYBUS_LAB").as_deref() == Ok("required") {
-            panic!("openssl is required (PARTYBUS_LAB=required) but was not found");
-        }
-        // Straight to stderr: the test harness does not capture this.
-        let _ = writeln!(std::io::stderr(), "SKIPPED: openssl not found; install it to compare fingerprints with openssl");
-    }
-    ok
 }

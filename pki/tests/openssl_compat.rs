@@ -1,11 +1,9 @@
 //! Old tubemail PKIs: RSA 4096 hoods and peers made by openssl exactly as
 //! the old scripts did, generated at test time (once per run of this test
-//! binary). Without `openssl` these tests are skipped with a message, unless
-//! `PARTYBUS_LAB=required`, in which case they fail.
+//! binary). Without `openssl` these tests fail, naming the missing program.
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -69,232 +67,112 @@ fn openssl_peer(dir: &Path, hood: &str, peer: &str, bits: &str, subj: &str) {
     );
 }
 
-fn fixtures() -> Option<&'static Fixtures> {
-    static FIXTURES: OnceLock<Option<Fixtures>> = OnceLock::new();
-    FIXTURES
-        .get_or_init(|| {
-            let available = Command::new("openssl")
-                .arg("version")
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if !available {
-                if std::env::var("PARTYBUS_LAB").as_deref() == Ok("required") {
-                    panic!("openssl is required (PARTYBUS_LAB=required) but was not found");
-                }
-                // Straight to stderr: the test harness does not capture this, so the skip is visible.
-                let _ = writeln!(std::io::stderr(), "SKIPPED: openssl not found; the tubemail compatibility tests need it (set PARTYBUS_LAB=required to make this an error)");
-                return None;
-            }
-            let dir = tempfile::Builder::new()
-                .prefix("openssl-fixtures-")
-                .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-                .unwrap()
-                .keep();
-            let d = dir.as_path();
+fn fixtures() -> &'static Fixtures {
+    static FIXTURES: OnceLock<Fixtures> = OnceLock::new();
+    FIXTURES.get_or_init(|| {
+        common::require_openssl("the tubemail compatibility tests");
+        let dir = tempfile::Builder::new().prefix("openssl-fixtures-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap().keep();
+        let d = dir.as_path();
 
-            // The hood, as in the old createHood script (without a pass phrase).
-            run(
-                d,
-                &[
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:4096",
-                    "-nodes",
-                    "-keyout",
-                    "old.key",
-                    "-out",
-                    "old.crt",
-                    "-days",
-                    "3650",
-                    "-subj",
-                    "/CN=old/O=old",
-                ],
-            );
-            // Peer 1: `req -newkey` + `x509 -req -CAcreateserial`.
-            openssl_peer(d, "old", "rsa1", "4096", "/CN=rsa1/O=old");
-            // Peer 2: exactly tubemail's createPeer.sh: genrsa (PKCS#1, as
-            // openssl 1.x wrote it), req -new with the full subject, x509 -req -set_serial.
-            run(
-                d,
-                &["genrsa", "-traditional", "-out", "old.rsa2.key", "4096"],
-            );
-            run(
-                d,
-                &[
-                    "req",
-                    "-new",
-                    "-key",
-                    "old.rsa2.key",
-                    "-out",
-                    "old.rsa2.csr",
-                    "-subj",
-                    "/C=DE/ST=Berlin/L=Berlin/O=old/OU=Peer/CN=rsa2",
-                ],
-            );
-            run(
-                d,
-                &[
-                    "x509",
-                    "-req",
-                    "-days",
-                    "1095",
-                    "-in",
-                    "old.rsa2.csr",
-                    "-CA",
-                    "old.crt",
-                    "-CAkey",
-                    "old.key",
-                    "-out",
-                    "old.rsa2.crt",
-                    "-set_serial",
-                    "1598192575",
-                ],
-            );
-            // Peer 3: an openssl EC key in SEC1 form (with an EC PARAMETERS block).
-            run(
-                d,
-                &[
-                    "ecparam",
-                    "-name",
-                    "prime256v1",
-                    "-genkey",
-                    "-out",
-                    "old.ec.key",
-                ],
-            );
-            run(
-                d,
-                &[
-                    "req",
-                    "-new",
-                    "-key",
-                    "old.ec.key",
-                    "-out",
-                    "old.ec.csr",
-                    "-subj",
-                    "/CN=ec/O=old",
-                ],
-            );
-            run(
-                d,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    "old.ec.csr",
-                    "-CA",
-                    "old.crt",
-                    "-CAkey",
-                    "old.key",
-                    "-CAcreateserial",
-                    "-out",
-                    "old.ec.crt",
-                    "-days",
-                    "30",
-                ],
-            );
-            // Another hood with the same recipe (2048 bits to save time) and a peer.
-            run(
-                d,
-                &[
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-keyout",
-                    "else.key",
-                    "-out",
-                    "else.crt",
-                    "-days",
-                    "3650",
-                    "-subj",
-                    "/CN=else/O=else",
-                ],
-            );
-            openssl_peer(d, "else", "stranger", "2048", "/CN=stranger/O=else");
-            // A hood that is itself X.509 v1 (self-signed via `x509 -req -signkey`, as very old openssl made them).
-            run(
-                d,
-                &[
-                    "req",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-keyout",
-                    "v1.key",
-                    "-out",
-                    "v1.csr",
-                    "-subj",
-                    "/CN=v1/O=v1",
-                ],
-            );
-            run(
-                d,
-                &[
-                    "x509", "-req", "-in", "v1.csr", "-signkey", "v1.key", "-out", "v1.crt",
-                    "-days", "3650",
-                ],
-            );
-            run(
-                d,
-                &[
-                    "ecparam",
-                    "-name",
-                    "prime256v1",
-                    "-genkey",
-                    "-noout",
-                    "-out",
-                    "v1.p.key",
-                ],
-            );
-            run(
-                d,
-                &[
-                    "req",
-                    "-new",
-                    "-key",
-                    "v1.p.key",
-                    "-out",
-                    "v1.p.csr",
-                    "-subj",
-                    "/CN=p/O=v1",
-                ],
-            );
-            run(
-                d,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    "v1.p.csr",
-                    "-CA",
-                    "v1.crt",
-                    "-CAkey",
-                    "v1.key",
-                    "-CAcreateserial",
-                    "-out",
-                    "v1.p.crt",
-                    "-days",
-                    "30",
-                ],
-            );
-            // Our ECDSA peer under the openssl hood.
-            create_peer("old", "modern", d, 30).unwrap();
-            create_peer("v1", "modern", d, 30).unwrap();
-            Some(Fixtures { dir })
-        })
-        .as_ref()
-}
-
-macro_rules! fixtures_or_skip {
-    () => {
-        match fixtures() {
-            Some(f) => f,
-            None => return,
-        }
-    };
+        // The hood, as in the old createHood script (without a pass phrase).
+        run(
+            d,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:4096",
+                "-nodes",
+                "-keyout",
+                "old.key",
+                "-out",
+                "old.crt",
+                "-days",
+                "3650",
+                "-subj",
+                "/CN=old/O=old",
+            ],
+        );
+        // Peer 1: `req -newkey` + `x509 -req -CAcreateserial`.
+        openssl_peer(d, "old", "rsa1", "4096", "/CN=rsa1/O=old");
+        // Peer 2: exactly tubemail's createPeer.sh: genrsa (PKCS#1, as
+        // openssl 1.x wrote it), req -new with the full subject, x509 -req -set_serial.
+        run(d, &["genrsa", "-traditional", "-out", "old.rsa2.key", "4096"]);
+        run(d, &["req", "-new", "-key", "old.rsa2.key", "-out", "old.rsa2.csr", "-subj", "/C=DE/ST=Berlin/L=Berlin/O=old/OU=Peer/CN=rsa2"]);
+        run(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "1095",
+                "-in",
+                "old.rsa2.csr",
+                "-CA",
+                "old.crt",
+                "-CAkey",
+                "old.key",
+                "-out",
+                "old.rsa2.crt",
+                "-set_serial",
+                "1598192575",
+            ],
+        );
+        // Peer 3: an openssl EC key in SEC1 form (with an EC PARAMETERS block).
+        run(d, &["ecparam", "-name", "prime256v1", "-genkey", "-out", "old.ec.key"]);
+        run(d, &["req", "-new", "-key", "old.ec.key", "-out", "old.ec.csr", "-subj", "/CN=ec/O=old"]);
+        run(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "old.ec.csr",
+                "-CA",
+                "old.crt",
+                "-CAkey",
+                "old.key",
+                "-CAcreateserial",
+                "-out",
+                "old.ec.crt",
+                "-days",
+                "30",
+            ],
+        );
+        // Another hood with the same recipe (2048 bits to save time) and a peer.
+        run(
+            d,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "else.key",
+                "-out",
+                "else.crt",
+                "-days",
+                "3650",
+                "-subj",
+                "/CN=else/O=else",
+            ],
+        );
+        openssl_peer(d, "else", "stranger", "2048", "/CN=stranger/O=else");
+        // A hood that is itself X.509 v1 (self-signed via `x509 -req -signkey`, as very old openssl made them).
+        run(d, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "v1.key", "-out", "v1.csr", "-subj", "/CN=v1/O=v1"]);
+        run(d, &["x509", "-req", "-in", "v1.csr", "-signkey", "v1.key", "-out", "v1.crt", "-days", "3650"]);
+        run(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "v1.p.key"]);
+        run(d, &["req", "-new", "-key", "v1.p.key", "-out", "v1.p.csr", "-subj", "/CN=p/O=v1"]);
+        run(
+            d,
+            &["x509", "-req", "-in", "v1.p.csr", "-CA", "v1.crt", "-CAkey", "v1.key", "-CAcreateserial", "-out", "v1.p.crt", "-days", "30"],
+        );
+        // Our ECDSA peer under the openssl hood.
+        create_peer("old", "modern", d, 30).unwrap();
+        create_peer("v1", "modern", d, 30).unwrap();
+        Fixtures { dir }
+    })
 }
 
 fn x509_version(path: &Path) -> u32 {
@@ -305,7 +183,7 @@ fn x509_version(path: &Path) -> u32 {
 
 #[test]
 fn openssl_makes_v1_peers_and_v3_hoods() {
-    let f = fixtures_or_skip!();
+    let f = fixtures();
     assert_eq!(x509_version(&f.path("old.crt")), 3, "req -x509 makes v3");
     assert_eq!(x509_version(&f.path("old.rsa1.crt")), 1, "x509 -req without -extfile makes v1");
     assert_eq!(x509_version(&f.path("old.rsa2.crt")), 1);
@@ -319,7 +197,7 @@ fn openssl_makes_v1_peers_and_v3_hoods() {
 
 #[test]
 fn loads_openssl_hood_and_peers() {
-    let f = fixtures_or_skip!();
+    let f = fixtures();
     let hood = f.hood("old");
     assert_eq!(hood.name(), "old");
     assert_eq!(hood.key_kind(), KeyKind::Rsa { bits: 4096 });
@@ -347,7 +225,7 @@ fn loads_openssl_hood_and_peers() {
 
 #[test]
 fn fingerprint_is_openssl_sha256_of_der() {
-    let f = fixtures_or_skip!();
+    let f = fixtures();
     for hood in ["old", "v1"] {
         let out = Command::new("sh")
             .arg("-c")
@@ -362,7 +240,7 @@ fn fingerprint_is_openssl_sha256_of_der() {
 
 #[test]
 fn our_peer_under_openssl_hood_verifies_with_openssl() {
-    let f = fixtures_or_skip!();
+    let f = fixtures();
     let out = Command::new("openssl")
         .args(["verify", "-CAfile", "old.crt", "old.modern.crt", "old.rsa1.crt", "old.rsa2.crt"])
         .current_dir(&f.dir)
@@ -385,7 +263,7 @@ fn our_peer_under_openssl_hood_verifies_with_openssl() {
 
 #[test]
 fn ecdsa_and_rsa_peers_talk_both_ways() {
-    let f = fixtures_or_skip!();
+    let f = fixtures();
     let hood = f.hood("old");
     let modern = f.identity(&hood, "old", "modern");
     for old_peer in ["rsa1", "rsa2", "ec"] {
@@ -413,7 +291,7 @@ fn ecdsa_and_rsa_peers_talk_both_ways() {
 
 #[test]
 fn openssl_peer_of_another_hood_is_refused_both_ways() {
-    let f = fixtures_or_skip!();
+    let f = fixtures();
     let hood = f.hood("old");
     let me = f.identity(&hood, "old", "modern");
     let cert = f.read("else.stranger.crt");
@@ -437,7 +315,7 @@ fn openssl_peer_of_another_hood_is_refused_both_ways() {
 
 #[test]
 fn openssl_rsa_peer_refuses_self_signed_and_expired_both_ways() {
-    let f = fixtures_or_skip!();
+    let f = fixtures();
     let hood = f.hood("old");
     let rsa1 = f.identity(&hood, "old", "rsa1");
 
@@ -498,7 +376,7 @@ fn openssl_rsa_peer_refuses_self_signed_and_expired_both_ways() {
 
 #[test]
 fn openssl_peer_cert_is_not_a_hood() {
-    let f = fixtures_or_skip!();
+    let f = fixtures();
     let err = Hood::load(&f.path("old.rsa1.crt")).unwrap_err();
     assert!(matches!(err, PkiError::NotACa { .. }), "{err}");
     assert!(err.to_string().contains("v1 certificate issued by"), "{err}");
@@ -506,7 +384,7 @@ fn openssl_peer_cert_is_not_a_hood() {
 
 #[test]
 fn rsa_key_with_wrong_certificate() {
-    let f = fixtures_or_skip!();
+    let f = fixtures();
     let hood = f.hood("old");
     let err = Identity::load(&f.path("old.rsa1.crt"), &f.path("old.rsa2.key"), &hood).unwrap_err();
     assert!(matches!(err, PkiError::KeyMismatch { .. }), "{err}");

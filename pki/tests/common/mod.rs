@@ -243,3 +243,14 @@ pub fn assert_refused(result: Result<Pair, (Side, rustls::Error)>, side: Side, c
 pub fn write(path: &Path, contents: impl AsRef<[u8]>) {
     std::fs::write(path, contents).unwrap();
 }
+
+/// Fail the calling test unless the `openssl` program runs: the tests that
+/// compare with openssl never pass without it (the project's rule for tests
+/// with an outside prerequisite: run completely or fail, naming it).
+#[track_caller]
+pub fn require_openssl(why: &str) {
+    let ok = std::process::Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        panic!("`openssl` is not installed (Debian package `openssl`, which `.ci/run` installs); {why} need it");
+    }
+}

@@ -1,0 +1,95 @@
+//! Runs partybus's UPnP IGD service alone against a real gateway, for lab
+//! tests of UPnP without a node. Binds a UDP socket on `--bind-ip` (port 0),
+//! maps it, and prints JSON lines on stdout: `{"ready":{"port":N}}`, then
+//! `{"external":"ip:port"}` / `{"external_lost":"ip:port"}` for the service's
+//! reports and `{"received":{"bytes":N,"from":"ip:port"}}` for each datagram
+//! arriving on the socket. At EOF on stdin (or after `--secs`) it stops the
+//! service (which deletes the mapping), prints the reports that follow, then
+//! `{"stopped":{"ms":N}}`.
+//!
+//! Usage: upnp-probe --bind-ip IP [--gateway-url URL] [--lease-secs S] [--secs S]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use partybus_discovery::upnp::{UpnpDiscovery, UpnpOptions};
+use partybus_discovery::{Discovery, DiscoveryContext, DiscoveryEvent, DiscoverySink, StopSignal};
+use serde_json::json;
+use tokio::io::AsyncBufReadExt;
+
+fn print_event(ev: DiscoveryEvent) {
+    match ev {
+        DiscoveryEvent::External { addr, source } => println!("{}", json!({"external": addr.to_string(), "source": source})),
+        DiscoveryEvent::ExternalLost { addr, source } => println!("{}", json!({"external_lost": addr.to_string(), "source": source})),
+        DiscoveryEvent::Candidate { addr, source } => println!("{}", json!({"candidate": addr.to_string(), "source": source})),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    let mut bind_ip: Option<IpAddr> = None;
+    let mut gateway_url = None;
+    let mut lease = 60u64;
+    let mut secs = 120u64;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().ok_or_else(|| anyhow::anyhow!("{a} needs a value"));
+        match a.as_str() {
+            "--bind-ip" => bind_ip = Some(val()?.parse()?),
+            "--gateway-url" => gateway_url = Some(val()?),
+            "--lease-secs" => lease = val()?.parse()?,
+            "--secs" => secs = val()?.parse()?,
+            _ => anyhow::bail!("unknown argument {a}"),
+        }
+    }
+    let bind_ip = bind_ip.ok_or_else(|| anyhow::anyhow!("--bind-ip is required"))?;
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let sock = tokio::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0)).await?;
+        let port = sock.local_addr()?.port();
+        let ctx = DiscoveryContext {
+            hood_fingerprint: "00".repeat(32),
+            node_id: "11".repeat(16),
+            cert_name: "upnp-probe".into(),
+            port,
+            reachable: tokio::sync::watch::channel(vec![]).1,
+            allow_non_global: true, // lab WAN addresses are documentation ranges
+        };
+        let opts = UpnpOptions { gateway_url, bind_ip: Some(bind_ip), lease: Duration::from_secs(lease), ..Default::default() };
+        let (sink, mut rx) = DiscoverySink::channel(64);
+        let (handle, stop) = StopSignal::new();
+        let task = tokio::spawn(Box::new(UpnpDiscovery::new(opts)).start(ctx, sink, stop));
+        println!("{}", json!({"ready": {"port": port}}));
+        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        let deadline = tokio::time::sleep(Duration::from_secs(secs));
+        tokio::pin!(deadline);
+        let mut buf = vec![0u8; 2048];
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                line = stdin.next_line() => match line {
+                    Ok(Some(_)) => {}
+                    _ => break,
+                },
+                r = sock.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => println!("{}", json!({"received": {"bytes": n, "from": from.to_string()}})),
+                    Err(e) => eprintln!("upnp-probe: recv: {e}"),
+                },
+                ev = rx.recv() => match ev {
+                    Some(ev) => print_event(ev),
+                    None => break,
+                },
+            }
+        }
+        let t = Instant::now();
+        handle.stop();
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        // The reports made while stopping (the mapping withdrawn).
+        while let Ok(ev) = rx.try_recv() {
+            print_event(ev);
+        }
+        println!("{}", json!({"stopped": {"ms": t.elapsed().as_millis() as u64}}));
+        anyhow::Ok(())
+    })
+}
