@@ -13,7 +13,7 @@ use crate::peers::DialFailure;
 mod checks;
 
 /// Interleavings per test.
-pub(crate) const SEEDS: u64 = 300;
+pub(crate) const SEEDS: u64 = 500;
 /// Steps per run at most (a run that does not settle fails).
 const MAX_STEPS: usize = 200_000;
 
