@@ -7,20 +7,26 @@
 //! Namespaces left over by crashed runs (same prefix, owning process gone) are
 //! removed when a new lab starts.
 //!
-//! The lab needs root, `ip` and `nft`. The rule for every lab test in the
-//! tree: it is `#[ignore]`d with its prerequisites as the reason, so a plain
-//! `cargo test` reports it as *ignored*; the project's test command
-//! (`cargo test --workspace -- --include-ignored`, what CI runs) runs it, and
-//! then it either runs its lab completely or **fails**, naming what is
-//! missing ([`Lab::require`], [`require_program`], [`unavailable`]). A lab
-//! test never passes without having run.
+//! The lab needs root (with `CAP_SYS_ADMIN` and `CAP_NET_ADMIN`), `ip` and
+//! `nft`. The rule for every lab test in the tree, decided when the tests are
+//! built (`integration/build.rs`, the one place that reads `PARTYBUS_LAB`):
+//!
+//! - where the lab cannot run (not root, no `ip` or `nft`), the build sets
+//!   `cfg(partybus_no_lab)` and warns, and each lab test carries
+//!   `#[cfg_attr(partybus_no_lab, ignore = "...")]`: the runner reports it as
+//!   *ignored*, with what it needs as the reason. `PARTYBUS_LAB=skip` does
+//!   the same on any machine;
+//! - everywhere else, and always under `PARTYBUS_LAB=required` (what `.ci/run`
+//!   sets), it runs, and then it either runs its lab completely or **fails**,
+//!   naming what is missing ([`Lab::require`], [`require_program`],
+//!   [`unavailable`]). A lab test never passes without having run.
 //!
 //! ```no_run
 //! use std::time::Duration;
 //! use partybus_integration::Lab;
 //!
 //! #[test]
-//! #[ignore = "network lab: needs root, ip and nft; run with --include-ignored"]
+//! #[cfg_attr(partybus_no_lab, ignore = "network lab (needs root, ip, nft, ping) unavailable here or PARTYBUS_LAB=skip; PARTYBUS_LAB=required runs it")]
 //! fn two_hosts() {
 //!     let lab = Lab::require("lan");
 //!     let lan = lab.bridge("lan0").unwrap();
@@ -51,6 +57,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+
+pub use crate::prereq::which;
 
 /// Environment variable: if set, the lab directory (stdout/stderr of every
 /// process, rulesets, certificates) is kept even when the test passes.
@@ -95,10 +103,10 @@ impl std::error::Error for LabError {}
 pub fn unavailable(why: &str) -> ! {
     panic!(
         "network lab cannot run: {why}.\n\
-         Lab tests are #[ignore]d by default; this one was asked for (--include-ignored or --ignored), so it fails \
+         This lab test was built to run (PARTYBUS_LAB=required, or the build found root, ip and nft here), so it fails \
          instead of passing without running. Run it as root with the packages `.ci/run` installs (iproute2, nftables, \
-         iputils-ping, conntrack, miniupnpd, miniupnpd-nftables), or leave the lab tests out: plain `cargo test` \
-         reports them as ignored."
+         iputils-ping, conntrack, miniupnpd, miniupnpd-nftables), or leave the lab tests out: with PARTYBUS_LAB=skip \
+         the runner reports them as ignored."
     )
 }
 
@@ -161,18 +169,6 @@ impl fmt::Debug for Lab {
     }
 }
 
-/// Find `prog` on PATH.
-pub fn which(prog: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).chain(["/usr/sbin", "/sbin"].iter().map(PathBuf::from)).map(|d| d.join(prog)).find(|p| p.is_file())
-}
-
-fn effective_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
 fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -189,13 +185,10 @@ impl Lab {
     /// A missing prerequisite gives [`LabError::Unavailable`].
     pub fn new(prefix: &str) -> Result<Lab, LabError> {
         let missing = LabError::Unavailable;
-        if effective_uid() != Some(0) {
-            return Err(missing("network labs need root (euid 0)".into()));
-        }
-        for prog in ["ip", "nft"] {
-            if which(prog).is_none() {
-                return Err(missing(format!("`{prog}` is not on PATH (install iproute2 / nftables)")));
-            }
+        // The same check as the build's (integration/build.rs).
+        let lacking = crate::prereq::missing();
+        if !lacking.is_empty() {
+            return Err(missing(format!("this machine lacks {}", lacking.join(", "))));
         }
         let prefix = short_part(prefix, 8);
         let prefix = if prefix.is_empty() { "lab".to_owned() } else { prefix };
