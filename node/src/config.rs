@@ -64,6 +64,7 @@ impl std::str::FromStr for PortSpec {
 
 /// What `emit` does when a neighbour's send queue is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum FullPolicy {
     /// Wait until the queue has room (default): nothing is lost, a slow
     /// receiver slows the emitter down.
@@ -78,7 +79,9 @@ pub enum FullPolicy {
 }
 
 /// Everything `Bus::join` needs. Build with [`Config::new`] or
-/// [`Config::from_files`], then adjust the public fields.
+/// [`Config::from_files`], then adjust the public fields (new fields come
+/// with defaults, so the struct cannot be built literally outside this crate).
+#[non_exhaustive]
 pub struct Config {
     pub hood: Hood,
     pub identity: Identity,

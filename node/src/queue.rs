@@ -93,7 +93,6 @@ pub struct SendQueue {
     /// Wakes emitters: the writer took the buffer (or queue closed).
     space: Notify,
     dropped: AtomicU64,
-    sent_frames: AtomicU64,
 }
 
 impl SendQueue {
@@ -104,7 +103,6 @@ impl SendQueue {
             data: Notify::new(),
             space: Notify::new(),
             dropped: AtomicU64::new(0),
-            sent_frames: AtomicU64::new(0),
         }
     }
 
@@ -148,7 +146,6 @@ impl SendQueue {
         }
         let after = g.queued();
         drop(g);
-        self.sent_frames.fetch_add(1, Ordering::Relaxed);
         if before == 0 {
             self.data.notify_one();
         }
@@ -236,16 +233,9 @@ impl SendQueue {
         self.space.notify_waiters();
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.lock().closed
-    }
-
-    pub fn queued_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn queued_bytes(&self) -> usize {
         self.lock().queued()
-    }
-
-    pub fn limit(&self) -> usize {
-        self.limit
     }
 
     pub fn note_dropped(&self) {
@@ -255,11 +245,6 @@ impl SendQueue {
     /// Events dropped for this neighbour under the `Drop` policy.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
-    }
-
-    /// Event frames accepted.
-    pub fn sent_frames(&self) -> u64 {
-        self.sent_frames.load(Ordering::Relaxed)
     }
 }
 

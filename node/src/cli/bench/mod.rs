@@ -1,19 +1,22 @@
 //! `partybus bench throughput|latency|fanout|mesh|memory`: measures the bus
 //! on loopback (each end in its own process, a throw-away hood), or one end
-//! of a two-machine measurement with `--role`. `partybus bench quinn`: the
-//! same kinds of measurement on plain quinn, for comparison. See BENCHMARKS.md.
+//! of a two-machine measurement with `--role`. See BENCHMARKS.md.
+//!
+//! What only developers need moved to `partybus-perf` (node/perf/): the plain
+//! quinn baseline (`bench quinn`, `--role quinn-server|quinn-client`) and the
+//! in-process mesh (`bench mesh --in-process`). Those command lines still
+//! parse here and fail with an error naming the new command.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
 use super::NodeOpts;
 
 mod local;
-mod raw;
 mod roles;
 mod util;
 
@@ -29,8 +32,7 @@ pub enum Scenario {
     Mesh,
     /// Idle RSS of a node with 0 and with --neighbours neighbours.
     Memory,
-    /// Plain quinn endpoints with the same mutual TLS, no partybus: ping-pong,
-    /// 64 KiB bulk writes, 16-byte records batched into 64 KiB writes.
+    /// Moved to the developer benchmarks: `partybus-perf quinn` (see BENCHMARKS.md).
     Quinn,
 }
 
@@ -59,37 +61,19 @@ pub enum Role {
     Ponger,
     /// mesh/memory: a node printing neighbour counts and its RSS.
     Node,
-    /// quinn: a plain quinn endpoint that echoes and counts what it gets.
+    /// Moved: `partybus-perf quinn --role server`.
     QuinnServer,
-    /// quinn: connects to a quinn-server and measures (see --measure).
+    /// Moved: `partybus-perf quinn --role client`.
     QuinnClient,
 }
 
-/// What `bench quinn` measures.
+/// What `bench quinn` measured (moved: `partybus-perf quinn --measure`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Measure {
-    /// 16-byte ping-pong on one bidirectional stream: percentiles.
     Latency,
-    /// 64 KiB writes on one unidirectional stream: MB/s.
     Bulk,
-    /// 16-byte length-prefixed records batched into 64 KiB writes: records/s.
     Records,
-    /// In this process: --nodes endpoints (default 100), one connection per
-    /// pair; time and CPU until all are up (the floor under `mesh --in-process`).
     Mesh,
-}
-
-impl Measure {
-    pub const ALL: [Measure; 4] = [Measure::Latency, Measure::Bulk, Measure::Records, Measure::Mesh];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Measure::Latency => "latency",
-            Measure::Bulk => "bulk",
-            Measure::Records => "records",
-            Measure::Mesh => "mesh",
-        }
-    }
 }
 
 #[derive(Args)]
@@ -119,18 +103,16 @@ pub struct BenchArgs {
     /// fanout: receiver processes.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub receivers: usize,
-    /// mesh: nodes (default 30, or 100 with --in-process).
+    /// mesh: nodes (default 30).
     #[arg(long, value_name = "N")]
     pub nodes: Option<usize>,
-    /// mesh: Bus instances in this process instead of node processes.
+    /// Moved: the in-process mesh is `partybus-perf mesh`.
     #[arg(long)]
     pub in_process: bool,
-    /// mesh --in-process: runtime threads (default: one per core; 1 = one
-    /// current_thread runtime).
+    /// Moved with --in-process: `partybus-perf mesh --threads`.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// mesh --in-process: give each thread its own current_thread runtime and
-    /// a share of the nodes, instead of tokio's multi-thread scheduler.
+    /// Moved with --in-process: `partybus-perf mesh --thread-per-core`.
     #[arg(long)]
     pub thread_per_core: bool,
     /// latency: measured round trips.
@@ -142,7 +124,7 @@ pub struct BenchArgs {
     /// memory: neighbours of the measured node.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub neighbours: usize,
-    /// quinn: what to measure (default latency,bulk,records,mesh).
+    /// Moved with `bench quinn`: `partybus-perf quinn --measure`.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub measure: Vec<Measure>,
     /// Repeat each measurement (fresh processes each time).
@@ -165,12 +147,15 @@ impl BenchArgs {
         }
     }
 
-    /// quinn: the measurements asked for, in order.
-    pub fn measures(&self) -> Vec<Measure> {
-        if self.measure.is_empty() {
-            Measure::ALL.to_vec()
-        } else {
-            self.measure.clone()
+    /// For a command line that asks for a benchmark moved to `partybus-perf`:
+    /// the command that runs it now.
+    fn moved(&self) -> Option<&'static str> {
+        match (self.scenario, self.role) {
+            (_, Some(Role::QuinnServer)) => Some("partybus-perf quinn --role server"),
+            (_, Some(Role::QuinnClient)) => Some("partybus-perf quinn --role client"),
+            (Scenario::Quinn, _) => Some("partybus-perf quinn"),
+            (Scenario::Mesh, _) if self.in_process => Some("partybus-perf mesh"),
+            _ => None,
         }
     }
 
@@ -222,21 +207,6 @@ const LATENCY_COLS: &[(&str, &str)] = &[
     ("ping RSS KiB", "pinger_rss_kib"),
     ("pong RSS KiB", "ponger_rss_kib"),
 ];
-const QUINN_COLS: &[(&str, &str)] = &[
-    ("scenario", "scenario"),
-    ("payload B", "payload_bytes"),
-    ("events", "events"),
-    ("seconds", "seconds"),
-    ("events/s", "events_per_s"),
-    ("MB/s", "mb_per_s"),
-    ("lost", "lost"),
-    ("p50 µs", "p50_us"),
-    ("p90 µs", "p90_us"),
-    ("p99 µs", "p99_us"),
-    ("max µs", "max_us"),
-    ("client RSS KiB", "client_rss_kib"),
-    ("server RSS KiB", "server_rss_kib"),
-];
 const MESH_COLS: &[(&str, &str)] = &[
     ("scenario", "scenario"),
     ("nodes", "nodes"),
@@ -258,6 +228,13 @@ const MEMORY_COLS: &[(&str, &str)] = &[
 ];
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    if let Some(cmd) = args.moved() {
+        bail!(
+            "this benchmark moved to the developer benchmarks (node/perf/ in the source tree): run `{cmd} ...`, \
+             e.g. `cargo run --release -p partybus-perf -- {}`; see BENCHMARKS.md",
+            cmd.trim_start_matches("partybus-perf ")
+        );
+    }
     if let Some(role) = args.role {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
         rt.block_on(async {
@@ -267,8 +244,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 Role::Pinger => roles::pinger(&args).await,
                 Role::Ponger => roles::ponger(&args).await,
                 Role::Node => roles::node(&args).await,
-                Role::QuinnServer => raw::server(&args).await,
-                Role::QuinnClient => raw::client(&args).await,
+                Role::QuinnServer | Role::QuinnClient => unreachable!("moved, refused above"),
             }
         })?;
         return Ok(ExitCode::SUCCESS);
@@ -278,7 +254,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Scenario::Latency => LATENCY_COLS,
         Scenario::Mesh => MESH_COLS,
         Scenario::Memory => MEMORY_COLS,
-        Scenario::Quinn => QUINN_COLS,
+        Scenario::Quinn => unreachable!("moved, refused above"),
     };
     let mut p = util::Printer::new(args.json, cols);
     match args.scenario {
@@ -286,7 +262,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Scenario::Latency => local::latency(&args, &mut p)?,
         Scenario::Mesh => local::mesh(&args, &mut p)?,
         Scenario::Memory => local::memory(&args, &mut p)?,
-        Scenario::Quinn => local::quinn(&args, &mut p)?,
+        Scenario::Quinn => unreachable!("moved, refused above"),
     }
     Ok(ExitCode::SUCCESS)
 }

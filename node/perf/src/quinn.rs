@@ -1,4 +1,5 @@
-//! `partybus bench quinn`: the baseline. Plain quinn endpoints with the
+//! `partybus-perf quinn` (formerly `partybus bench quinn`): the baseline.
+//! Plain quinn endpoints with the
 //! hood's mutual TLS (`partybus_pki` configs, quinn's default transport
 //! settings), no partybus on top. The quinn-client measures; the
 //! quinn-server echoes pings and counts what it receives, and after each
@@ -8,17 +9,97 @@
 //! unidirectional stream per bulk/records run, starting with a kind byte.
 //! Records are a 4-byte big-endian length and a 16-byte body.
 
+use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use partybus::__private::tls;
+use partybus::pki::TempHood;
 use serde_json::{json, Value};
 use tokio::time::timeout;
 
-use super::roles::{merge, out, rss_json, stdin_closed, LIFETIME};
-use super::util::{percentile, r1};
-use super::{BenchArgs, Measure};
+use crate::alloc::fixed_mmap_threshold;
+use crate::util::{
+    bench_hood, merge, out, peer_args, percentile, r1, ready_port, rss_json, self_cpu_s, self_rss, stdin_closed, tag, Kid, Printer,
+    LIFETIME,
+};
+use crate::{Measure, QuinnArgs, QuinnRole};
+
+/// Table columns (the JSON lines hold more).
+const QUINN_COLS: &[(&str, &str)] = &[
+    ("scenario", "scenario"),
+    ("payload B", "payload_bytes"),
+    ("events", "events"),
+    ("seconds", "seconds"),
+    ("events/s", "events_per_s"),
+    ("MB/s", "mb_per_s"),
+    ("lost", "lost"),
+    ("p50 µs", "p50_us"),
+    ("p90 µs", "p90_us"),
+    ("p99 µs", "p99_us"),
+    ("max µs", "max_us"),
+    ("client RSS KiB", "client_rss_kib"),
+    ("server RSS KiB", "server_rss_kib"),
+];
+
+/// `partybus-perf quinn`: one end with --role, else every measurement and
+/// run with a fresh server and client process each (the mesh in this process).
+pub fn run(args: &QuinnArgs) -> Result<()> {
+    if let Some(role) = args.role {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+        return rt.block_on(async {
+            match role {
+                QuinnRole::Server => server(args).await,
+                QuinnRole::Client => client(args).await,
+            }
+        });
+    }
+    let mut p = Printer::new(args.common.json, QUINN_COLS);
+    let hood = bench_hood()?;
+    for m in args.measures() {
+        for run in 0..args.common.runs {
+            if m == Measure::Mesh {
+                p.row(&tag(mesh(args, &hood)?, run));
+                continue;
+            }
+            let server = Kid::spawn(role_args(args, &hood, "server")?, 0, None, true)?;
+            let port = ready_port(&server.expect("ready", args.common.timeout)?)?;
+            let mut a = role_args(args, &hood, "client")?;
+            a.extend(os(&["--connect", &format!("127.0.0.1:{port}"), "--measure", m.name()]));
+            let client = Kid::spawn(a, 1, None, true)?;
+            // The load, then the ping-pong loop's own bound of max(--timeout, 60s), with margin.
+            let (_, d) = args.bounds();
+            let t = args.common.timeout;
+            let bound = d.min(Duration::from_secs(600)) + t * 2 + Duration::from_secs(10) + t.max(Duration::from_secs(60));
+            let res = client.expect("result", bound)?;
+            p.row(&tag(res, run));
+            client.stop();
+            server.stop();
+        }
+    }
+    Ok(())
+}
+
+fn os(v: &[&str]) -> Vec<OsString> {
+    v.iter().map(OsString::from).collect()
+}
+
+/// `quinn --role ROLE` on loopback with peer ROLE's certificates and the shared options.
+fn role_args(args: &QuinnArgs, hood: &TempHood, role: &str) -> Result<Vec<OsString>> {
+    let mut v = os(&["quinn", "--role", role, "--exit-on-stdin-eof", "--port", "0", "--bind", "127.0.0.1"]);
+    v.extend(peer_args(hood, role)?);
+    v.extend(os(&["--timeout", &humantime::format_duration(args.common.timeout).to_string()]));
+    if let Some(c) = args.count {
+        v.extend(os(&["--count", &c.to_string()]));
+    }
+    if let Some(d) = args.duration {
+        v.extend(os(&["--duration", &humantime::format_duration(d).to_string()]));
+    }
+    v.extend(os(&["--round-trips", &args.round_trips.to_string(), "--warmup", &args.warmup.to_string()]));
+    Ok(v)
+}
 
 /// Not partybus's ALPN: a quinn-client cannot talk to a node by mistake.
 const ALPN: &[u8] = b"partybus-bench-quinn";
@@ -75,8 +156,8 @@ fn server_endpoint(cfg: &partybus::Config) -> Result<quinn::Endpoint> {
 }
 
 /// Serves quinn-clients until stdin closes (local runs) or the lifetime bound.
-pub async fn server(args: &BenchArgs) -> Result<()> {
-    let cfg = args.node.to_config()?;
+pub async fn server(args: &QuinnArgs) -> Result<()> {
+    let cfg = args.endpoint.to_config()?;
     let endpoint = server_endpoint(&cfg)?;
     let mut stop = stdin_closed(args.exit_on_stdin_eof);
     out(json!({"ready": {"port": endpoint.local_addr()?.port(), "name": cfg.identity.name()}}));
@@ -86,7 +167,7 @@ pub async fn server(args: &BenchArgs) -> Result<()> {
         tokio::select! {
             inc = endpoint.accept() => {
                 let Some(inc) = inc else { break };
-                let t = args.timeout;
+                let t = args.common.timeout;
                 tokio::spawn(async move {
                     if let Err(e) = serve(inc, t).await {
                         tracing::warn!("quinn-server: {e:#}");
@@ -227,20 +308,23 @@ impl Records {
 }
 
 /// Connects to --connect and runs the --measure measurements, one result line each.
-pub async fn client(args: &BenchArgs) -> Result<()> {
-    let cfg = args.node.to_config()?;
-    let to = args.node.connect.first().context("quinn-client needs --connect HOST:PORT")?;
+pub async fn client(args: &QuinnArgs) -> Result<()> {
+    let cfg = args.endpoint.to_config()?;
+    let to = args.endpoint.connect.first().context("quinn-client needs --connect HOST:PORT")?;
     let addr = tokio::net::lookup_host(to.as_str()).await?.next().with_context(|| format!("{to}: no address"))?;
     let local_ip = cfg.bind.unwrap_or(if addr.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() });
     let endpoint = quinn::Endpoint::client(SocketAddr::new(local_ip, 0)).context("cannot bind the quinn client")?;
     let connecting = endpoint.connect_with(client_config(&cfg)?, addr, "partybus")?;
-    let conn = timeout(args.timeout, connecting).await.with_context(|| format!("no connection to {addr} within {:?}", args.timeout))??;
+    let t = args.common.timeout;
+    let conn = timeout(t, connecting).await.with_context(|| format!("no connection to {addr} within {t:?}"))??;
     for m in args.measures() {
         let v = match m {
             Measure::Latency => ping_pong(&conn, args).await?,
             Measure::Bulk => one_way(&conn, args, false).await?,
             Measure::Records => one_way(&conn, args, true).await?,
-            Measure::Mesh => bail!("--measure mesh runs its endpoints in one process: run `bench quinn --measure mesh` without --role"),
+            Measure::Mesh => {
+                bail!("--measure mesh runs its endpoints in one process: run `partybus-perf quinn --measure mesh` without --role")
+            }
         };
         out(json!({"result": v}));
     }
@@ -263,8 +347,8 @@ fn server_fields(v: &mut Value, rep: &Value) {
 }
 
 /// Warm-up, then --round-trips pings of 16 bytes, one at a time, on one bidirectional stream.
-async fn ping_pong(conn: &quinn::Connection, args: &BenchArgs) -> Result<Value> {
-    let t = args.timeout;
+async fn ping_pong(conn: &quinn::Connection, args: &QuinnArgs) -> Result<Value> {
+    let t = args.common.timeout;
     let (mut send, mut recv) = timeout(t, conn.open_bi()).await.context("cannot open a stream in time")??;
     let mut ping = [0x55u8; PING_BYTES];
     let mut pong = [0u8; PING_BYTES];
@@ -313,8 +397,8 @@ async fn ping_pong(conn: &quinn::Connection, args: &BenchArgs) -> Result<Value> 
 /// 64 KiB writes (bulk) or 16-byte records batched into ~64 KiB writes on one
 /// unidirectional stream for --duration or --count (writes, or records);
 /// counted by the server once the stream is finished.
-async fn one_way(conn: &quinn::Connection, args: &BenchArgs, records: bool) -> Result<Value> {
-    let t = args.timeout;
+async fn one_way(conn: &quinn::Connection, args: &QuinnArgs, records: bool) -> Result<Value> {
+    let t = args.common.timeout;
     let (count, duration) = args.bounds();
     let mut send = timeout(t, conn.open_uni()).await.context("cannot open a stream in time")??;
     let data = vec![0x55u8; WRITE_BYTES];
@@ -364,7 +448,7 @@ async fn one_way(conn: &quinn::Connection, args: &BenchArgs, records: bool) -> R
     Ok(v)
 }
 
-/// `bench quinn --measure mesh`: the floor under `bench mesh --in-process`.
+/// `quinn --measure mesh`: the floor under `partybus-perf mesh`.
 /// `--nodes` plain quinn endpoints in this process (default 100), each with
 /// its own hood certificate and partybus's on-host transport settings, on the
 /// scheduler that scenario uses by default (tokio's multi-thread, one worker
@@ -374,14 +458,14 @@ async fn one_way(conn: &quinn::Connection, args: &BenchArgs, records: bool) -> R
 /// connection are up. No streams, no gossip: what the mesh would cost if
 /// partybus added nothing to the handshakes.
 /// `hood` keeps the certificates across runs (made once, on the first).
-pub fn mesh(args: &BenchArgs, hood: &super::util::TempHood) -> Result<Value> {
-    super::local::fixed_mmap_threshold();
+fn mesh(args: &QuinnArgs, hood: &TempHood) -> Result<Value> {
+    fixed_mmap_threshold();
     let n = args.nodes.unwrap_or(100).max(2);
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let threads = crate::threads(args.threads);
     let mut cfgs = Vec::with_capacity(n);
     for i in 0..n {
-        let (ca, cert, key) = hood.peer(&format!("node{i}"))?;
-        cfgs.push(partybus::Config::from_files(&ca, &cert, &key)?);
+        let f = hood.peer(&format!("node{i}"))?;
+        cfgs.push(partybus::Config::from_files(&hood.files().cert, &f.cert, &f.key)?);
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
     rt.block_on(async {
@@ -390,20 +474,20 @@ pub fn mesh(args: &BenchArgs, hood: &super::util::TempHood) -> Result<Value> {
             // partybus's transport settings for peers on this host (the
             // loopback MTU from the first packet): quinn's default would add
             // MTU probes to every connection, which a node does not send.
-            let transport = partybus::tls::transport(cfg, true);
+            let transport = tls::transport(cfg, true);
             let mut sc = server_config(cfg)?;
             sc.transport_config(transport.clone()); // replaces quinn's default set there
             let mut cc = client_config(cfg)?;
             cc.transport_config(transport);
             let sock = std::net::UdpSocket::bind(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0))
                 .context("cannot bind a UDP socket on 127.0.0.1")?;
-            let mut e = quinn::Endpoint::new(partybus::tls::endpoint_config(), Some(sc), sock, Arc::new(quinn::TokioRuntime))?;
+            let mut e = quinn::Endpoint::new(tls::endpoint_config(), Some(sc), sock, Arc::new(quinn::TokioRuntime))?;
             e.set_default_client_config(cc);
             endpoints.push(e);
         }
         let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.local_addr()).collect::<std::io::Result<_>>()?;
-        let t = args.timeout.max(Duration::from_secs(60));
-        let cpu0 = super::util::self_cpu_s();
+        let t = args.common.timeout.max(Duration::from_secs(60));
+        let cpu0 = self_cpu_s();
         let t0 = Instant::now();
         // Accepting ends: every endpoint but the first accepts the
         // connections of the endpoints before it.
@@ -457,8 +541,8 @@ pub fn mesh(args: &BenchArgs, hood: &super::util::TempHood) -> Result<Value> {
             );
         }
         let secs = t0.elapsed().as_secs_f64();
-        let cpu = super::util::self_cpu_s() - cpu0;
-        let (hwm, _) = super::util::self_rss();
+        let cpu = self_cpu_s() - cpu0;
+        let (hwm, _) = self_rss();
         let pairs = n * (n - 1) / 2;
         let (sent, lost) = conns.iter().fold((0, 0), |(s, l), c| {
             let p = c.stats().path;
