@@ -266,3 +266,34 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn moved(args: &[&str]) -> Option<&'static str> {
+        let cmd = Cmd::try_parse_from(std::iter::once("bench").chain(args.iter().copied())).expect("the command line still parses");
+        cmd.bench.moved()
+    }
+
+    #[test]
+    fn moved_benchmarks_still_parse_and_name_their_new_command() {
+        assert_eq!(moved(&["quinn"]), Some("partybus-perf quinn"));
+        assert_eq!(moved(&["quinn", "--measure", "latency,mesh", "--nodes", "8", "--threads", "2"]), Some("partybus-perf quinn"));
+        assert_eq!(moved(&["quinn", "--role", "quinn-server"]), Some("partybus-perf quinn --role server"));
+        assert_eq!(moved(&["quinn", "--role", "quinn-client", "--connect", "127.0.0.1:1"]), Some("partybus-perf quinn --role client"));
+        assert_eq!(moved(&["mesh", "--in-process", "--thread-per-core"]), Some("partybus-perf mesh"));
+        for kept in [&["mesh"][..], &["mesh", "--nodes", "4"], &["throughput"], &["latency", "--role", "pinger"], &["memory"], &["fanout"]]
+        {
+            assert_eq!(moved(kept), None, "{kept:?}");
+        }
+    }
+}
