@@ -109,11 +109,11 @@ pub struct Config {
     /// The higher id of a pair learnt through gossip waits this long (times
     /// a random factor in [1, 2)) before dialling, and then only if the pair
     /// is not connected and no handshake from the other is under way (the
-    /// lower id dials at once); see [`crate::peers::gossip_dial_delay`].
+    /// lower id dials at once); see `peers::gossip_dial_delay`.
     pub gossip_dial_delay: Duration,
     /// Outgoing handshakes this node runs at a time (0: no limit); the rest
     /// wait, first dials of a pair before second dials
-    /// ([`crate::peers::DialSlots`]). A node joining a large hood over a
+    /// (`peers::DialSlots`). A node joining a large hood over a
     /// WAN pays about one handshake time per `dial_concurrency` peers; many
     /// nodes forming a mesh at once on few cores (a whole hood started on
     /// one host) get far fewer crossing dials and no handshake pileup.

@@ -112,7 +112,7 @@ pub struct Endpoint {
     /// server: UDP port(s), 4816, 4816,4820 or 4816-4819 (default); 0 for any.
     #[arg(long, value_name = "SPEC")]
     pub port: Option<String>,
-    /// Address to bind (server default: [::], then 0.0.0.0).
+    /// Address to bind (server default: `[::]`, then `0.0.0.0`).
     #[arg(long, value_name = "IP")]
     pub bind: Option<IpAddr>,
     /// client: the server, HOST:PORT.

@@ -137,7 +137,7 @@ fn client_config(cfg: &partybus::Config) -> Result<quinn::ClientConfig> {
     Ok(cc)
 }
 
-/// A quinn server endpoint on --bind (default [::], then 0.0.0.0) and the first free --port.
+/// A quinn server endpoint on --bind (default `[::]`, then `0.0.0.0`) and the first free --port.
 fn server_endpoint(cfg: &partybus::Config) -> Result<quinn::Endpoint> {
     let ips = match cfg.bind {
         Some(ip) => vec![ip],
