@@ -15,6 +15,11 @@ use partybus::__private::{tls, SendQueue, SubTable};
 use partybus::id::NodeId;
 use partybus::name::Selector;
 
+/// The `partybus bench` helpers (for the CPU time of this process).
+#[path = "../../src/cli/bench/util.rs"]
+#[allow(dead_code)]
+mod util;
+
 struct Harness {
     filter: Vec<String>,
 }
@@ -195,15 +200,6 @@ fn main() {
     handshakes(&h);
 }
 
-/// CPU time (user + system) of this process so far, in seconds (Linux; 0 elsewhere).
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
-    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (tick(11) + tick(12)) as f64 / 100.0
-}
-
 /// Client and server endpoints on loopback with partybus' TLS and transport
 /// settings (ECDSA P-256 certificates from a fresh hood); one case is a whole
 /// handshake, both ends' work on one current_thread runtime (what the
@@ -238,7 +234,7 @@ fn handshakes(h: &Harness) {
             one().await;
         }
         let mut samples = Vec::new();
-        let cpu0 = cpu_seconds();
+        let cpu0 = util::self_cpu_s();
         for _ in 0..7 {
             let t = Instant::now();
             for _ in 0..50 {
@@ -246,7 +242,7 @@ fn handshakes(h: &Harness) {
             }
             samples.push(t.elapsed().as_secs_f64() * 1e6 / 50.0);
         }
-        let cpu = (cpu_seconds() - cpu0) * 1e6 / 350.0;
+        let cpu = (util::self_cpu_s() - cpu0) * 1e6 / 350.0;
         samples.sort_by(f64::total_cmp);
         println!(
             "{:<48} {:>10.1} us/op  ({:.1}-{:.1}), CPU {cpu:.0} us/op",

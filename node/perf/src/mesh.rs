@@ -9,8 +9,8 @@ use anyhow::{bail, Result};
 use serde_json::json;
 
 use crate::alloc::fixed_mmap_threshold;
+use crate::args::{threads, MeshArgs};
 use crate::util::{bench_hood, packets, self_cpu_s, self_rss, tag, Printer};
-use crate::MeshArgs;
 
 /// Table columns (the JSON lines hold more).
 const MESH_COLS: &[(&str, &str)] = &[
@@ -35,7 +35,7 @@ pub fn run(args: &MeshArgs) -> Result<()> {
     // two whole bench suites work stealing formed the mesh faster (medians
     // 2.7 and 3.2 s against 3.1 and 3.5 s); alternating single runs had
     // favoured thread per core, so the difference is within this VM's noise.
-    let threads = crate::threads(args.threads);
+    let threads = threads(args.threads);
     let work_stealing = !args.thread_per_core && threads > 1;
     let hood = bench_hood()?;
     let mut files = Vec::new();

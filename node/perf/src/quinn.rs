@@ -21,11 +21,11 @@ use serde_json::{json, Value};
 use tokio::time::timeout;
 
 use crate::alloc::fixed_mmap_threshold;
+use crate::args::{threads, Measure, QuinnArgs, QuinnRole};
 use crate::util::{
     bench_hood, merge, out, peer_args, percentile, r1, ready_port, rss_json, self_cpu_s, self_rss, stdin_closed, tag, Kid, Printer,
     LIFETIME,
 };
-use crate::{Measure, QuinnArgs, QuinnRole};
 
 /// Table columns (the JSON lines hold more).
 const QUINN_COLS: &[(&str, &str)] = &[
@@ -461,7 +461,7 @@ async fn one_way(conn: &quinn::Connection, args: &QuinnArgs, records: bool) -> R
 fn mesh(args: &QuinnArgs, hood: &TempHood) -> Result<Value> {
     fixed_mmap_threshold();
     let n = args.nodes.unwrap_or(100).max(2);
-    let threads = crate::threads(args.threads);
+    let threads = threads(args.threads);
     let mut cfgs = Vec::with_capacity(n);
     for i in 0..n {
         let f = hood.peer(&format!("node{i}"))?;

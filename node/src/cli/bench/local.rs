@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 
 use partybus::pki::TempHood;
 
+use super::args::{BenchArgs, Scenario};
 use super::util::{bench_hood, loopback_args, peer_args, ready_port, rss_kib, tag, Kid, Line, Printer};
-use super::BenchArgs;
 
 fn os(v: &[&str]) -> Vec<OsString> {
     v.iter().map(OsString::from).collect()
@@ -38,7 +38,7 @@ fn result_bound(args: &BenchArgs) -> Duration {
 
 pub fn throughput(args: &BenchArgs, p: &mut Printer) -> Result<()> {
     let hood = bench_hood()?;
-    let fanout = args.scenario == super::Scenario::Fanout;
+    let fanout = args.scenario == Scenario::Fanout;
     let n = if fanout { args.receivers.max(1) } else { 1 };
     for size in args.payload_sizes() {
         for run in 0..args.runs {

@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use partybus::{Bus, NeighbourEvent};
 use serde_json::{json, Value};
 
+use super::args::{BenchArgs, Scenario};
 use super::util::{merge, out, packets, payload, percentile, r1, rss_json, self_cpu_s, stdin_closed, LIFETIME};
-use super::{BenchArgs, Scenario};
 
 /// Data events of throughput and fanout.
 pub const DATA: &str = "bench.t";
