@@ -1,108 +1,17 @@
-//! `partybus-perf quinn` (formerly `partybus bench quinn`): the baseline.
-//! Plain quinn endpoints with the
-//! hood's mutual TLS (`partybus_pki` configs, quinn's default transport
-//! settings), no partybus on top. The quinn-client measures; the
-//! quinn-server echoes pings and counts what it receives, and after each
-//! measurement reports its counts and RSS on a unidirectional stream.
-//!
-//! Client -> server: one bidirectional stream per ping-pong run; one
-//! unidirectional stream per bulk/records run, starting with a kind byte.
-//! Records are a 4-byte big-endian length and a 16-byte body.
+//! The two ends of a baseline measurement: the server echoes pings and
+//! counts what it receives, the client measures.
 
-use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use partybus::__private::tls;
-use partybus::pki::TempHood;
 use serde_json::{json, Value};
 use tokio::time::timeout;
 
-use crate::alloc::fixed_mmap_threshold;
-use crate::args::{threads, Measure, QuinnArgs, QuinnRole};
-use crate::util::{
-    bench_hood, merge, out, peer_args, percentile, r1, ready_port, rss_json, self_cpu_s, self_rss, stdin_closed, tag, Kid, Printer,
-    LIFETIME,
-};
+use super::config::{client_config, server_config};
+use crate::args::{Measure, QuinnArgs};
+use crate::util::{merge, out, percentile, r1, rss_json, stdin_closed, LIFETIME};
 
-/// Table columns (the JSON lines hold more).
-const QUINN_COLS: &[(&str, &str)] = &[
-    ("scenario", "scenario"),
-    ("payload B", "payload_bytes"),
-    ("events", "events"),
-    ("seconds", "seconds"),
-    ("events/s", "events_per_s"),
-    ("MB/s", "mb_per_s"),
-    ("lost", "lost"),
-    ("p50 µs", "p50_us"),
-    ("p90 µs", "p90_us"),
-    ("p99 µs", "p99_us"),
-    ("max µs", "max_us"),
-    ("client RSS KiB", "client_rss_kib"),
-    ("server RSS KiB", "server_rss_kib"),
-];
-
-/// `partybus-perf quinn`: one end with --role, else every measurement and
-/// run with a fresh server and client process each (the mesh in this process).
-pub fn run(args: &QuinnArgs) -> Result<()> {
-    if let Some(role) = args.role {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
-        return rt.block_on(async {
-            match role {
-                QuinnRole::Server => server(args).await,
-                QuinnRole::Client => client(args).await,
-            }
-        });
-    }
-    let mut p = Printer::new(args.common.json, QUINN_COLS);
-    let hood = bench_hood()?;
-    for m in args.measures() {
-        for run in 0..args.common.runs {
-            if m == Measure::Mesh {
-                p.row(&tag(mesh(args, &hood)?, run));
-                continue;
-            }
-            let server = Kid::spawn(role_args(args, &hood, "server")?, 0, None, true)?;
-            let port = ready_port(&server.expect("ready", args.common.timeout)?)?;
-            let mut a = role_args(args, &hood, "client")?;
-            a.extend(os(&["--connect", &format!("127.0.0.1:{port}"), "--measure", m.name()]));
-            let client = Kid::spawn(a, 1, None, true)?;
-            // The load, then the ping-pong loop's own bound of max(--timeout, 60s), with margin.
-            let (_, d) = args.bounds();
-            let t = args.common.timeout;
-            let bound = d.min(Duration::from_secs(600)) + t * 2 + Duration::from_secs(10) + t.max(Duration::from_secs(60));
-            let res = client.expect("result", bound)?;
-            p.row(&tag(res, run));
-            client.stop();
-            server.stop();
-        }
-    }
-    Ok(())
-}
-
-fn os(v: &[&str]) -> Vec<OsString> {
-    v.iter().map(OsString::from).collect()
-}
-
-/// `quinn --role ROLE` on loopback with peer ROLE's certificates and the shared options.
-fn role_args(args: &QuinnArgs, hood: &TempHood, role: &str) -> Result<Vec<OsString>> {
-    let mut v = os(&["quinn", "--role", role, "--exit-on-stdin-eof", "--port", "0", "--bind", "127.0.0.1"]);
-    v.extend(peer_args(hood, role)?);
-    v.extend(os(&["--timeout", &humantime::format_duration(args.common.timeout).to_string()]));
-    if let Some(c) = args.count {
-        v.extend(os(&["--count", &c.to_string()]));
-    }
-    if let Some(d) = args.duration {
-        v.extend(os(&["--duration", &humantime::format_duration(d).to_string()]));
-    }
-    v.extend(os(&["--round-trips", &args.round_trips.to_string(), "--warmup", &args.warmup.to_string()]));
-    Ok(v)
-}
-
-/// Not partybus's ALPN: a quinn-client cannot talk to a node by mistake.
-const ALPN: &[u8] = b"partybus-bench-quinn";
 const PING_BYTES: usize = 16;
 const WRITE_BYTES: usize = 64 * 1024;
 const RECORD_BYTES: usize = 16;
@@ -114,28 +23,6 @@ const MAX_RECORD: usize = 1 << 20;
 const REPORT_MAX: usize = 64 * 1024;
 const KIND_BULK: u8 = b'B';
 const KIND_RECORDS: u8 = b'R';
-
-fn transport_default() -> Arc<quinn::TransportConfig> {
-    Arc::new(quinn::TransportConfig::default())
-}
-
-fn server_config(cfg: &partybus::Config) -> Result<quinn::ServerConfig> {
-    let mut tls = partybus::pki::server_config(&cfg.identity, &cfg.hood)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("TLS configuration not usable for QUIC")?;
-    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    sc.transport_config(transport_default());
-    Ok(sc)
-}
-
-fn client_config(cfg: &partybus::Config) -> Result<quinn::ClientConfig> {
-    let mut tls = partybus::pki::client_config(&cfg.identity, &cfg.hood)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).context("TLS configuration not usable for QUIC")?;
-    let mut cc = quinn::ClientConfig::new(Arc::new(quic));
-    cc.transport_config(transport_default());
-    Ok(cc)
-}
 
 /// A quinn server endpoint on --bind (default `[::]`, then `0.0.0.0`) and the first free --port.
 fn server_endpoint(cfg: &partybus::Config) -> Result<quinn::Endpoint> {
@@ -447,131 +334,6 @@ async fn one_way(conn: &quinn::Connection, args: &QuinnArgs, records: bool) -> R
     server_fields(&mut v, &rep);
     Ok(v)
 }
-
-/// `quinn --measure mesh`: the floor under `partybus-perf mesh`.
-/// `--nodes` plain quinn endpoints in this process (default 100), each with
-/// its own hood certificate and partybus's on-host transport settings, on the
-/// scheduler that scenario uses by default (tokio's multi-thread, one worker
-/// per core). Each endpoint dials every endpoint after it, at most
-/// [`MESH_DIALS`] at a time as a node does, so every pair gets one mutual-TLS
-/// connection. Measured: from the first dial until both ends of every
-/// connection are up. No streams, no gossip: what the mesh would cost if
-/// partybus added nothing to the handshakes.
-/// `hood` keeps the certificates across runs (made once, on the first).
-fn mesh(args: &QuinnArgs, hood: &TempHood) -> Result<Value> {
-    fixed_mmap_threshold();
-    let n = args.nodes.unwrap_or(100).max(2);
-    let threads = threads(args.threads);
-    let mut cfgs = Vec::with_capacity(n);
-    for i in 0..n {
-        let f = hood.peer(&format!("node{i}"))?;
-        cfgs.push(partybus::Config::from_files(&hood.files().cert, &f.cert, &f.key)?);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
-    rt.block_on(async {
-        let mut endpoints = Vec::with_capacity(n);
-        for cfg in &cfgs {
-            // partybus's transport settings for peers on this host (the
-            // loopback MTU from the first packet): quinn's default would add
-            // MTU probes to every connection, which a node does not send.
-            let transport = tls::transport(cfg, true);
-            let mut sc = server_config(cfg)?;
-            sc.transport_config(transport.clone()); // replaces quinn's default set there
-            let mut cc = client_config(cfg)?;
-            cc.transport_config(transport);
-            let sock = std::net::UdpSocket::bind(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0))
-                .context("cannot bind a UDP socket on 127.0.0.1")?;
-            let mut e = quinn::Endpoint::new(tls::endpoint_config(), Some(sc), sock, Arc::new(quinn::TokioRuntime))?;
-            e.set_default_client_config(cc);
-            endpoints.push(e);
-        }
-        let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.local_addr()).collect::<std::io::Result<_>>()?;
-        let t = args.common.timeout.max(Duration::from_secs(60));
-        let cpu0 = self_cpu_s();
-        let t0 = Instant::now();
-        // Accepting ends: every endpoint but the first accepts the
-        // connections of the endpoints before it.
-        let mut accepts = Vec::new();
-        for (i, e) in endpoints.iter().enumerate().skip(1) {
-            let e = e.clone();
-            accepts.push(tokio::spawn(async move {
-                let mut conns = Vec::with_capacity(i);
-                let mut pending = tokio::task::JoinSet::new();
-                while conns.len() < i {
-                    tokio::select! {
-                        inc = e.accept(), if conns.len() + pending.len() < i => {
-                            let inc = inc.context("endpoint closed")?;
-                            pending.spawn(async move { inc.await });
-                        }
-                        Some(r) = pending.join_next() => conns.push(r??),
-                    }
-                }
-                anyhow::Ok(conns)
-            }));
-        }
-        // Dialling ends: endpoint i dials i+1.., MESH_DIALS at a time.
-        let mut dials = Vec::new();
-        for (i, e) in endpoints.iter().enumerate() {
-            let e = e.clone();
-            let targets: Vec<SocketAddr> = addrs[i + 1..].to_vec();
-            dials.push(tokio::spawn(async move {
-                let mut conns = Vec::with_capacity(targets.len());
-                let mut running = tokio::task::JoinSet::new();
-                let mut next = targets.into_iter();
-                loop {
-                    while running.len() < MESH_DIALS {
-                        let Some(to) = next.next() else { break };
-                        let connecting = e.connect(to, "partybus")?;
-                        running.spawn(connecting);
-                    }
-                    match running.join_next().await {
-                        Some(r) => conns.push(r??),
-                        None => break,
-                    }
-                }
-                anyhow::Ok(conns)
-            }));
-        }
-        let mut conns = Vec::new();
-        for h in dials.into_iter().chain(accepts) {
-            conns.extend(
-                timeout(t.saturating_sub(t0.elapsed()), h)
-                    .await
-                    .with_context(|| format!("quinn mesh of {n} not full within {t:?}"))???,
-            );
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        let cpu = self_cpu_s() - cpu0;
-        let (hwm, _) = self_rss();
-        let pairs = n * (n - 1) / 2;
-        let (sent, lost) = conns.iter().fold((0, 0), |(s, l), c| {
-            let p = c.stats().path;
-            (s + p.sent_packets, l + p.lost_packets)
-        });
-        for c in &conns {
-            c.close(0u32.into(), b"done");
-        }
-        for e in &endpoints {
-            let _ = timeout(Duration::from_secs(1), e.wait_idle()).await;
-        }
-        Ok(json!({
-            "scenario": "quinn-mesh",
-            "nodes": n,
-            "threads": threads,
-            "pairs": pairs,
-            "connection_ends": conns.len(),
-            "seconds": (secs * 1e4).round() / 1e4,
-            "cpu_seconds": (cpu * 100.0).round() / 100.0,
-            "cpu_ms_per_pair": (cpu * 1e3 / pairs as f64 * 100.0).round() / 100.0,
-            "packets_sent": sent,
-            "packets_lost": lost,
-            "process_rss_kib": hwm,
-        }))
-    })
-}
-
-/// Dials in flight per endpoint in [`mesh`]: partybus's default `dial_concurrency`.
-const MESH_DIALS: usize = 4;
 
 #[cfg(test)]
 mod tests {
