@@ -13,7 +13,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use partybus::{Bus, Config, NeighbourEvent, PortSpec};
-use partybus_pki::{create_hood, create_peer, Hood, Identity};
+use partybus_pki::TempHood;
 
 const PEERS: usize = 5;
 
@@ -23,18 +23,15 @@ async fn main() -> anyhow::Result<()> {
         std::env::set_var("RUST_LOG", "warn");
     }
     common::init_logs();
-    let dir = tempfile::tempdir()?;
-    create_hood("party", dir.path(), 1)?;
-    let hood = Hood::load(&dir.path().join("party.crt"))?;
-    println!("hood 'party' created in {} (fingerprint {}…)", dir.path().display(), &hood.fingerprint()[..16]);
+    // A throw-away hood, removed at exit (a real one: `partybus hood create`).
+    let hood = TempHood::new("party", 1)?;
+    println!("hood 'party' created in {} (fingerprint {}…)", hood.dir().display(), &hood.hood().fingerprint()[..16]);
 
     let names = ["ada", "bob", "cyd", "dee", "eve"];
     let started = Instant::now();
     let mut buses: Vec<Bus> = Vec::new();
     for name in names.iter().take(PEERS) {
-        let files = create_peer("party", name, dir.path(), 1)?;
-        let identity = Identity::load(&files.cert, &files.key, &hood)?;
-        let mut cfg = Config::new(hood.clone(), identity);
+        let mut cfg = Config::new(hood.hood().clone(), hood.identity(name)?);
         cfg.port = PortSpec::any();
         cfg.bind = Some("127.0.0.1".parse()?);
         if let Some(first) = buses.first() {

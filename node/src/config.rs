@@ -64,6 +64,7 @@ impl std::str::FromStr for PortSpec {
 
 /// What `emit` does when a neighbour's send queue is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum FullPolicy {
     /// Wait until the queue has room (default): nothing is lost, a slow
     /// receiver slows the emitter down.
@@ -78,7 +79,9 @@ pub enum FullPolicy {
 }
 
 /// Everything `Bus::join` needs. Build with [`Config::new`] or
-/// [`Config::from_files`], then adjust the public fields.
+/// [`Config::from_files`], then adjust the public fields (new fields come
+/// with defaults, so the struct cannot be built literally outside this crate).
+#[non_exhaustive]
 pub struct Config {
     pub hood: Hood,
     pub identity: Identity,
@@ -106,7 +109,7 @@ pub struct Config {
     /// The higher id of a pair learnt through gossip waits this long (times
     /// a random factor in [1, 2)) before dialling, and then only if the pair
     /// is not connected and no handshake from the other is under way (the
-    /// lower id dials at once); see [`crate::peers::gossip_dial_delay`].
+    /// lower id dials at once); see `peers::gossip_dial_delay`.
     pub gossip_dial_delay: Duration,
     /// Outgoing handshakes this node runs at a time (0: no limit); the rest
     /// wait, first dials of a pair before second dials

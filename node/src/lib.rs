@@ -17,8 +17,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layout: protocol logic without I/O in [`wire`] (frames), [`subs`]
-//! (subscription table), [`peers`] (connection rules), [`name`]
+//! Layout: protocol logic without I/O in `wire` (frames), `subs`
+//! (subscription table), `peers` (connection rules), [`name`]
 //! (selectors) and `mesh::proto` (the mesh's state machine); one actor
 //! drives the mesh (`mesh::actor`) with thin tasks around quinn; the data
 //! plane (`plane`: send queues, routes) has a lock of its own; the API in
@@ -29,17 +29,42 @@ pub mod event;
 pub mod id;
 pub mod name;
 pub mod payload;
-pub mod peers;
-pub mod queue;
-pub mod subs;
-pub mod tls;
-pub mod wire;
 
 mod bus;
 mod mesh;
 mod node;
+mod peers;
 mod plane;
+mod queue;
+mod subs;
+mod tls;
 mod udp;
+mod wire;
+
+// ---------------------------------------------------------------------------
+// Internals reachable from outside the crate for the benchmarks
+// (`partybus-perf`) and this crate's integration tests only: not part of the
+// API, hidden from the docs, changed without notice. Each item is named, so
+// that whatever nothing uses still shows up as dead code.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::queue::SendQueue;
+    pub use crate::subs::SubTable;
+
+    /// QUIC endpoint configuration.
+    pub mod tls {
+        pub use crate::tls::{client_config, endpoint_config, loopback_mtu, on_host, server_config, transport};
+    }
+
+    /// The wire protocol: frames, their encoding and decoding.
+    pub mod wire {
+        pub use crate::wire::{
+            close, event_frame_len, parse, put_event, put_frame, put_preamble, Frame, FrameDecoder, Hello, WireSub, ALPN, MAGIC,
+            PREAMBLE_LEN, PROTOCOL_VERSION,
+        };
+    }
+}
+// ---------------------------------------------------------------------------
 
 pub use bus::{Bus, EmitError, ListenOptions, ListenerHandle, Subscription};
 pub use config::{Config, FullPolicy, PortSpec};

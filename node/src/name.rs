@@ -24,6 +24,7 @@ const SELECTOR_CHARS: &str = "0-9 a-z A-Z . : _ - + # (and $ as the first charac
 
 /// Why a name or selector was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NameError {
     #[error("{kind} is empty; use at least one of the characters {allowed}")]
     Empty { kind: &'static str, allowed: &'static str },
@@ -164,11 +165,6 @@ impl Selector {
     /// The selector as written.
     pub fn as_str(&self) -> &str {
         &self.text
-    }
-
-    /// True if the selector has no wildcard (matches exactly one name).
-    pub fn is_exact(&self) -> bool {
-        !self.wild
     }
 
     /// Does this selector match `name`? `name` is assumed valid.

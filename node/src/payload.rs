@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 /// Errors encoding or decoding a payload.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PayloadError {
     #[error("cannot encode the payload as MessagePack: {0}")]
     Encode(#[from] rmp_serde::encode::Error),

@@ -248,16 +248,9 @@ impl SendQueue {
         self.space.notify_waiters();
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.lock().closed
-    }
-
-    pub fn queued_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn queued_bytes(&self) -> usize {
         self.lock().queued()
-    }
-
-    pub fn limit(&self) -> usize {
-        self.limit
     }
 
     pub fn note_dropped(&self) {

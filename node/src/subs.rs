@@ -48,11 +48,13 @@ impl<V: Clone> NameCache<V> {
         self.map.clear();
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.map.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 }
@@ -103,22 +105,15 @@ pub struct SubTable {
     remote: HashMap<NodeId, BTreeMap<u64, Sub>>,
     cache: NameCache<Arc<Route>>,
     max_per_peer: usize,
-    generation: u64,
 }
 
 impl SubTable {
     pub fn new(max_per_peer: usize) -> SubTable {
-        SubTable { local: BTreeMap::new(), remote: HashMap::new(), cache: NameCache::new(), max_per_peer, generation: 0 }
+        SubTable { local: BTreeMap::new(), remote: HashMap::new(), cache: NameCache::new(), max_per_peer }
     }
 
     fn changed(&mut self) {
         self.cache.clear();
-        self.generation += 1;
-    }
-
-    /// Bumped on every change; observers compare it.
-    pub fn generation(&self) -> u64 {
-        self.generation
     }
 
     pub fn add_local(&mut self, id: u64, selector: Selector, spy: bool) {
@@ -173,7 +168,8 @@ impl SubTable {
     }
 
     /// How many subscriptions a neighbour holds.
-    pub fn remote_len(&self, peer: NodeId) -> usize {
+    #[cfg(test)]
+    fn remote_len(&self, peer: NodeId) -> usize {
         self.remote.get(&peer).map_or(0, |s| s.len())
     }
 

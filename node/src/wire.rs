@@ -82,7 +82,7 @@ pub struct Hello {
     /// Sent by the dialer: its number for this connection, larger for
     /// every later one (a per-process counter; ids are new at every start).
     /// Both ends rank duplicate connections by it
-    /// ([`crate::peers::Rank`]). The accepting side sends 0.
+    /// (`peers::Rank`). The accepting side sends 0.
     pub dial: u64,
 }
 
@@ -294,6 +294,7 @@ impl FrameDecoder {
     }
 
     /// Bytes received but not yet returned as frames.
+    #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.chunk.len() + self.partial.len()
     }

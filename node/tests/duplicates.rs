@@ -14,7 +14,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use partybus::wire::{self, Frame, FrameDecoder, Hello, WireSub};
+use partybus::__private::wire::{self, Frame, FrameDecoder, Hello, WireSub};
 use partybus::NodeId;
 
 /// What the node sent on its stream, owned.

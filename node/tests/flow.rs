@@ -73,7 +73,7 @@ async fn one_hundred_events_of_one_mib_arrive_whole() {
     // Peers on one host use large packets from the start (partybus::tls::loopback_mtu):
     // 100 MiB went by in far fewer datagrams than 1452-byte packets would take.
     let path = a.path(b.id()).expect("b is a's neighbour");
-    assert_eq!(path.mtu, partybus::tls::loopback_mtu(), "{path:?}");
+    assert_eq!(path.mtu, partybus::__private::tls::loopback_mtu(), "{path:?}");
     if std::fs::read_to_string("/sys/class/net/lo/mtu").is_ok_and(|m| m.trim() == "65536") {
         assert!(path.mtu > 6000, "{path:?}");
         let bytes = (N * SIZE) as u64;

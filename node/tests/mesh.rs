@@ -96,7 +96,7 @@ async fn refused_both_ways(what: &str, cert: &str, key: &str, why: &str) {
 }
 
 fn wire_version() -> u16 {
-    partybus::wire::PROTOCOL_VERSION
+    partybus::__private::wire::PROTOCOL_VERSION
 }
 
 trait V4 {

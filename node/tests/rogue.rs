@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::*;
-use partybus::wire::{self, close, Frame, FrameDecoder, WireSub};
+use partybus::__private::wire::{self, close, Frame, FrameDecoder, WireSub};
 use partybus::Bus;
 
 async fn rogue(target: &Bus) -> (quinn::Endpoint, quinn::Connection) {

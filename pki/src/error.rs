@@ -13,7 +13,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum PkiError {
     /// The file does not exist.
-    #[error("{path}: file not found; check the path (new hood and peer files are made with `partybus cert`)")]
+    #[error("{path}: file not found; check the path (a new hood is made with `partybus hood create HOOD`, a peer of it with `partybus peer create HOOD NAME`)")]
     NotFound {
         /// The missing file.
         path: PathBuf,
@@ -136,7 +136,7 @@ pub enum PkiError {
     },
 
     /// A CA certificate was given where a peer certificate was expected.
-    #[error("{origin}: this is a CA (hood) certificate, not a peer certificate; pass the peer's certificate (HOOD.NAME.crt) and make one with create_peer if needed")]
+    #[error("{origin}: this is a CA (hood) certificate, not a peer certificate; pass the peer's certificate (HOOD.NAME.crt) and make one with `partybus peer create HOOD NAME` if needed")]
     IsCa {
         /// File name or caller-given origin.
         origin: String,

@@ -10,6 +10,7 @@ use crate::pemfile;
 /// A readable summary of one certificate (hood or peer). Serializable for
 /// JSON output; `Display` gives a multi-line text form.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct CertInfo {
     /// Full subject, e.g. `CN=alice, O=lab`.
     pub subject: String,

@@ -62,6 +62,8 @@
 //! (`UnknownIssuer`, `BadSignature`, `Expired`, `NotValidYet`, ...).
 //! [`peer_name`] reads the name out of a peer's certificate after the
 //! handshake. [`CertInfo`] describes a certificate file for people.
+//! [`TempHood`] is a throw-away hood in a temporary folder, for benchmarks,
+//! demos and tests.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -91,6 +93,7 @@ mod identity;
 mod info;
 mod key;
 mod pemfile;
+mod temp;
 mod tls;
 mod verified;
 
@@ -100,6 +103,7 @@ pub use hood::Hood;
 pub use identity::Identity;
 pub use info::CertInfo;
 pub use key::KeyKind;
+pub use temp::TempHood;
 pub use tls::{client_config, peer_name, server_config};
 
 /// Default validity of a new hood: 10 years (as tubemail's `createHood.sh`).

@@ -1,70 +1,28 @@
 //! Shared helpers for the integration tests of the `partybus` crate: one
 //! throw-away hood per test binary, nodes on loopback, bounded waits, odd
-//! certificates (rcgen) and raw quinn endpoints ("rogues") that speak the
-//! wire protocol by hand.
+//! certificates and raw quinn endpoints ("rogues") that speak the wire
+//! protocol by hand. Hoods, certificates and rogue TLS come from
+//! `partybus-testkit`.
 #![allow(dead_code)]
 
-use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use partybus::pki::{create_hood, create_peer, Hood, Identity};
-use partybus::wire::{self, Frame, Hello};
+use partybus::__private::wire::{self, Frame, Hello};
 use partybus::{Bus, Config, NeighbourEvent, NodeId, PortSpec};
-use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose};
-use time::OffsetDateTime;
+pub use partybus_testkit::TestHood;
 
 pub const HOOD: &str = "t";
 pub const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// Failure guard for waits (never a performance bound).
 pub const GUARD: Duration = Duration::from_secs(20);
 
-pub struct TestHood {
-    dir: tempfile::TempDir,
-    created: Mutex<HashSet<String>>,
-}
-
-impl TestHood {
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-    pub fn ca(&self) -> PathBuf {
-        self.dir().join(format!("{HOOD}.crt"))
-    }
-    pub fn ca_key(&self) -> PathBuf {
-        self.dir().join(format!("{HOOD}.key"))
-    }
-    /// Cert and key paths of peer `name`, created on first use.
-    pub fn peer_files(&self, name: &str) -> (PathBuf, PathBuf) {
-        let mut c = self.created.lock().unwrap_or_else(|p| p.into_inner());
-        if c.insert(name.to_owned()) {
-            create_peer(HOOD, name, self.dir(), 30).expect("create_peer");
-        }
-        (self.dir().join(format!("{HOOD}.{name}.crt")), self.dir().join(format!("{HOOD}.{name}.key")))
-    }
-    pub fn hood(&self) -> Hood {
-        Hood::load(&self.ca()).expect("hood")
-    }
-    pub fn identity(&self, name: &str) -> Identity {
-        let (c, k) = self.peer_files(name);
-        Identity::load(&c, &k, &self.hood()).expect("identity")
-    }
-    pub fn config(&self, name: &str) -> Config {
-        Config::new(self.hood(), self.identity(name))
-    }
-}
-
 /// The hood of this test binary (created once).
 pub fn hood() -> &'static TestHood {
     static H: OnceLock<TestHood> = OnceLock::new();
-    H.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        create_hood(HOOD, dir.path(), 30).expect("create_hood");
-        TestHood { dir, created: Mutex::new(HashSet::new()) }
-    })
+    H.get_or_init(|| TestHood::new(HOOD))
 }
 
 /// Serialises the heavy tests of one binary (2 cores).
@@ -75,7 +33,8 @@ pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
 
 /// Test defaults: loopback only, any port, quick re-dials.
 pub fn test_config(name: &str) -> Config {
-    let mut cfg = hood().config(name);
+    let h = hood();
+    let mut cfg = Config::new(h.hood.clone(), h.peer(name));
     cfg.port = PortSpec::any();
     cfg.bind = Some(LOCALHOST.into());
     cfg.redial_base = Duration::from_millis(200);
@@ -151,81 +110,14 @@ pub fn free_udp_port() -> u16 {
 // ---------------------------------------------------------------------------
 // Certificates.
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-pub fn peer_params(cn: &str, o: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) -> CertificateParams {
-    let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.distinguished_name.push(DnType::OrganizationName, o);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    params.not_before = not_before;
-    params.not_after = not_after;
-    params
-}
-
 /// (cert PEM, key PEM) signed by the test hood's key, valid in the past only.
 pub fn expired_cert(name: &str) -> (String, String) {
-    let h = hood();
-    let hood_key = KeyPair::from_pem(&std::fs::read_to_string(h.ca_key()).unwrap()).unwrap();
-    let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(h.ca()).unwrap(), hood_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let now = OffsetDateTime::now_utc();
-    let cert = peer_params(name, HOOD, now - time::Duration::days(30), now - time::Duration::days(1)).signed_by(&key, &issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
+    hood().expired_peer(name)
 }
 
 /// A self-signed certificate imitating a hood peer (CN = name, O = hood).
 pub fn self_signed_cert(name: &str) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let now = OffsetDateTime::now_utc();
-    let cert = peer_params(name, HOOD, now - time::Duration::hours(1), now + time::Duration::days(30)).self_signed(&key).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-fn certified(cert_pem: &str, key_pem: &str) -> Arc<rustls::sign::SingleCertAndKey> {
-    use rustls_pki_types::pem::PemObject;
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-    let signer = rustls::crypto::ring::sign::any_supported_type(&key).unwrap();
-    let cert = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
-    Arc::new(rustls::sign::SingleCertAndKey::from(rustls::sign::CertifiedKey::new(vec![cert], signer)))
-}
-
-#[derive(Debug)]
-struct AcceptAnything;
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
-    fn verify_server_cert(
-        &self,
-        _: &rustls_pki_types::CertificateDer<'_>,
-        _: &[rustls_pki_types::CertificateDer<'_>],
-        _: &rustls_pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls_pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls_pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
-    }
+    partybus_testkit::self_signed(name, HOOD)
 }
 
 fn quic_transport() -> Arc<quinn::TransportConfig> {
@@ -236,12 +128,7 @@ fn quic_transport() -> Arc<quinn::TransportConfig> {
 
 /// A client that presents `cert` and trusts any server (the node has to refuse).
 pub fn rogue_client_config(cert_pem: &str, key_pem: &str) -> quinn::ClientConfig {
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnything))
-        .with_client_cert_resolver(certified(cert_pem, key_pem));
+    let mut tls = partybus_testkit::rogue_client(cert_pem, key_pem);
     tls.alpn_protocols = vec![wire::ALPN.to_vec()];
     let mut c = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
     c.transport_config(quic_transport());
@@ -250,11 +137,7 @@ pub fn rogue_client_config(cert_pem: &str, key_pem: &str) -> quinn::ClientConfig
 
 /// A server that presents `cert` and asks nothing of clients.
 pub fn rogue_server_config(cert_pem: &str, key_pem: &str) -> quinn::ServerConfig {
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_cert_resolver(certified(cert_pem, key_pem));
+    let mut tls = partybus_testkit::rogue_server(cert_pem, key_pem);
     tls.alpn_protocols = vec![wire::ALPN.to_vec()];
     let mut s = quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap()));
     s.transport_config(quic_transport());
@@ -264,7 +147,7 @@ pub fn rogue_server_config(cert_pem: &str, key_pem: &str) -> quinn::ServerConfig
 /// A client with a VALID hood certificate (peer `name`), built like the node's.
 pub fn valid_client_config(name: &str) -> quinn::ClientConfig {
     let h = hood();
-    let mut tls = partybus::pki::client_config(&h.identity(name), &h.hood()).unwrap();
+    let mut tls = partybus::pki::client_config(&h.peer(name), &h.hood).unwrap();
     tls.alpn_protocols = vec![wire::ALPN.to_vec()];
     let mut c = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
     c.transport_config(quic_transport());

@@ -1,202 +1,23 @@
 //! `partybus bench throughput|latency|fanout|mesh|memory`: measures the bus
 //! on loopback (each end in its own process, a throw-away hood), or one end
-//! of a two-machine measurement with `--role`. `partybus bench quinn`: the
-//! same kinds of measurement on plain quinn, for comparison. See BENCHMARKS.md.
+//! of a two-machine measurement with `--role`. See BENCHMARKS.md.
+//!
+//! What only developers need moved to `partybus-perf` (node/perf/): the plain
+//! quinn baseline (`bench quinn`, `--role quinn-server|quinn-client`) and the
+//! in-process mesh (`bench mesh --in-process`). Those command lines still
+//! parse here and fail with an error naming the new command.
 
-use std::ffi::OsString;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
+use anyhow::{bail, Context, Result};
 
-use super::NodeOpts;
-
+mod args;
 mod local;
-mod raw;
 mod roles;
 mod util;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Scenario {
-    /// One emitter, one receiver: events/s and MB/s per payload size.
-    Throughput,
-    /// Ping-pong round trips: percentiles.
-    Latency,
-    /// One emitter, --receivers receiver processes: total events/s received.
-    Fanout,
-    /// --nodes processes that know only node 0: time to a full mesh.
-    Mesh,
-    /// Idle RSS of a node with 0 and with --neighbours neighbours.
-    Memory,
-    /// Plain quinn endpoints with the same mutual TLS, no partybus: ping-pong,
-    /// 64 KiB bulk writes, 16-byte records batched into 64 KiB writes.
-    Quinn,
-}
-
-impl Scenario {
-    pub fn name(self) -> &'static str {
-        match self {
-            Scenario::Throughput => "throughput",
-            Scenario::Latency => "latency",
-            Scenario::Fanout => "fanout",
-            Scenario::Mesh => "mesh",
-            Scenario::Memory => "memory",
-            Scenario::Quinn => "quinn",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Role {
-    /// throughput/fanout: emits, then collects the receivers' counts.
-    Emitter,
-    /// throughput/fanout: counts events.
-    Receiver,
-    /// latency: sends pings, measures round trips.
-    Pinger,
-    /// latency: answers pings.
-    Ponger,
-    /// mesh/memory: a node printing neighbour counts and its RSS.
-    Node,
-    /// quinn: a plain quinn endpoint that echoes and counts what it gets.
-    QuinnServer,
-    /// quinn: connects to a quinn-server and measures (see --measure).
-    QuinnClient,
-}
-
-/// What `bench quinn` measures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Measure {
-    /// 16-byte ping-pong on one bidirectional stream: percentiles.
-    Latency,
-    /// 64 KiB writes on one unidirectional stream: MB/s.
-    Bulk,
-    /// 16-byte length-prefixed records batched into 64 KiB writes: records/s.
-    Records,
-    /// In this process: --nodes endpoints (default 100), one connection per
-    /// pair; time and CPU until all are up (the floor under `mesh --in-process`).
-    Mesh,
-}
-
-impl Measure {
-    pub const ALL: [Measure; 4] = [Measure::Latency, Measure::Bulk, Measure::Records, Measure::Mesh];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Measure::Latency => "latency",
-            Measure::Bulk => "bulk",
-            Measure::Records => "records",
-            Measure::Mesh => "mesh",
-        }
-    }
-}
-
-#[derive(Args)]
-pub struct BenchArgs {
-    /// What to measure.
-    #[arg(value_enum)]
-    pub scenario: Scenario,
-    /// One JSON object per result line instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    /// Run one end only (two-machine measurements; takes the node options
-    /// --ca --cert --key --port --connect ...). Without it every end runs
-    /// here, in child processes, on loopback, with a throw-away hood.
-    #[arg(long, value_enum)]
-    pub role: Option<Role>,
-    #[command(flatten)]
-    pub node: NodeOpts,
-    /// Payload size(s) in bytes, as it travels (MessagePack); default 16,1024,65536 (latency: 16).
-    #[arg(long, value_delimiter = ',', value_name = "BYTES")]
-    pub payload: Vec<usize>,
-    /// Events to emit per payload size (default: as many as --duration allows).
-    #[arg(long, value_name = "N")]
-    pub count: Option<u64>,
-    /// How long to emit per payload size (default 2s; with --count alone, at most 60s).
-    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-    pub duration: Option<Duration>,
-    /// fanout: receiver processes.
-    #[arg(long, default_value_t = 4, value_name = "N")]
-    pub receivers: usize,
-    /// mesh: nodes (default 30, or 100 with --in-process).
-    #[arg(long, value_name = "N")]
-    pub nodes: Option<usize>,
-    /// mesh: Bus instances in this process instead of node processes.
-    #[arg(long)]
-    pub in_process: bool,
-    /// mesh --in-process: runtime threads (default: one per core; 1 = one
-    /// current_thread runtime).
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
-    /// mesh --in-process: give each thread its own current_thread runtime and
-    /// a share of the nodes, instead of tokio's multi-thread scheduler.
-    #[arg(long)]
-    pub thread_per_core: bool,
-    /// latency: measured round trips.
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
-    pub round_trips: usize,
-    /// latency: round trips before measuring.
-    #[arg(long, default_value_t = 1_000, value_name = "N")]
-    pub warmup: usize,
-    /// memory: neighbours of the measured node.
-    #[arg(long, default_value_t = 10, value_name = "N")]
-    pub neighbours: usize,
-    /// quinn: what to measure (default latency,bulk,records,mesh).
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub measure: Vec<Measure>,
-    /// Repeat each measurement (fresh processes each time).
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub runs: usize,
-    /// Bound on each wait (a peer to appear, the receivers to drain).
-    #[arg(long, default_value = "20s", value_name = "DUR", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
-    /// Exit when stdin closes (set for the child processes of a local run).
-    #[arg(long, hide = true)]
-    pub exit_on_stdin_eof: bool,
-}
-
-impl BenchArgs {
-    pub fn payload_sizes(&self) -> Vec<usize> {
-        if self.payload.is_empty() {
-            vec![16, 1024, 65536]
-        } else {
-            self.payload.clone()
-        }
-    }
-
-    /// quinn: the measurements asked for, in order.
-    pub fn measures(&self) -> Vec<Measure> {
-        if self.measure.is_empty() {
-            Measure::ALL.to_vec()
-        } else {
-            self.measure.clone()
-        }
-    }
-
-    /// (count, duration) bounds of one emitting run.
-    pub fn bounds(&self) -> (u64, Duration) {
-        match (self.count, self.duration) {
-            (Some(c), Some(d)) => (c, d),
-            (Some(c), None) => (c, Duration::from_secs(60)),
-            (None, Some(d)) => (u64::MAX, d),
-            (None, None) => (u64::MAX, Duration::from_secs(2)),
-        }
-    }
-
-    /// Options a local run passes on to its children.
-    fn pass_through(&self) -> Vec<OsString> {
-        let mut v: Vec<String> = vec!["--timeout".into(), humantime::format_duration(self.timeout).to_string()];
-        if let Some(c) = self.count {
-            v.extend(["--count".into(), c.to_string()]);
-        }
-        if let Some(d) = self.duration {
-            v.extend(["--duration".into(), humantime::format_duration(d).to_string()]);
-        }
-        v.extend(["--round-trips".into(), self.round_trips.to_string(), "--warmup".into(), self.warmup.to_string()]);
-        v.into_iter().map(OsString::from).collect()
-    }
-}
+pub use args::BenchArgs;
+use args::{Role, Scenario};
 
 const THROUGHPUT_COLS: &[(&str, &str)] = &[
     ("scenario", "scenario"),
@@ -222,21 +43,6 @@ const LATENCY_COLS: &[(&str, &str)] = &[
     ("ping RSS KiB", "pinger_rss_kib"),
     ("pong RSS KiB", "ponger_rss_kib"),
 ];
-const QUINN_COLS: &[(&str, &str)] = &[
-    ("scenario", "scenario"),
-    ("payload B", "payload_bytes"),
-    ("events", "events"),
-    ("seconds", "seconds"),
-    ("events/s", "events_per_s"),
-    ("MB/s", "mb_per_s"),
-    ("lost", "lost"),
-    ("p50 µs", "p50_us"),
-    ("p90 µs", "p90_us"),
-    ("p99 µs", "p99_us"),
-    ("max µs", "max_us"),
-    ("client RSS KiB", "client_rss_kib"),
-    ("server RSS KiB", "server_rss_kib"),
-];
 const MESH_COLS: &[(&str, &str)] = &[
     ("scenario", "scenario"),
     ("nodes", "nodes"),
@@ -258,6 +64,13 @@ const MEMORY_COLS: &[(&str, &str)] = &[
 ];
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    if let Some(cmd) = args.moved() {
+        bail!(
+            "this benchmark moved to the developer benchmarks (node/perf/ in the source tree): run `{cmd} ...`, \
+             e.g. `cargo run --release -p partybus-perf -- {}`; see BENCHMARKS.md",
+            cmd.trim_start_matches("partybus-perf ")
+        );
+    }
     if let Some(role) = args.role {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
         rt.block_on(async {
@@ -267,8 +80,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 Role::Pinger => roles::pinger(&args).await,
                 Role::Ponger => roles::ponger(&args).await,
                 Role::Node => roles::node(&args).await,
-                Role::QuinnServer => raw::server(&args).await,
-                Role::QuinnClient => raw::client(&args).await,
+                Role::QuinnServer | Role::QuinnClient => unreachable!("moved, refused above"),
             }
         })?;
         return Ok(ExitCode::SUCCESS);
@@ -278,7 +90,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Scenario::Latency => LATENCY_COLS,
         Scenario::Mesh => MESH_COLS,
         Scenario::Memory => MEMORY_COLS,
-        Scenario::Quinn => QUINN_COLS,
+        Scenario::Quinn => unreachable!("moved, refused above"),
     };
     let mut p = util::Printer::new(args.json, cols);
     match args.scenario {
@@ -286,7 +98,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Scenario::Latency => local::latency(&args, &mut p)?,
         Scenario::Mesh => local::mesh(&args, &mut p)?,
         Scenario::Memory => local::memory(&args, &mut p)?,
-        Scenario::Quinn => local::quinn(&args, &mut p)?,
+        Scenario::Quinn => unreachable!("moved, refused above"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,7 +3,6 @@
 //! and `{"result":{...}}` lines; they run alone for two-machine runs, or as
 //! children of the orchestrator (`super::local`).
 
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use partybus::{Bus, NeighbourEvent};
 use serde_json::{json, Value};
 
-use super::util::{packets, payload, percentile, r1, self_cpu_s, self_rss};
-use super::{BenchArgs, Scenario};
+use super::args::{BenchArgs, Scenario};
+use super::util::{merge, out, packets, payload, percentile, r1, rss_json, self_cpu_s, stdin_closed, LIFETIME};
 
 /// Data events of throughput and fanout.
 pub const DATA: &str = "bench.t";
@@ -26,15 +25,6 @@ pub const QUIT: &str = "bench.ctl.quit";
 pub const PING: &str = "bench.ping";
 pub const PONG: &str = "bench.pong";
 
-/// How long a passive role (receiver, ponger, node) lives at most.
-pub(super) const LIFETIME: Duration = Duration::from_secs(600);
-
-pub fn out(v: Value) {
-    let mut o = std::io::stdout().lock();
-    let _ = writeln!(o, "{v}");
-    let _ = o.flush();
-}
-
 async fn join(args: &BenchArgs) -> Result<Bus> {
     let cfg = args.node.to_config()?;
     Bus::join(cfg).await.context("cannot join the hood")
@@ -44,40 +34,12 @@ fn ready(bus: &Bus) {
     out(json!({"ready": {"port": bus.port(), "id": bus.id().to_hex(), "name": bus.me().name}}));
 }
 
-/// Resolves when this process should stop: stdin closed (when run by the
-/// orchestrator), a quit event, or the lifetime bound.
-pub(super) fn stdin_closed(watch: bool) -> tokio::sync::oneshot::Receiver<()> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    if watch {
-        // A plain thread: a blocked stdin read must not hold the runtime at exit.
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-            let _ = tx.send(());
-        });
-    } else {
-        std::mem::forget(tx);
-    }
-    rx
-}
-
 async fn wait_listeners(bus: &Bus, event: &str, n: usize, timeout: Duration) -> Result<()> {
     let mut rx = bus.observe_listener_count(event)?;
     if tokio::time::timeout(timeout, rx.wait_for(|c| *c >= n)).await.is_err() {
         bail!("{} listener(s) of {event:?} after {timeout:?}, wanted {n} (is the other end running and reachable?)", *rx.borrow());
     }
     Ok(())
-}
-
-pub(super) fn rss_json(prefix: &str) -> Value {
-    let (hwm, rss) = self_rss();
-    json!({format!("{prefix}_rss_kib"): hwm, format!("{prefix}_rss_now_kib"): rss})
-}
-
-pub(super) fn merge(a: &mut Value, b: Value) {
-    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
-        a.extend(b);
-    }
 }
 
 /// Counts data events with the cheapest handler; answers each END with DONE.

@@ -1,15 +1,65 @@
-//! Helpers for `partybus bench`: child processes, RSS, payloads, tables.
+//! Helpers for `partybus bench`: child processes, RSS, payloads, tables,
+//! result lines. The developer benchmarks (`partybus-perf`, node/perf/)
+//! compile this same file as their `util` module, so it depends on nothing
+//! else in the `partybus` binary.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use serde_json::Value;
+use partybus::pki::TempHood;
+use serde_json::{json, Value};
+
+/// How long a passive role (receiver, ponger, node, quinn server) lives at most.
+pub const LIFETIME: Duration = Duration::from_secs(600);
+
+/// Prints one JSON line on stdout, flushed.
+pub fn out(v: Value) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{v}");
+    let _ = o.flush();
+}
+
+/// Resolves when stdin closes (when run by an orchestrator, `watch`), else never.
+pub fn stdin_closed(watch: bool) -> tokio::sync::oneshot::Receiver<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if watch {
+        // A plain thread: a blocked stdin read must not hold the runtime at exit.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+            let _ = tx.send(());
+        });
+    } else {
+        std::mem::forget(tx);
+    }
+    rx
+}
+
+/// `{PREFIX_rss_kib: VmHWM, PREFIX_rss_now_kib: VmRSS}` of this process.
+pub fn rss_json(prefix: &str) -> Value {
+    let (hwm, rss) = self_rss();
+    json!({format!("{prefix}_rss_kib"): hwm, format!("{prefix}_rss_now_kib"): rss})
+}
+
+/// Adds the fields of object `b` to object `a`.
+pub fn merge(a: &mut Value, b: Value) {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+}
+
+/// A result line with its run number (from 1).
+pub fn tag(mut v: Value, run: usize) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.insert("run".into(), json!(run + 1));
+    }
+    v
+}
 
 /// `(VmHWM, VmRSS)` of a process in KiB, from `/proc/PID/status` (Linux).
 pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
@@ -63,34 +113,15 @@ pub fn payload(size: usize) -> Result<Bytes> {
     Ok(Bytes::from(v))
 }
 
-/// Throw-away hood with peer certificates, in a temporary folder.
-pub struct TempHood {
-    dir: tempfile::TempDir,
+/// `--ca --cert --key` arguments of peer `name` of `hood` (made on first use).
+pub fn peer_args(hood: &TempHood, name: &str) -> Result<Vec<OsString>> {
+    let f = hood.peer(name).with_context(|| format!("cannot create peer {name}"))?;
+    Ok(vec!["--ca".into(), hood.files().cert.into(), "--cert".into(), f.cert.into(), "--key".into(), f.key.into()])
 }
 
-impl TempHood {
-    pub fn new() -> Result<TempHood> {
-        let dir = tempfile::Builder::new().prefix("partybus-bench-").tempdir().context("cannot create a temporary folder")?;
-        partybus::pki::create_hood("bench", dir.path(), 2).context("cannot create the benchmark hood")?;
-        Ok(TempHood { dir })
-    }
-
-    /// Creates peer `name` (once) and returns `--ca --cert --key` arguments.
-    pub fn peer_args(&self, name: &str) -> Result<Vec<OsString>> {
-        let (ca, cert, key) = self.peer(name)?;
-        Ok(vec!["--ca".into(), ca.into(), "--cert".into(), cert.into(), "--key".into(), key.into()])
-    }
-
-    /// Creates peer `name` (once) and returns the CA, certificate and key paths.
-    pub fn peer(&self, name: &str) -> Result<(PathBuf, PathBuf, PathBuf)> {
-        let d: &Path = self.dir.path();
-        let cert = d.join(format!("bench.{name}.crt"));
-        let key = d.join(format!("bench.{name}.key"));
-        if !cert.exists() {
-            partybus::pki::create_peer("bench", name, d, 2).with_context(|| format!("cannot create peer {name}"))?;
-        }
-        Ok((d.join("bench.crt"), cert, key))
-    }
+/// The throw-away hood of a local run: peers made on first use, valid 2 days.
+pub fn bench_hood() -> Result<TempHood> {
+    TempHood::new("bench", 2).context("cannot create the benchmark hood")
 }
 
 /// Options every locally spawned node gets: loopback, any port, no DHT.
@@ -115,7 +146,7 @@ pub struct Kid {
 }
 
 impl Kid {
-    /// Spawns `partybus ARGS`. Lines go to `shared` if given, else to the
+    /// Spawns this executable with ARGS. Lines go to `shared` if given, else to the
     /// kid's own channel (see [`Kid::expect`]).
     pub fn spawn(args: Vec<OsString>, idx: usize, shared: Option<mpsc::Sender<Line>>, graceful: bool) -> Result<Kid> {
         let exe = std::env::current_exe().context("cannot find this executable")?;

@@ -2,7 +2,7 @@
 //! selector matching and routing (`subs`, `name`), frame encode/decode
 //! (`wire`), and the emit path into a send queue (`queue` + `wire`).
 //!
-//! `cargo bench -p partybus --bench micro [-- FILTER]`. A tiny harness (no
+//! `cargo bench -p partybus-perf --bench micro [-- FILTER]`. A tiny harness (no
 //! dependencies): each case is timed in 11 samples of a fixed batch after a
 //! warm-up; the median ns per operation is printed, with the sample range.
 
@@ -10,11 +10,15 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
+use partybus::__private::wire::{self, FrameDecoder};
+use partybus::__private::{tls, SendQueue, SubTable};
 use partybus::id::NodeId;
 use partybus::name::Selector;
-use partybus::queue::SendQueue;
-use partybus::subs::SubTable;
-use partybus::wire::{self, FrameDecoder};
+
+/// The `partybus bench` helpers (for the CPU time of this process).
+#[path = "../../src/cli/bench/util.rs"]
+#[allow(dead_code)]
+mod util;
 
 struct Harness {
     filter: Vec<String>,
@@ -196,15 +200,6 @@ fn main() {
     handshakes(&h);
 }
 
-/// CPU time (user + system) of this process so far, in seconds (Linux; 0 elsewhere).
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
-    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (tick(11) + tick(12)) as f64 / 100.0
-}
-
 /// Client and server endpoints on loopback with partybus' TLS and transport
 /// settings (ECDSA P-256 certificates from a fresh hood); one case is a whole
 /// handshake, both ends' work on one current_thread runtime (what the
@@ -213,29 +208,16 @@ fn handshakes(h: &Harness) {
     if !h.filter.is_empty() && !h.filter.iter().any(|x| "quic handshake".contains(x.as_str())) {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    partybus::pki::create_hood("bench", dir.path(), 1).expect("hood");
-    let cfg = |name: &str| {
-        partybus::pki::create_peer("bench", name, dir.path(), 1).expect("peer");
-        let p = |s: &str| dir.path().join(s);
-        partybus::Config::from_files(&p("bench.crt"), &p(&format!("bench.{name}.crt")), &p(&format!("bench.{name}.key"))).expect("config")
-    };
+    let hood = partybus::pki::TempHood::new("bench", 1).expect("hood");
+    let cfg = |name: &str| partybus::Config::new(hood.hood().clone(), hood.identity(name).expect("peer"));
     let (a, b) = (cfg("a"), cfg("b"));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let sock = |_: ()| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let rt = quinn::default_runtime().expect("runtime");
         // Loopback: the settings partybus uses for peers on this host.
-        let (server, _) = partybus::tls::on_host(
-            &b,
-            partybus::tls::server_config(&b).expect("server config"),
-            partybus::tls::client_config(&b).expect("client config"),
-        );
-        let (_, client) = partybus::tls::on_host(
-            &a,
-            partybus::tls::server_config(&a).expect("server config"),
-            partybus::tls::client_config(&a).expect("client config"),
-        );
+        let (server, _) = tls::on_host(&b, tls::server_config(&b).expect("server config"), tls::client_config(&b).expect("client config"));
+        let (_, client) = tls::on_host(&a, tls::server_config(&a).expect("server config"), tls::client_config(&a).expect("client config"));
         let srv = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), sock(()), rt.clone()).expect("endpoint");
         let mut cli = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, sock(()), rt).expect("endpoint");
         cli.set_default_client_config(client);
@@ -252,7 +234,7 @@ fn handshakes(h: &Harness) {
             one().await;
         }
         let mut samples = Vec::new();
-        let cpu0 = cpu_seconds();
+        let cpu0 = util::self_cpu_s();
         for _ in 0..7 {
             let t = Instant::now();
             for _ in 0..50 {
@@ -260,7 +242,7 @@ fn handshakes(h: &Harness) {
             }
             samples.push(t.elapsed().as_secs_f64() * 1e6 / 50.0);
         }
-        let cpu = (cpu_seconds() - cpu0) * 1e6 / 350.0;
+        let cpu = (util::self_cpu_s() - cpu0) * 1e6 / 350.0;
         samples.sort_by(f64::total_cmp);
         println!(
             "{:<48} {:>10.1} us/op  ({:.1}-{:.1}), CPU {cpu:.0} us/op",

@@ -1,27 +1,17 @@
-//! `partybus bench quinn`: the baseline. Plain quinn endpoints with the
-//! hood's mutual TLS (`partybus_pki` configs, quinn's default transport
-//! settings), no partybus on top. The quinn-client measures; the
-//! quinn-server echoes pings and counts what it receives, and after each
-//! measurement reports its counts and RSS on a unidirectional stream.
-//!
-//! Client -> server: one bidirectional stream per ping-pong run; one
-//! unidirectional stream per bulk/records run, starting with a kind byte.
-//! Records are a 4-byte big-endian length and a 16-byte body.
+//! The two ends of a baseline measurement: the server echoes pings and
+//! counts what it receives, the client measures.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tokio::time::timeout;
 
-use super::roles::{merge, out, rss_json, stdin_closed, LIFETIME};
-use super::util::{percentile, r1};
-use super::{BenchArgs, Measure};
+use super::config::{client_config, server_config};
+use crate::args::{Measure, QuinnArgs};
+use crate::util::{merge, out, percentile, r1, rss_json, stdin_closed, LIFETIME};
 
-/// Not partybus's ALPN: a quinn-client cannot talk to a node by mistake.
-const ALPN: &[u8] = b"partybus-bench-quinn";
 const PING_BYTES: usize = 16;
 const WRITE_BYTES: usize = 64 * 1024;
 const RECORD_BYTES: usize = 16;
@@ -34,29 +24,7 @@ const REPORT_MAX: usize = 64 * 1024;
 const KIND_BULK: u8 = b'B';
 const KIND_RECORDS: u8 = b'R';
 
-fn transport_default() -> Arc<quinn::TransportConfig> {
-    Arc::new(quinn::TransportConfig::default())
-}
-
-fn server_config(cfg: &partybus::Config) -> Result<quinn::ServerConfig> {
-    let mut tls = partybus::pki::server_config(&cfg.identity, &cfg.hood)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("TLS configuration not usable for QUIC")?;
-    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    sc.transport_config(transport_default());
-    Ok(sc)
-}
-
-fn client_config(cfg: &partybus::Config) -> Result<quinn::ClientConfig> {
-    let mut tls = partybus::pki::client_config(&cfg.identity, &cfg.hood)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).context("TLS configuration not usable for QUIC")?;
-    let mut cc = quinn::ClientConfig::new(Arc::new(quic));
-    cc.transport_config(transport_default());
-    Ok(cc)
-}
-
-/// A quinn server endpoint on --bind (default [::], then 0.0.0.0) and the first free --port.
+/// A quinn server endpoint on --bind (default `[::]`, then `0.0.0.0`) and the first free --port.
 fn server_endpoint(cfg: &partybus::Config) -> Result<quinn::Endpoint> {
     let ips = match cfg.bind {
         Some(ip) => vec![ip],
@@ -75,8 +43,8 @@ fn server_endpoint(cfg: &partybus::Config) -> Result<quinn::Endpoint> {
 }
 
 /// Serves quinn-clients until stdin closes (local runs) or the lifetime bound.
-pub async fn server(args: &BenchArgs) -> Result<()> {
-    let cfg = args.node.to_config()?;
+pub async fn server(args: &QuinnArgs) -> Result<()> {
+    let cfg = args.endpoint.to_config()?;
     let endpoint = server_endpoint(&cfg)?;
     let mut stop = stdin_closed(args.exit_on_stdin_eof);
     out(json!({"ready": {"port": endpoint.local_addr()?.port(), "name": cfg.identity.name()}}));
@@ -86,7 +54,7 @@ pub async fn server(args: &BenchArgs) -> Result<()> {
         tokio::select! {
             inc = endpoint.accept() => {
                 let Some(inc) = inc else { break };
-                let t = args.timeout;
+                let t = args.common.timeout;
                 tokio::spawn(async move {
                     if let Err(e) = serve(inc, t).await {
                         tracing::warn!("quinn-server: {e:#}");
@@ -227,20 +195,23 @@ impl Records {
 }
 
 /// Connects to --connect and runs the --measure measurements, one result line each.
-pub async fn client(args: &BenchArgs) -> Result<()> {
-    let cfg = args.node.to_config()?;
-    let to = args.node.connect.first().context("quinn-client needs --connect HOST:PORT")?;
+pub async fn client(args: &QuinnArgs) -> Result<()> {
+    let cfg = args.endpoint.to_config()?;
+    let to = args.endpoint.connect.first().context("quinn-client needs --connect HOST:PORT")?;
     let addr = tokio::net::lookup_host(to.as_str()).await?.next().with_context(|| format!("{to}: no address"))?;
     let local_ip = cfg.bind.unwrap_or(if addr.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() });
     let endpoint = quinn::Endpoint::client(SocketAddr::new(local_ip, 0)).context("cannot bind the quinn client")?;
     let connecting = endpoint.connect_with(client_config(&cfg)?, addr, "partybus")?;
-    let conn = timeout(args.timeout, connecting).await.with_context(|| format!("no connection to {addr} within {:?}", args.timeout))??;
+    let t = args.common.timeout;
+    let conn = timeout(t, connecting).await.with_context(|| format!("no connection to {addr} within {t:?}"))??;
     for m in args.measures() {
         let v = match m {
             Measure::Latency => ping_pong(&conn, args).await?,
             Measure::Bulk => one_way(&conn, args, false).await?,
             Measure::Records => one_way(&conn, args, true).await?,
-            Measure::Mesh => bail!("--measure mesh runs its endpoints in one process: run `bench quinn --measure mesh` without --role"),
+            Measure::Mesh => {
+                bail!("--measure mesh runs its endpoints in one process: run `partybus-perf quinn --measure mesh` without --role")
+            }
         };
         out(json!({"result": v}));
     }
@@ -263,8 +234,8 @@ fn server_fields(v: &mut Value, rep: &Value) {
 }
 
 /// Warm-up, then --round-trips pings of 16 bytes, one at a time, on one bidirectional stream.
-async fn ping_pong(conn: &quinn::Connection, args: &BenchArgs) -> Result<Value> {
-    let t = args.timeout;
+async fn ping_pong(conn: &quinn::Connection, args: &QuinnArgs) -> Result<Value> {
+    let t = args.common.timeout;
     let (mut send, mut recv) = timeout(t, conn.open_bi()).await.context("cannot open a stream in time")??;
     let mut ping = [0x55u8; PING_BYTES];
     let mut pong = [0u8; PING_BYTES];
@@ -313,8 +284,8 @@ async fn ping_pong(conn: &quinn::Connection, args: &BenchArgs) -> Result<Value> 
 /// 64 KiB writes (bulk) or 16-byte records batched into ~64 KiB writes on one
 /// unidirectional stream for --duration or --count (writes, or records);
 /// counted by the server once the stream is finished.
-async fn one_way(conn: &quinn::Connection, args: &BenchArgs, records: bool) -> Result<Value> {
-    let t = args.timeout;
+async fn one_way(conn: &quinn::Connection, args: &QuinnArgs, records: bool) -> Result<Value> {
+    let t = args.common.timeout;
     let (count, duration) = args.bounds();
     let mut send = timeout(t, conn.open_uni()).await.context("cannot open a stream in time")??;
     let data = vec![0x55u8; WRITE_BYTES];
@@ -363,131 +334,6 @@ async fn one_way(conn: &quinn::Connection, args: &BenchArgs, records: bool) -> R
     server_fields(&mut v, &rep);
     Ok(v)
 }
-
-/// `bench quinn --measure mesh`: the floor under `bench mesh --in-process`.
-/// `--nodes` plain quinn endpoints in this process (default 100), each with
-/// its own hood certificate and partybus's on-host transport settings, on the
-/// scheduler that scenario uses by default (tokio's multi-thread, one worker
-/// per core). Each endpoint dials every endpoint after it, at most
-/// [`MESH_DIALS`] at a time as a node does, so every pair gets one mutual-TLS
-/// connection. Measured: from the first dial until both ends of every
-/// connection are up. No streams, no gossip: what the mesh would cost if
-/// partybus added nothing to the handshakes.
-/// `hood` keeps the certificates across runs (made once, on the first).
-pub fn mesh(args: &BenchArgs, hood: &super::util::TempHood) -> Result<Value> {
-    super::local::fixed_mmap_threshold();
-    let n = args.nodes.unwrap_or(100).max(2);
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
-    let mut cfgs = Vec::with_capacity(n);
-    for i in 0..n {
-        let (ca, cert, key) = hood.peer(&format!("node{i}"))?;
-        cfgs.push(partybus::Config::from_files(&ca, &cert, &key)?);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
-    rt.block_on(async {
-        let mut endpoints = Vec::with_capacity(n);
-        for cfg in &cfgs {
-            // partybus's transport settings for peers on this host (the
-            // loopback MTU from the first packet): quinn's default would add
-            // MTU probes to every connection, which a node does not send.
-            let transport = partybus::tls::transport(cfg, true);
-            let mut sc = server_config(cfg)?;
-            sc.transport_config(transport.clone()); // replaces quinn's default set there
-            let mut cc = client_config(cfg)?;
-            cc.transport_config(transport);
-            let sock = std::net::UdpSocket::bind(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0))
-                .context("cannot bind a UDP socket on 127.0.0.1")?;
-            let mut e = quinn::Endpoint::new(partybus::tls::endpoint_config(), Some(sc), sock, Arc::new(quinn::TokioRuntime))?;
-            e.set_default_client_config(cc);
-            endpoints.push(e);
-        }
-        let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.local_addr()).collect::<std::io::Result<_>>()?;
-        let t = args.timeout.max(Duration::from_secs(60));
-        let cpu0 = super::util::self_cpu_s();
-        let t0 = Instant::now();
-        // Accepting ends: every endpoint but the first accepts the
-        // connections of the endpoints before it.
-        let mut accepts = Vec::new();
-        for (i, e) in endpoints.iter().enumerate().skip(1) {
-            let e = e.clone();
-            accepts.push(tokio::spawn(async move {
-                let mut conns = Vec::with_capacity(i);
-                let mut pending = tokio::task::JoinSet::new();
-                while conns.len() < i {
-                    tokio::select! {
-                        inc = e.accept(), if conns.len() + pending.len() < i => {
-                            let inc = inc.context("endpoint closed")?;
-                            pending.spawn(async move { inc.await });
-                        }
-                        Some(r) = pending.join_next() => conns.push(r??),
-                    }
-                }
-                anyhow::Ok(conns)
-            }));
-        }
-        // Dialling ends: endpoint i dials i+1.., MESH_DIALS at a time.
-        let mut dials = Vec::new();
-        for (i, e) in endpoints.iter().enumerate() {
-            let e = e.clone();
-            let targets: Vec<SocketAddr> = addrs[i + 1..].to_vec();
-            dials.push(tokio::spawn(async move {
-                let mut conns = Vec::with_capacity(targets.len());
-                let mut running = tokio::task::JoinSet::new();
-                let mut next = targets.into_iter();
-                loop {
-                    while running.len() < MESH_DIALS {
-                        let Some(to) = next.next() else { break };
-                        let connecting = e.connect(to, "partybus")?;
-                        running.spawn(connecting);
-                    }
-                    match running.join_next().await {
-                        Some(r) => conns.push(r??),
-                        None => break,
-                    }
-                }
-                anyhow::Ok(conns)
-            }));
-        }
-        let mut conns = Vec::new();
-        for h in dials.into_iter().chain(accepts) {
-            conns.extend(
-                timeout(t.saturating_sub(t0.elapsed()), h)
-                    .await
-                    .with_context(|| format!("quinn mesh of {n} not full within {t:?}"))???,
-            );
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        let cpu = super::util::self_cpu_s() - cpu0;
-        let (hwm, _) = super::util::self_rss();
-        let pairs = n * (n - 1) / 2;
-        let (sent, lost) = conns.iter().fold((0, 0), |(s, l), c| {
-            let p = c.stats().path;
-            (s + p.sent_packets, l + p.lost_packets)
-        });
-        for c in &conns {
-            c.close(0u32.into(), b"done");
-        }
-        for e in &endpoints {
-            let _ = timeout(Duration::from_secs(1), e.wait_idle()).await;
-        }
-        Ok(json!({
-            "scenario": "quinn-mesh",
-            "nodes": n,
-            "threads": threads,
-            "pairs": pairs,
-            "connection_ends": conns.len(),
-            "seconds": (secs * 1e4).round() / 1e4,
-            "cpu_seconds": (cpu * 100.0).round() / 100.0,
-            "cpu_ms_per_pair": (cpu * 1e3 / pairs as f64 * 100.0).round() / 100.0,
-            "packets_sent": sent,
-            "packets_lost": lost,
-            "process_rss_kib": hwm,
-        }))
-    })
-}
-
-/// Dials in flight per endpoint in [`mesh`]: partybus's default `dial_concurrency`.
-const MESH_DIALS: usize = 4;
 
 #[cfg(test)]
 mod tests {
