@@ -15,9 +15,10 @@ use crate::event::{Event, Listener, PeerInfo, Sink};
 use crate::id::NodeId;
 use crate::mesh::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, PathStats};
 use crate::name::{validate_name, NameError, Selector};
-use crate::node::{self, Inner, Owner};
+use crate::node::{self, Owner};
 use crate::payload::{self, PayloadError};
 use crate::plane::{Emitted, Plane};
+use crate::shared::Inner;
 
 /// Errors from [`Bus::emit`].
 #[derive(Debug, thiserror::Error)]

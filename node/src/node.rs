@@ -1,10 +1,9 @@
-//! A running node: what its tasks share ([`Inner`]), how it starts, and how
-//! it leaves. The mesh's decisions are in [`crate::mesh`], the data plane in
-//! [`crate::plane`].
+//! A node's life: how it starts (binds, spawns its tasks) and how it leaves.
+//! What its tasks share is [`crate::shared::Inner`]; the mesh's decisions are
+//! in [`crate::mesh`], the data plane in [`crate::plane`].
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, watch};
@@ -12,205 +11,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use partybus_discovery::{DiscoveryContext, DiscoveryEvent, DiscoverySink, StopHandle, StopSignal};
+use partybus_discovery::{DiscoveryContext, DiscoveryEvent, DiscoverySink, StopSignal};
 
 use crate::config::{Config, FullPolicy};
 use crate::event::PeerInfo;
 use crate::id::NodeId;
-use crate::mesh::actor::{Actor, Msg};
-use crate::mesh::conn::LEAVE_FLUSH;
-use crate::mesh::proto::{ConnId, Mesh, MeshConfig};
-use crate::mesh::{endpoint, ConnStats, JoinError, NeighbourEvent, NEIGHBOUR_EVENTS};
-use crate::peers::{self, canonical};
+use crate::mesh::actor::Actor;
+use crate::mesh::inbox::Msg;
+use crate::mesh::link::LEAVE_FLUSH;
+use crate::mesh::proto::{Mesh, MeshConfig};
+use crate::mesh::{endpoint, JoinError, NEIGHBOUR_EVENTS};
 use crate::plane::Plane;
+use crate::shared::{relock, Addresses, Inner, Phase, Settings};
 use crate::wire::close;
-
-/// Settings copied out of [`Config`] (the rest is consumed by `join`).
-#[derive(Clone, Debug)]
-pub(crate) struct Settings {
-    pub handshake_timeout: Duration,
-    pub queue_limit: usize,
-    pub max_event_size: usize,
-    pub allow_non_global: bool,
-    pub advertise: Vec<SocketAddr>,
-}
-
-/// Where a node is in its life. One value, watched: `leave` moves it
-/// forward, and everything that must stop looks here.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Phase {
-    Running,
-    Leaving,
-    Left,
-}
-
-/// Addresses: ours as others see them, and mapped ones.
-#[derive(Default)]
-struct Addresses {
-    external: Vec<SocketAddr>,
-    observed: Vec<SocketAddr>,
-    stats: ConnStats,
-}
-
-/// What a node's tasks share.
-pub(crate) struct Inner {
-    pub(crate) id: NodeId,
-    pub(crate) me: Arc<PeerInfo>,
-    pub(crate) fingerprint: String,
-    pub(crate) settings: Settings,
-    pub(crate) local_addr: SocketAddr,
-    /// Dropped at the end of `leave`, releasing the UDP port.
-    endpoint: Mutex<Option<quinn::Endpoint>>,
-    /// QUIC settings for peers on this host (large packets from the start, see `tls::transport`).
-    pub(crate) server_on_host: Arc<quinn::ServerConfig>,
-    pub(crate) client_on_host: quinn::ClientConfig,
-    pub(crate) plane: Arc<Plane>,
-    /// To the mesh actor.
-    mesh_tx: mpsc::Sender<Msg>,
-    addrs: Mutex<Addresses>,
-    pub(crate) events: broadcast::Sender<NeighbourEvent>,
-    reachable_tx: watch::Sender<Vec<SocketAddr>>,
-    phase: watch::Sender<Phase>,
-    discovery_stop: StopHandle,
-    /// The discovery services' tasks: leave gives them time to withdraw what they published.
-    discovery: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// Every task of the node, and the one token that stops them.
-    pub(crate) tracker: TaskTracker,
-    pub(crate) cancel: CancellationToken,
-    next_conn: AtomicU64,
-}
-
-fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Addresses of local interfaces (link-local excluded), with `port`.
-fn interface_addrs(local: SocketAddr) -> Vec<SocketAddr> {
-    let port = local.port();
-    if !local.ip().is_unspecified() {
-        return vec![canonical(local)];
-    }
-    let mut out = Vec::new();
-    if let Ok(ifs) = if_addrs::get_if_addrs() {
-        for i in ifs {
-            let ip = i.ip();
-            if peers::scope(ip) == peers::Scope::LinkLocal || (local.is_ipv4() && ip.is_ipv6()) {
-                continue;
-            }
-            out.push(SocketAddr::new(ip, port));
-        }
-    }
-    if out.is_empty() {
-        out.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
-    }
-    // Global first, then private, then loopback: the order others try them in.
-    out.sort_by_key(|a| std::cmp::Reverse(peers::scope(a.ip())));
-    out.dedup();
-    out
-}
-
-impl Inner {
-    pub(crate) fn endpoint(&self) -> Option<quinn::Endpoint> {
-        relock(&self.endpoint).clone()
-    }
-
-    pub(crate) fn next_conn(&self) -> ConnId {
-        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed) + 1)
-    }
-
-    /// Spawns a task of this node (tracked; stopped by `leave`).
-    pub(crate) fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, fut: F) -> tokio::task::JoinHandle<()> {
-        let cancel = self.cancel.clone();
-        self.tracker.spawn(async move {
-            cancel.run_until_cancelled(fut).await;
-        })
-    }
-
-    /// Reports to the mesh actor (waits while its queue is full; a no-op once it has stopped).
-    pub(crate) async fn report(&self, msg: Msg) {
-        let _ = self.mesh_tx.send(msg).await;
-    }
-
-    pub(crate) fn is_leaving(&self) -> bool {
-        *self.phase.borrow() != Phase::Running
-    }
-
-    /// The actor's figures, for the synchronous accessors.
-    pub(crate) fn publish_mesh(&self, stats: ConnStats, observed: &[SocketAddr]) {
-        let mut a = relock(&self.addrs);
-        a.stats = stats;
-        if a.observed != observed {
-            a.observed = observed.to_vec();
-        }
-    }
-
-    pub(crate) fn conn_stats(&self) -> ConnStats {
-        relock(&self.addrs).stats
-    }
-
-    pub(crate) fn observed(&self) -> Vec<SocketAddr> {
-        relock(&self.addrs).observed.clone()
-    }
-
-    /// Addresses we tell peers in our hello.
-    pub(crate) fn advertised(&self) -> Vec<SocketAddr> {
-        // Interfaces are read (a system call) before taking the lock.
-        let ifs = interface_addrs(self.local_addr);
-        let mut v = self.settings.advertise.clone();
-        v.extend(relock(&self.addrs).external.iter().copied());
-        v.extend(ifs);
-        // A handful of addresses: a linear check beats building a set (once per connection).
-        let mut out: Vec<SocketAddr> = Vec::with_capacity(v.len());
-        for a in v {
-            if !out.contains(&a) {
-                out.push(a);
-            }
-        }
-        out
-    }
-
-    fn update_reachable(&self) {
-        let allow = self.settings.allow_non_global;
-        let list: Vec<SocketAddr> = self
-            .advertised()
-            .into_iter()
-            .filter(|a| match peers::scope(a.ip()) {
-                peers::Scope::Global => true,
-                peers::Scope::Private => allow,
-                _ => false,
-            })
-            .collect();
-        self.reachable_tx.send_if_modified(|v| {
-            let m = *v != list;
-            *v = list;
-            m
-        });
-    }
-
-    /// Dials `addr` (timeouts retried with backoff) unless connected or dialling there.
-    pub(crate) fn connect(self: &Arc<Self>, addr: SocketAddr) {
-        let msg = Msg::Candidate { addr, retry: true };
-        if let Err(mpsc::error::TrySendError::Full(msg)) = self.mesh_tx.try_send(msg) {
-            let me = self.clone();
-            self.spawn(async move { me.report(msg).await });
-        }
-    }
-
-    pub(crate) fn neighbour_count_rx(&self) -> watch::Receiver<usize> {
-        self.plane.count_tx.subscribe()
-    }
-
-    pub(crate) fn path(&self, id: NodeId) -> Option<crate::mesh::PathStats> {
-        let p = self.plane.state().links.get(&id)?.conn.stats().path;
-        Some(crate::mesh::PathStats {
-            rtt: p.rtt,
-            mtu: p.current_mtu,
-            sent_packets: p.sent_packets,
-            lost_packets: p.lost_packets,
-            cwnd: p.cwnd,
-        })
-    }
-}
 
 /// Starts a node. See [`crate::Bus::join`].
 pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 use crate::config::FullPolicy;
 use crate::event::{Deliveries, DeliveryTx, Listener, ListenerLookup, PeerInfo};
 use crate::id::NodeId;
-use crate::mesh::conn::{ConnCtl, Drain};
+use crate::mesh::link::{ConnCtl, Drain};
 use crate::mesh::NeighbourInfo;
 use crate::name::NameError;
 use crate::peers::Direction;

@@ -36,7 +36,7 @@ struct Inner {
     next_cap: usize,
     /// Event frames queued so far, and of those, taken by a writer: after
     /// a connection switch, the new writer tells the peer how many events
-    /// went out before it ([`crate::wire::Frame::Resume`]).
+    /// went out before it (the wire's `Frame::Resume`).
     events: u64,
     taken_events: u64,
 }

@@ -5,7 +5,6 @@
 //! it and never call each other.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,30 +12,18 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::conn::{ConnCmd, ConnCtl, Drain, Start};
 use super::endpoint;
-use super::proto::{Attempt, CloseWhy, ConnId, Input, Mesh, Output, PeerHello, ReaderEnd, Timer};
+use super::inbox::Msg;
+use super::link::{ConnCmd, ConnCtl, Drain, Start};
+use super::proto::{Attempt, CloseWhy, ConnId, Input, Mesh, Output, Timer};
 use super::NeighbourEvent;
 use crate::event::PeerInfo;
 use crate::id::NodeId;
-use crate::node::Inner;
-use crate::peers::{DialFailure, Direction};
+use crate::peers::Direction;
 use crate::plane::Link;
 use crate::queue::SendQueue;
+use crate::shared::Inner;
 use crate::wire::{close, PeerAddrs};
-
-/// What tasks report to the actor.
-pub(crate) enum Msg {
-    Candidate { addr: SocketAddr, retry: bool },
-    Dialled { attempt: Attempt, result: Result<(ConnId, quinn::Connection, mpsc::UnboundedSender<ConnCmd>), DialFailure> },
-    IncomingStarted { conn: ConnId, addr: SocketAddr },
-    IncomingDone { conn: ConnId, result: Result<(quinn::Connection, mpsc::UnboundedSender<ConnCmd>), DialFailure> },
-    Hello { conn: ConnId, hello: PeerHello, name: String, ctl: Arc<ConnCtl> },
-    HelloFailed { conn: ConnId },
-    Gossip { conn: ConnId, peers: Vec<PeerAddrs> },
-    ReaderEnded { conn: ConnId, end: ReaderEnd },
-    Leave,
-}
 
 /// A connection as the actor holds it.
 struct ConnIo {

@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 
-use super::actor::Msg;
 use super::conn;
+use super::inbox::Msg;
 use super::proto::Attempt;
-use crate::node::Inner;
 use crate::peers::{canonical, DialFailure, Direction};
+use crate::shared::Inner;
 
 /// Accepts incoming connections until the endpoint closes.
 pub(crate) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {

@@ -4,13 +4,16 @@
 //!   outputs out, time passed in), tested with simulated time.
 //! - [`actor`]: the one task that drives it.
 //! - [`endpoint`], [`conn`], [`stream`]: thin tasks around quinn: accept,
-//!   dial, one task per connection (hellos, then reader and writer).
+//!   dial, one task per connection (hellos, then reader and writer); they
+//!   report through [`inbox`] and share [`link`] with the actor.
 //! - [`report`]: what the library reports about the mesh.
 
 pub(crate) mod actor;
 pub(crate) mod conn;
 pub(crate) mod endpoint;
 pub(crate) mod errors;
+pub(crate) mod inbox;
+pub(crate) mod link;
 pub(crate) mod proto;
 mod report;
 mod stream;

@@ -8,13 +8,13 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tracing::debug;
 
-use super::actor::Msg;
-use super::conn::{ConnCtl, Drain};
 use super::errors::ProtocolError;
+use super::inbox::Msg;
+use super::link::{ConnCtl, Drain};
 use super::proto::{ConnId, ReaderEnd};
 use crate::event::{BatchBuilder, PeerInfo};
-use crate::node::Inner;
 use crate::queue::SendQueue;
+use crate::shared::Inner;
 use crate::wire::{self, close, Frame, FrameDecoder};
 
 /// How long a reader waits for the events of the connection it replaces;

@@ -1,7 +1,7 @@
 //! The mesh's decisions as one state machine, with no I/O: no tokio, no
 //! sockets, no locks, no clock of its own.
 //!
-//! The driver ([`super::actor`]) feeds it [`Input`]s with the time they
+//! The driver (the mesh actor) feeds it [`Input`]s with the time they
 //! happened and carries out the [`Output`]s it returns: dial this address,
 //! start this connection's hello, use this connection for that neighbour,
 //! retire this one, tell a neighbour about others, report a neighbour found
