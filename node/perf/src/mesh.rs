@@ -10,18 +10,7 @@ use serde_json::json;
 
 use crate::alloc::fixed_mmap_threshold;
 use crate::args::{threads, MeshArgs};
-use crate::util::{bench_hood, packets, self_cpu_s, self_rss, tag, Printer};
-
-/// Table columns (the JSON lines hold more).
-const MESH_COLS: &[(&str, &str)] = &[
-    ("scenario", "scenario"),
-    ("nodes", "nodes"),
-    ("seconds", "seconds"),
-    ("from first", "seconds_from_first"),
-    ("spawn s", "spawn_seconds"),
-    ("node RSS KiB", "node_rss_kib"),
-    ("proc RSS KiB", "process_rss_kib"),
-];
+use crate::util::{bench_hood, packets, self_cpu_s, self_rss, tag, Printer, MESH_COLS};
 
 /// `partybus-perf mesh`: the runs, one result line each.
 pub fn run(args: &MeshArgs) -> Result<()> {

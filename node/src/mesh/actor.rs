@@ -68,7 +68,7 @@ impl Actor {
             }
             // Figures first: whoever sees a neighbour in the data plane
             // (added by `carry_out`) sees it counted too.
-            self.inner.publish_mesh(self.mesh.counters().into(), self.mesh.observed());
+            self.inner.publish_mesh(self.mesh.counters(), self.mesh.observed());
             self.carry_out();
         }
     }

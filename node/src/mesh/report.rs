@@ -72,22 +72,6 @@ pub struct ConnStats {
     pub duplicates: u64,
 }
 
-impl From<super::proto::Counters> for ConnStats {
-    fn from(c: super::proto::Counters) -> ConnStats {
-        ConnStats {
-            dials: c.dials,
-            dials_ok: c.dials_ok,
-            dials_timed_out: c.dials_timed_out,
-            dials_abandoned: c.dials_abandoned,
-            accepts: c.accepts,
-            accepts_ok: c.accepts_ok,
-            accepts_timed_out: c.accepts_timed_out,
-            activated: c.activated,
-            duplicates: c.duplicates,
-        }
-    }
-}
-
 /// The QUIC path to one neighbour, as quinn sees it now (see [`crate::Bus::path`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]

@@ -43,15 +43,6 @@ const LATENCY_COLS: &[(&str, &str)] = &[
     ("ping RSS KiB", "pinger_rss_kib"),
     ("pong RSS KiB", "ponger_rss_kib"),
 ];
-const MESH_COLS: &[(&str, &str)] = &[
-    ("scenario", "scenario"),
-    ("nodes", "nodes"),
-    ("seconds", "seconds"),
-    ("from first", "seconds_from_first"),
-    ("spawn s", "spawn_seconds"),
-    ("node RSS KiB", "node_rss_kib"),
-    ("proc RSS KiB", "process_rss_kib"),
-];
 const MEMORY_COLS: &[(&str, &str)] = &[
     ("scenario", "scenario"),
     ("neighbours", "neighbours"),
@@ -88,7 +79,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let cols = match args.scenario {
         Scenario::Throughput | Scenario::Fanout => THROUGHPUT_COLS,
         Scenario::Latency => LATENCY_COLS,
-        Scenario::Mesh => MESH_COLS,
+        Scenario::Mesh => util::MESH_COLS,
         Scenario::Memory => MEMORY_COLS,
         Scenario::Quinn => unreachable!("moved, refused above"),
     };

@@ -318,3 +318,14 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
+
+/// Table columns of a mesh result, in `partybus bench mesh` and `partybus-perf mesh` alike (the JSON lines hold more).
+pub const MESH_COLS: &[(&str, &str)] = &[
+    ("scenario", "scenario"),
+    ("nodes", "nodes"),
+    ("seconds", "seconds"),
+    ("from first", "seconds_from_first"),
+    ("spawn s", "spawn_seconds"),
+    ("node RSS KiB", "node_rss_kib"),
+    ("proc RSS KiB", "process_rss_kib"),
+];

@@ -160,19 +160,8 @@ pub(crate) enum Timer {
     SwitchWait(NodeId, ConnId),
 }
 
-/// Counters since the node joined: see [`crate::ConnStats`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Counters {
-    pub dials: u64,
-    pub dials_ok: u64,
-    pub dials_timed_out: u64,
-    pub dials_abandoned: u64,
-    pub accepts: u64,
-    pub accepts_ok: u64,
-    pub accepts_timed_out: u64,
-    pub activated: u64,
-    pub duplicates: u64,
-}
+/// Counters since the node joined, as reported ([`crate::ConnStats`]).
+pub(crate) type Counters = crate::mesh::ConnStats;
 
 /// Where to find a peer again.
 struct Known {
