@@ -17,13 +17,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::{wait_until, GUARD};
 use partybus::pki::{create_hood, create_peer, Hood, Identity};
 use partybus::{Bus, Config, PortSpec};
+use partybus_testkit::AcceptAnything;
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::NamedGroup;
 use rustls_pki_types::ServerName;
 
-const GUARD: Duration = Duration::from_secs(20);
 const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// The node's ALPN (`partybus::wire::ALPN`).
 const ALPN: &[u8] = b"partybus/1";
@@ -75,42 +78,6 @@ impl ClientSessionStore for Recorder {
             self.offered.fetch_add(1, Ordering::SeqCst);
         }
         t
-    }
-}
-
-/// Trusts any server: the stranger must be refused by the server, not by itself.
-#[derive(Debug)]
-struct AnyServer;
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &rustls_pki_types::CertificateDer<'_>,
-        _: &[rustls_pki_types::CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls_pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls_pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -189,7 +156,8 @@ fn client(h: &Hoods, store: &Arc<Recorder>) -> (quinn::Endpoint, Arc<SwitchingCe
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer))
+        // Trusts any server: the stranger must be refused by the server, not by itself.
+        .with_custom_certificate_verifier(Arc::new(AcceptAnything))
         .with_client_cert_resolver(certs.clone());
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.resumption = Resumption::store(store.clone());
@@ -197,18 +165,6 @@ fn client(h: &Hoods, store: &Arc<Recorder>) -> (quinn::Endpoint, Arc<SwitchingCe
     let mut ep = quinn::Endpoint::client((LOCALHOST, 0).into()).unwrap();
     ep.set_default_client_config(cfg);
     (ep, certs)
-}
-
-/// Polls until `cond` or `timeout`.
-async fn wait_until(mut cond: impl FnMut() -> bool, timeout: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    cond()
 }
 
 /// The CN of the certificate the server side of `conn` believes its client has.
