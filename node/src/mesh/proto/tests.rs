@@ -81,17 +81,18 @@ fn gossip_makes_a_full_mesh() {
     let mut abandoned = 0;
     for seed in 0..SEEDS {
         let mut sim = Sim::new(seed);
-        let s = sim.node(&[addr(1, 4816)]);
+        sim.node(&[addr(1, 4816)]); // the seed
         let others: Vec<usize> = (2..5).map(|h| sim.node(&[addr(h, 4816)])).collect();
         for &n in &others {
             sim.input(n, Input::Candidate { addr: addr(1, 4816), retry: true });
         }
-        let _ = s;
         sim.run();
         sim.assert_full_mesh();
         abandoned += (0..4).map(|n| sim.counters(n).dials_abandoned).sum::<u64>();
     }
-    let _ = abandoned; // how often the race happens depends on the schedule; correctness is asserted above
+    // The interleavings include the second dialer's race (its dial given
+    // up when the first dialer's reached it), not only calm orders.
+    assert!(abandoned > 0, "no dial was ever given up in {SEEDS} runs");
 }
 
 /// Leave during a handshake: the leaving node starts no dial and makes no
