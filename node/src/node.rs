@@ -68,6 +68,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
         tracker: TaskTracker::new(),
         cancel: CancellationToken::new(),
         next_conn: AtomicU64::new(0),
+        dial_seq: AtomicU64::new(0),
     });
     inner.update_reachable();
     info!(id = %id, name = %inner.me.name, addr = %local_addr, hood = %inner.fingerprint, "joined the hood");

@@ -74,6 +74,7 @@ pub(crate) struct Inner {
     pub(crate) tracker: TaskTracker,
     pub(crate) cancel: CancellationToken,
     pub(crate) next_conn: AtomicU64,
+    pub(crate) dial_seq: AtomicU64,
 }
 
 pub(crate) fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -112,6 +113,13 @@ impl Inner {
 
     pub(crate) fn next_conn(&self) -> ConnId {
         ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    /// Numbers a dialled connection when its QUIC handshake completes (a
+    /// later connection gets a larger number, which the duplicate rule
+    /// needs; see `wire::Hello::dial`).
+    pub(crate) fn next_dial(&self) -> u64 {
+        self.dial_seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Spawns a task of this node (tracked; stopped by `leave`).

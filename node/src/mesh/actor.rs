@@ -34,6 +34,9 @@ struct ConnIo {
     hello: Option<(Arc<PeerInfo>, Arc<ConnCtl>)>,
 }
 
+/// Messages handled per wake at most before timers and outputs.
+const MSG_BATCH: usize = 64;
+
 pub(crate) struct Actor {
     inner: Arc<Inner>,
     mesh: Mesh,
@@ -51,21 +54,32 @@ impl Actor {
     }
 
     pub(crate) async fn run(mut self) {
+        // One timer for the earliest armed one, reset when that changes.
+        let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(sleep);
+        let mut armed_at: Option<Instant> = None;
         loop {
             let next = self.timers.first_key_value().map(|((at, _), _)| *at);
-            let sleep = async {
-                match next {
-                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-                    None => std::future::pending().await,
+            if next != armed_at {
+                if let Some(at) = next {
+                    sleep.as_mut().reset(tokio::time::Instant::from_std(at));
                 }
-            };
-            tokio::select! {
-                msg = self.rx.recv() => match msg {
-                    Some(msg) => self.on_msg(msg),
-                    None => return,
-                },
-                () = sleep => self.fire_timers(),
+                armed_at = next;
             }
+            tokio::select! {
+                msg = self.rx.recv() => {
+                    let Some(msg) = msg else { return };
+                    self.on_msg(msg);
+                    // What else is waiting, in one go (bounded, so timers
+                    // are not starved by a busy inbox).
+                    for _ in 0..MSG_BATCH {
+                        let Ok(msg) = self.rx.try_recv() else { break };
+                        self.on_msg(msg);
+                    }
+                }
+                () = &mut sleep, if armed_at.is_some() => {}
+            }
+            self.fire_timers();
             // Figures first: whoever sees a neighbour in the data plane
             // (added by `carry_out`) sees it counted too.
             self.inner.publish_mesh(self.mesh.counters(), self.mesh.observed());
@@ -90,9 +104,9 @@ impl Actor {
             Msg::Candidate { addr, retry } => Input::Candidate { addr, retry },
             Msg::Dialled { attempt, result } => {
                 self.attempts.remove(&attempt);
-                let result = result.map(|(id, conn, cmds)| {
-                    self.conns.insert(id, ConnIo { conn, dir: Direction::Out, cmds, hello: None });
-                    id
+                let result = result.map(|(dialled, conn, cmds)| {
+                    self.conns.insert(dialled.conn, ConnIo { conn, dir: Direction::Out, cmds, hello: None });
+                    dialled
                 });
                 Input::Dialled { attempt, result }
             }
@@ -137,7 +151,6 @@ impl Actor {
                         c.cancel();
                     }
                 }
-                Output::StartHello { conn, dial } => self.command(conn, ConnCmd::Hello { dial }),
                 Output::Activate { conn, peer, peers } => self.activate(conn, peer, peers),
                 Output::Switch { peer, from, to } => self.switch(peer, from, to),
                 Output::RetireAtBirth { conn, peer } => {

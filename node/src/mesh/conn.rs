@@ -16,27 +16,14 @@ use super::inbox::Msg;
 use super::link::{ConnCmd, ConnCtl, LEAVE_FLUSH};
 use super::proto::{ConnId, PeerHello, ReaderEnd, Teardown};
 use super::stream::{run_reader, run_writer};
-use crate::peers::{canonical, Direction};
+use crate::peers::canonical;
 use crate::shared::Inner;
 use crate::wire::{self, close, Frame, FrameDecoder, Hello};
 
-/// Runs connection `id` after its QUIC handshake. `cmds` ends when the actor drops it (leave).
-pub(crate) async fn run(
-    inner: Arc<Inner>,
-    id: ConnId,
-    conn: quinn::Connection,
-    dir: Direction,
-    mut cmds: mpsc::UnboundedReceiver<ConnCmd>,
-) {
+/// Runs connection `id` after its QUIC handshake; `dial` is our number for
+/// it (0 when accepted). `cmds` ends when the actor drops it (leave).
+pub(crate) async fn run(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection, dial: u64, mut cmds: mpsc::UnboundedReceiver<ConnCmd>) {
     let remote = canonical(conn.remote_address());
-    let dial = match dir {
-        Direction::In => 0,
-        Direction::Out => match cmds.recv().await {
-            Some(ConnCmd::Hello { dial }) => dial,
-            Some(ConnCmd::Close { code, reason }) => return conn.close(code.into(), reason),
-            _ => return conn.close(close::GOODBYE.into(), b"leaving"),
-        },
-    };
     let hello = match tokio::time::timeout(inner.settings.handshake_timeout, exchange_hellos(&inner, &conn, remote, dial)).await {
         Ok(Ok(h)) => h,
         res => {

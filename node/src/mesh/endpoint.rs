@@ -9,8 +9,8 @@ use tracing::{debug, warn};
 
 use super::conn;
 use super::inbox::Msg;
-use super::proto::Attempt;
-use crate::peers::{canonical, DialFailure, Direction};
+use super::proto::{Attempt, Dialled};
+use crate::peers::{canonical, DialFailure};
 use crate::shared::Inner;
 
 /// Accepts incoming connections until the endpoint closes.
@@ -51,7 +51,7 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
             };
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             me.report(Msg::IncomingDone { conn: id, result: Ok((conn.clone(), tx)) }).await;
-            conn::run(me, id, conn, Direction::In, rx).await;
+            conn::run(me, id, conn, 0, rx).await;
         });
     }
 }
@@ -61,10 +61,10 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
 pub(crate) async fn dial(inner: Arc<Inner>, attempt: Attempt, addr: SocketAddr) {
     match connect(&inner, addr).await {
         Ok(conn) => {
-            let id = inner.next_conn();
+            let dialled = Dialled { conn: inner.next_conn(), dial: inner.next_dial() };
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            inner.report(Msg::Dialled { attempt, result: Ok((id, conn.clone(), tx)) }).await;
-            conn::run(inner, id, conn, Direction::Out, rx).await;
+            inner.report(Msg::Dialled { attempt, result: Ok((dialled, conn.clone(), tx)) }).await;
+            conn::run(inner, dialled.conn, conn, dialled.dial, rx).await;
         }
         Err(failure) => inner.report(Msg::Dialled { attempt, result: Err(failure) }).await,
     }

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::link::{ConnCmd, ConnCtl};
-use super::proto::{Attempt, ConnId, PeerHello, ReaderEnd};
+use super::proto::{Attempt, ConnId, Dialled, PeerHello, ReaderEnd};
 use crate::peers::DialFailure;
 use crate::wire::PeerAddrs;
 
 /// What tasks report to the actor.
 pub(crate) enum Msg {
     Candidate { addr: SocketAddr, retry: bool },
-    Dialled { attempt: Attempt, result: Result<(ConnId, quinn::Connection, mpsc::UnboundedSender<ConnCmd>), DialFailure> },
+    Dialled { attempt: Attempt, result: Result<(Dialled, quinn::Connection, mpsc::UnboundedSender<ConnCmd>), DialFailure> },
     IncomingStarted { conn: ConnId, addr: SocketAddr },
     IncomingDone { conn: ConnId, result: Result<(quinn::Connection, mpsc::UnboundedSender<ConnCmd>), DialFailure> },
     Hello { conn: ConnId, hello: PeerHello, name: String, ctl: Arc<ConnCtl> },

@@ -92,10 +92,6 @@ pub(crate) struct Start {
 
 /// The actor's commands to a connection task.
 pub(crate) enum ConnCmd {
-    /// Send our hello, numbered `dial` (dialled connections).
-    Hello {
-        dial: u64,
-    },
     Start(Start),
     Teardown(Teardown),
     /// Close unused (our own node, or an abandoned dial).

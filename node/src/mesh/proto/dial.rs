@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::pacing::Backoff;
-use super::{Conn, ConnId, Known, Mesh, Output, Timer, MAX_DIAL_JOBS, MAX_GOSSIP_ADDRS, MAX_KNOWN};
+use super::{Conn, ConnId, Dialled, Known, Mesh, Output, Timer, MAX_DIAL_JOBS, MAX_GOSSIP_ADDRS, MAX_KNOWN};
 use crate::id::NodeId;
 use crate::peers::{self, canonical, DialFailure, Direction, SecondDial};
 use crate::wire::PeerAddrs;
@@ -239,11 +239,11 @@ impl Mesh {
         self.out.push_back(Output::Connect { attempt, addr });
     }
 
-    pub(super) fn on_dialled(&mut self, attempt: Attempt, result: Result<ConnId, DialFailure>, now: Instant) {
+    pub(super) fn on_dialled(&mut self, attempt: Attempt, result: Result<Dialled, DialFailure>, now: Instant) {
         let Some(job) = self.attempts.remove(&attempt) else {
             // Given up meanwhile (or we are leaving): a handshake that
             // completed anyway is closed unused.
-            if let Ok(conn) = result {
+            if let Ok(Dialled { conn, .. }) = result {
                 self.out.push_back(Output::Close { conn, why: super::CloseWhy::Abandoned });
             }
             return;
@@ -252,7 +252,7 @@ impl Mesh {
         let second = j.second();
         self.release_slot(second, now);
         match result {
-            Ok(conn) => {
+            Ok(Dialled { conn, dial }) => {
                 self.counters.dials_ok += 1;
                 let Some(j) = self.jobs.get_mut(&job) else { return };
                 j.stage = Stage::Hellos;
@@ -262,9 +262,7 @@ impl Mesh {
                 };
                 // A connecting job always holds its address.
                 let Some(addr) = addr else { return };
-                self.dial_seq += 1;
-                self.conns.insert(conn, Conn::handshaking(Direction::Out, addr, Some(job), self.dial_seq));
-                self.out.push_back(Output::StartHello { conn, dial: self.dial_seq });
+                self.conns.insert(conn, Conn::handshaking(Direction::Out, addr, Some(job), dial));
             }
             Err(failure) => {
                 if failure == DialFailure::TimedOut {

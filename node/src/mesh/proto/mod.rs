@@ -82,8 +82,9 @@ pub(crate) enum Input {
     /// Discovery (or [`crate::Bus::connect`]) names an address. With
     /// `retry`, a dial that times out is tried again with backoff.
     Candidate { addr: SocketAddr, retry: bool },
-    /// A dial's QUIC handshake ended: `Ok` with the number the driver gave the connection.
-    Dialled { attempt: Attempt, result: Result<ConnId, DialFailure> },
+    /// A dial's QUIC handshake ended: `Ok` with the connection (whose
+    /// hello, carrying its dial number, is on its way already).
+    Dialled { attempt: Attempt, result: Result<Dialled, DialFailure> },
     /// An incoming QUIC handshake started (its first packet was accepted).
     IncomingStarted { conn: ConnId, addr: SocketAddr },
     /// That handshake ended: `Ok` means TLS completed and the hellos follow.
@@ -100,6 +101,17 @@ pub(crate) enum Input {
     Timer(Timer),
     /// Leave the hood: no more dials; connections that end now are departures.
     Leave,
+}
+
+/// A dial that connected: the driver's number for the connection, and the
+/// dialer's number for it ([`crate::wire::Hello::dial`]: a per-process
+/// counter taken when the QUIC handshake completes, so a later connection
+/// has a larger number; its hello goes out at once, without waiting for the
+/// mesh).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Dialled {
+    pub conn: ConnId,
+    pub dial: u64,
 }
 
 /// What a peer said in its hello, as the state machine needs it.
@@ -121,10 +133,6 @@ pub(crate) enum Output {
     Connect { attempt: Attempt, addr: SocketAddr },
     /// Give that handshake up (the peer's own dial reached us); no answer is expected.
     Abandon { attempt: Attempt },
-    /// Send our hello on a connection we dialled, numbered `dial`; answer
-    /// with [`Input::Hello`] or [`Input::HelloFailed`]. (An accepted
-    /// connection sends its hello, numbered 0, without being asked.)
-    StartHello { conn: ConnId, dial: u64 },
     /// `conn` is `peer`'s connection, the first one: open its send queue
     /// with our subscriptions and `peers` (the rest of the mesh), start its
     /// writer and reader, report the neighbour found.
@@ -184,8 +192,6 @@ pub(crate) struct Mesh {
     out: VecDeque<Output>,
     counters: Counters,
     leaving: bool,
-    /// Our numbering of outgoing connections ([`crate::wire::Hello::dial`]).
-    dial_seq: u64,
 
     conns: HashMap<ConnId, Conn>,
     neighbours: HashMap<NodeId, Neighbour>,
@@ -226,7 +232,6 @@ impl Mesh {
             out: VecDeque::new(),
             counters: Counters::default(),
             leaving: false,
-            dial_seq: 0,
             conns: HashMap::new(),
             neighbours: HashMap::new(),
             known: HashMap::new(),

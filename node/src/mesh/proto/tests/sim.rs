@@ -92,6 +92,8 @@ struct Node {
     emitted: HashMap<NodeId, u64>,
     budget: HashMap<NodeId, u64>,
     log: Vec<(Instant, Output)>,
+    /// Connections dialled (the dialer's numbering).
+    dials: u64,
     timers: BTreeMap<(Instant, u64), Timer>,
 }
 
@@ -151,6 +153,7 @@ impl Sim {
             emitted: HashMap::new(),
             budget: HashMap::new(),
             log: Vec::new(),
+            dials: 0,
             timers: BTreeMap::new(),
         });
         self.nodes.len() - 1
@@ -250,12 +253,6 @@ impl Sim {
                     let now = self.now;
                     self.nodes[h.to].mesh.handle(Input::IncomingDone { conn, result: Err(DialFailure::Refused) }, now);
                 }
-            }
-            Output::StartHello { conn, dial } => {
-                let hello = self.hello(n, conn, dial);
-                self.write(n, conn, Frame::Hello(hello));
-                self.nodes[n].conns.get_mut(&conn).expect("known").hello_sent = true;
-                self.hello_done(n, conn);
             }
             Output::Activate { conn, peer, peers } => {
                 self.start(n, conn);
@@ -396,7 +393,14 @@ impl Sim {
                 self.write(h.to, to_conn, Frame::Hello(hello));
                 self.nodes[h.to].conns.get_mut(&to_conn).expect("new").hello_sent = true;
                 self.nodes[h.to].mesh.handle(Input::IncomingDone { conn: to_conn, result: Ok(()) }, now);
-                self.nodes[h.from].mesh.handle(Input::Dialled { attempt: h.attempt, result: Ok(from_conn) }, now);
+                // The dialer numbers the connection and sends its hello at once.
+                self.nodes[h.from].dials += 1;
+                let dial = self.nodes[h.from].dials;
+                let hello = self.hello(h.from, from_conn, dial);
+                self.write(h.from, from_conn, Frame::Hello(hello));
+                self.nodes[h.from].conns.get_mut(&from_conn).expect("new").hello_sent = true;
+                self.nodes[h.from].mesh.handle(Input::Dialled { attempt: h.attempt, result: Ok(Dialled { conn: from_conn, dial }) }, now);
+                self.hello_done(h.from, from_conn);
             }
             Action::Deliver(p, dir) => {
                 let f = self.pipes[p].frames[dir].pop_front().expect("ready");
