@@ -39,9 +39,21 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     let id = NodeId::random();
     let me = Arc::new(PeerInfo { id, name: cfg.identity.name().to_owned(), addr: None, local: true });
     let (dispatch_tx, dispatch_rx) = mpsc::channel(256);
-    let (mesh_tx, mesh_rx) = mpsc::channel(1024);
     let (discovery_stop, stop_signal) = StopSignal::new();
     let full_policy: FullPolicy = cfg.full_policy;
+    let mesh = Mesh::new(
+        id,
+        MeshConfig {
+            handshake_timeout: cfg.handshake_timeout,
+            redial_base: cfg.redial_base,
+            redial_max: cfg.redial_max,
+            redial_for: cfg.redial_for,
+            gossip_dial_delay: cfg.gossip_dial_delay,
+            allow_non_global: cfg.allow_non_global,
+            dial_concurrency: cfg.dial_concurrency,
+        },
+        rand::random(),
+    );
     let inner = Arc::new(Inner {
         id,
         me: me.clone(),
@@ -58,7 +70,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
         server_on_host: Arc::new(server_on_host),
         client_on_host,
         plane: Arc::new(Plane::new(me, cfg.max_subscriptions_per_peer, dispatch_tx, full_policy)),
-        mesh_tx,
+        actor: Actor::new(mesh),
         addrs: Mutex::new(Addresses::default()),
         events: broadcast::channel(NEIGHBOUR_EVENTS).0,
         reachable_tx: watch::channel(Vec::new()).0,
@@ -73,20 +85,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     inner.update_reachable();
     info!(id = %id, name = %inner.me.name, addr = %local_addr, hood = %inner.fingerprint, "joined the hood");
 
-    let mesh = Mesh::new(
-        id,
-        MeshConfig {
-            handshake_timeout: cfg.handshake_timeout,
-            redial_base: cfg.redial_base,
-            redial_max: cfg.redial_max,
-            redial_for: cfg.redial_for,
-            gossip_dial_delay: cfg.gossip_dial_delay,
-            allow_non_global: cfg.allow_non_global,
-            dial_concurrency: cfg.dial_concurrency,
-        },
-        rand::random(),
-    );
-    inner.spawn(Actor::new(inner.clone(), mesh, mesh_rx).run());
+    inner.spawn(Actor::run_timers(inner.clone()));
     inner.spawn(crate::event::run_dispatcher(dispatch_rx, inner.plane.clone()));
     inner.spawn(endpoint::accept_loop(inner.clone(), endpoint));
 
@@ -152,12 +151,9 @@ pub(crate) async fn leave(inner: &Arc<Inner>) {
         let _ = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|p| *p == Phase::Left)).await;
         return;
     }
-    inner.report(Msg::Leave).await;
-    inner.discovery_stop.stop();
-
-    // Let the writers send what emit already counted and the peers
-    // acknowledge it: closing the endpoint discards anything in flight.
-    // Bounded: a peer that stopped answering does not hold the leave up.
+    // Every neighbour's queue ends here: its writer sends what emit already
+    // counted, then finishes. (First: the mesh may drop a neighbour from
+    // the data plane as soon as it hears of the leave.)
     let writers: Vec<_> = {
         let st = inner.plane.state();
         st.links.values().map(|l| (l.queue.clone(), l.ctl.clone())).collect()
@@ -165,6 +161,12 @@ pub(crate) async fn leave(inner: &Arc<Inner>) {
     for (q, _) in &writers {
         q.finish();
     }
+    inner.report(Msg::Leave).await;
+    inner.discovery_stop.stop();
+
+    // Let the peers acknowledge what was sent: closing the endpoint
+    // discards anything in flight. Bounded: a peer that stopped answering
+    // does not hold the leave up.
     let flush = async {
         for (_, ctl) in &writers {
             ctl.writer_ended().await;
@@ -188,6 +190,8 @@ pub(crate) async fn leave(inner: &Arc<Inner>) {
             debug!("a discovery service did not stop within 3 s: cancelling it");
         }
     }
+    // Connection tasks still waiting for the actor's word end with it.
+    inner.actor.clear();
     inner.cancel.cancel();
     inner.tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(1), inner.tracker.wait()).await;

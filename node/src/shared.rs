@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -15,6 +15,7 @@ use partybus_discovery::StopHandle;
 
 use crate::event::PeerInfo;
 use crate::id::NodeId;
+use crate::mesh::actor::Actor;
 use crate::mesh::inbox::Msg;
 use crate::mesh::proto::ConnId;
 use crate::mesh::{ConnStats, NeighbourEvent};
@@ -61,8 +62,8 @@ pub(crate) struct Inner {
     pub(crate) server_on_host: Arc<quinn::ServerConfig>,
     pub(crate) client_on_host: quinn::ClientConfig,
     pub(crate) plane: Arc<Plane>,
-    /// To the mesh actor.
-    pub(crate) mesh_tx: mpsc::Sender<Msg>,
+    /// The mesh's actor.
+    pub(crate) actor: Actor,
     pub(crate) addrs: Mutex<Addresses>,
     pub(crate) events: broadcast::Sender<NeighbourEvent>,
     pub(crate) reachable_tx: watch::Sender<Vec<SocketAddr>>,
@@ -122,6 +123,15 @@ impl Inner {
         self.dial_seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Spawns a connection's task (a dial, an incoming handshake, a
+    /// connection, a writer): tracked, but not wrapped in the cancellation
+    /// token. These end by themselves once their connection closes (leave
+    /// closes the endpoint), and polling the token's future on every wake
+    /// of the busiest tasks cost a shared lock each time.
+    pub(crate) fn spawn_conn<F: std::future::Future<Output = ()> + Send + 'static>(&self, fut: F) -> tokio::task::JoinHandle<()> {
+        self.tracker.spawn(fut)
+    }
+
     /// Spawns a task of this node (tracked; stopped by `leave`).
     pub(crate) fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, fut: F) -> tokio::task::JoinHandle<()> {
         let cancel = self.cancel.clone();
@@ -130,9 +140,9 @@ impl Inner {
         })
     }
 
-    /// Reports to the mesh actor (waits while its queue is full; a no-op once it has stopped).
-    pub(crate) async fn report(&self, msg: Msg) {
-        let _ = self.mesh_tx.send(msg).await;
+    /// Reports to the mesh's actor (waits while its inbox is full).
+    pub(crate) async fn report(self: &Arc<Self>, msg: Msg) {
+        self.actor.report(self, msg).await
     }
 
     pub(crate) fn is_leaving(&self) -> bool {
@@ -193,11 +203,7 @@ impl Inner {
 
     /// Dials `addr` (timeouts retried with backoff) unless connected or dialling there.
     pub(crate) fn connect(self: &Arc<Self>, addr: SocketAddr) {
-        let msg = Msg::Candidate { addr, retry: true };
-        if let Err(mpsc::error::TrySendError::Full(msg)) = self.mesh_tx.try_send(msg) {
-            let me = self.clone();
-            self.spawn(async move { me.report(msg).await });
-        }
+        self.actor.post(self, Msg::Candidate { addr, retry: true });
     }
 
     pub(crate) fn neighbour_count_rx(&self) -> watch::Receiver<usize> {

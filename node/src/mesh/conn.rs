@@ -53,7 +53,7 @@ pub(crate) async fn run(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection, 
     };
     let mut writer = {
         let (ctl, conn, queue) = (ctl.clone(), conn.clone(), start.queue);
-        inner.spawn(async move {
+        inner.spawn_conn(async move {
             // Dropped with the task, even one aborted before it first ran.
             let _alive = writer_alive;
             run_writer(send, queue, ctl, conn).await

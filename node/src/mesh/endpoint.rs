@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::sync::oneshot;
+
 use tracing::{debug, warn};
 
 use super::conn;
@@ -27,7 +29,7 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
         // peer knows at once to wait for it.
         inner.report(Msg::IncomingStarted { conn: id, addr: remote }).await;
         let me = inner.clone();
-        inner.spawn(async move {
+        inner.spawn_conn(async move {
             let connecting = async move { connecting?.await };
             let conn = match tokio::time::timeout(me.settings.handshake_timeout, connecting).await {
                 Ok(Ok(c)) => c,
@@ -57,11 +59,22 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
 }
 
 /// One dial attempt: the QUIC handshake to `addr` within the handshake
-/// timeout, then (connected) the connection's task.
-pub(crate) async fn dial(inner: Arc<Inner>, attempt: Attempt, addr: SocketAddr) {
-    match connect(&inner, addr).await {
+/// timeout, then (connected) the connection's task. `abandon` gives the
+/// handshake up (the peer's own dial reached us).
+pub(crate) async fn dial(inner: Arc<Inner>, attempt: Attempt, addr: SocketAddr, abandon: oneshot::Receiver<()>) {
+    let abandoned = async {
+        // A dropped sender is no order to abandon.
+        if abandon.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        r = connect(&inner, addr) => r,
+        () = abandoned => return,
+    };
+    match result {
         Ok(conn) => {
-            let dialled = Dialled { conn: inner.next_conn(), dial: inner.next_dial() };
+            let dialled = Dialled { conn: inner.next_conn(), dial: inner.next_dial(), remote: conn.remote_address() };
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             inner.report(Msg::Dialled { attempt, result: Ok((dialled, conn.clone(), tx)) }).await;
             conn::run(inner, dialled.conn, conn, dialled.dial, rx).await;

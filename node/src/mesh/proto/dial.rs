@@ -241,10 +241,15 @@ impl Mesh {
 
     pub(super) fn on_dialled(&mut self, attempt: Attempt, result: Result<Dialled, DialFailure>, now: Instant) {
         let Some(job) = self.attempts.remove(&attempt) else {
-            // Given up meanwhile (or we are leaving): a handshake that
-            // completed anyway is closed unused.
-            if let Ok(Dialled { conn, .. }) = result {
-                self.out.push_back(Output::Close { conn, why: super::CloseWhy::Abandoned });
+            // Given up meanwhile, but the handshake had completed (and its
+            // hello gone out) before the driver heard: a connection like
+            // any other. The duplicate rule keeps it or retires it, as both
+            // ends agree; closing it could cut a connection the peer has
+            // already made its neighbour's.
+            if let Ok(Dialled { conn, dial, remote }) = result {
+                self.counters.dials_abandoned = self.counters.dials_abandoned.saturating_sub(1);
+                self.counters.dials_ok += 1;
+                self.conns.insert(conn, Conn::handshaking(Direction::Out, canonical(remote), None, dial));
             }
             return;
         };
@@ -252,7 +257,7 @@ impl Mesh {
         let second = j.second();
         self.release_slot(second, now);
         match result {
-            Ok(Dialled { conn, dial }) => {
+            Ok(Dialled { conn, dial, .. }) => {
                 self.counters.dials_ok += 1;
                 let Some(j) = self.jobs.get_mut(&job) else { return };
                 j.stage = Stage::Hellos;

@@ -112,6 +112,8 @@ pub(crate) enum Input {
 pub(crate) struct Dialled {
     pub conn: ConnId,
     pub dial: u64,
+    /// The peer's address.
+    pub remote: SocketAddr,
 }
 
 /// What a peer said in its hello, as the state machine needs it.

@@ -106,8 +106,6 @@ pub(crate) enum Teardown {
 pub(crate) enum CloseWhy {
     /// It reached our own node.
     SelfConnect,
-    /// A dial given up that completed anyway.
-    Abandoned,
     /// Its hellos completed while we leave.
     Leaving,
 }

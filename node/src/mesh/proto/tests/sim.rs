@@ -72,6 +72,8 @@ struct Handshake {
     attempt: Attempt,
     from_addr: SocketAddr,
     to: usize,
+    /// The address dialled.
+    to_addr: SocketAddr,
     /// The accepting side's connection, once the first packet arrived.
     to_conn: Option<ConnId>,
 }
@@ -233,7 +235,7 @@ impl Sim {
             Output::Connect { attempt, addr } => match self.owner(addr) {
                 Some(to) => {
                     let from_addr = self.nodes[n].addrs[0];
-                    self.handshakes.push(Some(Handshake { from: n, attempt, from_addr, to, to_conn: None }));
+                    self.handshakes.push(Some(Handshake { from: n, attempt, from_addr, to, to_addr: addr, to_conn: None }));
                 }
                 _ => {
                     self.seq += 1;
@@ -399,7 +401,9 @@ impl Sim {
                 let hello = self.hello(h.from, from_conn, dial);
                 self.write(h.from, from_conn, Frame::Hello(hello));
                 self.nodes[h.from].conns.get_mut(&from_conn).expect("new").hello_sent = true;
-                self.nodes[h.from].mesh.handle(Input::Dialled { attempt: h.attempt, result: Ok(Dialled { conn: from_conn, dial }) }, now);
+                self.nodes[h.from]
+                    .mesh
+                    .handle(Input::Dialled { attempt: h.attempt, result: Ok(Dialled { conn: from_conn, dial, remote: h.to_addr }) }, now);
                 self.hello_done(h.from, from_conn);
             }
             Action::Deliver(p, dir) => {
