@@ -2,7 +2,7 @@
 //!
 //! - [`proto`]: every decision, as a state machine with no I/O (inputs in,
 //!   outputs out, time passed in), tested with simulated time.
-//! - [`actor`]: the one task that drives it.
+//! - [`actor`]: drives it (one inbox, one owner at a time, one timer task).
 //! - [`endpoint`], [`conn`], [`stream`]: thin tasks around quinn: accept,
 //!   dial, one task per connection (hellos, then reader and writer); they
 //!   report through [`inbox`] and share [`link`] with the actor.
