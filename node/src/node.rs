@@ -16,14 +16,39 @@ use partybus_discovery::{DiscoveryContext, DiscoveryEvent, DiscoverySink, StopSi
 use crate::config::{Config, FullPolicy};
 use crate::event::PeerInfo;
 use crate::id::NodeId;
-use crate::mesh::actor::Actor;
+use crate::mesh::actor::{Actor, Io};
 use crate::mesh::inbox::Msg;
 use crate::mesh::link::LEAVE_FLUSH;
-use crate::mesh::proto::{Mesh, MeshConfig};
-use crate::mesh::{endpoint, JoinError, NEIGHBOUR_EVENTS};
+use crate::mesh::proto::{Attempt, Mesh, MeshConfig};
+use crate::mesh::{endpoint, ConnStats, JoinError, NeighbourEvent, NEIGHBOUR_EVENTS};
 use crate::plane::Plane;
 use crate::shared::{relock, Addresses, Inner, Phase, Settings};
 use crate::wire::close;
+
+/// The mesh actor's hands: the node around it.
+impl Io for Arc<Inner> {
+    fn connect(&self, attempt: Attempt, addr: std::net::SocketAddr, abandon: tokio::sync::oneshot::Receiver<()>) {
+        self.spawn_conn(endpoint::dial(self.clone(), attempt, addr, abandon));
+    }
+    fn plane(&self) -> &Plane {
+        &self.plane
+    }
+    fn neighbour_event(&self, event: NeighbourEvent) {
+        let _ = self.events.send(event);
+    }
+    fn queue_limit(&self) -> usize {
+        self.settings.queue_limit
+    }
+    fn leaving(&self) -> bool {
+        self.is_leaving()
+    }
+    fn publish(&self, stats: ConnStats, observed: &[std::net::SocketAddr]) {
+        self.publish_mesh(stats, observed);
+    }
+    fn actor(&self) -> &Actor {
+        &self.actor
+    }
+}
 
 /// Starts a node. See [`crate::Bus::join`].
 pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {

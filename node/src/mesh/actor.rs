@@ -14,24 +14,37 @@
 //! duplicates. The actor's one task sleeps until its earliest timer.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::info;
 
-use super::endpoint;
 use super::inbox::Msg;
 use super::link::{ConnCmd, ConnCtl, Drain, Start};
 use super::proto::{Attempt, CloseWhy, ConnId, Input, Mesh, Output, Timer};
-use super::NeighbourEvent;
+use super::{ConnStats, NeighbourEvent};
 use crate::event::PeerInfo;
 use crate::id::NodeId;
 use crate::peers::Direction;
-use crate::plane::Link;
+use crate::plane::{Link, Plane};
 use crate::queue::SendQueue;
-use crate::shared::Inner;
 use crate::wire::{close, PeerAddrs};
+
+/// What the actor acts on: the node around it (implemented in `node.rs`,
+/// so that this module needs nothing of the node's).
+pub(crate) trait Io {
+    /// Starts a dial attempt's task; a send on `abandon` gives it up.
+    fn connect(&self, attempt: Attempt, addr: SocketAddr, abandon: oneshot::Receiver<()>);
+    fn plane(&self) -> &Plane;
+    fn neighbour_event(&self, event: NeighbourEvent);
+    fn queue_limit(&self) -> usize;
+    fn leaving(&self) -> bool;
+    /// The actor's figures, for the synchronous accessors.
+    fn publish(&self, stats: ConnStats, observed: &[SocketAddr]);
+    fn actor(&self) -> &Actor;
+}
 
 /// Messages waiting at most; a reporter past that waits for room (a peer
 /// flooding gossip waits in its own reader, not in memory).
@@ -81,7 +94,7 @@ impl Actor {
     }
 
     /// Reports `msg`, waiting while the inbox is full.
-    pub(crate) async fn report(&self, inner: &Arc<Inner>, msg: Msg) {
+    pub(crate) async fn report(&self, io: &impl Io, msg: Msg) {
         loop {
             let room = self.space.notified();
             tokio::pin!(room);
@@ -91,18 +104,18 @@ impl Actor {
             }
             room.await;
         }
-        self.post(inner, msg);
+        self.post(io, msg);
     }
 
     /// Reports `msg` without waiting.
-    pub(crate) fn post(&self, inner: &Arc<Inner>, msg: Msg) {
+    pub(crate) fn post(&self, io: &impl Io, msg: Msg) {
         relock(&self.inbox).push_back(msg);
-        self.drive(inner);
+        self.drive(io);
     }
 
     /// Runs the actor unless another task is running it: every message
     /// waiting, the timers due, then the outputs.
-    fn drive(&self, inner: &Arc<Inner>) {
+    fn drive(&self, io: &impl Io) {
         loop {
             let mut st = match self.state.try_lock() {
                 Ok(st) => st,
@@ -123,8 +136,8 @@ impl Actor {
             st.fire_timers();
             // Figures first: whoever sees a neighbour in the data plane
             // (added by `carry_out`) sees it counted too.
-            inner.publish_mesh(st.mesh.counters(), st.mesh.observed());
-            st.carry_out(inner);
+            io.publish(st.mesh.counters(), st.mesh.observed());
+            st.carry_out(io);
             let next = st.timers.first_key_value().map(|((at, _), _)| *at);
             drop(st);
             self.next_timer.send_if_modified(|t| std::mem::replace(t, next) != next);
@@ -136,8 +149,8 @@ impl Actor {
     }
 
     /// The actor's task: sleeps until the earliest timer, then runs the actor.
-    pub(crate) async fn run_timers(inner: Arc<Inner>) {
-        let mut next = inner.actor.next_timer.subscribe();
+    pub(crate) async fn run_timers(io: impl Io) {
+        let mut next = io.actor().next_timer.subscribe();
         loop {
             let at = *next.borrow_and_update();
             let due = async {
@@ -147,7 +160,7 @@ impl Actor {
                 }
             };
             tokio::select! {
-                () = due => inner.actor.drive(&inner),
+                () = due => io.actor().drive(&io),
                 changed = next.changed() => if changed.is_err() { return },
             }
         }
@@ -212,29 +225,29 @@ impl State {
         self.mesh.handle(input, now);
     }
 
-    fn carry_out(&mut self, inner: &Arc<Inner>) {
+    fn carry_out(&mut self, io: &impl Io) {
         while let Some(out) = self.mesh.poll_output() {
             match out {
                 Output::Connect { attempt, addr } => {
                     let (abandon, abandoned) = oneshot::channel();
                     self.attempts.insert(attempt, abandon);
-                    inner.spawn_conn(endpoint::dial(inner.clone(), attempt, addr, abandoned));
+                    io.connect(attempt, addr, abandoned);
                 }
                 Output::Abandon { attempt } => {
                     if let Some(abandon) = self.attempts.remove(&attempt) {
                         let _ = abandon.send(());
                     }
                 }
-                Output::Activate { conn, peer, peers } => self.activate(inner, conn, peer, peers),
-                Output::Switch { peer, from, to } => self.switch(inner, peer, from, to),
+                Output::Activate { conn, peer, peers } => self.activate(io, conn, peer, peers),
+                Output::Switch { peer, from, to } => self.switch(io, peer, from, to),
                 Output::RetireAtBirth { conn, peer } => {
-                    let drain = inner.plane.state().links.get(&peer).map(|l| l.drain.clone()).unwrap_or_default();
+                    let drain = io.plane().state().links.get(&peer).map(|l| l.drain.clone()).unwrap_or_default();
                     if let Some((info, ctl)) = self.conns.get(&conn).and_then(|io| io.hello.clone()) {
                         ctl.retire();
                         self.command(conn, ConnCmd::Start(Start { info, queue: None, drain }));
                     }
                 }
-                Output::SendPeers { peer, peers } => inner.plane.push_peers(peer, peers),
+                Output::SendPeers { peer, peers } => io.plane().push_peers(peer, peers),
                 Output::Close { conn, why } => {
                     let (code, reason): (u32, &'static [u8]) = match why {
                         CloseWhy::SelfConnect => (close::SELF_CONNECT, b"self"),
@@ -246,9 +259,9 @@ impl State {
                 Output::Lost { peer, conn, reason } => {
                     // Leaving: the queue stays open for leave's flush.
                     let _ = conn;
-                    if let Some((info, n)) = inner.plane.remove_link(peer, !inner.is_leaving()) {
+                    if let Some((info, n)) = io.plane().remove_link(peer, !io.leaving()) {
                         info!(peer = %peer.short(), name = %info.name, addr = %info.addr, reason = %reason, neighbours = n, "neighbour lost");
-                        let _ = inner.events.send(NeighbourEvent::Lost { info, reason: reason.to_string() });
+                        io.neighbour_event(NeighbourEvent::Lost { info, reason: reason.to_string() });
                     }
                 }
                 Output::Teardown { conn, how } => {
@@ -269,40 +282,40 @@ impl State {
         }
     }
 
-    fn activate(&mut self, inner: &Arc<Inner>, conn: ConnId, peer: NodeId, peers: Vec<PeerAddrs>) {
-        let Some(io) = self.conns.get(&conn) else { return };
-        let Some((info, ctl)) = io.hello.clone() else { return };
-        let queue = Arc::new(SendQueue::new(inner.settings.queue_limit));
+    fn activate(&mut self, io: &impl Io, conn: ConnId, peer: NodeId, peers: Vec<PeerAddrs>) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let Some((info, ctl)) = c.hello.clone() else { return };
+        let queue = Arc::new(SendQueue::new(io.queue_limit()));
         let writer_lock = Arc::new(tokio::sync::Mutex::new(()));
         let drain = Arc::new(Drain::default());
         let link = Link {
             info: info.clone(),
-            direction: io.dir,
+            direction: c.dir,
             queue: queue.clone(),
-            conn: io.conn.clone(),
+            conn: c.conn.clone(),
             ctl,
             writer_lock: writer_lock.clone(),
             drain: drain.clone(),
         };
-        let ninfo = inner.plane.add_link(peer, link, peers);
+        let ninfo = io.plane().add_link(peer, link, peers);
         let n = self.mesh.neighbour_count();
-        info!(peer = %peer.short(), name = %ninfo.name, addr = %ninfo.addr, direction = %io.dir, neighbours = n, "neighbour found");
+        info!(peer = %peer.short(), name = %ninfo.name, addr = %ninfo.addr, direction = %c.dir, neighbours = n, "neighbour found");
         self.command(conn, ConnCmd::Start(Start { info, queue: Some((queue, writer_lock)), drain }));
-        let _ = inner.events.send(NeighbourEvent::Found(ninfo));
+        io.neighbour_event(NeighbourEvent::Found(ninfo));
     }
 
-    fn switch(&mut self, inner: &Arc<Inner>, peer: NodeId, from: ConnId, to: ConnId) {
-        let Some(io) = self.conns.get(&to) else { return };
-        let Some((info, ctl)) = io.hello.clone() else { return };
+    fn switch(&mut self, io: &impl Io, peer: NodeId, from: ConnId, to: ConnId) {
+        let Some(c) = self.conns.get(&to) else { return };
+        let Some((info, ctl)) = c.hello.clone() else { return };
         let start = {
-            let mut st = inner.plane.state();
+            let mut st = io.plane().state();
             let Some(link) = st.links.get_mut(&peer) else { return };
             // The old writer sends a retire and ends; its reader delivers
             // what is still in flight before the new reader does.
             link.ctl.retire();
-            link.conn = io.conn.clone();
+            link.conn = c.conn.clone();
             link.ctl = ctl;
-            link.direction = io.dir;
+            link.direction = c.dir;
             link.info = info.clone();
             Start { info, queue: Some((link.queue.clone(), link.writer_lock.clone())), drain: link.drain.clone() }
         };
