@@ -242,7 +242,7 @@ impl State {
                 Output::Switch { peer, from, to } => self.switch(io, peer, from, to),
                 Output::RetireAtBirth { conn, peer } => {
                     let drain = io.plane().state().links.get(&peer).map(|l| l.drain.clone()).unwrap_or_default();
-                    if let Some((info, ctl)) = self.conns.get(&conn).and_then(|io| io.hello.clone()) {
+                    if let Some((info, ctl)) = self.conns.get(&conn).and_then(|c| c.hello.clone()) {
                         ctl.retire();
                         self.command(conn, ConnCmd::Start(Start { info, queue: None, drain }));
                     }
@@ -256,9 +256,8 @@ impl State {
                     self.command(conn, ConnCmd::Close { code, reason });
                     self.conns.remove(&conn);
                 }
-                Output::Lost { peer, conn, reason } => {
+                Output::Lost { peer, reason, .. } => {
                     // Leaving: the queue stays open for leave's flush.
-                    let _ = conn;
                     if let Some((info, n)) = io.plane().remove_link(peer, !io.leaving()) {
                         info!(peer = %peer.short(), name = %info.name, addr = %info.addr, reason = %reason, neighbours = n, "neighbour lost");
                         io.neighbour_event(NeighbourEvent::Lost { info, reason: reason.to_string() });
