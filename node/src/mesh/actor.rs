@@ -138,9 +138,11 @@ impl Actor {
             // (added by `carry_out`) sees it counted too.
             io.publish(st.mesh.counters(), st.mesh.observed());
             st.carry_out(io);
+            // Published while the state is held: a driver that follows
+            // publishes after us, so the timer task never sees a stale time.
             let next = st.timers.first_key_value().map(|((at, _), _)| *at);
-            drop(st);
             self.next_timer.send_if_modified(|t| std::mem::replace(t, next) != next);
+            drop(st);
             // A message posted after our last look, while we still held the state.
             if relock(&self.inbox).is_empty() {
                 return;
@@ -173,6 +175,8 @@ impl Actor {
         st.attempts.clear();
         st.timers.clear();
         relock(&self.inbox).clear();
+        // Reporters waiting for room go on (and find the node leaving).
+        self.space.notify_waiters();
     }
 }
 

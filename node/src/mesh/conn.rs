@@ -68,10 +68,9 @@ pub(crate) async fn run(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection, 
 
     match cmds.recv().await {
         Some(ConnCmd::Teardown(Teardown::Retired)) => {
-            // Both sides are done with this stream; let the writer's finish be
-            // acknowledged, then close quietly.
-            let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Both sides are done with this stream; the writer ends once its
+            // retire is acknowledged (bounded), then close quietly.
+            let _ = tokio::time::timeout(Duration::from_secs(3), &mut writer).await;
             conn.close(close::DUPLICATE.into(), b"duplicate");
         }
         Some(ConnCmd::Teardown(Teardown::Lost { flush, protocol })) => {

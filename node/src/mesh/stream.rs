@@ -141,6 +141,15 @@ async fn control(inner: &Arc<Inner>, conn: ConnId, info: &PeerInfo, frame: Frame
     Ok(false)
 }
 
+/// Ends a retired connection's stream with a retire, and waits (bounded)
+/// until the peer has it all: the connection is closed after that, and a
+/// close discards what is unacknowledged.
+async fn retire(mut send: quinn::SendStream, frame: bytes::Bytes) {
+    let _ = send.write_chunk(frame).await;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+}
+
 /// Sends `queue` on `send` until the queue finishes (leave), the
 /// connection is retired, or a write fails. `None`: retired at birth.
 pub(super) async fn run_writer(
@@ -155,16 +164,20 @@ pub(super) async fn run_writer(
         b.freeze()
     };
     let Some((queue, lock)) = queue else {
-        let _ = send.write_chunk(retire_frame()).await;
-        let _ = send.finish();
-        let _ = send.stopped().await;
-        return;
+        return retire(send, retire_frame()).await;
     };
     // One writer at a time: a replacement waits for the retiring writer.
-    let _guard = tokio::select! {
-        g = lock.lock_owned() => g,
+    // Retired before it ever wrote (its replacement may take the lock
+    // first): it has taken nothing from the queue, so it only says so.
+    let guard = tokio::select! {
+        biased;
+        _ = ctl.retire_notified() => None,
+        g = lock.lock_owned() => Some(g),
         _ = conn.closed() => return,
     };
+    if guard.is_none() || ctl.is_retiring() {
+        return retire(send, retire_frame()).await;
+    }
     // Continuing another connection's queue: say how many events it sent,
     // so that the peer delivers ours after them.
     let after = queue.taken_events();
@@ -177,9 +190,8 @@ pub(super) async fn run_writer(
     }
     loop {
         if ctl.is_retiring() {
-            let _ = send.write_chunk(retire_frame()).await;
-            let _ = send.finish();
-            return; // releases the lock: the new writer continues the queue
+            // Releases the lock: the new writer continues the queue.
+            return retire(send, retire_frame()).await;
         }
         tokio::select! {
             biased;

@@ -247,7 +247,9 @@ impl Mesh {
             // ends agree; closing it could cut a connection the peer has
             // already made its neighbour's.
             if let Ok(Dialled { conn, dial, remote }) = result {
-                self.counters.dials_abandoned = self.counters.dials_abandoned.saturating_sub(1);
+                if !self.leaving {
+                    self.counters.dials_abandoned = self.counters.dials_abandoned.saturating_sub(1);
+                }
                 self.counters.dials_ok += 1;
                 self.conns.insert(conn, Conn::handshaking(Direction::Out, canonical(remote), None, dial));
             }
@@ -257,16 +259,15 @@ impl Mesh {
         let second = j.second();
         self.release_slot(second, now);
         match result {
-            Ok(Dialled { conn, dial, .. }) => {
+            Ok(Dialled { conn, dial, remote }) => {
                 self.counters.dials_ok += 1;
                 let Some(j) = self.jobs.get_mut(&job) else { return };
                 j.stage = Stage::Hellos;
                 let addr = match &j.target {
-                    Target::Addr { addr, .. } => Some(*addr),
-                    Target::Peer(p) => p.claimed,
+                    Target::Addr { addr, .. } => *addr,
+                    // A connecting job holds its address; the driver's is the same.
+                    Target::Peer(p) => p.claimed.unwrap_or(canonical(remote)),
                 };
-                // A connecting job always holds its address.
-                let Some(addr) = addr else { return };
                 self.conns.insert(conn, Conn::handshaking(Direction::Out, addr, Some(job), dial));
             }
             Err(failure) => {
