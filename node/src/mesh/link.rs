@@ -2,7 +2,7 @@
 //! writer's end), the per-neighbour delivery count that keeps emit order
 //! across a switch, and the actor's commands to a connection task.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,24 +61,32 @@ impl ConnCtl {
 #[derive(Default)]
 pub(crate) struct Drain {
     delivered: AtomicU64,
+    /// Readers in `wait_for`: only then does a delivery wake anyone (the
+    /// notify takes a lock, and every batch of every reader delivers).
+    waiting: AtomicUsize,
     advanced: Notify,
 }
 
 impl Drain {
     pub(crate) fn delivered(&self, n: u64) {
-        self.delivered.fetch_add(n, Ordering::AcqRel);
-        self.advanced.notify_waiters();
+        self.delivered.fetch_add(n, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.advanced.notify_waiters();
+        }
     }
 
     /// Waits until `after` events were delivered, at most `bound`.
     pub(crate) async fn wait_for(&self, after: u64, bound: Duration) {
+        // Counted before the check: a delivery after it sees a waiter.
+        self.waiting.fetch_add(1, Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + bound;
         loop {
             let advanced = self.advanced.notified();
-            if self.delivered.load(Ordering::Acquire) >= after || tokio::time::timeout_at(deadline, advanced).await.is_err() {
-                return;
+            if self.delivered.load(Ordering::SeqCst) >= after || tokio::time::timeout_at(deadline, advanced).await.is_err() {
+                break;
             }
         }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
