@@ -384,6 +384,7 @@ mod tests {
     fn gossip_scope() {
         let lo: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let lan: SocketAddr = "198.18.1.2:1".parse().unwrap();
+        // A global address, passed to a pure function only (nothing is sent).
         let public: SocketAddr = "8.8.8.8:1".parse().unwrap();
         let doc: SocketAddr = "203.0.113.7:1".parse().unwrap();
         assert!(may_gossip("127.0.0.2:5".parse().unwrap(), lo, false));
