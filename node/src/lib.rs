@@ -36,6 +36,7 @@ mod node;
 mod peers;
 mod plane;
 mod queue;
+mod relay;
 mod shared;
 mod subs;
 mod tls;

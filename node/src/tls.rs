@@ -89,6 +89,9 @@ fn mtu_for(lo: Option<u32>) -> u16 {
 /// discovery finds, which stops at 1452.
 pub fn endpoint_config() -> quinn::EndpointConfig {
     let mut e = quinn::EndpointConfig::default();
+    // QUIC packets keep their fixed bit (0x40): the socket tells relay and
+    // path-probe datagrams (first byte below 0x40) from QUIC by it.
+    e.grease_quic_bit(false);
     let max = loopback_mtu().max(1472);
     // 1200..=65527 is the range quinn accepts, and `max` is inside it.
     if e.max_udp_payload_size(max).is_err() {

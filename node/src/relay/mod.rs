@@ -1,0 +1,10 @@
+//! Relaying QUIC packets for members that cannot reach each other directly.
+//!
+//! A relay is a public UDP service (in every `partybus node` with a public
+//! address, and in `partybus dht`). Clients register an id with it from the
+//! address it should forward to; then a client sends a packet to another
+//! client's id and the relay forwards it. The packets are the members' own
+//! QUIC packets, so the traffic stays end-to-end mutual TLS between the two
+//! members: a relay sees ciphertext and which endpoints talk, nothing else.
+
+pub mod wire;
