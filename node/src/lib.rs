@@ -58,6 +58,11 @@ pub mod __private {
         pub use crate::tls::{client_config, endpoint_config, loopback_mtu, on_host, server_config, transport};
     }
 
+    /// The relay and path-probe datagrams (relay abuse tests speak them).
+    pub mod relay {
+        pub use crate::relay::wire;
+    }
+
     /// The wire protocol: frames, their encoding and decoding.
     pub mod wire {
         pub use crate::wire::{
