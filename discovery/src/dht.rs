@@ -410,8 +410,9 @@ pub fn check_port_free(ip: IpAddr, port: u16) -> Result<(), DhtError> {
 
 /// State of our own announcement.
 struct Announce {
-    /// What we last announced (empty: nothing).
+    /// What we last announced as external addresses (empty: nothing).
     addrs: Vec<SocketAddr>,
+    routes: Vec<crate::RelayRoute>,
     put_query: Option<kad::QueryId>,
     next: Instant,
     backoff: Duration,
@@ -439,7 +440,18 @@ async fn run_service(opts: DhtOptions, ctx: DiscoveryContext, sink: DiscoverySin
     let rdv = RecordKey::new(&rendezvous_key(&ctx.hood_fingerprint));
     let own_key = RecordKey::new(&node_key(&ctx.hood_fingerprint, &local));
     let mut reachable = ctx.reachable.clone();
-    let mut ann = Announce { addrs: Vec::new(), put_query: None, next: Instant::now(), backoff: Duration::from_secs(1) };
+    let mut relay_routes = ctx.relay_routes.clone();
+    let mut routes_open = true;
+    // The bootstrap nodes relay too: a member behind a NAT registers there.
+    for target in &opts.bootstrap {
+        if let Ok(Ok(addrs)) = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(target.as_str())).await {
+            for a in addrs.take(4) {
+                sink.relay(a, "dht");
+            }
+        }
+    }
+    let mut ann =
+        Announce { addrs: Vec::new(), routes: Vec::new(), put_query: None, next: Instant::now(), backoff: Duration::from_secs(1) };
     let mut next_lookup = Instant::now();
     let mut last_lookup: Option<Instant> = None;
     // Node-record queries of the current lookup round: query -> provider.
@@ -453,7 +465,8 @@ async fn run_service(opts: DhtOptions, ctx: DiscoveryContext, sink: DiscoverySin
         let now = Instant::now();
         if now >= ann.next {
             let addrs = announceable(&reachable.borrow_and_update(), ctx.allow_non_global);
-            announce(&mut core, &mut ann, &rdv, &own_key, addrs, record_ttl, reannounce);
+            let routes: Vec<crate::RelayRoute> = relay_routes.borrow_and_update().clone();
+            announce(&mut core, &mut ann, &rdv, &own_key, (addrs, routes), record_ttl, reannounce);
         }
         if now >= next_lookup {
             next_lookup = now + lookup_interval;
@@ -472,6 +485,13 @@ async fn run_service(opts: DhtOptions, ctx: DiscoveryContext, sink: DiscoverySin
                     reachable_open = false;
                 } else {
                     // Announce the new set soon (debounced a little).
+                    ann.next = ann.next.min(Instant::now() + Duration::from_millis(200));
+                }
+            }
+            r = relay_routes.changed(), if routes_open => {
+                if r.is_err() {
+                    routes_open = false;
+                } else {
                     ann.next = ann.next.min(Instant::now() + Duration::from_millis(200));
                 }
             }
@@ -506,6 +526,11 @@ async fn run_service(opts: DhtOptions, ctx: DiscoveryContext, sink: DiscoverySin
                                         for a in decode_addrs(&pr.record.value) {
                                             if ctx.allow_non_global || is_global(a.ip()) {
                                                 sink.candidate(a, "dht");
+                                            }
+                                        }
+                                        for r in records::decode_routes(&pr.record.value) {
+                                            if ctx.allow_non_global || is_global(r.relay.ip()) {
+                                                sink.relayed(r, "dht");
                                             }
                                         }
                                     }
@@ -579,25 +604,29 @@ fn announce(
     ann: &mut Announce,
     rdv: &RecordKey,
     own_key: &RecordKey,
-    addrs: Vec<SocketAddr>,
+    (addrs, routes): (Vec<SocketAddr>, Vec<crate::RelayRoute>),
     record_ttl: Duration,
     reannounce: Duration,
 ) {
     ann.next = Instant::now() + reannounce;
     let kad = &mut core.swarm.behaviour_mut().kad;
-    if addrs.is_empty() {
+    if addrs.is_empty() && routes.is_empty() {
         if !ann.addrs.is_empty() {
-            tracing::info!("dht: no reachable address any more; no longer announcing");
+            tracing::info!("dht: no reachable address or relay any more; no longer announcing");
             kad.stop_providing(rdv);
             kad.remove_record(own_key);
             for a in std::mem::take(&mut ann.addrs) {
                 core.swarm.remove_external_address(&quic_multiaddr(a));
             }
+            ann.routes.clear();
         }
         return;
     }
-    if ann.addrs != addrs {
-        tracing::info!(addrs = ?addrs, "dht: announcing");
+    // A node behind a NAT is reached through its relays: their addresses
+    // stand in as its external ones (a DHT node hands out no provider without any).
+    let external: Vec<SocketAddr> = if addrs.is_empty() { routes.iter().map(|r| r.relay).collect() } else { addrs.clone() };
+    if ann.addrs != external || ann.routes != routes {
+        tracing::info!(addrs = ?addrs, relays = routes.len(), "dht: announcing");
         // Provider records carry the provider's external addresses, and a
         // DHT node does not hand out providers without any. Ours are the QUIC
         // addresses as `/udp/P/quic-v1`: our TCP-only DHT transport never
@@ -605,12 +634,12 @@ fn announce(
         for a in &ann.addrs {
             core.swarm.remove_external_address(&quic_multiaddr(*a));
         }
-        for a in &addrs {
+        for a in &external {
             core.swarm.add_external_address(quic_multiaddr(*a));
         }
     }
     let kad = &mut core.swarm.behaviour_mut().kad;
-    let mut record = Record::new(own_key.clone(), encode_addrs(&addrs));
+    let mut record = Record::new(own_key.clone(), records::encode_record(&addrs, &routes));
     record.expires = Some(std::time::Instant::now() + record_ttl);
     match kad.put_record(record, Quorum::One) {
         Ok(q) => ann.put_query = Some(q),
@@ -619,7 +648,8 @@ fn announce(
     if let Err(e) = kad.start_providing(rdv.clone()) {
         tracing::warn!(error = %e, "dht: cannot provide rendezvous key");
     }
-    ann.addrs = addrs;
+    ann.addrs = external;
+    ann.routes = routes;
 }
 
 mod node;

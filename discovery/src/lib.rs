@@ -64,6 +64,9 @@ pub struct DiscoveryContext {
     /// interface addresses, UPnP-mapped addresses, addresses confirmed by
     /// peers). Services that announce the node (DHT) follow this.
     pub reachable: watch::Receiver<Vec<SocketAddr>>,
+    /// Relays this node is registered at: others reach it through them
+    /// (services that announce the node publish these too).
+    pub relay_routes: watch::Receiver<Vec<RelayRoute>>,
     /// Accept non-global addresses (private, documentation, shared ranges)
     /// where a service would otherwise filter them out: for labs and private WANs.
     pub allow_non_global: bool,
@@ -84,6 +87,45 @@ pub enum DiscoveryEvent {
     External { addr: SocketAddr, source: String },
     /// A previously reported external address is no longer valid.
     ExternalLost { addr: SocketAddr, source: String },
+    /// A node that may relay for this one (a seed: a `--connect` target or a
+    /// DHT bootstrap node). The node registers there, so that members that
+    /// cannot reach it directly reach it through the relay.
+    Relay { addr: SocketAddr, source: String },
+    /// A hood member that can be reached through a relay.
+    Relayed { route: RelayRoute, source: String },
+}
+
+/// A way to reach a node through a relay: the relay's UDP address and the
+/// id the node registered there. Written `ID@ADDR` (32 hex digits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RelayRoute {
+    pub relay: SocketAddr,
+    pub id: [u8; 16],
+}
+
+impl std::fmt::Display for RelayRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.id {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "@{}", self.relay)
+    }
+}
+
+impl std::str::FromStr for RelayRoute {
+    type Err = String;
+    fn from_str(s: &str) -> Result<RelayRoute, String> {
+        let (id, addr) = s.split_once('@').ok_or_else(|| format!("relay route {s:?}: expected ID@HOST:PORT"))?;
+        if id.len() != 32 || !id.is_ascii() {
+            return Err(format!("relay route {s:?}: the id must be 32 hex digits"));
+        }
+        let mut out = [0u8; 16];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&id[2 * i..2 * i + 2], 16).map_err(|_| format!("relay route {s:?}: the id must be 32 hex digits"))?;
+        }
+        let relay = addr.parse().map_err(|_| format!("relay route {s:?}: bad relay address"))?;
+        Ok(RelayRoute { relay, id: out })
+    }
 }
 
 /// Where a discovery service reports what it finds. Cheap to clone.
@@ -111,6 +153,16 @@ impl DiscoverySink {
     /// Report an address at which this node is reachable.
     pub fn external(&self, addr: SocketAddr, source: &str) {
         self.send(DiscoveryEvent::External { addr, source: source.to_owned() });
+    }
+
+    /// Report a node that may relay for this one.
+    pub fn relay(&self, addr: SocketAddr, source: &str) {
+        self.send(DiscoveryEvent::Relay { addr, source: source.to_owned() });
+    }
+
+    /// Report a member reachable through a relay.
+    pub fn relayed(&self, route: RelayRoute, source: &str) {
+        self.send(DiscoveryEvent::Relayed { route, source: source.to_owned() });
     }
 
     /// Withdraw an address reported with [`DiscoverySink::external`].

@@ -34,6 +34,8 @@ impl Discovery for StaticDiscovery {
                         Ok(addrs) => {
                             for addr in addrs {
                                 sink.candidate(addr, "static");
+                                // A seed is the natural relay for members behind NATs.
+                                sink.relay(addr, "static");
                             }
                         }
                         Err(e) => {
@@ -67,6 +69,7 @@ mod tests {
             cert_name: "t".into(),
             port: 4816,
             reachable: watch::channel(vec![]).1,
+            relay_routes: watch::channel(vec![]).1,
             allow_non_global: false,
         }
     }

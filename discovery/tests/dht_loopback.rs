@@ -30,6 +30,7 @@ fn start(fp: &str, quic_port: u16, bootstrap: SocketAddr, serve: bool) -> Svc {
         cert_name: format!("n{quic_port}"),
         port: quic_port,
         reachable: reach_rx,
+        relay_routes: watch::channel(vec![]).1,
         allow_non_global: true,
     };
     let opts = DhtOptions {
@@ -182,6 +183,7 @@ fn ctx_with_port(port: u16) -> DiscoveryContext {
         cert_name: "n".into(),
         port,
         reachable: watch::channel(vec![]).1,
+        relay_routes: watch::channel(vec![]).1,
         allow_non_global: true,
     }
 }

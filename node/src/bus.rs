@@ -155,7 +155,7 @@ impl Bus {
 
     /// Current neighbours.
     pub fn neighbours(&self) -> Vec<NeighbourInfo> {
-        self.inner.plane.neighbours()
+        self.inner.plane.neighbours().into_iter().map(|n| self.inner.with_path(n)).collect()
     }
     /// Found/lost notifications from now on. A receiver that falls more than
     /// [`crate::NEIGHBOUR_EVENTS`] events behind gets

@@ -21,6 +21,7 @@ use crate::mesh::inbox::Msg;
 use crate::mesh::link::LEAVE_FLUSH;
 use crate::mesh::proto::{Attempt, Mesh, MeshConfig};
 use crate::mesh::{endpoint, ConnStats, JoinError, NeighbourEvent, NEIGHBOUR_EVENTS};
+use crate::path::{driver as path_driver, PathEvent, PathKind, PathShared, PathSocket, Paths};
 use crate::plane::Plane;
 use crate::shared::{relock, Addresses, Inner, Phase, Settings};
 use crate::wire::close;
@@ -34,7 +35,14 @@ impl Io for Arc<Inner> {
         &self.plane
     }
     fn neighbour_event(&self, event: NeighbourEvent) {
+        let event = match event {
+            NeighbourEvent::Found(info) => NeighbourEvent::Found(self.with_path(info)),
+            e => e,
+        };
         let _ = self.events.send(event);
+    }
+    fn wire_peers(&self, peers: Vec<crate::wire::PeerAddrs>) -> Vec<crate::wire::PeerAddrs> {
+        Inner::wire_peers(self, peers)
     }
     fn queue_limit(&self) -> usize {
         self.settings.queue_limit
@@ -57,7 +65,13 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     let (server_on_host, client_on_host) = crate::tls::on_host(&cfg, server.clone(), client.clone());
     let sock = crate::udp::bind(cfg.bind, cfg.port.ports(), cfg.socket_buffer)?;
     let runtime = quinn::default_runtime().ok_or_else(|| JoinError::Endpoint(std::io::Error::other("no async runtime")))?;
-    let mut endpoint = quinn::Endpoint::new(crate::tls::endpoint_config(), Some(server), sock, runtime).map_err(JoinError::Endpoint)?;
+    // quinn gets the real socket wrapped in the path layer (relays, punched paths).
+    let real = runtime.wrap_udp_socket(sock).map_err(JoinError::Endpoint)?;
+    let paths = PathShared::new(Paths::new(rand::random(), None, rand::random()), None);
+    let path_socket = PathSocket::new(real, paths.clone()).map_err(JoinError::Endpoint)?;
+    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(crate::tls::endpoint_config(), Some(server), path_socket.clone(), runtime)
+        .map_err(JoinError::Endpoint)?;
+    drop(path_socket);
     endpoint.set_default_client_config(client);
     let local_addr = endpoint.local_addr().map_err(JoinError::Endpoint)?;
 
@@ -106,6 +120,8 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
         cancel: CancellationToken::new(),
         next_conn: AtomicU64::new(0),
         dial_seq: AtomicU64::new(0),
+        paths,
+        routes_tx: watch::channel(Vec::new()).0,
     });
     inner.update_reachable();
     info!(id = %id, name = %inner.me.name, addr = %local_addr, hood = %inner.fingerprint, "joined the hood");
@@ -113,6 +129,15 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     inner.spawn(Actor::run_timers(inner.clone()));
     inner.spawn(crate::event::run_dispatcher(dispatch_rx, inner.plane.clone()));
     inner.spawn(endpoint::accept_loop(inner.clone(), endpoint));
+    {
+        let me = Arc::downgrade(&inner);
+        let (shared, cancel) = (inner.paths.clone(), inner.cancel.clone());
+        inner.spawn(path_driver::run(shared, cancel, move |events| {
+            if let Some(me) = me.upgrade() {
+                on_path_events(&me, events);
+            }
+        }));
+    }
 
     // Discovery services, and what they find.
     let (sink, mut disc_rx) = DiscoverySink::channel(1024);
@@ -123,6 +148,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
             cert_name: inner.me.name.clone(),
             port: local_addr.port(),
             reachable: inner.reachable_tx.subscribe(),
+            relay_routes: inner.routes_tx.subscribe(),
             allow_non_global: inner.settings.allow_non_global,
         };
         debug!(service = svc.name(), "starting discovery");
@@ -153,10 +179,57 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
                     relock(&me.addrs).external.retain(|a| *a != addr);
                     me.update_reachable();
                 }
+                DiscoveryEvent::Relay { addr, source } => {
+                    // Our own socket is no relay for us.
+                    if me.local_addr.port() == addr.port() && me.advertised().contains(&crate::peers::canonical(addr)) {
+                        continue;
+                    }
+                    debug!(%addr, %source, "relay");
+                    me.paths.run(|p| p.add_relay(addr, std::time::Instant::now()));
+                }
+                DiscoveryEvent::Relayed { route, source } => {
+                    let route = crate::wire::RelayRoute { relay: route.relay, id: route.id };
+                    if let Some(key) = me.paths.book.learn(route) {
+                        debug!(%key, relay = %route.relay, %source, "candidate through a relay");
+                        me.report(Msg::Candidate { addr: key, retry: true }).await;
+                    }
+                }
             }
         }
     });
     Ok(inner)
+}
+
+/// What the path layer reports: a neighbour's path changed; our relay routes changed.
+fn on_path_events(inner: &Arc<Inner>, events: Vec<PathEvent>) {
+    let mut routes_changed = false;
+    for e in events {
+        match e {
+            PathEvent::Changed { key, path } => {
+                let info = {
+                    let st = inner.plane.state();
+                    st.links.values().find(|l| l.info.addr.map(crate::peers::canonical) == Some(key)).map(|l| l.info())
+                };
+                match path {
+                    PathKind::Direct(addr) => info!(%key, %addr, "path: direct"),
+                    PathKind::Relayed(via) => info!(%key, %via, "path: relayed"),
+                }
+                if let Some(info) = info {
+                    let _ = inner.events.send(NeighbourEvent::Path(inner.with_path(info)));
+                }
+            }
+            PathEvent::Routes => routes_changed = true,
+        }
+    }
+    if routes_changed {
+        let routes: Vec<partybus_discovery::RelayRoute> =
+            inner.my_routes().into_iter().map(|r| partybus_discovery::RelayRoute { relay: r.relay, id: r.id }).collect();
+        inner.routes_tx.send_if_modified(|v| {
+            let m = *v != routes;
+            *v = routes;
+            m
+        });
+    }
 }
 
 /// Leaves the hood, in this order: no more dials and discovery; every

@@ -228,6 +228,10 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 /// `allow_non_global`. Link-local and unspecified addresses never (they
 /// mean nothing elsewhere).
 pub fn may_gossip(addr: SocketAddr, link: SocketAddr, allow_non_global: bool) -> bool {
+    // A relay route (it goes on the wire as the relay's address and an id).
+    if crate::path::keys::is_relay_key(addr) {
+        return true;
+    }
     let a = scope(addr.ip());
     if addr.port() == 0 || canonical_ip(addr.ip()).is_unspecified() || a == Scope::LinkLocal {
         return false;

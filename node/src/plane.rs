@@ -44,6 +44,7 @@ impl Link {
             addr: self.info.addr.unwrap_or_else(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)),
             direction: self.direction,
             dropped: self.queue.dropped(),
+            path: None,
         }
     }
 }

@@ -18,9 +18,12 @@ use crate::id::NodeId;
 use crate::mesh::actor::Actor;
 use crate::mesh::inbox::Msg;
 use crate::mesh::proto::ConnId;
+use crate::mesh::NeighbourInfo;
 use crate::mesh::{ConnStats, NeighbourEvent};
+use crate::path::{PathKind, PathShared};
 use crate::peers::{self, canonical};
 use crate::plane::Plane;
+use crate::wire::{PeerAddrs, RelayRoute};
 
 /// Settings copied out of [`Config`] (the rest is consumed by `join`).
 #[derive(Clone, Debug)]
@@ -76,6 +79,10 @@ pub(crate) struct Inner {
     pub(crate) cancel: CancellationToken,
     pub(crate) next_conn: AtomicU64,
     pub(crate) dial_seq: AtomicU64,
+    /// Network paths: relays, punched paths ([`crate::path`]).
+    pub(crate) paths: Arc<PathShared>,
+    /// Our relay routes, for discovery services that announce us.
+    pub(crate) routes_tx: watch::Sender<Vec<partybus_discovery::RelayRoute>>,
 }
 
 pub(crate) fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -211,13 +218,79 @@ impl Inner {
     }
 
     pub(crate) fn path(&self, id: NodeId) -> Option<crate::mesh::PathStats> {
-        let p = self.plane.state().links.get(&id)?.conn.stats().path;
+        let (stats, key) = {
+            let st = self.plane.state();
+            let link = st.links.get(&id)?;
+            (link.conn.stats().path, link.info.addr)
+        };
         Some(crate::mesh::PathStats {
-            rtt: p.rtt,
-            mtu: p.current_mtu,
-            sent_packets: p.sent_packets,
-            lost_packets: p.lost_packets,
-            cwnd: p.cwnd,
+            rtt: stats.rtt,
+            mtu: stats.current_mtu,
+            sent_packets: stats.sent_packets,
+            lost_packets: stats.lost_packets,
+            cwnd: stats.cwnd,
+            path: key.and_then(|k| self.path_kind(k)),
         })
+    }
+
+    /// The path of the connection known by `key` (its remote address as quinn sees it).
+    pub(crate) fn path_kind(&self, key: SocketAddr) -> Option<crate::mesh::NeighbourPath> {
+        let p = self.paths.run(|p| p.path_of(key, std::time::Instant::now()))?;
+        Some(match p {
+            PathKind::Direct(addr) => crate::mesh::NeighbourPath::Direct { addr },
+            PathKind::Relayed(via) => crate::mesh::NeighbourPath::Relayed { via },
+        })
+    }
+
+    /// `info` with its path filled in (the plane knows connections, not paths).
+    pub(crate) fn with_path(&self, mut info: NeighbourInfo) -> NeighbourInfo {
+        info.path = self.path_kind(info.addr);
+        match info.path {
+            Some(crate::mesh::NeighbourPath::Direct { addr }) => info.addr = addr,
+            Some(crate::mesh::NeighbourPath::Relayed { via }) => info.addr = via,
+            None => {}
+        }
+        info
+    }
+
+    /// Our relay routes now.
+    pub(crate) fn my_routes(&self) -> Vec<RelayRoute> {
+        self.paths.run(|p| p.my_routes(std::time::Instant::now()))
+    }
+
+    /// Gossip as it goes on the wire: relay keys become the routes they stand for.
+    pub(crate) fn wire_peers(&self, peers: Vec<PeerAddrs>) -> Vec<PeerAddrs> {
+        peers
+            .into_iter()
+            .map(|p| {
+                let (addrs, relays) = self.paths.book.split(&p.addrs);
+                PeerAddrs { id: p.id, addrs, relays }
+            })
+            .collect()
+    }
+
+    /// Gossip as the mesh takes it: routes become relay keys (dialled first).
+    pub(crate) fn mesh_peers(&self, peers: Vec<PeerAddrs>) -> Vec<PeerAddrs> {
+        peers
+            .into_iter()
+            .map(|p| {
+                let addrs = self.paths.book.join(p.addrs, &p.relays);
+                PeerAddrs { id: p.id, addrs, relays: Vec::new() }
+            })
+            .collect()
+    }
+
+    /// Addresses we tell a peer for hole punching: the advertised ones, and
+    /// where neighbours and relays see us.
+    pub(crate) fn punch_addrs(&self) -> Vec<SocketAddr> {
+        // Where others see us first: behind a NAT, those are the ones a punch needs.
+        let mut v = self.paths.run(|p| p.observed());
+        for a in self.observed().into_iter().chain(self.advertised()) {
+            if !v.contains(&a) && !crate::path::keys::is_relay_key(a) {
+                v.push(a);
+            }
+        }
+        v.truncate(crate::path::paths::MAX_CANDIDATES);
+        v
     }
 }

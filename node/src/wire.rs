@@ -29,7 +29,8 @@ pub const MAGIC: [u8; 4] = *b"PBUS";
 /// 2: [`Hello::dial`] (the duplicate-connection rule needs a rank both ends
 /// agree on).
 /// 3: [`Frame::Resume`] (in-order delivery across a connection switch).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: relay routes in [`Hello::relays`] and [`PeerAddrs::relays`].
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Bytes of magic + version.
 pub const PREAMBLE_LEN: usize = 6;
 /// Frame bytes on top of an event's name and payload that `max_frame` allows.
@@ -60,11 +61,21 @@ pub struct WireSub {
     pub spy: bool,
 }
 
+/// A way to reach a node through a relay: the relay's address and the id
+/// the node registered there (`crate::relay`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RelayRoute {
+    pub relay: SocketAddr,
+    pub id: [u8; 16],
+}
+
 /// What a node tells another about a third: its id and where to reach it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerAddrs {
     pub id: NodeId,
     pub addrs: Vec<SocketAddr>,
+    /// Relays it is registered at.
+    pub relays: Vec<RelayRoute>,
 }
 
 /// The first frame on every stream.
@@ -74,10 +85,13 @@ pub struct Hello {
     pub id: NodeId,
     /// The sender's UDP port (its QUIC endpoint).
     pub port: u16,
-    /// Addresses the sender believes it can be reached at.
+    /// Addresses the sender believes it can be reached at, and (for hole
+    /// punching) where others see it.
     pub addrs: Vec<SocketAddr>,
+    /// Relays the sender is registered at.
+    pub relays: Vec<RelayRoute>,
     /// The address at which the sender sees the receiver (the receiver's
-    /// "observed address").
+    /// "observed address"); unspecified when the connection is relayed.
     pub observed: SocketAddr,
     /// Sent by the dialer: its number for this connection, larger for
     /// every later one (a per-process counter; ids are new at every start).
@@ -381,10 +395,11 @@ mod tests {
                 id: NodeId([7; 16]),
                 port: 4816,
                 addrs: vec!["127.0.0.1:4816".parse().unwrap(), "[::1]:4816".parse().unwrap()],
+                relays: vec![RelayRoute { relay: "203.0.113.1:4000".parse().unwrap(), id: [5; 16] }],
                 observed: "198.18.0.1:5000".parse().unwrap(),
                 dial: 3,
             }),
-            Frame::Peers(vec![PeerAddrs { id: NodeId([1; 16]), addrs: vec!["1.2.3.4:1".parse().unwrap()] }]),
+            Frame::Peers(vec![PeerAddrs { id: NodeId([1; 16]), addrs: vec!["1.2.3.4:1".parse().unwrap()], relays: vec![] }]),
             Frame::Subscribe(vec![WireSub { id: 1, selector: "a.+".into(), spy: true }]),
             Frame::Unsubscribe(vec![1, 2, 3]),
             Frame::Event { name: "music", payload: b"\xa3utz" },

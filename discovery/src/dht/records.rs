@@ -27,6 +27,34 @@ pub fn encode_addrs(addrs: &[SocketAddr]) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// Encode a node record with relay routes: `pb1`, the addresses, then
+/// `via=ID@ADDR` per route (older readers skip what does not parse).
+pub fn encode_record(addrs: &[SocketAddr], routes: &[crate::RelayRoute]) -> Vec<u8> {
+    let mut v = encode_addrs(addrs);
+    for r in routes.iter().take(MAX_ROUTES_PER_RECORD) {
+        v.extend_from_slice(format!(" via={r}").as_bytes());
+    }
+    v
+}
+
+/// The relay routes of a node record.
+pub fn decode_routes(value: &[u8]) -> Vec<crate::RelayRoute> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Vec::new();
+    }
+    let Ok(s) = std::str::from_utf8(value) else {
+        return Vec::new();
+    };
+    let mut it = s.split_ascii_whitespace();
+    if it.next() != Some("pb1") {
+        return Vec::new();
+    }
+    it.filter_map(|t| t.strip_prefix("via=")?.parse().ok()).take(MAX_ROUTES_PER_RECORD).collect()
+}
+
+/// Relay routes in a node record at most.
+pub const MAX_ROUTES_PER_RECORD: usize = 4;
+
 /// Decode a node record value; unknown versions and garbage yield nothing.
 pub fn decode_addrs(value: &[u8]) -> Vec<SocketAddr> {
     if value.len() > MAX_VALUE_BYTES {

@@ -132,6 +132,7 @@ async fn maps_against_fake_gateway_on_loopback() {
         cert_name: "t".into(),
         port: 4816,
         reachable: tokio::sync::watch::channel(vec![]).1,
+        relay_routes: tokio::sync::watch::channel(vec![]).1,
         allow_non_global: false,
     };
     let svc = Box::new(UpnpDiscovery::new(UpnpOptions {
@@ -171,6 +172,7 @@ async fn second_nat_is_not_advertised_and_725_falls_back() {
         cert_name: "t".into(),
         port: 4816,
         reachable: tokio::sync::watch::channel(vec![]).1,
+        relay_routes: tokio::sync::watch::channel(vec![]).1,
         allow_non_global: false,
     };
     let opts = UpnpOptions {
@@ -216,6 +218,7 @@ async fn conflict_tries_other_ports() {
         cert_name: "t".into(),
         port: 4816,
         reachable: tokio::sync::watch::channel(vec![]).1,
+        relay_routes: tokio::sync::watch::channel(vec![]).1,
         allow_non_global: false,
     };
     let opts = UpnpOptions {

@@ -38,6 +38,8 @@ pub(crate) trait Io {
     /// Starts a dial attempt's task; a send on `abandon` gives it up.
     fn connect(&self, attempt: Attempt, addr: SocketAddr, abandon: oneshot::Receiver<()>);
     fn plane(&self) -> &Plane;
+    /// Gossip as it goes on the wire (relay keys become relay routes).
+    fn wire_peers(&self, peers: Vec<crate::wire::PeerAddrs>) -> Vec<crate::wire::PeerAddrs>;
     fn neighbour_event(&self, event: NeighbourEvent);
     fn queue_limit(&self) -> usize;
     fn leaving(&self) -> bool;
@@ -251,7 +253,7 @@ impl State {
                         self.command(conn, ConnCmd::Start(Start { info, queue: None, drain }));
                     }
                 }
-                Output::SendPeers { peer, peers } => io.plane().push_peers(peer, peers),
+                Output::SendPeers { peer, peers } => io.plane().push_peers(peer, io.wire_peers(peers)),
                 Output::Close { conn, why } => {
                     let (code, reason): (u32, &'static [u8]) = match why {
                         CloseWhy::SelfConnect => (close::SELF_CONNECT, b"self"),
@@ -300,7 +302,7 @@ impl State {
             writer_lock: writer_lock.clone(),
             drain: drain.clone(),
         };
-        let ninfo = io.plane().add_link(peer, link, peers);
+        let ninfo = io.plane().add_link(peer, link, io.wire_peers(peers));
         let n = self.mesh.neighbour_count();
         info!(peer = %peer.short(), name = %ninfo.name, addr = %ninfo.addr, direction = %c.dir, neighbours = n, "neighbour found");
         self.command(conn, ConnCmd::Start(Start { info, queue: Some((queue, writer_lock)), drain }));

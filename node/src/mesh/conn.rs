@@ -16,7 +16,9 @@ use super::inbox::Msg;
 use super::link::{ConnCmd, ConnCtl, LEAVE_FLUSH};
 use super::proto::{ConnId, PeerHello, ReaderEnd, Teardown};
 use super::stream::{run_reader, run_writer};
+use crate::path::keys::is_relay_key;
 use crate::peers::canonical;
+use crate::relay::wire::Token;
 use crate::shared::Inner;
 use crate::wire::{self, close, Frame, FrameDecoder, Hello};
 
@@ -40,9 +42,14 @@ pub(crate) async fn run(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection, 
         }
     };
     let (send, recv, dec, hello) = hello;
+    // The connection's paths: probe token, the peer's relays and addresses.
+    let token = probe_token(&conn);
+    inner.paths.run(|p| p.add_conn(remote, token, &hello.relays, &hello.addrs, std::time::Instant::now()));
+    let _paths = PathGuard { inner: inner.clone(), key: remote, token };
     let (ctl, writer_alive) = ConnCtl::new();
     let ctl = Arc::new(ctl);
-    let peer_hello = PeerHello { id: hello.id, addrs: hello.addrs, observed: hello.observed, dial: hello.dial };
+    let addrs = inner.paths.book.join(hello.addrs, &hello.relays);
+    let peer_hello = PeerHello { id: hello.id, addrs, observed: hello.observed, dial: hello.dial };
     let name = crate::tls::peer_cert_name(&conn);
     inner.report(Msg::Hello { conn: id, hello: peer_hello, name, ctl: ctl.clone() }).await;
 
@@ -90,11 +97,38 @@ pub(crate) async fn run(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection, 
     }
 }
 
+/// A token only the two ends of `conn` know (from its TLS session), for path probes.
+fn probe_token(conn: &quinn::Connection) -> Token {
+    let mut t = [0u8; 16];
+    if conn.export_keying_material(&mut t, b"partybus path probe", b"").is_err() {
+        // Cannot happen after a TLS 1.3 handshake; a random token only stops probes working.
+        t = rand::random();
+    }
+    t
+}
+
+/// Forgets the connection's paths when its task ends, however it ends.
+struct PathGuard {
+    inner: Arc<Inner>,
+    key: SocketAddr,
+    token: Token,
+}
+
+impl Drop for PathGuard {
+    fn drop(&mut self) {
+        let inner = &self.inner;
+        inner.paths.run(|p| p.remove_conn(self.key, self.token));
+    }
+}
+
 type Hellos = (quinn::SendStream, quinn::RecvStream, FrameDecoder, Hello);
 
 /// Sends our hello and reads the peer's.
 async fn exchange_hellos(inner: &Inner, conn: &quinn::Connection, remote: SocketAddr, dial: u64) -> Result<Hellos, HelloError> {
-    let hello_out = Hello { id: inner.id, port: inner.local_addr.port(), addrs: inner.advertised(), observed: remote, dial };
+    // A relayed connection's remote is a relay key: nothing the peer could use.
+    let observed = if is_relay_key(remote) { SocketAddr::from(([0, 0, 0, 0], 0)) } else { remote };
+    let hello_out =
+        Hello { id: inner.id, port: inner.local_addr.port(), addrs: inner.punch_addrs(), relays: inner.my_routes(), observed, dial };
     let mut send = conn.open_uni().await?;
     let mut buf = BytesMut::new();
     wire::put_preamble(&mut buf);

@@ -19,6 +19,20 @@ pub struct NeighbourInfo {
     pub direction: Direction,
     /// Events dropped for it under [`crate::FullPolicy::Drop`].
     pub dropped: u64,
+    /// The network path its connection uses now (None: not known yet).
+    pub path: Option<NeighbourPath>,
+}
+
+/// How a neighbour's packets travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "path", rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum NeighbourPath {
+    /// Straight to its address.
+    Direct { addr: SocketAddr },
+    /// Through the relay at `via` (still end-to-end encrypted: the relay
+    /// forwards QUIC packets it cannot read).
+    Relayed { via: SocketAddr },
 }
 
 /// Neighbour events a receiver may fall behind before it gets
@@ -32,7 +46,13 @@ pub const NEIGHBOUR_EVENTS: usize = 256;
 #[non_exhaustive]
 pub enum NeighbourEvent {
     Found(NeighbourInfo),
-    Lost { info: NeighbourInfo, reason: String },
+    Lost {
+        info: NeighbourInfo,
+        reason: String,
+    },
+    /// The neighbour's path changed (relayed to direct after a hole punch,
+    /// or back to relayed when the direct path stops answering).
+    Path(NeighbourInfo),
 }
 
 /// Errors from `join`.
@@ -86,4 +106,6 @@ pub struct PathStats {
     pub lost_packets: u64,
     /// Congestion window in bytes.
     pub cwnd: u64,
+    /// Direct, or through which relay.
+    pub path: Option<NeighbourPath>,
 }

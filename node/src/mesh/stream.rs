@@ -129,7 +129,8 @@ async fn control(inner: &Arc<Inner>, conn: ConnId, info: &PeerInfo, frame: Frame
                 return Err(ProtocolError::GossipTooLong(list.len()));
             }
             // Bounded channel: a peer flooding gossip waits here, not in memory.
-            inner.report(Msg::Gossip { conn, peers: list }).await;
+            let peers = inner.mesh_peers(list);
+            inner.report(Msg::Gossip { conn, peers }).await;
         }
         // The peer sends nothing more here; EOF follows.
         Frame::Retire => return Ok(true),

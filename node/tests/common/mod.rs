@@ -174,7 +174,7 @@ pub fn hello_bytes_as(observed: SocketAddr, version: u16, id: NodeId, dial: u64)
     let mut b = BytesMut::new();
     b.extend_from_slice(&wire::MAGIC);
     b.extend_from_slice(&version.to_le_bytes());
-    wire::put_frame(&mut b, &Frame::Hello(Hello { id, port: 0, addrs: vec![], observed, dial }));
+    wire::put_frame(&mut b, &Frame::Hello(Hello { id, port: 0, addrs: vec![], relays: vec![], observed, dial }));
     b
 }
 

@@ -184,7 +184,8 @@ impl Mesh {
             return;
         }
         let obs = canonical(hello.observed);
-        if !self.observed.contains(&obs) {
+        // A relayed connection's peer does not see our address.
+        if obs.port() != 0 && !obs.ip().is_unspecified() && !self.observed.contains(&obs) {
             self.observed.insert(0, obs);
             self.observed.truncate(8);
         }
@@ -240,6 +241,7 @@ impl Mesh {
             .map(|(id, n)| PeerAddrs {
                 id: *id,
                 addrs: n.gossip_addrs.iter().copied().filter(|a| peers::may_gossip(*a, remote, allow)).collect(),
+                relays: Vec::new(),
             })
             .filter(|p| !p.addrs.is_empty())
             .collect();
@@ -279,6 +281,7 @@ impl Mesh {
                 .map(|(p, addrs)| PeerAddrs {
                     id: *p,
                     addrs: addrs.iter().copied().filter(|a| peers::may_gossip(*a, n.remote, allow)).collect(),
+                    relays: Vec::new(),
                 })
                 .filter(|p| !p.addrs.is_empty())
                 .collect();

@@ -168,7 +168,7 @@ fn gossip_of_a_departed_peer_is_ignored() {
     // Stale gossip about b arrives at a from c.
     let conn = sim.mesh(a).neighbour_conns().into_iter().find(|(p, _)| *p == sim.id(c)).unwrap().1;
     let before = sim.connects_to(a, addr(2, 4816)).len();
-    sim.input(a, Input::Gossip { conn, peers: vec![PeerAddrs { id: b_id, addrs: vec![addr(2, 4816)] }] });
+    sim.input(a, Input::Gossip { conn, peers: vec![PeerAddrs { id: b_id, addrs: vec![addr(2, 4816)], relays: vec![] }] });
     sim.run();
     assert_eq!(sim.connects_to(a, addr(2, 4816)).len(), before);
 }
@@ -191,7 +191,7 @@ fn a_flood_of_gossip_is_bounded() {
                 id[..4].copy_from_slice(&n.to_be_bytes());
                 id[15] = 0xff;
                 let [x, y, z, w] = n.to_be_bytes();
-                PeerAddrs { id: NodeId(id), addrs: vec![SocketAddr::from(([198, 19 ^ x, y ^ z, w], 4816)); 40] }
+                PeerAddrs { id: NodeId(id), addrs: vec![SocketAddr::from(([198, 19 ^ x, y ^ z, w], 4816)); 40], relays: vec![] }
             })
             .collect();
         let now = sim.now;

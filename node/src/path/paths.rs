@@ -1,0 +1,573 @@
+//! Which network path each connection's packets take, as a state machine
+//! with no I/O: fed datagrams and time, it answers where to send and what
+//! to send (relay registrations, path probes).
+//!
+//! - **Relays we use.** Configured ones (the `--dht` and `--connect` seeds
+//!   and `--relay`) are kept registered; others are registered on demand
+//!   when a peer's route names them, and forgotten when unused.
+//! - **Connections.** Each QUIC connection is known by the address quinn
+//!   sends to (its *key*): the peer's real address for a connection made
+//!   directly, or a relay key ([`super::keys`]) for one made through a relay.
+//!   A connection with a relay route and a direct address probes the direct
+//!   one (pings that carry a token only the two ends know); while the probes
+//!   are answered its packets go direct, otherwise through the relay and the
+//!   last direct address both (QUIC drops the duplicates), so a direct path
+//!   that dies costs no more than a probe interval and one that appears
+//!   (a hole punched) is used at once. Neither end's quinn sees the change:
+//!   the connection keeps its key, so no handshake and no migration.
+//!
+//! Probing a relayed connection's candidates from both ends at once is the
+//! hole punch: each end's ping opens its own NAT for the other's.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::keys::{is_relay_key, key_of};
+use crate::peers::canonical;
+use crate::relay::wire::{self, Cookie, Msg, RelayId, Token};
+use crate::wire::RelayRoute;
+
+/// A registration is refreshed this often (it also keeps the NAT's mapping
+/// towards the relay alive: conntrack forgets an unanswered UDP flow after 30 s).
+pub(crate) const REFRESH: Duration = Duration::from_secs(15);
+/// First retry of an unanswered registration; it doubles up to [`REGISTER_RETRY_MAX`].
+const REGISTER_RETRY: Duration = Duration::from_secs(1);
+const REGISTER_RETRY_MAX: Duration = Duration::from_secs(30);
+/// After a relay refused us.
+const REFUSED_RETRY: Duration = Duration::from_secs(60);
+/// An on-demand relay no connection used for this long is forgotten.
+const RELAY_IDLE: Duration = Duration::from_secs(120);
+/// A direct path is trusted this long after its last answered probe.
+pub(crate) const TRUST: Duration = Duration::from_millis(6500);
+/// Probes on a trusted direct path (three per [`TRUST`]).
+const KEEP_PROBING: Duration = Duration::from_millis(2000);
+/// Probe rounds of a connection without a direct path: quick at first
+/// (a punch needs both ends probing while the other's NAT is open), then
+/// every 30 s.
+const PUNCH_SCHEDULE: [Duration; 8] = [
+    Duration::from_millis(0),
+    Duration::from_millis(200),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(15),
+];
+const PUNCH_LATER: Duration = Duration::from_secs(30);
+/// Candidate addresses probed per connection at most.
+pub(crate) const MAX_CANDIDATES: usize = 12;
+/// Relays used at most (configured plus on demand).
+const MAX_RELAYS: usize = 16;
+
+/// Signs a registration: the membership proof for relays that serve only
+/// some hoods (empty: no proof).
+pub(crate) type Prover = Arc<dyn Fn(&Cookie, &RelayId) -> Vec<u8> + Send + Sync>;
+
+/// How to send to a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    Direct(SocketAddr),
+    Relay {
+        relay: SocketAddr,
+        to: RelayId,
+    },
+    /// The direct path is in doubt: both (QUIC drops duplicates).
+    Both {
+        direct: SocketAddr,
+        relay: SocketAddr,
+        to: RelayId,
+    },
+}
+
+/// What the socket reads on every packet: kept up to date by [`Paths`].
+#[derive(Default, Debug)]
+pub(crate) struct Routing {
+    /// By key: how to send.
+    pub routes: HashMap<SocketAddr, Route>,
+    /// A direct source that stands for a key (a relayed connection's punched path).
+    pub aliases: HashMap<SocketAddr, SocketAddr>,
+    /// A relayed source (relay address, sender id) that stands for a key.
+    pub relay_in: HashMap<(SocketAddr, RelayId), SocketAddr>,
+}
+
+/// The kind of path a connection uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PathKind {
+    Direct(SocketAddr),
+    Relayed(SocketAddr),
+}
+
+/// What the node hears of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum PathEvent {
+    /// The connection known by `key` now uses this path.
+    Changed { key: SocketAddr, path: PathKind },
+    /// Our relay routes, or where relays see us, changed.
+    Routes,
+}
+
+struct RelayClient {
+    configured: bool,
+    cookie: Option<Cookie>,
+    registered_until: Option<Instant>,
+    observed: Option<SocketAddr>,
+    next_at: Instant,
+    retry: Duration,
+    last_used: Instant,
+    /// Last registration sent (a challenge is answered at most this often).
+    last_sent: Option<Instant>,
+    refused_logged: bool,
+}
+
+struct ConnPath {
+    /// The probe tokens of the QUIC connections known by this key (two
+    /// while a duplicate connection is being retired); probes carry the newest.
+    tokens: Vec<Token>,
+    relay: Option<RelayRoute>,
+    /// The direct address in use or last used.
+    direct: Option<SocketAddr>,
+    trusted_until: Option<Instant>,
+    candidates: Vec<SocketAddr>,
+    next_probe: Instant,
+    round: usize,
+    reported: Option<PathKind>,
+}
+
+impl ConnPath {
+    fn trusted(&self, now: Instant) -> bool {
+        self.trusted_until.is_some_and(|t| now < t)
+    }
+
+    fn route(&self, now: Instant) -> Option<Route> {
+        let relay = self.relay.map(|r| (r.relay, RelayId(r.id)));
+        match (self.direct, relay) {
+            (Some(d), _) if self.trusted(now) => Some(Route::Direct(d)),
+            (Some(d), Some((relay, to))) => Some(Route::Both { direct: d, relay, to }),
+            (None, Some((relay, to))) => Some(Route::Relay { relay, to }),
+            (Some(d), None) => Some(Route::Direct(d)),
+            (None, None) => None,
+        }
+    }
+
+    fn kind(&self, now: Instant) -> Option<PathKind> {
+        match self.route(now)? {
+            Route::Direct(d) => Some(PathKind::Direct(d)),
+            Route::Relay { relay, .. } | Route::Both { relay, .. } => Some(PathKind::Relayed(relay)),
+        }
+    }
+}
+
+/// The path state machine. See the module documentation.
+pub(crate) struct Paths {
+    secret: [u8; 32],
+    id: RelayId,
+    prover: Option<Prover>,
+    relays: HashMap<SocketAddr, RelayClient>,
+    conns: HashMap<SocketAddr, ConnPath>,
+    tokens: HashMap<Token, SocketAddr>,
+    routing: Routing,
+    out: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<PathEvent>,
+    rng: SmallRng,
+}
+
+impl Paths {
+    /// `secret` is this node's relay secret (new at every start).
+    pub(crate) fn new(secret: [u8; 32], prover: Option<Prover>, seed: u64) -> Paths {
+        Paths {
+            id: RelayId::of_secret(&secret),
+            secret,
+            prover,
+            relays: HashMap::new(),
+            conns: HashMap::new(),
+            tokens: HashMap::new(),
+            routing: Routing::default(),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    pub(crate) fn routing(&self) -> &Routing {
+        &self.routing
+    }
+
+    /// Where we can be reached through relays (registered ones only).
+    pub(crate) fn my_routes(&self, now: Instant) -> Vec<RelayRoute> {
+        let mut v: Vec<(bool, RelayRoute)> = self
+            .relays
+            .iter()
+            .filter(|(_, c)| c.registered_until.is_some_and(|t| now < t))
+            .map(|(a, c)| (!c.configured, RelayRoute { relay: *a, id: self.id.0 }))
+            .collect();
+        v.sort_by_key(|(on_demand, r)| (*on_demand, r.relay));
+        v.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Where relays see us (our public addresses behind a NAT).
+    pub(crate) fn observed(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = self.relays.values().filter_map(|c| c.observed).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// The relays we use (only they may send us relay answers and relayed packets).
+    pub(crate) fn relay_addrs(&self) -> std::collections::HashSet<SocketAddr> {
+        self.relays.keys().copied().collect()
+    }
+
+    /// Keep registered at `relay` (a seed, or `--relay`).
+    pub(crate) fn add_relay(&mut self, relay: SocketAddr, now: Instant) {
+        let relay = canonical(relay);
+        if let Some(c) = self.relays.get_mut(&relay) {
+            c.configured = true;
+            return;
+        }
+        if self.relays.len() >= MAX_RELAYS {
+            tracing::debug!(%relay, "too many relays; not using this one");
+            return;
+        }
+        self.relays.insert(relay, Self::new_client(true, now));
+        self.register_due(now);
+    }
+
+    fn new_client(configured: bool, now: Instant) -> RelayClient {
+        RelayClient {
+            configured,
+            cookie: None,
+            registered_until: None,
+            observed: None,
+            next_at: now,
+            retry: REGISTER_RETRY,
+            last_used: now,
+            last_sent: None,
+            refused_logged: false,
+        }
+    }
+
+    /// A packet is about to go through `relay`: register there if we are not.
+    pub(crate) fn use_relay(&mut self, relay: SocketAddr, now: Instant) {
+        let relay = canonical(relay);
+        if let Some(c) = self.relays.get_mut(&relay) {
+            c.last_used = now;
+            return;
+        }
+        match () {
+            () if self.relays.len() < MAX_RELAYS => {
+                tracing::debug!(%relay, "registering at a peer's relay");
+                self.relays.insert(relay, Self::new_client(false, now));
+                self.register_due(now);
+            }
+            () => {}
+        }
+    }
+
+    /// A connection known by `key` is up: `token` is its probe token, the
+    /// peer is registered at `routes` and may be reachable at `candidates`.
+    pub(crate) fn add_conn(&mut self, key: SocketAddr, token: Token, routes: &[RelayRoute], candidates: &[SocketAddr], now: Instant) {
+        let key = canonical(key);
+        if let Some(c) = self.conns.get_mut(&key) {
+            // A second connection between the same two sockets (a duplicate).
+            c.tokens.retain(|t| *t != token);
+            c.tokens.push(token);
+            self.tokens.insert(token, key);
+            return;
+        }
+        let relay = if is_relay_key(key) {
+            routes.iter().find(|r| key_of(r) == key).copied()
+        } else {
+            // The relay we are registered at, or else the first one named.
+            let registered = |r: &&RelayRoute| self.relays.get(&canonical(r.relay)).is_some_and(|c| c.registered_until.is_some());
+            routes.iter().find(registered).or(routes.first()).copied()
+        };
+        let relay = relay.map(|r| RelayRoute { relay: canonical(r.relay), id: r.id });
+        if let Some(r) = relay {
+            self.use_relay(r.relay, now);
+        }
+        let direct = (!is_relay_key(key)).then_some(key);
+        let mut c = ConnPath {
+            tokens: vec![token],
+            relay,
+            direct,
+            trusted_until: direct.map(|_| now + TRUST),
+            candidates: Vec::new(),
+            next_probe: now,
+            round: 0,
+            reported: None,
+        };
+        if relay.is_some() {
+            for a in candidates {
+                Self::add_candidate(&mut c, *a, false);
+            }
+        }
+        self.conns.insert(key, c);
+        self.tokens.insert(token, key);
+        self.update(key, now);
+    }
+
+    fn add_candidate(c: &mut ConnPath, addr: SocketAddr, front: bool) {
+        let addr = canonical(addr);
+        if addr.port() == 0 || addr.ip().is_unspecified() || is_relay_key(addr) || c.candidates.contains(&addr) {
+            return;
+        }
+        if front {
+            c.candidates.insert(0, addr);
+            c.candidates.truncate(MAX_CANDIDATES);
+        } else if c.candidates.len() < MAX_CANDIDATES {
+            c.candidates.push(addr);
+        }
+    }
+
+    /// The connection known by `key` with probe token `token` ended.
+    pub(crate) fn remove_conn(&mut self, key: SocketAddr, token: Token) {
+        let key = canonical(key);
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        if !c.tokens.contains(&token) {
+            return;
+        }
+        self.tokens.remove(&token);
+        c.tokens.retain(|t| *t != token);
+        if !c.tokens.is_empty() {
+            return;
+        }
+        self.conns.remove(&key);
+        self.routing.routes.remove(&key);
+        self.routing.aliases.retain(|_, k| *k != key);
+        self.routing.relay_in.retain(|_, k| *k != key);
+    }
+
+    /// The path of the connection known by `key`.
+    pub(crate) fn path_of(&self, key: SocketAddr, now: Instant) -> Option<PathKind> {
+        self.conns.get(&canonical(key))?.kind(now)
+    }
+
+    /// Brings the socket's view of `key` up to date, and reports a change of path.
+    fn update(&mut self, key: SocketAddr, now: Instant) {
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        let route = c.route(now);
+        let kind = c.kind(now);
+        match route {
+            Some(r) if !(r == Route::Direct(key)) => {
+                self.routing.routes.insert(key, r);
+            }
+            _ => {
+                self.routing.routes.remove(&key);
+            }
+        }
+        self.routing.aliases.retain(|_, k| *k != key);
+        if let Some(d) = c.direct.filter(|d| *d != key) {
+            self.routing.aliases.insert(d, key);
+        }
+        self.routing.relay_in.retain(|_, k| *k != key);
+        if let Some(r) = c.relay {
+            self.routing.relay_in.insert((r.relay, RelayId(r.id)), key);
+        }
+        if kind != c.reported {
+            c.reported = kind;
+            if let Some(path) = kind {
+                self.events.push_back(PathEvent::Changed { key, path });
+            }
+        }
+    }
+
+    /// One of our datagrams arrived from `src` (not a relayed packet, not
+    /// for the relay service).
+    pub(crate) fn on_datagram(&mut self, src: SocketAddr, msg: Msg<'_>, now: Instant) {
+        let src = canonical(src);
+        match msg {
+            Msg::Challenge { cookie } => self.on_challenge(src, cookie, now),
+            Msg::Registered { id, lifetime, observed } => self.on_registered(src, id, lifetime, observed, now),
+            Msg::Refused { reason } => {
+                if let Some(c) = self.relays.get_mut(&src) {
+                    if !c.refused_logged {
+                        c.refused_logged = true;
+                        tracing::warn!(relay = %src, %reason, "the relay refused to relay for this node");
+                    }
+                    c.registered_until = None;
+                    c.next_at = now + REFUSED_RETRY;
+                    self.events.push_back(PathEvent::Routes);
+                }
+            }
+            Msg::Unknown { id } => {
+                if self.relays.contains_key(&src) {
+                    tracing::debug!(relay = %src, peer = %id, "the relay does not know that peer (not registered there)");
+                }
+            }
+            Msg::Ping { token, nonce } => self.on_ping(src, token, nonce, now),
+            Msg::Pong { token, .. } => self.on_pong(src, token, now),
+            // Relay service traffic and relayed packets are not ours to handle.
+            Msg::Register { .. } | Msg::Send { .. } | Msg::Recv { .. } => {}
+        }
+    }
+
+    fn on_challenge(&mut self, src: SocketAddr, cookie: Cookie, now: Instant) {
+        let Some(c) = self.relays.get_mut(&src) else { return };
+        c.cookie = Some(cookie);
+        // A relay that restarted answers every packet with a challenge: one
+        // registration per half second is enough.
+        if c.last_sent.is_some_and(|t| now.duration_since(t) < Duration::from_millis(500)) {
+            c.next_at = c.next_at.min(now + Duration::from_millis(500));
+            return;
+        }
+        c.next_at = now;
+        self.register_due(now);
+    }
+
+    fn on_registered(&mut self, src: SocketAddr, id: RelayId, lifetime: u16, observed: SocketAddr, now: Instant) {
+        if id != self.id {
+            return;
+        }
+        let Some(c) = self.relays.get_mut(&src) else { return };
+        let life = Duration::from_secs(lifetime.max(1).into());
+        let was = c.registered_until.is_some_and(|t| now < t);
+        c.registered_until = Some(now + life);
+        c.retry = REGISTER_RETRY;
+        c.refused_logged = false;
+        c.next_at = now + REFRESH.min(life / 3);
+        let observed = canonical(observed);
+        let moved = c.observed != Some(observed);
+        c.observed = Some(observed);
+        if !was {
+            tracing::info!(relay = %src, %observed, "registered at relay");
+        }
+        if !was || moved {
+            self.events.push_back(PathEvent::Routes);
+        }
+    }
+
+    fn on_ping(&mut self, src: SocketAddr, token: Token, nonce: [u8; 8], now: Instant) {
+        let Some(&key) = self.tokens.get(&token) else { return };
+        let mut b = Vec::with_capacity(wire::PING_LEN);
+        wire::encode(&Msg::Pong { token, nonce, observed: src }, &mut b);
+        self.out.push_back((src, b));
+        let c = self.conns.get_mut(&key).expect("tokens follow conns");
+        if !c.trusted(now) && c.relay.is_some() {
+            // The peer's probe got through to us, so ours to where it came
+            // from should get through to it now: probe at once.
+            Self::add_candidate(c, src, true);
+            c.next_probe = now;
+        }
+    }
+
+    fn on_pong(&mut self, src: SocketAddr, token: Token, now: Instant) {
+        let Some(&key) = self.tokens.get(&token) else { return };
+        let c = self.conns.get_mut(&key).expect("tokens follow conns");
+        let was = c.trusted(now);
+        c.direct = Some(src);
+        c.trusted_until = Some(now + TRUST);
+        c.round = 0;
+        if !was {
+            c.next_probe = now + KEEP_PROBING;
+            tracing::debug!(%key, direct = %src, "direct path confirmed");
+        }
+        self.update(key, now);
+    }
+
+    /// The earliest time [`Paths::handle_timeout`] has something to do.
+    pub(crate) fn next_timeout(&self) -> Option<Instant> {
+        let relays = self.relays.values().map(|c| c.next_at);
+        let conns =
+            self.conns.values().filter(|c| c.relay.is_some()).flat_map(|c| [Some(c.next_probe), c.trusted_until].into_iter().flatten());
+        relays.chain(conns).min()
+    }
+
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        self.register_due(now);
+        self.forget_idle_relays(now);
+        let keys: Vec<SocketAddr> = self.conns.iter().filter(|(_, c)| c.relay.is_some()).map(|(k, _)| *k).collect();
+        for key in keys {
+            self.probe_due(key, now);
+            self.update(key, now);
+        }
+    }
+
+    fn register_due(&mut self, now: Instant) {
+        let id = self.id;
+        for (addr, c) in self.relays.iter_mut() {
+            if c.next_at > now {
+                continue;
+            }
+            let cookie = c.cookie.unwrap_or([0; 16]);
+            let proof = match (&self.prover, c.cookie) {
+                (Some(p), Some(_)) => p(&cookie, &id),
+                _ => Vec::new(),
+            };
+            let mut b = Vec::with_capacity(wire::REGISTER_MIN + proof.len());
+            wire::encode(&Msg::Register { cookie, secret: self.secret, proof: &proof }, &mut b);
+            self.out.push_back((*addr, b));
+            c.last_sent = Some(now);
+            if c.registered_until.is_some_and(|t| now < t) {
+                // A refresh: the answer moves `next_at` on; without one, retry soon.
+                c.next_at = now + REGISTER_RETRY;
+            } else {
+                c.next_at = now + c.retry;
+                c.retry = (c.retry * 2).min(REGISTER_RETRY_MAX);
+            }
+            if c.registered_until.is_some_and(|t| now >= t) {
+                c.registered_until = None;
+                tracing::info!(relay = %addr, "registration at relay expired");
+                self.events.push_back(PathEvent::Routes);
+            }
+        }
+    }
+
+    fn forget_idle_relays(&mut self, now: Instant) {
+        let used: Vec<SocketAddr> = self.conns.values().filter_map(|c| c.relay.map(|r| r.relay)).collect();
+        let before = self.relays.len();
+        self.relays.retain(|a, c| c.configured || used.contains(a) || now.duration_since(c.last_used) < RELAY_IDLE);
+        if self.relays.len() != before {
+            self.events.push_back(PathEvent::Routes);
+        }
+    }
+
+    fn probe_due(&mut self, key: SocketAddr, now: Instant) {
+        let c = self.conns.get_mut(&key).expect("caller checked");
+        if c.next_probe > now {
+            return;
+        }
+        let trusted = c.trusted(now);
+        let mut targets: Vec<SocketAddr> = c.direct.into_iter().collect();
+        if !trusted {
+            for a in &c.candidates {
+                if !targets.contains(a) {
+                    targets.push(*a);
+                }
+            }
+        }
+        let token = *c.tokens.last().expect("a known connection has a token");
+        if trusted {
+            c.next_probe = now + KEEP_PROBING;
+        } else {
+            c.round += 1;
+            let wait = PUNCH_SCHEDULE.get(c.round).copied().unwrap_or(PUNCH_LATER);
+            // Jitter, so that a hood's probes do not beat in step.
+            let jitter = wait.mul_f64(self.rng.random::<f64>() * 0.1);
+            c.next_probe = now + wait + jitter;
+        }
+        for to in targets {
+            let nonce: [u8; 8] = self.rng.random();
+            let mut b = Vec::with_capacity(wire::PING_LEN);
+            wire::encode(&Msg::Ping { token, nonce }, &mut b);
+            self.out.push_back((to, b));
+        }
+    }
+
+    /// A datagram to send.
+    pub(crate) fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.out.pop_front()
+    }
+
+    pub(crate) fn poll_event(&mut self) -> Option<PathEvent> {
+        self.events.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests;
