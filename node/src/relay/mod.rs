@@ -7,4 +7,5 @@
 //! QUIC packets, so the traffic stays end-to-end mutual TLS between the two
 //! members: a relay sees ciphertext and which endpoints talk, nothing else.
 
+pub mod server;
 pub mod wire;
