@@ -95,8 +95,10 @@ pub enum ProofError {
     BadSignature,
 }
 
-/// Signs `message` with `identity`'s private key and returns the proof
-/// (format in the [module docs](self)) that [`verify_relay_proof`] checks.
+/// Signs `message` with `identity`'s private key and returns the proof that
+/// [`verify_relay_proof`] checks: the TLS 1.3 signature scheme (u16 BE),
+/// then the signature, the peer certificate (DER) and the hood certificate
+/// (DER), each with a u16 BE length before it.
 ///
 /// `hood` must be the hood `identity` was loaded with
 /// ([`PkiError::HoodMismatch`] otherwise); its certificate goes into the
