@@ -7,6 +7,8 @@ use std::time::Duration;
 use partybus_discovery::Discovery;
 use partybus_pki::{Hood, Identity};
 
+use crate::relay::server::{RelayConfig, RelayPolicy};
+
 /// Which UDP port(s) to try, in order; the first free one is used.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortSpec(Vec<u16>);
@@ -78,6 +80,31 @@ pub enum FullPolicy {
     Disconnect(Duration),
 }
 
+/// Relaying: serving as a relay for others, and the relays this node uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelaySettings {
+    /// Serve as a relay on the node's UDP socket with these limits and
+    /// policy; `None` (`--no-relay`, `relay = false`): do not. [`Config::new`]
+    /// sets [`RelayConfig::default`]'s limits with the policy
+    /// `RelayPolicy::Hoods(vec![the node's hood fingerprint])`: a node
+    /// relays for members of its own hood only.
+    pub serve: Option<RelayConfig>,
+    /// Relays this node registers with as a client, `HOST:PORT` (UDP; a
+    /// `partybus dht` relays on its DHT port number). Empty: none.
+    pub use_relays: Vec<String>,
+}
+
+impl RelaySettings {
+    /// Serving on for members of `hood` only, with the default limits; no relays used.
+    pub fn for_hood(hood: &Hood) -> RelaySettings {
+        RelaySettings {
+            serve: Some(RelayConfig { policy: RelayPolicy::Hoods(vec![hood.fingerprint().to_owned()]), ..RelayConfig::default() }),
+            use_relays: Vec::new(),
+        }
+    }
+}
+
 /// Everything `Bus::join` needs. Build with [`Config::new`] or
 /// [`Config::from_files`], then adjust the public fields (new fields come
 /// with defaults, so the struct cannot be built literally outside this crate).
@@ -134,13 +161,14 @@ pub struct Config {
     pub max_subscriptions_per_peer: usize,
     /// Accept and gossip non-global addresses (labs, private WANs).
     pub allow_non_global: bool,
+    /// Relaying for others and through others.
+    pub relay: RelaySettings,
 }
 
 impl Config {
     /// Defaults for everything but the PKI.
     pub fn new(hood: Hood, identity: Identity) -> Config {
         Config {
-            hood,
             identity,
             port: PortSpec::default(),
             bind: None,
@@ -160,6 +188,8 @@ impl Config {
             max_event_size: 16 << 20,
             max_subscriptions_per_peer: 10_000,
             allow_non_global: false,
+            relay: RelaySettings::for_hood(&hood),
+            hood,
         }
     }
 

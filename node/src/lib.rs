@@ -59,9 +59,10 @@ pub mod __private {
         pub use crate::tls::{client_config, endpoint_config, loopback_mtu, on_host, server_config, transport};
     }
 
-    /// The relay and path-probe datagrams (relay abuse tests speak them).
+    /// The relay and path-probe datagrams (relay abuse tests speak them),
+    /// and the relay server.
     pub mod relay {
-        pub use crate::relay::wire;
+        pub use crate::relay::{server, wire};
     }
 
     /// The wire protocol: frames, their encoding and decoding.
@@ -75,13 +76,15 @@ pub mod __private {
 // ---------------------------------------------------------------------------
 
 pub use bus::{Bus, EmitError, ListenOptions, ListenerHandle, Subscription};
-pub use config::{Config, FullPolicy, PortSpec};
+pub use config::{Config, FullPolicy, PortSpec, RelaySettings};
 pub use event::{Event, PeerInfo};
 pub use id::NodeId;
 pub use mesh::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, NeighbourPath, PathStats, NEIGHBOUR_EVENTS};
 pub use name::{NameError, Selector};
 pub use payload::Timestamp;
 pub use peers::Direction;
+pub use relay::server::{RelayConfig, RelayPolicy, RelayStats};
+pub use relay::service::RelayService;
 
 pub use partybus_discovery as discovery;
 pub use partybus_pki as pki;

@@ -103,6 +103,11 @@ impl Identity {
     pub fn key_der(&self) -> PrivateKeyDer<'static> {
         self.key.der.clone_key()
     }
+
+    /// The private key, ready to sign (membership proofs).
+    pub(crate) fn signing_key(&self) -> &dyn rustls::sign::SigningKey {
+        &*self.key.signer
+    }
 }
 
 /// Turns a refused peer check into an error naming the file.

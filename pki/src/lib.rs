@@ -65,6 +65,14 @@
 //! [`TempHood`] is a throw-away hood in a temporary folder, for benchmarks,
 //! demos and tests.
 //!
+//! ## Membership proofs
+//!
+//! [`relay_proof`] signs a message with a peer's key and attaches its
+//! certificate and its hood's; [`verify_relay_proof`] checks such a proof
+//! against a list of allowed hood fingerprints, with the same certificate
+//! check as a handshake. Relays use them to serve only some hoods without
+//! holding any hood certificate.
+//!
 //! ```no_run
 //! use std::path::Path;
 //! use partybus_pki::{create_hood, create_peer, Hood, Identity, DEFAULT_HOOD_DAYS, DEFAULT_PEER_DAYS};
@@ -93,6 +101,7 @@ mod identity;
 mod info;
 mod key;
 mod pemfile;
+mod proof;
 mod temp;
 mod tls;
 mod verified;
@@ -103,6 +112,7 @@ pub use hood::Hood;
 pub use identity::Identity;
 pub use info::CertInfo;
 pub use key::KeyKind;
+pub use proof::{relay_proof, verify_relay_proof, ProofError, ProvenMember};
 pub use temp::TempHood;
 pub use tls::{client_config, peer_name, server_config};
 

@@ -87,7 +87,7 @@ pub fn peer_name(cert: &CertificateDer<'_>) -> Option<String> {
     verified::facts(cert).ok()?.cn.clone()
 }
 
-fn same_hood(identity: &Identity, hood: &Hood) -> Result<(), PkiError> {
+pub(crate) fn same_hood(identity: &Identity, hood: &Hood) -> Result<(), PkiError> {
     if identity.hood_fingerprint() == hood.fingerprint() {
         Ok(())
     } else {

@@ -389,3 +389,36 @@ fn rsa_key_with_wrong_certificate() {
     let err = Identity::load(&f.path("old.rsa1.crt"), &f.path("old.rsa2.key"), &hood).unwrap_err();
     assert!(matches!(err, PkiError::KeyMismatch { .. }), "{err}");
 }
+
+/// Membership proofs (`relay_proof`) of RSA peers (v1 certificates, PKCS#8
+/// and PKCS#1 keys) and of peers of v1 hoods, checked by `verify_relay_proof`.
+#[test]
+fn openssl_peers_make_membership_proofs() {
+    use partybus_pki::{relay_proof, verify_relay_proof, ProofError};
+    use rustls_pki_types::UnixTime;
+    let f = fixtures();
+    let msg = b"partybus relay register v1\0 sixteen byte cookie sixteen byte id";
+    let old = f.hood("old");
+    let v1 = f.hood("v1");
+    let allowed = vec![old.fingerprint().to_owned(), v1.fingerprint().to_owned()];
+    for (hood, hood_name, peer) in
+        [(&old, "old", "rsa1"), (&old, "old", "rsa2"), (&old, "old", "ec"), (&v1, "v1", "p"), (&v1, "v1", "modern")]
+    {
+        let me = f.identity(hood, hood_name, peer);
+        let proof = relay_proof(&me, hood, msg).unwrap_or_else(|e| panic!("{peer}: {e}"));
+        let got = verify_relay_proof(&proof, msg, &allowed, UnixTime::now()).unwrap_or_else(|e| panic!("{hood_name}.{peer}: {e}"));
+        assert_eq!((got.hood_fingerprint.as_str(), got.name.as_str()), (hood.fingerprint(), me.name()));
+        if me.key_kind() == (KeyKind::Rsa { bits: 4096 }) {
+            // TLS 1.3 signs with RSA-PSS; an RSA 4096 hood and peer make a proof of about 3.5 KB.
+            assert_eq!(u16::from_be_bytes([proof[0], proof[1]]), u16::from(rustls::SignatureScheme::RSA_PSS_SHA256));
+            assert!(proof.len() > 2500, "{}", proof.len());
+        }
+        let mut bad = proof.clone();
+        bad[8] ^= 0x80;
+        assert_eq!(verify_relay_proof(&bad, msg, &allowed, UnixTime::now()).unwrap_err(), ProofError::BadSignature, "{peer}");
+    }
+    // A peer of another openssl hood.
+    let stranger = f.identity(&f.hood("else"), "else", "stranger");
+    let proof = relay_proof(&stranger, &f.hood("else"), msg).unwrap();
+    assert!(matches!(verify_relay_proof(&proof, msg, &allowed, UnixTime::now()), Err(ProofError::NotAllowed { .. })));
+}

@@ -340,7 +340,7 @@ pub async fn emit(args: EmitArgs) -> Result<ExitCode> {
 
 #[derive(Args)]
 pub struct DhtArgs {
-    /// TCP port of the DHT.
+    /// TCP port of the DHT; the relay serves on the same UDP port number.
     #[arg(long, default_value_t = 4816)]
     pub port: u16,
     /// Address to listen on (default all IPv4 interfaces).
@@ -352,10 +352,32 @@ pub struct DhtArgs {
     /// Keep non-global addresses (labs, private WANs).
     #[arg(long)]
     pub allow_non_global: bool,
+    /// Do not serve a relay (default: an open relay on UDP, at the DHT's port number).
+    #[arg(long, conflicts_with = "relay_hoods")]
+    pub no_relay: bool,
+    /// Relay only for members of this hood (repeatable): its fingerprint, 64 hex digits
+    /// (`partybus cert show HOOD.crt`). Default: any client.
+    #[arg(long = "relay-hood", value_name = "FINGERPRINT", value_parser = super::relay_opts::parse_fingerprint)]
+    pub relay_hoods: Vec<String>,
+    #[command(flatten)]
+    pub relay_limits: super::relay_opts::RelayLimitArgs,
+}
+
+impl DhtArgs {
+    /// The relay to serve, `None` with `--no-relay`.
+    fn relay_config(&self) -> Option<partybus::RelayConfig> {
+        if self.no_relay {
+            return None;
+        }
+        let policy =
+            if self.relay_hoods.is_empty() { partybus::RelayPolicy::Open } else { partybus::RelayPolicy::Hoods(self.relay_hoods.clone()) };
+        Some(self.relay_limits.apply(partybus::RelayConfig { policy, ..Default::default() }))
+    }
 }
 
 pub async fn dht(args: DhtArgs) -> Result<ExitCode> {
     use partybus::discovery::{dht, StopSignal};
+    let relay_cfg = args.relay_config();
     let (handle, stop) = StopSignal::new();
     let node = dht::DhtNode::bind(dht::DhtNodeOptions {
         port: args.port,
@@ -365,13 +387,33 @@ pub async fn dht(args: DhtArgs) -> Result<ExitCode> {
     })
     .await
     .context("cannot start the DHT node")?;
+    // The relay: UDP, the DHT's address and port number (a member given
+    // `--dht HOST:PORT` may use HOST:PORT as its relay too).
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let relay = match relay_cfg {
+        None => None,
+        Some(cfg) => {
+            let ip = args.bind.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+            let port = node.local_addr().map_or(args.port, |a| a.port());
+            let socket = tokio::net::UdpSocket::bind((ip, port)).await.with_context(|| {
+                format!("cannot serve the relay on UDP {ip}:{port} (the DHT's port number); free it, or run with --no-relay")
+            })?;
+            Some(partybus::RelayService::spawn(socket, cfg, cancel.clone()).context("cannot start the relay")?)
+        }
+    };
     let signal = shutdown_signal();
-    out(
-        json!({"ready": {"peer_id": node.peer_id().to_string(), "addrs": node.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>()}}),
-    );
+    out(json!({"ready": {
+        "peer_id": node.peer_id().to_string(),
+        "addrs": node.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "relay": relay.as_ref().map(|r| r.local_addr().to_string()),
+    }}));
     let run = tokio::spawn(node.run(stop));
     signal.await;
     handle.stop();
+    cancel.cancel();
+    if let Some(r) = relay {
+        r.stopped().await;
+    }
     match run.await {
         Ok(Ok(())) => Ok(ExitCode::SUCCESS),
         Ok(Err(e)) => bail!("DHT node failed: {e}"),

@@ -13,6 +13,11 @@
 //! # allow_non_global = false
 //! # idle_timeout = "20s"
 //! # keep_alive = "5s"
+//! # relay = true                  # serve as a relay for this hood's members (on the node's UDP port)
+//! # relays = ["relay.example.org:4816"]   # relays to use (UDP HOST:PORT)
+//! # relay_max_clients = 1024
+//! # relay_client_rate = "2MB/s"    # per client; also "500KiB/s", "16Mbit/s"
+//! # relay_total_rate = "50MB/s"    # all clients together
 //!
 //! [discovery]
 //! connect = ["peer.example.org:4816"]
@@ -66,6 +71,15 @@ pub struct FileConfig {
     pub allow_non_global: Option<bool>,
     pub idle_timeout: Option<Dur>,
     pub keep_alive: Option<Dur>,
+    /// Serve as a relay (default true).
+    pub relay: Option<bool>,
+    /// Relays to use, `HOST:PORT`.
+    #[serde(default)]
+    pub relays: Vec<String>,
+    pub relay_max_clients: Option<usize>,
+    /// A rate like "2MB/s" (checked when resolved, naming the key).
+    pub relay_client_rate: Option<String>,
+    pub relay_total_rate: Option<String>,
     pub discovery: Option<DiscoveryConfig>,
     pub limits: Option<Limits>,
 }

@@ -11,6 +11,7 @@ mod commands;
 mod config_file;
 mod opts;
 mod pki_cmd;
+mod relay_opts;
 
 pub use opts::NodeOpts;
 

@@ -9,6 +9,7 @@ use clap::Args;
 use partybus::{Config, FullPolicy, PortSpec};
 
 use super::config_file::FileConfig;
+use super::relay_opts::{self, RelayLimitArgs};
 
 #[derive(Args, Clone, Debug, Default)]
 pub struct NodeOpts {
@@ -78,6 +79,16 @@ pub struct NodeOpts {
     /// QUIC keep-alive interval (e.g. 5s).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     pub keep_alive: Option<Duration>,
+    /// Do not serve as a relay for others (default: serve members of this node's hood on its UDP port).
+    /// Relays given with --relay are still used.
+    #[arg(long)]
+    pub no_relay: bool,
+    /// Relay to use when a peer cannot be reached directly (repeatable; UDP HOST:PORT, e.g. a
+    /// `partybus dht` host and its port). Replaces the config file's `relays` list.
+    #[arg(long = "relay", value_name = "HOST:PORT")]
+    pub relays: Vec<String>,
+    #[command(flatten)]
+    pub relay_limits: RelayLimitArgs,
 }
 
 /// A `--flag` / `--no-flag` pair as the command line gave it: `None` when
@@ -150,6 +161,12 @@ pub struct Resolved {
     pub max_event_size: Option<usize>,
     pub max_subscriptions_per_peer: Option<usize>,
     pub full_policy: Option<FullPolicy>,
+    /// Serve as a relay (with the hood-only policy the library sets).
+    pub relay_serve: bool,
+    /// The relay's limits, flags over the file.
+    pub relay_limits: RelayLimitArgs,
+    /// Relays to use.
+    pub relays: Vec<String>,
 }
 
 /// Does any local interface have a global (Internet-routable) address?
@@ -230,6 +247,29 @@ impl NodeOpts {
             check_target(t, if self.dht.is_empty() { "config `discovery.dht` entry" } else { "--dht" })?;
         }
         r.dht_serve = switch(self.dht_serve, self.no_dht_serve).or(disc.dht_serve);
+
+        r.relay_serve = !self.no_relay && file.relay.unwrap_or(true);
+        let l = &self.relay_limits;
+        r.relay_limits = RelayLimitArgs {
+            relay_max_clients: l.relay_max_clients.or(file.relay_max_clients),
+            relay_client_rate: match (l.relay_client_rate, &file.relay_client_rate) {
+                (Some(v), _) => Some(v),
+                (None, Some(text)) => Some(relay_opts::rate_from_file("relay_client_rate", text)?),
+                (None, None) => None,
+            },
+            relay_total_rate: match (l.relay_total_rate, &file.relay_total_rate) {
+                (Some(v), _) => Some(v),
+                (None, Some(text)) => Some(relay_opts::rate_from_file("relay_total_rate", text)?),
+                (None, None) => None,
+            },
+        };
+        if r.relay_limits.relay_max_clients == Some(0) {
+            bail!("config `relay_max_clients = 0`: a relay takes at least 1 client (or turn it off with `relay = false`)");
+        }
+        r.relays = list(&self.relays, &file.relays);
+        for t in &r.relays {
+            check_target(t, if self.relays.is_empty() { "config `relays` entry" } else { "--relay" })?;
+        }
         Ok(r)
     }
 
@@ -264,6 +304,9 @@ impl NodeOpts {
         if let Some(p) = r.full_policy {
             cfg.full_policy = p;
         }
+        // Config::new serves a relay for the node's own hood; the limits are ours to set.
+        cfg.relay.serve = if r.relay_serve { cfg.relay.serve.take().map(|c| r.relay_limits.apply(c)) } else { None };
+        cfg.relay.use_relays = r.relays;
         if !r.connect.is_empty() {
             cfg.discovery.push(Box::new(partybus::discovery::StaticDiscovery::new(r.connect, r.connect_interval)));
         }
@@ -379,6 +422,41 @@ mod tests {
         assert_eq!(r.ca, PathBuf::from("/x/ca.crt"));
         // The file's paths are relative to the file.
         assert!(r.cert.ends_with("h.a.crt") && r.cert.is_absolute(), "{:?}", r.cert);
+    }
+
+    #[test]
+    fn relay_serving_and_limits_from_file_and_flags() {
+        let r = ok("", &[]);
+        assert!(r.relay_serve && r.relays.is_empty() && r.relay_limits == RelayLimitArgs::default(), "{r:?}");
+        assert!(!ok("", &["--no-relay"]).relay_serve);
+        assert!(!ok("relay = false", &[]).relay_serve);
+        assert!(!ok("relay = true", &["--no-relay"]).relay_serve);
+        let file =
+            "relays = [\"relay.example.org:4816\"]\nrelay_max_clients = 10\nrelay_client_rate = \"1MB/s\"\nrelay_total_rate = \"80Mbit/s\"";
+        let r = ok(file, &[]);
+        assert_eq!(r.relays, ["relay.example.org:4816"]);
+        let want = RelayLimitArgs { relay_max_clients: Some(10), relay_client_rate: Some(1_000_000), relay_total_rate: Some(10_000_000) };
+        assert_eq!(r.relay_limits, want);
+        let r = ok(file, &["--relay", "[::1]:1", "--relay", "127.0.0.1:2", "--relay-max-clients", "5", "--relay-client-rate", "2MiB/s"]);
+        assert_eq!(r.relays, ["[::1]:1", "127.0.0.1:2"]);
+        let want = RelayLimitArgs { relay_max_clients: Some(5), relay_client_rate: Some(2 << 20), relay_total_rate: Some(10_000_000) };
+        assert_eq!(r.relay_limits, want);
+        let applied = r.relay_limits.apply(partybus::RelayConfig::default());
+        assert_eq!((applied.max_clients, applied.client_rate, applied.total_rate), (5, 2 << 20, 10_000_000));
+    }
+
+    #[test]
+    fn a_bad_relay_option_names_the_flag_or_key_and_shows_the_form() {
+        let e = resolve("", &["--relay-client-rate", "2Mb/s"]).unwrap_err().to_string();
+        assert!(e.contains("--relay-client-rate") && e.contains("2MB/s"), "{e}");
+        let e = resolve("", &["--relay-max-clients", "0"]).unwrap_err().to_string();
+        assert!(e.contains("--relay-max-clients") && e.contains("1024"), "{e}");
+        let e = format!("{:#}", resolve("relay_total_rate = \"fast\"", &[]).unwrap_err());
+        assert!(e.contains("relay_total_rate") && e.contains("2MB/s"), "{e}");
+        let e = format!("{:#}", resolve("", &["--relay", "relay.example.org"]).unwrap_err());
+        assert!(e.contains("--relay") && e.contains("HOST:PORT"), "{e}");
+        let e = format!("{:#}", resolve("relays = [\"x\"]", &[]).unwrap_err());
+        assert!(e.contains("config `relays` entry"), "{e}");
     }
 
     #[test]

@@ -6,5 +6,11 @@
 //! client's id and the relay forwards it. The packets are the members' own
 //! QUIC packets, so the traffic stays end-to-end mutual TLS between the two
 //! members: a relay sees ciphertext and which endpoints talk, nothing else.
+//!
+//! [`wire`] is the datagram format, [`server`] the relay without I/O (and
+//! [`server::proof_message`], what a client signs to prove membership of a
+//! hood), [`service`] the relay on a UDP socket of its own (`partybus dht`).
 
+pub mod server;
+pub mod service;
 pub mod wire;
