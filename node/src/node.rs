@@ -21,7 +21,7 @@ use crate::mesh::inbox::Msg;
 use crate::mesh::link::LEAVE_FLUSH;
 use crate::mesh::proto::{Attempt, Mesh, MeshConfig};
 use crate::mesh::{endpoint, ConnStats, JoinError, NeighbourEvent, NEIGHBOUR_EVENTS};
-use crate::path::{driver as path_driver, PathEvent, PathKind, PathShared, PathSocket, Paths};
+use crate::path::{driver as path_driver, PathEvent, PathKind, PathShared, PathSocket, Paths, SocketRelay};
 use crate::plane::Plane;
 use crate::shared::{relock, Addresses, Inner, Phase, Settings};
 use crate::wire::close;
@@ -67,7 +67,20 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     let runtime = quinn::default_runtime().ok_or_else(|| JoinError::Endpoint(std::io::Error::other("no async runtime")))?;
     // quinn gets the real socket wrapped in the path layer (relays, punched paths).
     let real = runtime.wrap_udp_socket(sock).map_err(JoinError::Endpoint)?;
-    let paths = PathShared::new(Paths::new(rand::random(), None, rand::random()), None);
+    let name = cfg.identity.name().to_owned();
+    let prover: crate::path::paths::Prover = {
+        let (identity, hood) = (Arc::new(cfg.identity), cfg.hood.clone());
+        Arc::new(move |cookie, id| {
+            let msg = crate::relay::server::proof_message(cookie, id);
+            partybus_pki::relay_proof(&identity, &hood, &msg).unwrap_or_else(|e| {
+                warn!(error = %e, "cannot sign a relay registration; relays that serve only some hoods will refuse it");
+                Vec::new()
+            })
+        })
+    };
+    let relay = cfg.relay.serve.clone().map(|rc| SocketRelay::new(crate::relay::server::RelayServer::new(rc, rand::random())));
+    let serving = relay.as_ref().map(|_| "on");
+    let paths = PathShared::new(Paths::new(rand::random(), Some(prover), rand::random()), relay);
     let path_socket = PathSocket::new(real, paths.clone()).map_err(JoinError::Endpoint)?;
     let mut endpoint = quinn::Endpoint::new_with_abstract_socket(crate::tls::endpoint_config(), Some(server), path_socket.clone(), runtime)
         .map_err(JoinError::Endpoint)?;
@@ -76,7 +89,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     let local_addr = endpoint.local_addr().map_err(JoinError::Endpoint)?;
 
     let id = NodeId::random();
-    let me = Arc::new(PeerInfo { id, name: cfg.identity.name().to_owned(), addr: None, local: true });
+    let me = Arc::new(PeerInfo { id, name, addr: None, local: true });
     let (dispatch_tx, dispatch_rx) = mpsc::channel(256);
     let (discovery_stop, stop_signal) = StopSignal::new();
     let full_policy: FullPolicy = cfg.full_policy;
@@ -124,7 +137,37 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
         routes_tx: watch::channel(Vec::new()).0,
     });
     inner.update_reachable();
-    info!(id = %id, name = %inner.me.name, addr = %local_addr, hood = %inner.fingerprint, "joined the hood");
+    info!(id = %id, name = %inner.me.name, addr = %local_addr, hood = %inner.fingerprint, relay = serving.unwrap_or("off"), "joined the hood");
+    // Relays named in the configuration (`--relay`), resolved until they are.
+    if !cfg.relay.use_relays.is_empty() {
+        let me = Arc::downgrade(&inner);
+        let targets = cfg.relay.use_relays.clone();
+        inner.spawn(async move {
+            let mut left = targets;
+            while !left.is_empty() {
+                let mut unresolved = Vec::new();
+                for t in left {
+                    let resolved = tokio::net::lookup_host(t.clone()).await.map(|a| a.collect::<Vec<_>>());
+                    match resolved {
+                        Ok(addrs) => {
+                            let Some(me) = me.upgrade() else { return };
+                            for a in addrs {
+                                me.paths.run(|p| p.add_relay(a, std::time::Instant::now()));
+                            }
+                        }
+                        Err(e) => {
+                            warn!(relay = %t, error = %e, "cannot resolve relay (expected HOST:PORT); retrying in 60 s");
+                            unresolved.push(t);
+                        }
+                    }
+                }
+                left = unresolved;
+                if !left.is_empty() {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+            }
+        });
+    }
 
     inner.spawn(Actor::run_timers(inner.clone()));
     inner.spawn(crate::event::run_dispatcher(dispatch_rx, inner.plane.clone()));

@@ -9,4 +9,4 @@ pub(crate) mod paths;
 pub(crate) mod socket;
 
 pub(crate) use paths::{PathEvent, PathKind, Paths};
-pub(crate) use socket::{PathShared, PathSocket};
+pub(crate) use socket::{PathShared, PathSocket, SocketRelay};

@@ -122,6 +122,8 @@ struct RelayClient {
     last_used: Instant,
     /// Last registration sent (a challenge is answered at most this often).
     last_sent: Option<Instant>,
+    /// The proof for the current cookie (signing costs up to milliseconds with RSA keys).
+    proof: Option<(Cookie, Vec<u8>)>,
     refused_logged: bool,
 }
 
@@ -175,7 +177,15 @@ pub(crate) struct Paths {
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<PathEvent>,
     rng: SmallRng,
+    /// Probes we sent, by nonce: a pong must answer one of them, and a probe
+    /// that comes back to us (we probed one of our own addresses) is ignored.
+    probes: HashMap<[u8; 8], (SocketAddr, Instant)>,
 }
+
+/// Probes remembered at most (older ones are forgotten first, after [`PROBE_MEMORY`]).
+const MAX_PROBES: usize = 4096;
+/// How long a probe waits for its pong.
+const PROBE_MEMORY: Duration = Duration::from_secs(10);
 
 impl Paths {
     /// `secret` is this node's relay secret (new at every start).
@@ -191,6 +201,7 @@ impl Paths {
             out: VecDeque::new(),
             events: VecDeque::new(),
             rng: SmallRng::seed_from_u64(seed),
+            probes: HashMap::new(),
         }
     }
 
@@ -248,6 +259,7 @@ impl Paths {
             retry: REGISTER_RETRY,
             last_used: now,
             last_sent: None,
+            proof: None,
             refused_logged: false,
         }
     }
@@ -401,7 +413,11 @@ impl Paths {
                 }
             }
             Msg::Ping { token, nonce } => self.on_ping(src, token, nonce, now),
-            Msg::Pong { token, .. } => self.on_pong(src, token, now),
+            Msg::Pong { token, nonce, .. } => {
+                if self.probes.remove(&nonce).is_some_and(|(k, _)| self.tokens.get(&token) == Some(&k)) {
+                    self.on_pong(src, token, now);
+                }
+            }
             // Relay service traffic and relayed packets are not ours to handle.
             Msg::Register { .. } | Msg::Send { .. } | Msg::Recv { .. } => {}
         }
@@ -444,6 +460,9 @@ impl Paths {
 
     fn on_ping(&mut self, src: SocketAddr, token: Token, nonce: [u8; 8], now: Instant) {
         let Some(&key) = self.tokens.get(&token) else { return };
+        if self.probes.contains_key(&nonce) {
+            return; // our own probe, sent to one of our own addresses
+        }
         let mut b = Vec::with_capacity(wire::PING_LEN);
         wire::encode(&Msg::Pong { token, nonce, observed: src }, &mut b);
         self.out.push_back((src, b));
@@ -479,6 +498,7 @@ impl Paths {
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        self.probes.retain(|_, (_, at)| now.duration_since(*at) < PROBE_MEMORY);
         self.register_due(now);
         self.forget_idle_relays(now);
         let keys: Vec<SocketAddr> = self.conns.iter().filter(|(_, c)| c.relay.is_some()).map(|(k, _)| *k).collect();
@@ -496,7 +516,14 @@ impl Paths {
             }
             let cookie = c.cookie.unwrap_or([0; 16]);
             let proof = match (&self.prover, c.cookie) {
-                (Some(p), Some(_)) => p(&cookie, &id),
+                (Some(p), Some(_)) => match &c.proof {
+                    Some((k, v)) if *k == cookie => v.clone(),
+                    _ => {
+                        let v = p(&cookie, &id);
+                        c.proof = Some((cookie, v.clone()));
+                        v
+                    }
+                },
                 _ => Vec::new(),
             };
             let mut b = Vec::with_capacity(wire::REGISTER_MIN + proof.len());
@@ -551,8 +578,15 @@ impl Paths {
             let jitter = wait.mul_f64(self.rng.random::<f64>() * 0.1);
             c.next_probe = now + wait + jitter;
         }
+        if self.probes.len() + targets.len() > MAX_PROBES {
+            self.probes.retain(|_, (_, at)| now.duration_since(*at) < PROBE_MEMORY);
+        }
         for to in targets {
+            if self.probes.len() >= MAX_PROBES {
+                break;
+            }
             let nonce: [u8; 8] = self.rng.random();
+            self.probes.insert(nonce, (key, now));
             let mut b = Vec::with_capacity(wire::PING_LEN);
             wire::encode(&Msg::Ping { token, nonce }, &mut b);
             self.out.push_back((to, b));

@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 use super::keys::{is_relay_key, RouteBook};
 use super::paths::{PathEvent, Paths, Route, Routing};
 use crate::peers::canonical;
+use crate::relay::server::{RelayServer, Verdict};
 use crate::relay::wire::{self, Msg, RelayId, RELAY_HEADER};
 use crate::wire::RelayRoute;
 
@@ -37,11 +38,28 @@ const SPARE_SLOTS: usize = 4;
 /// QUIC retransmits).
 const MAX_PENDING: usize = 256;
 
-/// The relay service this node runs for others, if any, as the socket needs it.
-pub(crate) trait RelayService: Send + Sync + 'static {
+/// The relay this node runs for others on its socket (`--no-relay`: none).
+pub(crate) struct SocketRelay(Mutex<RelayServer>);
+
+impl SocketRelay {
+    pub(crate) fn new(server: RelayServer) -> SocketRelay {
+        SocketRelay(Mutex::new(server))
+    }
+
     /// `buf[..len]` is a `Register` or `Send` from `src`: returns where to
     /// send `buf[..n]` (rewritten in place), if anywhere.
-    fn on_datagram(&self, src: SocketAddr, buf: &mut [u8], len: usize) -> Option<(SocketAddr, usize)>;
+    fn on_datagram(&self, src: SocketAddr, buf: &mut [u8], len: usize) -> Option<(SocketAddr, usize)> {
+        let now = Instant::now();
+        let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if r.next_timeout().is_some_and(|t| t <= now) {
+            r.on_timeout(now);
+        }
+        match r.on_datagram(src, buf, len, now) {
+            Verdict::Drop => None,
+            Verdict::Forward { to } => Some((to, len)),
+            Verdict::Reply { to, len } => Some((to, len)),
+        }
+    }
 }
 
 /// What the socket, its driver and the node share.
@@ -54,7 +72,7 @@ pub(crate) struct PathShared {
     pub(crate) book: RouteBook,
     /// Wakes the driver (new timers, events).
     pub(crate) wake: Notify,
-    pub(crate) relay_service: Option<Arc<dyn RelayService>>,
+    pub(crate) relay_service: Option<SocketRelay>,
     pending: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
     events: Mutex<VecDeque<PathEvent>>,
     /// The socket, for control datagrams. Weak: quinn's endpoint owns it, so
@@ -69,7 +87,7 @@ struct Snapshot {
 }
 
 impl PathShared {
-    pub(crate) fn new(paths: Paths, relay_service: Option<Arc<dyn RelayService>>) -> Arc<PathShared> {
+    pub(crate) fn new(paths: Paths, relay_service: Option<SocketRelay>) -> Arc<PathShared> {
         Arc::new(PathShared {
             paths: Mutex::new(paths),
             routing: RwLock::new(Snapshot::default()),
