@@ -66,6 +66,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     let sock = crate::udp::bind(cfg.bind, cfg.port.ports(), cfg.socket_buffer)?;
     let runtime = quinn::default_runtime().ok_or_else(|| JoinError::Endpoint(std::io::Error::other("no async runtime")))?;
     // quinn gets the real socket wrapped in the path layer (relays, punched paths).
+    let raw = sock.try_clone().map_err(JoinError::Endpoint)?;
     let real = runtime.wrap_udp_socket(sock).map_err(JoinError::Endpoint)?;
     let name = cfg.identity.name().to_owned();
     let prover: crate::path::paths::Prover = {
@@ -81,7 +82,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     let relay = cfg.relay.serve.clone().map(|rc| SocketRelay::new(crate::relay::server::RelayServer::new(rc, rand::random())));
     let serving = relay.as_ref().map(|_| "on");
     let paths = PathShared::new(Paths::new(rand::random(), Some(prover), rand::random()), relay);
-    let path_socket = PathSocket::new(real, paths.clone()).map_err(JoinError::Endpoint)?;
+    let path_socket = PathSocket::new(real, raw, paths.clone()).map_err(JoinError::Endpoint)?;
     let mut endpoint = quinn::Endpoint::new_with_abstract_socket(crate::tls::endpoint_config(), Some(server), path_socket.clone(), runtime)
         .map_err(JoinError::Endpoint)?;
     drop(path_socket);
@@ -265,8 +266,17 @@ fn on_path_events(inner: &Arc<Inner>, events: Vec<PathEvent>) {
         }
     }
     if routes_changed {
+        let mine = inner.my_routes();
+        // Neighbours heard our hello before we registered: tell them (they tell the others).
+        if !mine.is_empty() {
+            let me = crate::wire::PeerAddrs { id: inner.id, addrs: inner.punch_addrs(), relays: mine.clone() };
+            let peers: Vec<NodeId> = inner.plane.state().links.keys().copied().collect();
+            for p in peers {
+                inner.plane.push_peers(p, vec![me.clone()]);
+            }
+        }
         let routes: Vec<partybus_discovery::RelayRoute> =
-            inner.my_routes().into_iter().map(|r| partybus_discovery::RelayRoute { relay: r.relay, id: r.id }).collect();
+            mine.into_iter().map(|r| partybus_discovery::RelayRoute { relay: r.relay, id: r.id }).collect();
         inner.routes_tx.send_if_modified(|v| {
             let m = *v != routes;
             *v = routes;

@@ -425,10 +425,11 @@ impl Paths {
 
     fn on_challenge(&mut self, src: SocketAddr, cookie: Cookie, now: Instant) {
         let Some(c) = self.relays.get_mut(&src) else { return };
+        let same = c.cookie == Some(cookie);
         c.cookie = Some(cookie);
         // A relay that restarted answers every packet with a challenge: one
-        // registration per half second is enough.
-        if c.last_sent.is_some_and(|t| now.duration_since(t) < Duration::from_millis(500)) {
+        // registration with the same cookie per half second is enough.
+        if same && c.last_sent.is_some_and(|t| now.duration_since(t) < Duration::from_millis(500)) {
             c.next_at = c.next_at.min(now + Duration::from_millis(500));
             return;
         }

@@ -174,6 +174,9 @@ impl PathShared {
 /// The socket handed to quinn.
 pub(crate) struct PathSocket {
     inner: Arc<dyn AsyncUdpSocket>,
+    /// The same socket, for control datagrams sent outside quinn's I/O
+    /// (tokio's `try_io` refuses to send before quinn first polled for writing).
+    raw: std::net::UdpSocket,
     /// The real socket is IPv6 (dual-stack): quinn uses IPv4-mapped forms.
     v6: bool,
     shared: Arc<PathShared>,
@@ -186,9 +189,10 @@ impl fmt::Debug for PathSocket {
 }
 
 impl PathSocket {
-    pub(crate) fn new(inner: Arc<dyn AsyncUdpSocket>, shared: Arc<PathShared>) -> io::Result<Arc<PathSocket>> {
+    /// `raw` is a clone of the socket `inner` wraps.
+    pub(crate) fn new(inner: Arc<dyn AsyncUdpSocket>, raw: std::net::UdpSocket, shared: Arc<PathShared>) -> io::Result<Arc<PathSocket>> {
         let v6 = inner.local_addr()?.is_ipv6();
-        let s = Arc::new(PathSocket { inner, v6, shared: shared.clone() });
+        let s = Arc::new(PathSocket { inner, raw, v6, shared: shared.clone() });
         let _ = shared.socket.set(Arc::downgrade(&s));
         Ok(s)
     }
@@ -203,8 +207,7 @@ impl PathSocket {
 
     /// Sends one control datagram, best effort (they are all retried).
     pub(crate) fn send_raw(&self, to: SocketAddr, bytes: &[u8]) {
-        let t = Transmit { destination: self.present(to), ecn: None, contents: bytes, segment_size: None, src_ip: None };
-        if let Err(e) = self.inner.try_send(&t) {
+        if let Err(e) = self.raw.send_to(bytes, self.present(to)) {
             tracing::trace!(%to, error = %e, "control datagram not sent");
         }
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::pacing::Backoff;
 use super::{Conn, ConnId, Dialled, Known, Mesh, Output, Timer, MAX_DIAL_JOBS, MAX_GOSSIP_ADDRS, MAX_KNOWN};
 use crate::id::NodeId;
+use crate::path::keys::is_relay_key;
 use crate::peers::{self, canonical, DialFailure, Direction, SecondDial};
 use crate::wire::PeerAddrs;
 
@@ -102,8 +103,23 @@ impl Mesh {
     /// Gossip from the neighbour on `conn`: dial the nodes we do not know yet.
     pub(super) fn on_gossip(&mut self, conn: ConnId, list: Vec<PeerAddrs>, now: Instant) {
         let Some(link) = self.conns.get(&conn).map(|c| c.remote) else { return };
+        let sender = self.conns.get(&conn).and_then(|c| c.peer());
         let allow = self.cfg.allow_non_global;
         for p in list {
+            if Some(p.id) == sender {
+                // The neighbour tells us where it is reachable now (it
+                // registered at a relay since its hello).
+                self.update_neighbour_addrs(p.id, p.addrs, now);
+                continue;
+            }
+            if self.dialing_ids.contains(&p.id) && !self.neighbours.contains_key(&p.id) {
+                // Being dialled (perhaps at addresses that time out): a relay
+                // route learnt meanwhile is tried at once, beside that dial.
+                for a in p.addrs.iter().copied().filter(|a| is_relay_key(*a)).take(4) {
+                    self.dial_addr(a, Some(p.id), false, now);
+                }
+                continue;
+            }
             // In a forming mesh nearly every entry names a node we are
             // connected to or dialling already: skip those before any allocation.
             if p.id == self.me || self.neighbours.contains_key(&p.id) || self.dialing_ids.contains(&p.id) || self.departed.contains(&p.id) {

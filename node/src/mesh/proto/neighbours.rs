@@ -20,6 +20,16 @@ pub(super) struct Conn {
     stage: Stage,
 }
 
+impl Conn {
+    /// The neighbour this is the connection of, if it is one's.
+    pub(super) fn peer(&self) -> Option<NodeId> {
+        match self.stage {
+            Stage::Active(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
     /// QUIC done or under way, hellos not yet: an incoming one counts in
@@ -262,6 +272,38 @@ impl Mesh {
         self.neighbours.insert(peer, Neighbour { conn, rank, remote, gossip_addrs, awaiting_switch: false });
         self.set_stage(conn, Stage::Active(peer));
         self.out.push_back(Output::Activate { conn, peer, peers: others });
+    }
+
+    /// Neighbour `peer` names addresses (relay routes) it did not name in its
+    /// hello: remember them, and tell the others.
+    pub(super) fn update_neighbour_addrs(&mut self, peer: NodeId, addrs: Vec<SocketAddr>, now: Instant) {
+        let Some(n) = self.neighbours.get_mut(&peer) else { return };
+        let fresh: Vec<SocketAddr> =
+            addrs.into_iter().map(canonical).filter(|a| !n.gossip_addrs.contains(a)).take(MAX_GOSSIP_ADDRS).collect();
+        if fresh.is_empty() {
+            return;
+        }
+        // After the address we see it at, before the rest: relay routes work
+        // where the other addresses often do not.
+        let rest = n.gossip_addrs.split_off(1.min(n.gossip_addrs.len()));
+        n.gossip_addrs.extend(fresh.iter().copied());
+        n.gossip_addrs.extend(rest);
+        n.gossip_addrs.truncate(MAX_GOSSIP_ADDRS);
+        let addrs = n.gossip_addrs.clone();
+        if let Some(k) = self.known.get_mut(&peer) {
+            for a in fresh.iter().rev() {
+                if !k.addrs.contains(a) {
+                    k.addrs.insert(0, *a);
+                }
+            }
+            k.addrs.truncate(MAX_GOSSIP_ADDRS);
+        }
+        self.announce.retain(|(p, _)| *p != peer);
+        self.announce.push((peer, addrs));
+        if !self.announce_armed {
+            self.announce_armed = true;
+            self.arm(now + ANNOUNCE_BATCH, Timer::Announce);
+        }
     }
 
     /// Tells every neighbour about the new neighbours collected since the
