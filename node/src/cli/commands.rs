@@ -83,6 +83,28 @@ fn neighbour_line(kind: &str, n: &NeighbourInfo, count: usize, reason: Option<&s
     serde_json::to_string(&line).unwrap_or_default()
 }
 
+/// `{"path":"direct"|"relayed","id":...,"name":...,"addr":...,"via":...}`: a
+/// neighbour's network path (printed when it is found and when it changes).
+fn path_line(n: &NeighbourInfo) -> Option<String> {
+    #[derive(serde::Serialize)]
+    struct PathLine<'a> {
+        path: &'a str,
+        id: String,
+        name: &'a str,
+        /// Where its packets go: its address, or the relay's.
+        addr: String,
+        /// The relay, for a relayed path.
+        via: Option<String>,
+    }
+    let (path, via) = match n.path? {
+        partybus::NeighbourPath::Direct { .. } => ("direct", None),
+        partybus::NeighbourPath::Relayed { via } => ("relayed", Some(via.to_string())),
+        _ => return None,
+    };
+    let line = PathLine { path, id: n.id.to_hex(), name: &n.name, addr: n.addr.to_string(), via };
+    serde_json::to_string(&line).ok()
+}
+
 /// The first line of `partybus node`.
 fn ready_line(bus: &Bus) -> String {
     #[derive(serde::Serialize)]
@@ -121,6 +143,14 @@ pub async fn node(opts: NodeOpts) -> Result<ExitCode> {
                 Ok(NeighbourEvent::Found(n)) => {
                     count += 1;
                     out_line(&neighbour_line("found", &n, count, None));
+                    if let Some(l) = path_line(&n) {
+                        out_line(&l);
+                    }
+                }
+                Ok(NeighbourEvent::Path(n)) => {
+                    if let Some(l) = path_line(&n) {
+                        out_line(&l);
+                    }
                 }
                 Ok(NeighbourEvent::Lost { info, reason }) => {
                     count = count.saturating_sub(1);
