@@ -129,6 +129,11 @@ async fn control(inner: &Arc<Inner>, conn: ConnId, info: &PeerInfo, frame: Frame
                 return Err(ProtocolError::GossipTooLong(list.len()));
             }
             // Bounded channel: a peer flooding gossip waits here, not in memory.
+            // The neighbour on its own relays (registered after its hello).
+            if let (Some(me), Some(key)) = (list.iter().find(|p| p.id == info.id), info.addr) {
+                let (routes, addrs) = (me.relays.clone(), me.addrs.clone());
+                inner.paths.run(|p| p.update_conn(key, &routes, &addrs, std::time::Instant::now()));
+            }
             let peers = inner.mesh_peers(list);
             inner.report(Msg::Gossip { conn, peers }).await;
         }

@@ -324,6 +324,25 @@ impl Paths {
         self.update(key, now);
     }
 
+    /// The peer behind `key` told us its relay routes and addresses anew
+    /// (it registered at a relay after its hello): a connection without a
+    /// relay takes one, and probing starts if it was not going on.
+    pub(crate) fn update_conn(&mut self, key: SocketAddr, routes: &[RelayRoute], candidates: &[SocketAddr], now: Instant) {
+        let key = canonical(key);
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        if c.relay.is_none() {
+            let Some(r) = routes.first() else { return };
+            c.relay = Some(RelayRoute { relay: canonical(r.relay), id: r.id });
+            c.next_probe = now;
+            let relay = canonical(r.relay);
+            for a in candidates {
+                Self::add_candidate(c, *a, false);
+            }
+            self.use_relay(relay, now);
+            self.update(key, now);
+        }
+    }
+
     fn add_candidate(c: &mut ConnPath, addr: SocketAddr, front: bool) {
         let addr = canonical(addr);
         if addr.port() == 0 || addr.ip().is_unspecified() || is_relay_key(addr) || c.candidates.contains(&addr) {
