@@ -43,6 +43,7 @@ fn main() -> anyhow::Result<()> {
             cert_name: name.clone(),
             port,
             reachable: tokio::sync::watch::channel(vec![]).1,
+            relay_routes: tokio::sync::watch::channel(vec![]).1,
             allow_non_global: true,
         };
         let (sink, mut rx) = DiscoverySink::channel(256);

@@ -22,6 +22,8 @@ fn print_event(ev: DiscoveryEvent) {
         DiscoveryEvent::External { addr, source } => println!("{}", json!({"external": addr.to_string(), "source": source})),
         DiscoveryEvent::ExternalLost { addr, source } => println!("{}", json!({"external_lost": addr.to_string(), "source": source})),
         DiscoveryEvent::Candidate { addr, source } => println!("{}", json!({"candidate": addr.to_string(), "source": source})),
+        DiscoveryEvent::Relay { addr, source } => println!("{}", json!({"relay": addr.to_string(), "source": source})),
+        DiscoveryEvent::Relayed { route, source } => println!("{}", json!({"relayed": route.to_string(), "source": source})),
     }
 }
 
@@ -54,6 +56,7 @@ fn main() -> anyhow::Result<()> {
             cert_name: "upnp-probe".into(),
             port,
             reachable: tokio::sync::watch::channel(vec![]).1,
+            relay_routes: tokio::sync::watch::channel(vec![]).1,
             allow_non_global: true, // lab WAN addresses are documentation ranges
         };
         let opts = UpnpOptions { gateway_url, bind_ip: Some(bind_ip), lease: Duration::from_secs(lease), ..Default::default() };
