@@ -11,7 +11,7 @@ pub struct RelayLimitArgs {
     /// Relay: registered clients at most (default 1024).
     #[arg(long, value_name = "N", value_parser = parse_count)]
     pub relay_max_clients: Option<usize>,
-    /// Relay: bytes per second one client may send through it, e.g. 2MB/s (default), 500KiB/s, 16Mbit/s.
+    /// Relay: bytes per second one client may send through it, e.g. 10MB/s (default), 500KiB/s, 16Mbit/s.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub relay_client_rate: Option<u64>,
     /// Relay: bytes per second forwarded for all clients together, e.g. 50MB/s (default), 400Mbit/s.

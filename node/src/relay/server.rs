@@ -154,10 +154,13 @@ impl Default for RelayConfig {
     ///   want more than one relay anyway (the total rate below is shared).
     /// - `max_clients_per_ip` 64: many members behind one NAT (an office)
     ///   fit; one host alone cannot fill the table.
-    /// - `client_rate` 2 MB/s (16 Mbit/s): a relayed path is the fallback
-    ///   for two members that cannot reach each other directly; events,
-    ///   chat and a few streams fit, bulk transfers are paced.
-    /// - `client_burst` 256 KiB: a QUIC connection's first flights and a
+    /// - `client_rate` 10 MB/s (80 Mbit/s): a relayed path is the only path
+    ///   between members behind symmetric NATs, so it should carry what a
+    ///   home uplink carries; five such clients fill the total below.
+    ///   (At 2 MB/s, the first choice, a relayed bulk transfer lost a third
+    ///   of its packets to the cap and QUIC's congestion control halved its
+    ///   rate again and again: 1-2 MB/s, see BENCHMARKS.md.)
+    /// - `client_burst` 1 MiB: a QUIC connection's first flights and a
     ///   window's worth of packets pass unpaced.
     /// - `total_rate` 50 MB/s (400 Mbit/s each way): what a small VPS with a
     ///   1 Gbit/s port can give away, with room for its own traffic (every
@@ -169,8 +172,8 @@ impl Default for RelayConfig {
         RelayConfig {
             max_clients: 1_024,
             max_clients_per_ip: 64,
-            client_rate: 2_000_000,
-            client_burst: 256 * 1024,
+            client_rate: 10_000_000,
+            client_burst: 1024 * 1024,
             total_rate: 50_000_000,
             lifetime: Duration::from_secs(60),
             policy: RelayPolicy::Open,
