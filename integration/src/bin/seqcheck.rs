@@ -152,6 +152,20 @@ fn ready(bus: &Bus) {
     });
 }
 
+/// Each neighbour's QUIC path now: name, smoothed RTT, congestion window,
+/// packets sent and lost, MTU.
+fn paths(bus: &Bus) -> serde_json::Value {
+    let v: Vec<serde_json::Value> = bus
+        .neighbours()
+        .into_iter()
+        .filter_map(|n| {
+            let p = bus.path(n.id)?;
+            Some(json!({"name": n.name, "rtt_ms": p.rtt.as_secs_f64() * 1e3, "cwnd": p.cwnd, "sent": p.sent_packets, "lost": p.lost_packets, "mtu": p.mtu}))
+        })
+        .collect();
+    json!(v)
+}
+
 async fn emit(o: &Opts) -> Result<ExitCode> {
     let bus = Bus::join(config(o)?).await.context("cannot join the hood")?;
     ready(&bus);
@@ -196,7 +210,7 @@ async fn emit(o: &Opts) -> Result<ExitCode> {
         }
         if now >= next_progress {
             next_progress += Duration::from_secs(1);
-            out(json!({"progress": {"emitted": sent, "secs": t0.elapsed().as_secs_f64()}}));
+            out(json!({"progress": {"emitted": sent, "secs": t0.elapsed().as_secs_f64(), "paths": paths(&bus)}}));
         }
     }
     let secs = t0.elapsed().as_secs_f64();
@@ -230,7 +244,7 @@ async fn recv(o: &Opts) -> Result<ExitCode> {
             _ = tokio::time::sleep_until(deadline) => break,
             _ = tick.tick() => {
                 let r = check.lock().unwrap().report();
-                out(json!({"progress": {"received": r.received, "missing_so_far": r.missing, "secs": t0.elapsed().as_secs_f64()}}));
+                out(json!({"progress": {"received": r.received, "missing_so_far": r.missing, "secs": t0.elapsed().as_secs_f64(), "paths": paths(&bus)}}));
             }
         }
     }
