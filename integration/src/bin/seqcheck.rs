@@ -18,11 +18,17 @@
 //! (default 1) listeners of the event, then emits events 0, 1, ... at
 //! `--rate` per second (default 2000) until `--count` (default 10000) or
 //! `--max-secs` (default 30) is reached, then `<NAME>.end` with the count;
-//! prints `{"done":{"emitted":N,"secs":S,"min_count":C,"waited_ms":W}}`
-//! (`min_count`: the fewest listeners an emit reached) and leaves (which
-//! flushes the queues). Exit 3 when no listener came (it emits nothing).
+//! waits (at most `--ack-timeout`, default 60) for the receiver's
+//! `<NAME>.ack` (sent when the end marker arrived: everything before it was
+//! handled), so that leaving (which flushes the queues for a bounded time
+//! only) loses nothing on a slow path; prints `{"done":{"emitted":N,"secs":S,
+//! "stream_secs":T,"acked":B,"min_count":C,"waited_ms":W}}` (`secs`: emitting,
+//! `stream_secs`: from the first event to the ack, null without one;
+//! `min_count`: the fewest listeners an emit reached) and leaves. Exit 3
+//! when no listener came (it emits nothing).
 //!
-//! `recv` checks every event and prints `{"result":REPORT}` (the
+//! `recv` checks every event, answers the end marker with `<NAME>.ack`
+//! (payload: events received), and prints `{"result":REPORT}` (the
 //! `seqcheck::Report` fields and `"ok"`) `--linger-ms` (default 1000) after
 //! the end marker, or after `--max-secs` (default 120) without one; exit 0
 //! when the report is ok, 2 otherwise.
@@ -55,6 +61,7 @@ struct Opts {
     timeout: Duration,
     max_secs: Duration,
     linger: Duration,
+    ack_timeout: Duration,
 }
 
 fn parse() -> Result<Opts> {
@@ -74,6 +81,7 @@ fn parse() -> Result<Opts> {
         timeout: Duration::from_secs(20),
         max_secs: Duration::from_secs(if emit { 30 } else { 120 }),
         linger: Duration::from_millis(1000),
+        ack_timeout: Duration::from_secs(60),
         ..Opts::default()
     };
     while let Some(a) = args.next() {
@@ -94,6 +102,7 @@ fn parse() -> Result<Opts> {
             "--timeout" => o.timeout = Duration::from_secs_f64(val()?.parse()?),
             "--max-secs" => o.max_secs = Duration::from_secs_f64(val()?.parse()?),
             "--linger-ms" => o.linger = Duration::from_millis(val()?.parse()?),
+            "--ack-timeout" => o.ack_timeout = Duration::from_secs_f64(val()?.parse()?),
             _ => bail!("unknown argument {a}"),
         }
     }
@@ -103,8 +112,8 @@ fn parse() -> Result<Opts> {
     if o.rate == 0 || o.rate > 1_000_000 {
         bail!("--rate must be 1..=1000000 events per second");
     }
-    if o.max_secs > Duration::from_secs(600) {
-        bail!("--max-secs is at most 600");
+    if o.max_secs > Duration::from_secs(600) || o.ack_timeout > Duration::from_secs(600) {
+        bail!("--max-secs and --ack-timeout are at most 600");
     }
     Ok(o)
 }
@@ -171,6 +180,7 @@ async fn emit(o: &Opts) -> Result<ExitCode> {
     ready(&bus);
     let t_wait = tokio::time::Instant::now();
     let end = format!("{}.end", o.event);
+    let mut ack = bus.subscribe(&format!("{}.ack", o.event))?;
     let mut rx = bus.observe_listener_count(&o.event)?;
     let mut rx_end = bus.observe_listener_count(&end)?;
     let want = o.wait_listeners;
@@ -215,7 +225,12 @@ async fn emit(o: &Opts) -> Result<ExitCode> {
     }
     let secs = t0.elapsed().as_secs_f64();
     bus.emit(&end, &sent).await?;
-    out(json!({"done": {"emitted": sent, "secs": secs, "min_count": if sent == 0 { 0 } else { min_count }, "waited_ms": waited_ms}}));
+    let acked = tokio::time::timeout(o.ack_timeout, ack.recv()).await.ok().flatten().is_some();
+    let stream_secs = acked.then(|| t0.elapsed().as_secs_f64());
+    let min_count = if sent == 0 { 0 } else { min_count };
+    out(
+        json!({"done": {"emitted": sent, "secs": secs, "stream_secs": stream_secs, "acked": acked, "min_count": min_count, "waited_ms": waited_ms}}),
+    );
     bus.leave().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -248,7 +263,17 @@ async fn recv(o: &Opts) -> Result<ExitCode> {
             }
         }
     }
-    if check.lock().unwrap().ended() {
+    let (ended, received) = {
+        let c = check.lock().unwrap();
+        (c.ended(), c.received())
+    };
+    if ended {
+        // The emitter waits for this before it leaves. Its subscription came
+        // with its first frames; the wait is only a bound.
+        let ack = format!("{}.ack", o.event);
+        let mut rx = bus.observe_listener_count(&ack)?;
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|c| *c >= 1)).await;
+        bus.emit(&ack, &received).await?;
         // Stragglers (late or duplicate events) show up in the report.
         tokio::time::sleep(o.linger).await;
     }
