@@ -355,3 +355,19 @@ fn issue14_stream_punched() {
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
+
+/// The punched path with 20 ms per uplink and 2 % loss each way on each WAN
+/// link, 500 1-KiB events per second for 10 s: loss-based congestion control
+/// on a lossy path (the lab notes measured TCP cubic at 1.6 Mbit/s through
+/// such links). Checks the stream only (slow is expected); a measurement.
+#[test]
+#[ignore = "a measurement (lossy path, slow by nature): run with --ignored"]
+fn hub_cone_cone_direct_loss2_delay20() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let r = RouterOptions { delay_ms: 20, loss_ppm: 20_000, ..Default::default() };
+    let opts = NatOptions { r1: r.clone(), r2: r, stun_server: None };
+    let stream = Stream { rate: 500, count: 5000, payload: 1024 };
+    let run = run_stream("hub_cone_cone_direct_loss2_delay20", opts, stream, &[], &[]);
+    eprintln!("{}", run.profile());
+    assert!(run.report.ok(), "the stream came through damaged: {}", run.report.summary());
+}
