@@ -7,11 +7,17 @@
 //! - [`nat`]: a NAT lab (internet, home routers with masquerade and
 //!   miniupnpd, hosts behind them) built with [`lab`].
 //! - [`pb`]: driving the `partybus` binary (finding it, certificates).
+//! - [`reach`]: the reachability matrix's cases (NAT types x seeds x WAN
+//!   impairments) on the [`nat`] lab, and how one is run and reported.
+//! - [`seqcheck`]: the numbered-stream checker's payload and book-keeping;
+//!   the `seqcheck` bin emits or checks such a stream on a partybus node.
 //! - `mdns-probe` (bin): the mDNS discovery service alone, for lab tests.
 
 pub mod lab;
 pub mod nat;
 pub mod pb;
 mod prereq;
+pub mod reach;
+pub mod seqcheck;
 
 pub use lab::{Bridge, Lab, LabError, LabProcess, Ns};

@@ -23,6 +23,13 @@
 //!   would create conntrack state that spoils a later hole punch).
 //! * [`RouterOptions::loss_ppm`] drops that many packets per million in each
 //!   direction on the WAN link (`numgen random`; no `tc netem` here).
+//! * [`RouterOptions::delay_ms`] delays every frame on the WAN link by that
+//!   much in each direction: the router's `wan` is then a TAP device joined
+//!   to a TAP port of the internet bridge by the user-space link emulator
+//!   `tools/linkemu.py` (python3), which runs while the lab does.
+//! * [`NatLab::block_udp`] drops UDP between a router and one address (a
+//!   direct path cut while the rest of the internet stays reachable);
+//!   [`NatLab::unblock_udp`] lifts it.
 //! * With [`RouterOptions::upnp`], miniupnpd runs in the router namespace with
 //!   its own chains in the router's `inet pbnat` table (`upnp_forward`,
 //!   `upnp_prerouting`, `upnp_postrouting`), HTTP on a fixed port
@@ -67,6 +74,9 @@ pub struct RouterOptions {
     pub loss_ppm: u32,
     /// Run miniupnpd (UPnP IGD, NAT-PMP/PCP) on the router.
     pub upnp: bool,
+    /// One-way delay added on the WAN link, each direction (0: a plain veth,
+    /// no emulator). Needs python3.
+    pub delay_ms: u32,
 }
 
 /// Options of the whole NAT lab.
@@ -95,6 +105,8 @@ pub struct Site {
     pub lan_cidr: String,
     pub opts: RouterOptions,
     miniupnpd: Mutex<Option<LabProcess>>,
+    /// The link emulator of a delayed WAN link.
+    linkemu: Mutex<Option<LabProcess>>,
     /// Starts of miniupnpd so far (config and pid file names).
     upnp_starts: Mutex<u32>,
 }
@@ -127,6 +139,28 @@ pub struct NatLab<'a> {
 pub fn require_prereqs(upnp: bool) {
     if upnp {
         require_program("miniupnpd", "miniupnpd and miniupnpd-nftables");
+    }
+}
+
+/// [`require_prereqs`] for a lab whose routers use `opts` (python3 for a
+/// delayed WAN link, miniupnpd for UPnP).
+#[track_caller]
+pub fn require_prereqs_for(opts: &NatOptions) {
+    require_prereqs(opts.r1.upnp || opts.r2.upnp);
+    if opts.r1.delay_ms > 0 || opts.r2.delay_ms > 0 {
+        require_program("python3", "python3");
+    }
+}
+
+/// Environment variable: another copy of the link emulator to use.
+pub const LINKEMU_ENV: &str = "PARTYBUS_LINKEMU";
+
+/// The user-space link emulator (`integration/tools/linkemu.py`, a copy of
+/// the shared lab tool; [`LINKEMU_ENV`] overrides it).
+pub fn linkemu_script() -> PathBuf {
+    match std::env::var_os(LINKEMU_ENV) {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tools").join("linkemu.py"),
     }
 }
 
@@ -182,7 +216,7 @@ impl<'a> NatLab<'a> {
 
     fn site(lab: &Lab, inet: &Bridge, n: u8, wan: &str, gw: &str, opts: RouterOptions) -> Result<Site> {
         let router = lab.router(&format!("r{n}"))?;
-        lab.attach(&router, "wan", inet, Some(&format!("{wan}/24")))?;
+        let linkemu = wan_link(lab, inet, &router, n, &format!("{wan}/24"), opts.delay_ms)?;
         lab.route(&router, "default", gw)?;
         let host = lab.namespace(&format!("h{n}"))?;
         lab.link(&router, "lan", &host, "eth0")?;
@@ -200,6 +234,7 @@ impl<'a> NatLab<'a> {
             lan_cidr: format!("198.18.{n}.0/24"),
             opts,
             miniupnpd: Mutex::new(None),
+            linkemu: Mutex::new(linkemu),
             upnp_starts: Mutex::new(0),
         };
         lab.nft(&site.router, &router_ruleset(&site))?;
@@ -385,10 +420,33 @@ impl<'a> NatLab<'a> {
     }
 }
 
+impl NatLab<'_> {
+    /// Drop every UDP packet between `site`'s router and `other` (e.g. the
+    /// other router's WAN address), both ways, on the router: a direct path
+    /// between the two homes breaks while the rest of the internet (a hub, a
+    /// relay) stays reachable. Conntrack state is kept, so lifting the block
+    /// ([`NatLab::unblock_udp`]) brings the same mappings back.
+    pub fn block_udp(&self, site: &Site, other: Ipv4Addr) -> Result<()> {
+        self.lab.nft(&site.router, &block_ruleset(other))
+    }
+
+    /// Lift [`NatLab::block_udp`] (no-op when nothing is blocked).
+    pub fn unblock_udp(&self, site: &Site) -> Result<()> {
+        let out = self.lab.exec_unchecked(&site.router, ["nft", "delete", "table", "inet", BLOCK_TABLE])?;
+        if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("No such file") {
+            bail!("nft delete table inet {BLOCK_TABLE} in {}: {}", site.router, String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+}
+
 impl Drop for NatLab<'_> {
     fn drop(&mut self) {
         for site in [&self.r1, &self.r2] {
             if let Some(mut p) = site.miniupnpd.lock().unwrap().take() {
+                p.kill();
+            }
+            if let Some(mut p) = site.linkemu.lock().unwrap().take() {
                 p.kill();
             }
         }
@@ -396,6 +454,78 @@ impl Drop for NatLab<'_> {
             p.kill();
         }
     }
+}
+
+/// The router's WAN interface `wan` with address `cidr`, plugged into the
+/// internet bridge: a veth, or with `delay_ms` a TAP device joined to a TAP
+/// port of the bridge by the link emulator (returned; it must outlive the lab's use).
+fn wan_link(lab: &Lab, inet: &Bridge, router: &Ns, n: u8, cidr: &str, delay_ms: u32) -> Result<Option<LabProcess>> {
+    if delay_ms == 0 {
+        lab.attach(router, "wan", inet, Some(cidr))?;
+        return Ok(None);
+    }
+    let python = which("python3").ok_or_else(|| anyhow!("a delayed WAN link needs python3 (apt-get install python3)"))?;
+    let script = linkemu_script();
+    if !script.is_file() {
+        bail!("the link emulator {} is missing (set {LINKEMU_ENV})", script.display());
+    }
+    let port = format!("tap{n}");
+    lab.ip(router, &["tuntap", "add", "dev", "wan", "mode", "tap"])?;
+    lab.ip(&inet.ns, &["tuntap", "add", "dev", &port, "mode", "tap"])?;
+    lab.ip(&inet.ns, &["link", "set", &port, "master", &inet.name])?;
+    lab.ip(&inet.ns, &["link", "set", &port, "up"])?;
+    lab.ip(router, &["link", "set", "wan", "up"])?;
+    lab.addr(router, "wan", cidr)?;
+    let args = [
+        script.display().to_string(),
+        "--a".into(),
+        format!("{}:wan", router.name),
+        "--b".into(),
+        format!("{}:{port}", inet.ns.name),
+        "--delay-ms".into(),
+        delay_ms.to_string(),
+        "--limit".into(),
+        "20000".into(),
+        "--seed".into(),
+        n.to_string(),
+    ];
+    let p = lab.spawn(router, &python, args)?;
+    // Carrier comes up on both TAPs once the emulator has opened them (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (ns, dev) in [(router, "wan"), (&inet.ns, port.as_str())] {
+        loop {
+            let out = lab.exec_unchecked(ns, ["cat", &format!("/sys/class/net/{dev}/carrier")])?;
+            if String::from_utf8_lossy(&out.stdout).trim() == "1" {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("link emulator for {router}: no carrier on {dev} within 10 s; its stderr:\n{}", p.stderr_tail(20));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(Some(p))
+}
+
+/// The nftables table (family inet) of [`NatLab::block_udp`].
+pub const BLOCK_TABLE: &str = "pbblock";
+
+/// UDP to and from `other` dropped on a router's WAN side, both ways
+/// (before conntrack and NAT: nothing of the flow's state changes).
+pub fn block_ruleset(other: Ipv4Addr) -> String {
+    format!(
+        r#"table inet {BLOCK_TABLE} {{
+  chain in {{
+    type filter hook prerouting priority -310; policy accept;
+    iifname "wan" ip saddr {other} meta l4proto udp drop
+  }}
+  chain out {{
+    type filter hook postrouting priority 310; policy accept;
+    oifname "wan" ip daddr {other} meta l4proto udp drop
+  }}
+}}
+"#
+    )
 }
 
 /// The router's ruleset: filter (drop unsolicited WAN traffic), NAT
@@ -490,5 +620,12 @@ mod tests {
     #[test]
     fn loss_rules() {
         assert!(loss_ruleset(20_000).contains("numgen random mod 1000000 < 20000 drop"));
+    }
+
+    #[test]
+    fn block_rules() {
+        let r = block_ruleset("198.51.100.22".parse().unwrap());
+        assert!(r.contains("iifname \"wan\" ip saddr 198.51.100.22 meta l4proto udp drop"), "{r}");
+        assert!(r.contains("oifname \"wan\" ip daddr 198.51.100.22 meta l4proto udp drop"), "{r}");
     }
 }

@@ -121,3 +121,45 @@ pub fn identity_args(hood: &HoodFiles, peer: &PeerFiles) -> Vec<String> {
         peer.key.display().to_string(),
     ]
 }
+
+/// A hood for a lab test: its CA in a folder of the lab, a new peer
+/// certificate for each process, and `partybus` processes started in lab
+/// namespaces with that identity and a log filter.
+pub struct LabHood {
+    pub bin: PathBuf,
+    pub dir: PathBuf,
+    pub hood: HoodFiles,
+    /// `RUST_LOG` of the processes it starts.
+    pub log: String,
+}
+
+impl LabHood {
+    /// Creates hood `name` in `<lab dir>/certs-<name>`.
+    pub fn new(lab: &crate::lab::Lab, bin: &Path, name: &str, log: &str) -> Result<LabHood> {
+        let dir = lab.dir().join(format!("certs-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        let hood = create_hood(bin, &dir, name)?;
+        Ok(LabHood { bin: bin.to_path_buf(), dir, hood, log: log.to_owned() })
+    }
+
+    /// `--ca --cert --key` of a new peer `name` (names must be unique in the hood).
+    pub fn identity(&self, name: &str) -> Result<Vec<String>> {
+        let peer = create_peer(&self.bin, &self.dir, &self.hood, name)?;
+        Ok(identity_args(&self.hood, &peer))
+    }
+
+    /// `partybus CMD <identity of a new peer NAME> ARGS...` in `ns`.
+    pub fn spawn(
+        &self,
+        lab: &crate::lab::Lab,
+        ns: &crate::lab::Ns,
+        cmd: &str,
+        name: &str,
+        args: &[String],
+    ) -> Result<crate::lab::LabProcess> {
+        let mut a = vec![cmd.to_owned()];
+        a.extend(self.identity(name)?);
+        a.extend(args.iter().cloned());
+        lab.spawn_env(ns, &self.bin, a, [("RUST_LOG", self.log.as_str())])
+    }
+}

@@ -154,7 +154,7 @@ fn hub_on_vps_without_upnp() {
 )]
 fn hub_with_symmetric_nat_and_loss() {
     let (lab, bin) = setup("natsym", false);
-    let r = RouterOptions { symmetric: true, loss_ppm: 20_000, upnp: false };
+    let r = RouterOptions { symmetric: true, loss_ppm: 20_000, ..Default::default() };
     hub_scenario(&lab, &bin, NatOptions { r1: r.clone(), r2: r, stun_server: None }, "2s");
 }
 

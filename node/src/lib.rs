@@ -31,6 +31,7 @@ pub mod name;
 pub mod payload;
 
 mod bus;
+mod congestion;
 mod mesh;
 mod node;
 mod path;

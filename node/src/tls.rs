@@ -32,6 +32,8 @@ pub fn transport(cfg: &Config, peer_on_host: bool) -> Arc<quinn::TransportConfig
     t.max_concurrent_bidi_streams(0u32.into());
     t.max_concurrent_uni_streams(4u32.into());
     t.datagram_receive_buffer_size(None);
+    // Cubic that does not take a hole punch's lost first flight for congestion.
+    t.congestion_controller_factory(Arc::new(crate::congestion::PunchTolerantCubic::default()));
     if peer_on_host {
         t.initial_mtu(loopback_mtu());
     }
