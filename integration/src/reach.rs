@@ -340,7 +340,7 @@ fn deliver(
 fn run_leg(lab: &Lab, hood: &LabHood, from: &Ns, to: &Ns, label: &str, join: &[String], case: &str) -> Result<Leg> {
     let event = "lab.reach";
     let mut largs = join.to_vec();
-    largs.extend(["--port".into(), LISTEN_PORT.to_string(), event.into()]);
+    largs.extend(["--port".into(), LISTEN_PORT.to_string(), "--paths".into(), event.into()]);
     let tag = label.replace("->", "");
     let mut listener = hood.spawn(lab, to, "listen", &format!("l{tag}"), &largs)?;
     let mut eargs = join.to_vec();

@@ -171,7 +171,7 @@ pub async fn node(opts: NodeOpts) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn listen(opts: NodeOpts, selectors: Vec<String>) -> Result<ExitCode> {
+pub async fn listen(opts: NodeOpts, selectors: Vec<String>, paths: bool) -> Result<ExitCode> {
     // Check selectors before joining: a typo should not cost a handshake.
     for s in &selectors {
         partybus::Selector::new(s).with_context(|| format!("bad selector {s:?}"))?;
@@ -200,9 +200,21 @@ pub async fn listen(opts: NodeOpts, selectors: Vec<String>) -> Result<ExitCode> 
     }
     drop(tx);
     tokio::pin!(stop);
+    let mut neighbours = bus.neighbour_events();
     loop {
         tokio::select! {
             _ = &mut stop => break,
+            n = neighbours.recv(), if paths => {
+                match n {
+                    Ok(NeighbourEvent::Found(n) | NeighbourEvent::Path(n)) => {
+                        if let Some(l) = path_line(&n) {
+                            out_line(&l);
+                        }
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => break,
+                }
+            }
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 let payload = ev.to_json().unwrap_or_else(|_| {

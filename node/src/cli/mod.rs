@@ -51,6 +51,10 @@ enum Cmd {
         /// Selectors (wildcards: + any run without '.', # any run without '$').
         #[arg(required = true)]
         selectors: Vec<String>,
+        /// Also print each neighbour's network path (the `partybus node` path
+        /// lines, `{"path":"direct"|"relayed",...}`), when it is found and when it changes.
+        #[arg(long)]
+        paths: bool,
     },
     /// Emit one event (or one per stdin line with '-') and print the listener count.
     Emit(commands::EmitArgs),
@@ -95,9 +99,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             init_logs("info");
             runtime()?.block_on(commands::node(node))
         }
-        Cmd::Listen { node, selectors } => {
+        Cmd::Listen { node, selectors, paths } => {
             init_logs("warn");
-            runtime()?.block_on(commands::listen(node, selectors))
+            runtime()?.block_on(commands::listen(node, selectors, paths))
         }
         Cmd::Emit(args) => {
             init_logs("warn");
