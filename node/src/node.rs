@@ -44,6 +44,12 @@ impl Io for Arc<Inner> {
     fn wire_peers(&self, peers: Vec<crate::wire::PeerAddrs>) -> Vec<crate::wire::PeerAddrs> {
         Inner::wire_peers(self, peers)
     }
+    fn introduce(&self) -> Option<crate::wire::PeerAddrs> {
+        // Our hello went out when the QUIC handshake completed, perhaps
+        // before our registration at a relay did: repeat the routes.
+        let relays = self.my_routes();
+        (!relays.is_empty()).then(|| crate::wire::PeerAddrs { id: self.id, addrs: self.punch_addrs(), relays })
+    }
     fn queue_limit(&self) -> usize {
         self.settings.queue_limit
     }

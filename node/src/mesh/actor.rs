@@ -40,6 +40,9 @@ pub(crate) trait Io {
     fn plane(&self) -> &Plane;
     /// Gossip as it goes on the wire (relay keys become relay routes).
     fn wire_peers(&self, peers: Vec<crate::wire::PeerAddrs>) -> Vec<crate::wire::PeerAddrs>;
+    /// What a new neighbour should hear about us beyond our hello (our
+    /// relay routes, which may be newer than the hello), if anything.
+    fn introduce(&self) -> Option<crate::wire::PeerAddrs>;
     fn neighbour_event(&self, event: NeighbourEvent);
     fn queue_limit(&self) -> usize;
     fn leaving(&self) -> bool;
@@ -302,7 +305,9 @@ impl State {
             writer_lock: writer_lock.clone(),
             drain: drain.clone(),
         };
-        let ninfo = io.plane().add_link(peer, link, io.wire_peers(peers));
+        let mut peers = io.wire_peers(peers);
+        peers.extend(io.introduce());
+        let ninfo = io.plane().add_link(peer, link, peers);
         let n = self.mesh.neighbour_count();
         info!(peer = %peer.short(), name = %ninfo.name, addr = %ninfo.addr, direction = %c.dir, neighbours = n, "neighbour found");
         self.command(conn, ConnCmd::Start(Start { info, queue: Some((queue, writer_lock)), drain }));
