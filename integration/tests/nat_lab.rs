@@ -247,7 +247,9 @@ fn hub_scenario(lab: &Lab, bin: &Path, opts: NatOptions, sc: &str) {
     assert!(is_neighbour(&h1, &h2_id) && is_neighbour(&h2, &h1_id), "h1 and h2 did not meet within 30 s");
     let want = if symmetric { "relayed" } else { "direct" };
     let settle = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < settle && !(last_path(&h1, &h2_id).is_some_and(|v| v["path"] == want) && last_path(&h2, &h1_id).is_some_and(|v| v["path"] == want)) {
+    while Instant::now() < settle
+        && !(last_path(&h1, &h2_id).is_some_and(|v| v["path"] == want) && last_path(&h2, &h1_id).is_some_and(|v| v["path"] == want))
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (p12, p21) = (last_path(&h1, &h2_id), last_path(&h2, &h1_id));

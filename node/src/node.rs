@@ -256,10 +256,21 @@ fn on_path_events(inner: &Arc<Inner>, events: Vec<PathEvent>) {
     for e in events {
         match e {
             PathEvent::Changed { key, path } => {
-                let info = {
+                let found = {
                     let st = inner.plane.state();
-                    st.links.values().find(|l| l.info.addr.map(crate::peers::canonical) == Some(key)).map(|l| l.info())
+                    st.links.values().find(|l| l.info.addr.map(crate::peers::canonical) == Some(key)).map(|l| (l.info(), l.conn.clone()))
                 };
+                let info = found.map(|(info, conn)| {
+                    if matches!(path, PathKind::Relayed(_)) {
+                        // The direct path died: what was in flight on it is
+                        // lost, and QUIC's retransmission timer has backed
+                        // off meanwhile. An empty datagram goes out now (on
+                        // the new path) and its acknowledgement tells QUIC
+                        // what to send again.
+                        let _ = conn.send_datagram(bytes::Bytes::new());
+                    }
+                    info
+                });
                 match path {
                     PathKind::Direct(addr) => info!(%key, %addr, "path: direct"),
                     PathKind::Relayed(via) => info!(%key, %via, "path: relayed"),
