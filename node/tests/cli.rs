@@ -80,10 +80,12 @@ fn key_paths(line: &str) -> Vec<String> {
     out
 }
 
-/// What kind of output line this is: "ready", "found", "lost" or "event".
+/// What kind of output line this is: "ready", "found", "lost", "path" or "event".
 fn line_kind(v: &serde_json::Value) -> String {
     if v.get("ready").is_some() {
         "ready".into()
+    } else if v.get("path").is_some() {
+        "path".into()
     } else if let Some(k) = v["neighbour"].as_str() {
         k.into()
     } else if v.get("event").is_some() {
@@ -123,7 +125,7 @@ fn assert_documented(line: &str) {
 fn the_readme_documents_every_kind_of_line() {
     let mut kinds: Vec<String> = documented_lines().into_keys().collect();
     kinds.sort();
-    assert_eq!(kinds, ["event", "found", "lost", "ready"]);
+    assert_eq!(kinds, ["event", "found", "lost", "path", "ready"]);
     // The key reader sees order and nesting (the comparison above relies on it).
     assert_eq!(key_paths(r#"{"b":1,"a":{"y":[1,{"q":2}],"x":null},"payload":{"z":1}}"#), ["b", "a", "a.y", "a.x", "payload"]);
 }
@@ -189,9 +191,16 @@ impl Daemon {
         self.lines.recv_timeout(GUARD).expect("a line from the child")
     }
     /// The next line as JSON.
+    /// The next line that is not a path line (those come with every
+    /// `found` line; `node_prints_the_ready_line...` checks them).
     fn json(&self) -> serde_json::Value {
-        let l = self.line();
-        serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l:?}"))
+        loop {
+            let l = self.line();
+            let v: serde_json::Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l:?}"));
+            if v.get("path").is_none() {
+                return v;
+            }
+        }
     }
     /// The `ready` line of `partybus node`: (port, id).
     fn ready(&self) -> (u16, String) {
@@ -338,13 +347,21 @@ fn node_prints_the_ready_line_and_neighbour_lines_and_leaves_on_sigterm() {
     assert_eq!(found["id"], b_ready["ready"]["id"]);
     assert_eq!(found["direction"], "in");
     assert_eq!(found["count"], 1);
+    // Then its path: on loopback, direct, at b's address.
+    let line = a.line();
+    assert_documented(&line);
+    let path: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(path["path"], "direct", "{path}");
+    assert_eq!(path["id"], found["id"]);
+    assert_eq!(path["addr"], found["addr"]);
+    assert!(path["via"].is_null(), "{path}");
     let found_b: serde_json::Value = serde_json::from_str(&b.line()).unwrap();
     assert_eq!(found_b["direction"], "out");
     assert_eq!(found_b["addr"], format!("127.0.0.1:{port}"));
 
     // b leaves cleanly on SIGTERM: a sees it lost with reason "left".
     assert!(b.term().success());
-    let line = a.line();
+    let line = a.json().to_string();
     assert_documented(&line);
     let lost: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(lost["neighbour"], "lost");
@@ -524,8 +541,11 @@ fn a_connect_flag_replaces_the_config_files_connect_list() {
     let c = Daemon::spawn(&node_args(d.path(), "c", "127.0.0.1", &["--config", &cfg, "--connect", &format!("127.0.0.1:{pb}")]));
     c.ready();
     assert_eq!(c.json()["name"], "b");
-    let more = c.lines.recv_timeout(Duration::from_millis(1500));
-    assert!(more.is_err(), "c found another neighbour: {more:?}");
+    // Nothing but path lines for 1.5 s.
+    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(l) = c.lines.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
+        assert!(l.contains("\"path\""), "c found another neighbour: {l}");
+    }
     assert!(a.lines.try_recv().is_err(), "a was dialled");
     for n in [a, b, c] {
         assert!(n.term().success());
