@@ -84,6 +84,8 @@ mod tests {
         while seen.len() < 4 {
             match rx.recv().await.unwrap() {
                 DiscoveryEvent::Candidate { addr, .. } => seen.push(addr.to_string()),
+                // Each target is a relay too, reported right after it.
+                DiscoveryEvent::Relay { addr, .. } => assert_eq!(Some(&addr.to_string()), seen.last()),
                 other => panic!("unexpected {other:?}"),
             }
         }

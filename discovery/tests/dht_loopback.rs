@@ -59,6 +59,8 @@ async fn candidates_until(rx: &mut mpsc::Receiver<DiscoveryEvent>, until: Instan
                 assert_eq!(source, "dht");
                 seen.insert(addr);
             }
+            // The bootstrap nodes, as relays.
+            DiscoveryEvent::Relay { source, .. } => assert_eq!(source, "dht"),
             other => panic!("unexpected {other:?}"),
         }
     }

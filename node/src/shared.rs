@@ -235,7 +235,7 @@ impl Inner {
 
     /// The path of the connection known by `key` (its remote address as quinn sees it).
     pub(crate) fn path_kind(&self, key: SocketAddr) -> Option<crate::mesh::NeighbourPath> {
-        let p = self.paths.run(|p| p.path_of(key, std::time::Instant::now()))?;
+        let p = self.paths.run(|p| p.path_of(key))?;
         Some(match p {
             PathKind::Direct(addr) => crate::mesh::NeighbourPath::Direct { addr },
             PathKind::Relayed(via) => crate::mesh::NeighbourPath::Relayed { via },

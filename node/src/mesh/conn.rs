@@ -117,7 +117,7 @@ struct PathGuard {
 impl Drop for PathGuard {
     fn drop(&mut self) {
         let inner = &self.inner;
-        inner.paths.run(|p| p.remove_conn(self.key, self.token));
+        inner.paths.run(|p| p.remove_conn(self.key, self.token, std::time::Instant::now()));
     }
 }
 

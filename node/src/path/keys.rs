@@ -82,11 +82,20 @@ impl RouteBook {
         (direct, relays)
     }
 
-    /// Relay keys for `routes` (first) and then `addrs`: the order a peer is dialled in.
+    /// Relay keys for `routes` and `addrs`, in the order a peer is dialled:
+    /// the relay first (it works whatever NATs are in between, and a punch
+    /// moves the connection to a direct path right after), unless the peer
+    /// is on this host (its first address, where the gossiping neighbour
+    /// sees it, is a loopback address): then its addresses first.
     pub(crate) fn join(&self, addrs: Vec<SocketAddr>, routes: &[RelayRoute]) -> Vec<SocketAddr> {
-        let mut out: Vec<SocketAddr> = routes.iter().filter_map(|r| self.learn(*r)).collect();
-        out.extend(addrs.into_iter().filter(|a| !is_relay_key(*a)));
-        out
+        let keys = routes.iter().filter_map(|r| self.learn(*r));
+        let direct = addrs.into_iter().filter(|a| !is_relay_key(*a));
+        let local = direct.clone().next().is_some_and(|a| canonical(a).ip().is_loopback());
+        if local {
+            direct.chain(keys).collect()
+        } else {
+            keys.chain(direct).collect()
+        }
     }
 }
 
@@ -111,5 +120,8 @@ mod tests {
         let joined = book.join(vec![direct, k], &[r]);
         assert_eq!(joined, vec![k, direct]);
         assert_eq!(book.split(&joined), (vec![direct], vec![r]));
+        // A peer on this host: its own addresses first.
+        let lo: SocketAddr = "127.0.0.1:5".parse().unwrap();
+        assert_eq!(book.join(vec![lo], &[r]), vec![lo, k]);
     }
 }

@@ -138,6 +138,10 @@ struct ConnPath {
     relay: Option<RelayRoute>,
     /// The direct address in use or last used.
     direct: Option<SocketAddr>,
+    /// Where the peer's probes come from: its packets from there are this
+    /// connection's even before our own probes are answered (the peer may
+    /// switch to its direct path first).
+    inbound: Option<SocketAddr>,
     trusted_until: Option<Instant>,
     candidates: Vec<SocketAddr>,
     next_probe: Instant,
@@ -303,7 +307,8 @@ impl Paths {
             let registered = |r: &&RelayRoute| self.relays.get(&canonical(r.relay)).is_some_and(|c| c.registered_until.is_some());
             routes.iter().find(registered).or(routes.first()).copied()
         };
-        let relay = relay.map(|r| RelayRoute { relay: canonical(r.relay), id: r.id });
+        // A peer on this host is always reachable directly: no relay, no probes.
+        let relay = relay.map(|r| RelayRoute { relay: canonical(r.relay), id: r.id }).filter(|_| !key.ip().is_loopback());
         if let Some(r) = relay {
             self.use_relay(r.relay, now);
         }
@@ -312,6 +317,7 @@ impl Paths {
             tokens: vec![token],
             relay,
             direct,
+            inbound: None,
             trusted_until: direct.map(|_| now + TRUST),
             candidates: Vec::new(),
             next_probe: now,
@@ -326,6 +332,7 @@ impl Paths {
         self.conns.insert(key, c);
         self.tokens.insert(token, key);
         self.update(key, now);
+        self.update_users_of(key, now);
     }
 
     /// The peer behind `key` told us its relay routes and addresses anew
@@ -334,7 +341,7 @@ impl Paths {
     pub(crate) fn update_conn(&mut self, key: SocketAddr, routes: &[RelayRoute], candidates: &[SocketAddr], now: Instant) {
         let key = canonical(key);
         let Some(c) = self.conns.get_mut(&key) else { return };
-        if c.relay.is_none() {
+        if c.relay.is_none() && !key.ip().is_loopback() {
             let Some(r) = routes.first() else { return };
             c.relay = Some(RelayRoute { relay: canonical(r.relay), id: r.id });
             c.next_probe = now;
@@ -361,7 +368,7 @@ impl Paths {
     }
 
     /// The connection known by `key` with probe token `token` ended.
-    pub(crate) fn remove_conn(&mut self, key: SocketAddr, token: Token) {
+    pub(crate) fn remove_conn(&mut self, key: SocketAddr, token: Token, now: Instant) {
         let key = canonical(key);
         let Some(c) = self.conns.get_mut(&key) else { return };
         if !c.tokens.contains(&token) {
@@ -376,18 +383,35 @@ impl Paths {
         self.routing.routes.remove(&key);
         self.routing.aliases.retain(|_, k| *k != key);
         self.routing.relay_in.retain(|_, k| *k != key);
+        // A relayed connection that kept off this address may use it now.
+        self.update_users_of(key, now);
     }
 
     /// The path of the connection known by `key`.
-    pub(crate) fn path_of(&self, key: SocketAddr, now: Instant) -> Option<PathKind> {
-        self.conns.get(&canonical(key))?.kind(now)
+    pub(crate) fn path_of(&self, key: SocketAddr) -> Option<PathKind> {
+        self.conns.get(&canonical(key))?.reported
     }
 
     /// Brings the socket's view of `key` up to date, and reports a change of path.
     fn update(&mut self, key: SocketAddr, now: Instant) {
-        let Some(c) = self.conns.get_mut(&key) else { return };
-        let route = c.route(now);
-        let kind = c.kind(now);
+        // A relayed connection whose peer's direct address is the key of
+        // another connection (a duplicate, made directly, that the duplicate
+        // rule will retire one way or the other) keeps to its relay: packets
+        // from that address belong to the other connection, and presenting
+        // them as this one's would look like a migration to quinn.
+        let taken = |d: SocketAddr, conns: &HashMap<SocketAddr, ConnPath>| d != key && conns.contains_key(&d);
+        let Some(c) = self.conns.get(&key) else { return };
+        let direct_taken = c.direct.is_some_and(|d| taken(d, &self.conns));
+        let inbound = c.inbound.filter(|i| !taken(*i, &self.conns) && *i != key);
+        let relayed_exists = c.relay.is_some_and(|r| key_of(&r) != key && self.conns.contains_key(&key_of(&r)));
+        let (mut route, mut kind) = (c.route(now), c.kind(now));
+        if direct_taken {
+            if let Some(r) = c.relay {
+                route = Some(Route::Relay { relay: r.relay, to: RelayId(r.id) });
+                kind = Some(PathKind::Relayed(r.relay));
+            }
+        }
+        let c = self.conns.get_mut(&key).expect("looked up above");
         match route {
             Some(r) if !(r == Route::Direct(key)) => {
                 self.routing.routes.insert(key, r);
@@ -397,18 +421,37 @@ impl Paths {
             }
         }
         self.routing.aliases.retain(|_, k| *k != key);
-        if let Some(d) = c.direct.filter(|d| *d != key) {
+        if let Some(d) = c.direct.filter(|d| *d != key && !direct_taken) {
             self.routing.aliases.insert(d, key);
+        }
+        if let Some(i) = inbound {
+            self.routing.aliases.insert(i, key);
         }
         self.routing.relay_in.retain(|_, k| *k != key);
         if let Some(r) = c.relay {
-            self.routing.relay_in.insert((r.relay, RelayId(r.id)), key);
+            // Relayed packets from the peer are this connection's if it was
+            // made through the relay, or if it falls back to the relay now
+            // and no connection made through the relay exists: otherwise
+            // they belong to a new connection the peer dials through it.
+            let falls_back = matches!(route, Some(Route::Relay { .. } | Route::Both { .. }));
+            if is_relay_key(key) || (falls_back && !relayed_exists) {
+                self.routing.relay_in.insert((r.relay, RelayId(r.id)), key);
+            }
         }
         if kind != c.reported {
             c.reported = kind;
             if let Some(path) = kind {
                 self.events.push_back(PathEvent::Changed { key, path });
             }
+        }
+    }
+
+    /// Connections whose direct address is `addr` (after a connection known
+    /// by `addr` came or went).
+    fn update_users_of(&mut self, addr: SocketAddr, now: Instant) {
+        let users: Vec<SocketAddr> = self.conns.iter().filter(|(k, c)| **k != addr && c.direct == Some(addr)).map(|(k, _)| *k).collect();
+        for k in users {
+            self.update(k, now);
         }
     }
 
@@ -487,20 +530,34 @@ impl Paths {
         if self.probes.contains_key(&nonce) {
             return; // our own probe, sent to one of our own addresses
         }
+        if src != key && self.conns.contains_key(&src) {
+            // Another connection (a duplicate made directly) is known by that
+            // address: its packets could not be told from this one's, so this
+            // one does not go direct there. No answer: the peer stays relayed too.
+            return;
+        }
         let mut b = Vec::with_capacity(wire::PING_LEN);
         wire::encode(&Msg::Pong { token, nonce, observed: src }, &mut b);
         self.out.push_back((src, b));
         let c = self.conns.get_mut(&key).expect("tokens follow conns");
+        let moved = c.inbound != Some(src);
+        c.inbound = Some(src);
         if !c.trusted(now) && c.relay.is_some() {
             // The peer's probe got through to us, so ours to where it came
             // from should get through to it now: probe at once.
             Self::add_candidate(c, src, true);
             c.next_probe = now;
         }
+        if moved {
+            self.update(key, now);
+        }
     }
 
     fn on_pong(&mut self, src: SocketAddr, token: Token, now: Instant) {
         let Some(&key) = self.tokens.get(&token) else { return };
+        if src != key && self.conns.contains_key(&src) {
+            return; // see `on_ping`
+        }
         let c = self.conns.get_mut(&key).expect("tokens follow conns");
         let was = c.trusted(now);
         c.direct = Some(src);
