@@ -116,7 +116,8 @@ impl Mesh {
                 // Being dialled (perhaps at addresses that time out): a relay
                 // route learnt meanwhile is tried at once, beside that dial
                 // (not for a peer on this host: that dial is as good as it gets).
-                if !p.addrs.iter().any(|a| canonical(*a).ip().is_loopback()) {
+                // (`RouteBook::join` puts such a peer's own address first.)
+                if !p.addrs.first().is_some_and(|a| canonical(*a).ip().is_loopback()) {
                     for a in p.addrs.iter().copied().filter(|a| is_relay_key(*a)).take(4) {
                         self.dial_addr(a, Some(p.id), false, now);
                     }
