@@ -7,10 +7,6 @@
 //! - unset or empty: that automatic rule;
 //! - `required` (what `.ci/run` sets): never ignored; a lab that cannot run fails;
 //! - `skip`: always ignored (a quick run).
-//!
-//! `PARTYBUS_LAB_FULL=1` also sets `cfg(partybus_lab_full)`: the long lab
-//! variants (the reachability matrix under loss and delay,
-//! `tests/reach_matrix.rs`) run instead of being ignored.
 
 #[allow(dead_code)]
 #[path = "src/prereq.rs"]
@@ -18,11 +14,6 @@ mod prereq;
 
 fn main() {
     println!("cargo:rustc-check-cfg=cfg(partybus_no_lab)");
-    println!("cargo:rustc-check-cfg=cfg(partybus_lab_full)");
-    println!("cargo:rerun-if-env-changed=PARTYBUS_LAB_FULL");
-    if matches!(std::env::var("PARTYBUS_LAB_FULL").as_deref().map(str::trim), Ok("1" | "yes" | "true")) {
-        println!("cargo:rustc-cfg=partybus_lab_full");
-    }
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=src/prereq.rs");
     println!("cargo:rerun-if-env-changed=PARTYBUS_LAB");
