@@ -6,6 +6,7 @@
 pub(crate) mod driver;
 pub(crate) mod keys;
 pub(crate) mod paths;
+mod relays;
 pub(crate) mod socket;
 
 pub(crate) use paths::{PathEvent, PathKind, Paths};

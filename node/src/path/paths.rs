@@ -2,9 +2,10 @@
 //! with no I/O: fed datagrams and time, it answers where to send and what
 //! to send (relay registrations, path probes).
 //!
-//! - **Relays we use.** Configured ones (the `--dht` and `--connect` seeds
-//!   and `--relay`) are kept registered; others are registered on demand
-//!   when a peer's route names them, and forgotten when unused.
+//! - **Relays we use** ([`super::relays`]). Configured ones (the `--dht`
+//!   and `--connect` seeds and `--relay`) are kept registered; others are
+//!   registered on demand when a peer's route names them, and forgotten
+//!   when unused.
 //! - **Connections.** Each QUIC connection is known by the address quinn
 //!   sends to (its *key*): the peer's real address for a connection made
 //!   directly, or a relay key ([`super::keys`]) for one made through a relay.
@@ -21,27 +22,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::keys::{is_relay_key, key_of};
+pub(crate) use super::relays::Prover;
+use super::relays::Relays;
 use crate::peers::canonical;
-use crate::relay::wire::{self, Cookie, Msg, RelayId, Token};
+use crate::relay::wire::{self, Msg, RelayId, Token};
 use crate::wire::RelayRoute;
 
-/// A registration is refreshed this often (it also keeps the NAT's mapping
-/// towards the relay alive: conntrack forgets an unanswered UDP flow after 30 s).
-pub(crate) const REFRESH: Duration = Duration::from_secs(15);
-/// First retry of an unanswered registration; it doubles up to [`REGISTER_RETRY_MAX`].
-const REGISTER_RETRY: Duration = Duration::from_secs(1);
-const REGISTER_RETRY_MAX: Duration = Duration::from_secs(30);
-/// After a relay refused us.
-const REFUSED_RETRY: Duration = Duration::from_secs(60);
-/// An on-demand relay no connection used for this long is forgotten.
-const RELAY_IDLE: Duration = Duration::from_secs(120);
 /// A direct path is trusted this long after its last answered probe: the
 /// longest a dead direct path holds a connection up before its packets also
 /// go through the relay (a 2 s cut in a 5 s stream made it arrive 4.3 s late
@@ -66,12 +58,6 @@ const PUNCH_SCHEDULE: [Duration; 8] = [
 const PUNCH_LATER: Duration = Duration::from_secs(30);
 /// Candidate addresses probed per connection at most.
 pub(crate) const MAX_CANDIDATES: usize = 12;
-/// Relays used at most (configured plus on demand).
-const MAX_RELAYS: usize = 16;
-
-/// Signs a registration: the membership proof for relays that serve only
-/// some hoods (empty: no proof).
-pub(crate) type Prover = Arc<dyn Fn(&Cookie, &RelayId) -> Vec<u8> + Send + Sync>;
 
 /// How to send to a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,21 +100,6 @@ pub(crate) enum PathEvent {
     Changed { key: SocketAddr, path: PathKind },
     /// Our relay routes, or where relays see us, changed.
     Routes,
-}
-
-struct RelayClient {
-    configured: bool,
-    cookie: Option<Cookie>,
-    registered_until: Option<Instant>,
-    observed: Option<SocketAddr>,
-    next_at: Instant,
-    retry: Duration,
-    last_used: Instant,
-    /// Last registration sent (a challenge is answered at most this often).
-    last_sent: Option<Instant>,
-    /// The proof for the current cookie (signing costs up to milliseconds with RSA keys).
-    proof: Option<(Cookie, Vec<u8>)>,
-    refused_logged: bool,
 }
 
 struct ConnPath {
@@ -175,10 +146,7 @@ impl ConnPath {
 
 /// The path state machine. See the module documentation.
 pub(crate) struct Paths {
-    secret: [u8; 32],
-    id: RelayId,
-    prover: Option<Prover>,
-    relays: HashMap<SocketAddr, RelayClient>,
+    relays: Relays,
     conns: HashMap<SocketAddr, ConnPath>,
     tokens: HashMap<Token, SocketAddr>,
     routing: Routing,
@@ -199,10 +167,7 @@ impl Paths {
     /// `secret` is this node's relay secret (new at every start).
     pub(crate) fn new(secret: [u8; 32], prover: Option<Prover>, seed: u64) -> Paths {
         Paths {
-            id: RelayId::of_secret(&secret),
-            secret,
-            prover,
-            relays: HashMap::new(),
+            relays: Relays::new(secret, prover),
             conns: HashMap::new(),
             tokens: HashMap::new(),
             routing: Routing::default(),
@@ -219,73 +184,30 @@ impl Paths {
 
     /// Where we can be reached through relays (registered ones only).
     pub(crate) fn my_routes(&self, now: Instant) -> Vec<RelayRoute> {
-        let mut v: Vec<(bool, RelayRoute)> = self
-            .relays
-            .iter()
-            .filter(|(_, c)| c.registered_until.is_some_and(|t| now < t))
-            .map(|(a, c)| (!c.configured, RelayRoute { relay: *a, id: self.id.0 }))
-            .collect();
-        v.sort_by_key(|(on_demand, r)| (*on_demand, r.relay));
-        v.into_iter().map(|(_, r)| r).collect()
+        self.relays.my_routes(now)
     }
 
     /// Where relays see us (our public addresses behind a NAT).
     pub(crate) fn observed(&self) -> Vec<SocketAddr> {
-        let mut v: Vec<SocketAddr> = self.relays.values().filter_map(|c| c.observed).collect();
-        v.sort();
-        v.dedup();
-        v
+        self.relays.observed()
     }
 
     /// The relays we use (only they may send us relay answers and relayed packets).
     pub(crate) fn relay_addrs(&self) -> std::collections::HashSet<SocketAddr> {
-        self.relays.keys().copied().collect()
+        self.relays.addrs()
     }
 
     /// Keep registered at `relay` (a seed, or `--relay`).
     pub(crate) fn add_relay(&mut self, relay: SocketAddr, now: Instant) {
-        let relay = canonical(relay);
-        if let Some(c) = self.relays.get_mut(&relay) {
-            c.configured = true;
-            return;
-        }
-        if self.relays.len() >= MAX_RELAYS {
-            tracing::debug!(%relay, "too many relays; not using this one");
-            return;
-        }
-        self.relays.insert(relay, Self::new_client(true, now));
-        self.register_due(now);
-    }
-
-    fn new_client(configured: bool, now: Instant) -> RelayClient {
-        RelayClient {
-            configured,
-            cookie: None,
-            registered_until: None,
-            observed: None,
-            next_at: now,
-            retry: REGISTER_RETRY,
-            last_used: now,
-            last_sent: None,
-            proof: None,
-            refused_logged: false,
+        if self.relays.add(relay, now, &mut self.out) {
+            self.events.push_back(PathEvent::Routes);
         }
     }
 
     /// A packet is about to go through `relay`: register there if we are not.
     pub(crate) fn use_relay(&mut self, relay: SocketAddr, now: Instant) {
-        let relay = canonical(relay);
-        if let Some(c) = self.relays.get_mut(&relay) {
-            c.last_used = now;
-            return;
-        }
-        match () {
-            () if self.relays.len() < MAX_RELAYS => {
-                tracing::debug!(%relay, "registering at a peer's relay");
-                self.relays.insert(relay, Self::new_client(false, now));
-                self.register_due(now);
-            }
-            () => {}
+        if self.relays.use_relay(relay, now, &mut self.out) {
+            self.events.push_back(PathEvent::Routes);
         }
     }
 
@@ -304,7 +226,7 @@ impl Paths {
             routes.iter().find(|r| key_of(r) == key).copied()
         } else {
             // The relay we are registered at, or else the first one named.
-            let registered = |r: &&RelayRoute| self.relays.get(&canonical(r.relay)).is_some_and(|c| c.registered_until.is_some());
+            let registered = |r: &&RelayRoute| self.relays.is_registered(r.relay);
             routes.iter().find(registered).or(routes.first()).copied()
         };
         // A peer on this host is always reachable directly: no relay, no probes.
@@ -460,21 +382,23 @@ impl Paths {
     pub(crate) fn on_datagram(&mut self, src: SocketAddr, msg: Msg<'_>, now: Instant) {
         let src = canonical(src);
         match msg {
-            Msg::Challenge { cookie } => self.on_challenge(src, cookie, now),
-            Msg::Registered { id, lifetime, observed } => self.on_registered(src, id, lifetime, observed, now),
+            Msg::Challenge { cookie } => {
+                if self.relays.on_challenge(src, cookie, now, &mut self.out) {
+                    self.events.push_back(PathEvent::Routes);
+                }
+            }
+            Msg::Registered { id, lifetime, observed } => {
+                if self.relays.on_registered(src, id, lifetime, observed, now) {
+                    self.events.push_back(PathEvent::Routes);
+                }
+            }
             Msg::Refused { reason } => {
-                if let Some(c) = self.relays.get_mut(&src) {
-                    if !c.refused_logged {
-                        c.refused_logged = true;
-                        tracing::warn!(relay = %src, %reason, "the relay refused to relay for this node");
-                    }
-                    c.registered_until = None;
-                    c.next_at = now + REFUSED_RETRY;
+                if self.relays.on_refused(src, reason, now) {
                     self.events.push_back(PathEvent::Routes);
                 }
             }
             Msg::Unknown { id } => {
-                if self.relays.contains_key(&src) {
+                if self.relays.knows(src) {
                     tracing::debug!(relay = %src, peer = %id, "the relay does not know that peer (not registered there)");
                 }
             }
@@ -486,42 +410,6 @@ impl Paths {
             }
             // Relay service traffic and relayed packets are not ours to handle.
             Msg::Register { .. } | Msg::Send { .. } | Msg::Recv { .. } => {}
-        }
-    }
-
-    fn on_challenge(&mut self, src: SocketAddr, cookie: Cookie, now: Instant) {
-        let Some(c) = self.relays.get_mut(&src) else { return };
-        let same = c.cookie == Some(cookie);
-        c.cookie = Some(cookie);
-        // A relay that restarted answers every packet with a challenge: one
-        // registration with the same cookie per half second is enough.
-        if same && c.last_sent.is_some_and(|t| now.duration_since(t) < Duration::from_millis(500)) {
-            c.next_at = c.next_at.min(now + Duration::from_millis(500));
-            return;
-        }
-        c.next_at = now;
-        self.register_due(now);
-    }
-
-    fn on_registered(&mut self, src: SocketAddr, id: RelayId, lifetime: u16, observed: SocketAddr, now: Instant) {
-        if id != self.id {
-            return;
-        }
-        let Some(c) = self.relays.get_mut(&src) else { return };
-        let life = Duration::from_secs(lifetime.max(1).into());
-        let was = c.registered_until.is_some_and(|t| now < t);
-        c.registered_until = Some(now + life);
-        c.retry = REGISTER_RETRY;
-        c.refused_logged = false;
-        c.next_at = now + REFRESH.min(life / 3);
-        let observed = canonical(observed);
-        let moved = c.observed != Some(observed);
-        c.observed = Some(observed);
-        if !was {
-            tracing::info!(relay = %src, %observed, "registered at relay");
-        }
-        if !was || moved {
-            self.events.push_back(PathEvent::Routes);
         }
     }
 
@@ -572,66 +460,22 @@ impl Paths {
 
     /// The earliest time [`Paths::handle_timeout`] has something to do.
     pub(crate) fn next_timeout(&self) -> Option<Instant> {
-        let relays = self.relays.values().map(|c| c.next_at);
+        let relays = self.relays.next_timeout();
         let conns =
             self.conns.values().filter(|c| c.relay.is_some()).flat_map(|c| [Some(c.next_probe), c.trusted_until].into_iter().flatten());
-        relays.chain(conns).min()
+        relays.into_iter().chain(conns).min()
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         self.probes.retain(|_, (_, at)| now.duration_since(*at) < PROBE_MEMORY);
-        self.register_due(now);
-        self.forget_idle_relays(now);
+        let used: Vec<SocketAddr> = self.conns.values().filter_map(|c| c.relay.map(|r| r.relay)).collect();
+        if self.relays.register_due(now, &mut self.out) | self.relays.forget_idle(&used, now) {
+            self.events.push_back(PathEvent::Routes);
+        }
         let keys: Vec<SocketAddr> = self.conns.iter().filter(|(_, c)| c.relay.is_some()).map(|(k, _)| *k).collect();
         for key in keys {
             self.probe_due(key, now);
             self.update(key, now);
-        }
-    }
-
-    fn register_due(&mut self, now: Instant) {
-        let id = self.id;
-        for (addr, c) in self.relays.iter_mut() {
-            if c.next_at > now {
-                continue;
-            }
-            let cookie = c.cookie.unwrap_or([0; 16]);
-            let proof = match (&self.prover, c.cookie) {
-                (Some(p), Some(_)) => match &c.proof {
-                    Some((k, v)) if *k == cookie => v.clone(),
-                    _ => {
-                        let v = p(&cookie, &id);
-                        c.proof = Some((cookie, v.clone()));
-                        v
-                    }
-                },
-                _ => Vec::new(),
-            };
-            let mut b = Vec::with_capacity(wire::REGISTER_MIN + proof.len());
-            wire::encode(&Msg::Register { cookie, secret: self.secret, proof: &proof }, &mut b);
-            self.out.push_back((*addr, b));
-            c.last_sent = Some(now);
-            if c.registered_until.is_some_and(|t| now < t) {
-                // A refresh: the answer moves `next_at` on; without one, retry soon.
-                c.next_at = now + REGISTER_RETRY;
-            } else {
-                c.next_at = now + c.retry;
-                c.retry = (c.retry * 2).min(REGISTER_RETRY_MAX);
-            }
-            if c.registered_until.is_some_and(|t| now >= t) {
-                c.registered_until = None;
-                tracing::info!(relay = %addr, "registration at relay expired");
-                self.events.push_back(PathEvent::Routes);
-            }
-        }
-    }
-
-    fn forget_idle_relays(&mut self, now: Instant) {
-        let used: Vec<SocketAddr> = self.conns.values().filter_map(|c| c.relay.map(|r| r.relay)).collect();
-        let before = self.relays.len();
-        self.relays.retain(|a, c| c.configured || used.contains(a) || now.duration_since(c.last_used) < RELAY_IDLE);
-        if self.relays.len() != before {
-            self.events.push_back(PathEvent::Routes);
         }
     }
 
