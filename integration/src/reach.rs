@@ -38,8 +38,11 @@ pub const DHT_PORT: u16 = 4000;
 pub const LISTEN_PORT: u16 = 4816;
 /// The emitter's port on its host.
 pub const EMIT_PORT: u16 = 4817;
-/// `emit --timeout`: how long the emitter waits for a listener.
+/// `emit --timeout`: how long the emitter waits for a listener (the 20 s).
 pub const EMIT_TIMEOUT: Duration = Duration::from_secs(20);
+/// The same on lossy links: a lost registration or handshake packet can cost
+/// a dial's whole handshake timeout (10 s) before the next try.
+pub const EMIT_TIMEOUT_LOSSY: Duration = Duration::from_secs(30);
 /// How long a leg waits for a reported path to become direct.
 pub const PATH_SETTLE: Duration = Duration::from_secs(10);
 /// Log filter of the processes (their stderr is kept with a failing lab).
@@ -236,7 +239,8 @@ pub fn run_case(lab: &Lab, bin: &Path, case: &Case) -> Result<CaseResult> {
     join.push("--allow-non-global".into());
     let mut legs = Vec::new();
     for (from, to, label) in [(&nat.r2.host, &nat.r1.host, "h2->h1"), (&nat.r1.host, &nat.r2.host, "h1->h2")] {
-        legs.push(run_leg(lab, &hood, from, to, label, &join, &case.name())?);
+        let bound = if matches!(case.impair, Impair::Loss(_)) { EMIT_TIMEOUT_LOSSY } else { EMIT_TIMEOUT };
+        legs.push(run_leg(lab, &hood, from, to, label, &join, &case.name(), bound)?);
     }
     seed.signal("TERM")?;
     let _ = seed.wait_exit(Duration::from_secs(10));
@@ -315,7 +319,7 @@ fn deliver(
         if let Some(&count) = c.get(before) {
             if count != 1 {
                 // The first event waited for a listener for the emitter's --timeout.
-                let waited = if n == 1 { EMIT_TIMEOUT.as_secs_f64() } else { t0.elapsed().as_secs_f64() };
+                let waited = if n == 1 { bound.saturating_sub(Duration::from_secs(15)).as_secs_f64() } else { t0.elapsed().as_secs_f64() };
                 return Err(format!("count {count} after {waited:.0} s"));
             }
             if let Some(d) = arrived {
@@ -337,20 +341,21 @@ fn deliver(
 }
 
 /// One direction: a listener on `to`, an emitter on `from`.
-fn run_leg(lab: &Lab, hood: &LabHood, from: &Ns, to: &Ns, label: &str, join: &[String], case: &str) -> Result<Leg> {
+#[allow(clippy::too_many_arguments)]
+fn run_leg(lab: &Lab, hood: &LabHood, from: &Ns, to: &Ns, label: &str, join: &[String], case: &str, emit_timeout: Duration) -> Result<Leg> {
     let event = "lab.reach";
     let mut largs = join.to_vec();
     largs.extend(["--port".into(), LISTEN_PORT.to_string(), "--paths".into(), event.into()]);
     let tag = label.replace("->", "");
     let mut listener = hood.spawn(lab, to, "listen", &format!("l{tag}"), &largs)?;
     let mut eargs = join.to_vec();
-    let timeout = format!("{}s", EMIT_TIMEOUT.as_secs());
+    let timeout = format!("{}s", emit_timeout.as_secs());
     eargs.extend(["--port".into(), EMIT_PORT.to_string(), event.into(), "-".into(), "--wait-listeners".into(), "1".into()]);
     eargs.extend(["--timeout".into(), timeout]);
     let mut emitter = hood.spawn(lab, from, "emit", &format!("e{tag}"), &eargs)?;
 
     // The emitter reads its first line once it has a listener (or gave up).
-    let mut result = deliver(&listener, &mut emitter, event, case, label, 1, EMIT_TIMEOUT + Duration::from_secs(15));
+    let mut result = deliver(&listener, &mut emitter, event, case, label, 1, emit_timeout + Duration::from_secs(15));
     let id = event_source(&listener, event, 1);
     if let (Ok(_), Some(id)) = (&result, &id) {
         // A listener that reports paths: let a relayed path become direct.

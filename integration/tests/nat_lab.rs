@@ -334,7 +334,8 @@ fn dht_mesh<'a>(lab: &'a Lab, bin: &Path, scenario: u32, extra: &[&str]) -> DhtM
     );
     // Direct, through the mappings (perhaps after meeting through the DHT
     // node's relay): the last path lines name the mapped addresses.
-    let direct_at = |p: &LabProcess, id: &str, at: SocketAddr| last_path(p, id).is_some_and(|v| v["path"] == "direct" && v["addr"] == at.to_string());
+    let direct_at =
+        |p: &LabProcess, id: &str, at: SocketAddr| last_path(p, id).is_some_and(|v| v["path"] == "direct" && v["addr"] == at.to_string());
     let settle = Instant::now() + Duration::from_secs(15);
     while Instant::now() < settle && !(direct_at(&h1, &h2_id, x2) && direct_at(&h2, &h1_id, x1)) {
         std::thread::sleep(Duration::from_millis(100));

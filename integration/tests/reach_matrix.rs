@@ -19,7 +19,9 @@
 //!
 //! Every case also runs with 2 % random loss on both WAN links (`*_loss2`)
 //! and with 20 ms added each way on each uplink (`*_delay20`, the link
-//! emulator, python3): 18 cases, about 6 minutes.
+//! emulator, python3): 18 cases, about 6 minutes. The emitter waits 20 s
+//! for its listener (the figure), 30 s on the lossy links, where one
+//! lost registration or handshake packet can cost a dial's 10 s timeout.
 //!
 //! Network labs: reported as ignored where the build finds the lab cannot run
 //! (not root, no `ip`/`nft`) or with `PARTYBUS_LAB=skip`; otherwise, and
