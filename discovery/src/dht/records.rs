@@ -39,17 +39,16 @@ pub fn encode_record(addrs: &[SocketAddr], routes: &[crate::RelayRoute]) -> Vec<
 
 /// The relay routes of a node record.
 pub fn decode_routes(value: &[u8]) -> Vec<crate::RelayRoute> {
-    if value.len() > MAX_VALUE_BYTES {
-        return Vec::new();
-    }
-    let Ok(s) = std::str::from_utf8(value) else {
-        return Vec::new();
-    };
+    tokens(value).filter_map(|t| t.strip_prefix("via=")?.parse().ok()).take(MAX_ROUTES_PER_RECORD).collect()
+}
+
+/// The tokens after `pb1` of a node record value; none for unknown
+/// versions, garbage and oversized values.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &str> {
+    let s = (value.len() <= MAX_VALUE_BYTES).then(|| std::str::from_utf8(value).ok()).flatten().unwrap_or("");
     let mut it = s.split_ascii_whitespace();
-    if it.next() != Some("pb1") {
-        return Vec::new();
-    }
-    it.filter_map(|t| t.strip_prefix("via=")?.parse().ok()).take(MAX_ROUTES_PER_RECORD).collect()
+    let known = it.next() == Some("pb1");
+    it.filter(move |_| known)
 }
 
 /// Relay routes in a node record at most.
@@ -57,17 +56,7 @@ pub const MAX_ROUTES_PER_RECORD: usize = 4;
 
 /// Decode a node record value; unknown versions and garbage yield nothing.
 pub fn decode_addrs(value: &[u8]) -> Vec<SocketAddr> {
-    if value.len() > MAX_VALUE_BYTES {
-        return Vec::new();
-    }
-    let Ok(s) = std::str::from_utf8(value) else {
-        return Vec::new();
-    };
-    let mut it = s.split_ascii_whitespace();
-    if it.next() != Some("pb1") {
-        return Vec::new();
-    }
-    it.take(MAX_ADDRS_PER_RECORD).filter_map(|t| t.parse().ok()).collect()
+    tokens(value).take(MAX_ADDRS_PER_RECORD).filter_map(|t| t.parse().ok()).collect()
 }
 
 /// The addresses we announce: de-duplicated, no unspecified or zero port,
