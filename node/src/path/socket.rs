@@ -368,6 +368,9 @@ impl AsyncUdpSocket for PathSocket {
             None => None,
         };
         match route {
+            // A relay key whose route is unknown (the route book was full):
+            // never hand a made-up 240.0.0.0/4 address to the real socket.
+            None if is_relay_key(t.destination) => Ok(()),
             None => self.inner.try_send(t),
             Some(Route::Direct(d)) => self.inner.try_send(&Transmit { destination: self.present(d), ..*t }),
             Some(Route::Relay { relay, to }) => self.send_relayed(t, relay, to).or_else(quiet),
