@@ -145,8 +145,14 @@ pub struct Config {
     /// nodes forming a mesh at once on few cores (a whole hood started on
     /// one host) get far fewer crossing dials and no handshake pileup.
     pub dial_concurrency: usize,
-    /// Bytes a neighbour's send queue may hold.
+    /// Bytes a neighbour's send queue may hold (both of its lanes).
     pub queue_limit: usize,
+    /// Events up to this size (name + payload, bytes) travel on each
+    /// connection's express stream, which QUIC sends before the main one:
+    /// a small event does not wait behind big ones. Order is kept per event
+    /// name (see `queue`). 0: one stream for everything, as before
+    /// protocol version 5.
+    pub express_max: usize,
     /// Kernel buffer asked for the UDP socket, each direction (0: the
     /// system default). Linux caps it at `net.core.rmem_max`/`wmem_max`
     /// unless the process has CAP_NET_ADMIN; the first node of a process
@@ -183,6 +189,7 @@ impl Config {
             gossip_dial_delay: Duration::from_millis(500),
             dial_concurrency: 4,
             queue_limit: 4 << 20,
+            express_max: 1024,
             socket_buffer: 4 << 20,
             full_policy: FullPolicy::Block,
             max_event_size: 16 << 20,

@@ -53,6 +53,9 @@ impl Io for Arc<Inner> {
     fn queue_limit(&self) -> usize {
         self.settings.queue_limit
     }
+    fn express_max(&self) -> usize {
+        self.settings.express_max
+    }
     fn leaving(&self) -> bool {
         self.is_leaving()
     }
@@ -120,6 +123,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
         settings: Settings {
             handshake_timeout: cfg.handshake_timeout,
             queue_limit: cfg.queue_limit,
+            express_max: cfg.express_max,
             max_event_size: cfg.max_event_size,
             allow_non_global: cfg.allow_non_global,
             advertise: cfg.advertise.clone(),

@@ -19,7 +19,7 @@ use crate::mesh::link::{ConnCtl, Drain};
 use crate::mesh::NeighbourInfo;
 use crate::name::NameError;
 use crate::peers::Direction;
-use crate::queue::{PushError, Pushed, SendQueue};
+use crate::queue::{PushError, SendQueue};
 use crate::subs::{NameCache, SubTable};
 use crate::wire::{self, close, Frame, PeerAddrs, WireSub};
 
@@ -110,16 +110,6 @@ pub(crate) struct EmitWait {
     full: Vec<(Arc<SendQueue>, usize, NodeId)>,
     /// The local delivery, when the dispatcher's channel was full.
     local: Option<Deliveries>,
-}
-
-/// Queues one event frame: small payloads copied into the queue's buffer
-/// (many frames per allocation), large ones by reference.
-fn push_event(q: &SendQueue, flen: usize, name: &str, payload: &Bytes) -> Result<Pushed, PushError> {
-    if payload.len() >= crate::queue::BY_REFERENCE {
-        q.push_with_tail(flen - payload.len(), |b| wire::put_event_head(b, name, payload.len()), payload)
-    } else {
-        q.push_with(flen, |b| wire::put_event(b, name, payload))
-    }
 }
 
 /// The data plane of one node.
@@ -332,7 +322,7 @@ impl Plane {
             let route = st.emit_route(name)?;
             let mut count = route.local_counted;
             for (queue, n, peer) in &route.remote {
-                match push_event(queue, flen, name, payload) {
+                match queue.push_event(name, payload, flen) {
                     Ok(p) => {
                         count += n;
                         batch_ready |= p.batch_ready;
@@ -377,7 +367,7 @@ impl Plane {
             };
             loop {
                 let notified = q.space_notified();
-                match push_event(&q, flen, name, &payload) {
+                match q.push_event(name, &payload, flen) {
                     Ok(_) => {
                         count += n;
                         break;

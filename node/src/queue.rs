@@ -1,18 +1,52 @@
-//! A neighbour's bounded send queue.
+//! A neighbour's bounded send queue, in two lanes: bulk and express.
 //!
-//! `emit` appends encoded frames straight into the queue's buffer (one copy,
-//! no allocation per event); the connection's writer task takes the whole
+//! `emit` appends encoded frames straight into a lane's buffer (one copy,
+//! no allocation per event); the connection's writer takes a lane's whole
 //! buffer at once and hands it to QUIC as one large write. That batching is
 //! what makes small events cheap: QUIC's cost is per write, not per byte.
 //!
-//! The queue is bounded in bytes. A frame is accepted when the queue is
-//! empty (so one event larger than the limit still passes) or when it fits.
+//! **Lanes.** Each lane is written to a stream of its own: bulk to the
+//! connection's main stream (with subscriptions and gossip), express to the
+//! express stream, which QUIC sends first (a higher stream priority). An
+//! event whose name and payload together are at most `express_max` bytes
+//! takes the express lane, so it does not wait behind the big events queued
+//! or in flight on the main stream. Events of one name keep their order
+//! (the lanes' [`route`] rules, checked by a property test):
+//!
+//! - A big event *pins* its name to the bulk lane: the name's small events
+//!   follow it on the bulk lane (behind it, in order) as long as the bulk
+//!   lane is busy (something queued, or taken and not yet written).
+//! - A pinned name's small event that finds the bulk lane idle unpins every
+//!   name and takes the express lane behind a barrier
+//!   ([`crate::wire::Frame::After`]): the receiver delivers the express
+//!   stream's events past it only once it has delivered every bulk event
+//!   queued before it (those may still be in QUIC's buffers or on the way).
+//! - A big event that follows express events goes behind a barrier on the
+//!   bulk lane: it is delivered after every express event queued before it
+//!   (the express lane is fast; the wait is short).
+//!
+//! So order holds per name (and, by the second barrier, every big event
+//! comes after the small ones emitted before it); a small event of another
+//! name may overtake big ones. The pins are name hashes (a collision only
+//! pins a name that need not be), at most [`MAX_PINNED`]; past that every
+//! name counts as pinned until the bulk lane next idles.
+//!
+//! The queue is bounded in bytes, both lanes together. A bulk frame is
+//! accepted when the bulk lane is empty (so one event larger than the limit
+//! still passes) or when it fits below the limit minus the express reserve
+//! (a quarter of the limit, at most 256 KiB): a full bulk lane leaves room
+//! for small events. An express frame is accepted when the express lane is
+//! empty or it fits below the limit.
 
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
+
+use crate::wire::{self, Frame};
 
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,22 +57,169 @@ pub enum PushError {
     Closed,
 }
 
-struct Inner {
+/// A lane of the queue, and the stream it is written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// The main stream: control frames and big events.
+    Bulk = 0,
+    /// The express stream: small events, sent first.
+    Express = 1,
+}
+
+impl Lane {
+    pub const BOTH: [Lane; 2] = [Lane::Bulk, Lane::Express];
+
+    pub fn other(self) -> Lane {
+        match self {
+            Lane::Bulk => Lane::Express,
+            Lane::Express => Lane::Bulk,
+        }
+    }
+}
+
+/// One lane's bytes and counts.
+struct LaneBuf {
     buf: BytesMut,
     /// Queued before `buf`: large payloads are queued by reference (no
     /// copy), with the bytes written before them frozen in front.
     parts: Vec<Bytes>,
     parts_len: usize,
-    closed: bool,
     /// Capacity to give a fresh buffer: the size of the last batch taken
     /// (within bounds), so a steady stream fills one allocation per batch
     /// instead of growing (and copying) it.
     next_cap: usize,
-    /// Event frames queued so far, and of those, taken by a writer: after
-    /// a connection switch, the new writer tells the peer how many events
-    /// went out before it (the wire's `Frame::Resume`).
+    /// Event frames queued so far, of those taken by a writer, and of
+    /// those written to QUIC. After a connection switch, the new writer
+    /// tells the peer how many went out before it (`Frame::Resume`); the
+    /// other lane's barriers name a count of these (`Frame::After`).
     events: u64,
     taken_events: u64,
+    written_events: u64,
+    /// The largest barrier queued on this lane (barriers only grow).
+    barrier: u64,
+}
+
+impl LaneBuf {
+    fn new() -> LaneBuf {
+        LaneBuf {
+            buf: BytesMut::new(),
+            parts: Vec::new(),
+            parts_len: 0,
+            next_cap: MIN_ALLOC,
+            events: 0,
+            taken_events: 0,
+            written_events: 0,
+            barrier: 0,
+        }
+    }
+
+    fn queued(&self) -> usize {
+        self.parts_len + self.buf.len()
+    }
+
+    /// Nothing queued and everything taken written to QUIC.
+    fn idle(&self) -> bool {
+        self.queued() == 0 && self.written_events == self.events
+    }
+
+    /// Takes everything queued, leaving an empty buffer (allocated on the
+    /// next push).
+    fn take_all(&mut self, limit: usize) -> Taken {
+        self.taken_events = self.events;
+        self.next_cap = self.buf.len().min(limit).max(MIN_ALLOC);
+        let mut parts = std::mem::take(&mut self.parts);
+        self.parts_len = 0;
+        if !self.buf.is_empty() {
+            parts.push(std::mem::take(&mut self.buf).freeze());
+        }
+        Taken { parts, events: self.events }
+    }
+
+    fn reserve(&mut self, len: usize) {
+        if self.buf.capacity() - self.buf.len() < len {
+            // Grow in big steps so many small frames share one allocation.
+            let step = len.max(self.next_cap);
+            self.buf.reserve(step);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.buf = BytesMut::new();
+        self.parts = Vec::new();
+        self.parts_len = 0;
+    }
+}
+
+/// Names pinned to the bulk lane (see the module docs).
+struct Pins {
+    hashes: HashSet<u64>,
+    all: bool,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// Pinned names kept at most; past that every name counts as pinned.
+pub const MAX_PINNED: usize = 1024;
+
+impl Pins {
+    fn hash(&self, name: &str) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write(name.as_bytes());
+        h.finish()
+    }
+
+    fn any(&self) -> bool {
+        self.all || !self.hashes.is_empty()
+    }
+}
+
+struct Inner {
+    lanes: [LaneBuf; 2],
+    pins: Pins,
+    closed: bool,
+}
+
+impl Inner {
+    fn lane(&mut self, l: Lane) -> &mut LaneBuf {
+        &mut self.lanes[l as usize]
+    }
+
+    fn queued(&self) -> usize {
+        self.lanes[0].queued() + self.lanes[1].queued()
+    }
+}
+
+/// Where an event goes, decided under the queue's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Route {
+    lane: Lane,
+    /// A barrier to queue first: the other lane's event count to wait for.
+    barrier: Option<u64>,
+    /// Pin the name (a big event), by its hash.
+    pin: Option<u64>,
+    /// Unpin every name (a pinned small event found the bulk lane idle).
+    unpin: bool,
+}
+
+/// The lane rules (see the module docs): where an event of `size` bytes
+/// (name + payload) named `name` goes now.
+fn route(g: &Inner, express_max: usize, name: &str, size: usize) -> Route {
+    let (bulk, express) = (&g.lanes[Lane::Bulk as usize], &g.lanes[Lane::Express as usize]);
+    if size > express_max || express_max == 0 {
+        // Behind every express event queued so far, unless a barrier
+        // already says so.
+        let barrier = (express_max > 0 && express.events > bulk.barrier).then_some(express.events);
+        let pin = (express_max > 0).then(|| g.pins.hash(name));
+        return Route { lane: Lane::Bulk, barrier, pin, unpin: false };
+    }
+    let pinned = g.pins.any() && (g.pins.all || g.pins.hashes.contains(&g.pins.hash(name)));
+    if !pinned {
+        return Route { lane: Lane::Express, barrier: None, pin: None, unpin: false };
+    }
+    if !bulk.idle() {
+        return Route { lane: Lane::Bulk, barrier: None, pin: None, unpin: false };
+    }
+    let barrier = (bulk.events > express.barrier).then_some(bulk.events);
+    Route { lane: Lane::Express, barrier, pin: None, unpin: true }
 }
 
 /// Smallest buffer allocated: many small frames share one allocation.
@@ -51,200 +232,217 @@ const MIN_ALLOC: usize = 64 * 1024;
 /// per batch keeps emitting and sending overlapped, at one yield per batch.
 pub const BATCH: usize = 256 * 1024;
 
+/// The part of the limit only the express lane may use.
+const MAX_RESERVE: usize = 256 * 1024;
+
 /// A frame was queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pushed {
-    /// This frame took the queue past [`BATCH`] bytes: the emitter should
+    /// This frame took its lane past [`BATCH`] bytes: the emitter should
     /// yield so that the writer can take the batch.
     pub batch_ready: bool,
+}
+
+/// What a writer took from a lane.
+#[derive(Debug, PartialEq)]
+pub struct Taken {
+    /// The bytes, in order (usually one part).
+    pub parts: Vec<Bytes>,
+    /// The lane's event count up to the end of `parts`: pass it to
+    /// [`SendQueue::written`] once QUIC has them.
+    pub events: u64,
 }
 
 /// Payloads at least this large are queued by reference instead of copied:
 /// above it a copy costs more than the extra part does.
 pub const BY_REFERENCE: usize = 16 * 1024;
 
-impl Inner {
-    fn queued(&self) -> usize {
-        self.parts_len + self.buf.len()
-    }
-
-    /// Takes everything queued, leaving an empty buffer (allocated on the
-    /// next push).
-    fn take_all(&mut self, limit: usize) -> Vec<Bytes> {
-        self.taken_events = self.events;
-        self.next_cap = self.buf.len().min(limit).max(MIN_ALLOC);
-        let mut out = std::mem::take(&mut self.parts);
-        self.parts_len = 0;
-        if !self.buf.is_empty() {
-            out.push(std::mem::take(&mut self.buf).freeze());
-        }
-        out
-    }
-
-    fn reserve(&mut self, len: usize) {
-        if self.buf.capacity() - self.buf.len() < len {
-            // Grow in big steps so many small frames share one allocation.
-            let step = len.max(self.next_cap);
-            self.buf.reserve(step);
-        }
-    }
-}
-
 /// Bounded byte queue between emitters and one connection writer.
 pub struct SendQueue {
     inner: Mutex<Inner>,
     limit: usize,
-    /// Wakes the writer: data queued (or queue closed).
-    data: Notify,
-    /// Wakes emitters: the writer took the buffer (or queue closed).
+    /// The bulk lane's limit: `limit` less the express reserve.
+    bulk_limit: usize,
+    express_max: usize,
+    /// Wakes a lane's writer: data queued (or queue closed).
+    data: [Notify; 2],
+    /// Wakes emitters: a writer took a lane (or queue closed).
     space: Notify,
     dropped: AtomicU64,
 }
 
 impl SendQueue {
-    pub fn new(limit: usize) -> SendQueue {
+    /// A queue of `limit` bytes; events up to `express_max` bytes (name +
+    /// payload) take the express lane (0: everything is bulk).
+    pub fn new(limit: usize, express_max: usize) -> SendQueue {
+        let limit = limit.max(1);
+        let reserve = if express_max > 0 { (limit / 4).min(MAX_RESERVE) } else { 0 };
         SendQueue {
             inner: Mutex::new(Inner {
-                buf: BytesMut::new(),
-                parts: Vec::new(),
-                parts_len: 0,
+                lanes: [LaneBuf::new(), LaneBuf::new()],
+                pins: Pins { hashes: HashSet::new(), all: false, hasher: Default::default() },
                 closed: false,
-                next_cap: MIN_ALLOC,
-                events: 0,
-                taken_events: 0,
             }),
-            limit: limit.max(1),
-            data: Notify::new(),
+            limit,
+            bulk_limit: limit - reserve,
+            express_max,
+            data: [Notify::new(), Notify::new()],
             space: Notify::new(),
             dropped: AtomicU64::new(0),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding this lock cannot leave the buffer invalid
+        // A panic while holding this lock cannot leave the buffers invalid
         // (appends are plain byte copies), so a poisoned lock is still usable.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends a frame produced by `write` if it fits (`len` is an upper
-    /// bound of what `write` appends).
-    pub fn push_with(&self, len: usize, write: impl FnOnce(&mut BytesMut)) -> Result<Pushed, PushError> {
-        self.push_parts(len, write, None)
-    }
-
-    /// Appends a frame that ends with `tail`, which is queued by reference
-    /// (no copy): `write` writes the rest, at most `head_len` bytes.
-    pub fn push_with_tail(&self, head_len: usize, write: impl FnOnce(&mut BytesMut), tail: &Bytes) -> Result<Pushed, PushError> {
-        self.push_parts(head_len, write, Some(tail))
-    }
-
-    fn push_parts(&self, head_len: usize, write: impl FnOnce(&mut BytesMut), tail: Option<&Bytes>) -> Result<Pushed, PushError> {
-        let len = head_len + tail.map_or(0, |t| t.len());
+    /// Queues one event frame (`flen`: its length bound, see
+    /// [`wire::event_frame_len`]) on the lane the rules choose: small
+    /// payloads copied into the lane's buffer (many frames per allocation),
+    /// large ones by reference.
+    pub fn push_event(&self, name: &str, payload: &Bytes, flen: usize) -> Result<Pushed, PushError> {
         let mut g = self.lock();
         if g.closed {
             return Err(PushError::Closed);
         }
-        let before = g.queued();
-        if before > 0 && before + len > self.limit {
+        let r = route(&g, self.express_max, name, name.len() + payload.len());
+        let barrier_len = if r.barrier.is_some() { AFTER_LEN } else { 0 };
+        let total = g.queued();
+        let lane_queued = g.lane(r.lane).queued();
+        let cap = match r.lane {
+            Lane::Bulk => self.bulk_limit,
+            Lane::Express => self.limit,
+        };
+        if lane_queued > 0 && total + flen + barrier_len > cap {
             return Err(PushError::Full);
         }
-        g.reserve(head_len);
-        write(&mut g.buf);
-        if let Some(tail) = tail {
-            // What is written so far goes in front of the tail; `buf`
+        if let Some(h) = r.pin {
+            if g.pins.hashes.len() >= MAX_PINNED {
+                g.pins.all = true;
+            } else {
+                g.pins.hashes.insert(h);
+            }
+        }
+        if r.unpin {
+            g.pins.hashes.clear();
+            g.pins.all = false;
+        }
+        let lane = g.lane(r.lane);
+        if let Some(other) = r.barrier {
+            lane.barrier = other;
+            lane.reserve(AFTER_LEN);
+            wire::put_frame(&mut lane.buf, &Frame::After { other });
+        }
+        if payload.len() >= BY_REFERENCE {
+            let head = flen - payload.len();
+            lane.reserve(head);
+            wire::put_event_head(&mut lane.buf, name, payload.len());
+            // What is written so far goes in front of the payload; `buf`
             // keeps its spare capacity for the frames that follow.
-            let head = g.buf.split().freeze();
-            g.parts_len += head.len() + tail.len();
-            g.parts.push(head);
-            g.parts.push(tail.clone());
+            let head = lane.buf.split().freeze();
+            lane.parts_len += head.len() + payload.len();
+            lane.parts.push(head);
+            lane.parts.push(payload.clone());
+        } else {
+            lane.reserve(flen);
+            wire::put_event(&mut lane.buf, name, payload);
         }
-        g.events += 1;
-        let after = g.queued();
+        lane.events += 1;
+        let after = lane.queued();
         drop(g);
-        if before == 0 {
-            self.data.notify_one();
+        if lane_queued == 0 {
+            self.data[r.lane as usize].notify_one();
         }
-        Ok(Pushed { batch_ready: before < BATCH && after >= BATCH })
+        Ok(Pushed { batch_ready: lane_queued < BATCH && after >= BATCH })
     }
 
-    /// Appends a frame whatever the limit (control frames: subscriptions,
-    /// gossip; they are small and must never be dropped).
+    /// Appends a frame to the bulk lane whatever the limit (control frames:
+    /// subscriptions, gossip; they are small and must never be dropped).
     pub fn push_control(&self, write: impl FnOnce(&mut BytesMut)) -> Result<(), PushError> {
         let mut g = self.lock();
         if g.closed {
             return Err(PushError::Closed);
         }
-        let was_empty = g.queued() == 0;
-        write(&mut g.buf);
+        let lane = g.lane(Lane::Bulk);
+        let was_empty = lane.queued() == 0;
+        write(&mut lane.buf);
         drop(g);
         if was_empty {
-            self.data.notify_one();
+            self.data[Lane::Bulk as usize].notify_one();
         }
         Ok(())
     }
 
-    /// Waits until the writer takes the buffer or the queue closes.
+    /// Waits until a writer takes a lane or the queue closes.
     /// Register interest *before* re-checking, to miss no wake-up:
     /// use [`SendQueue::space_notified`].
     pub fn space_notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.space.notified()
     }
 
-    /// The writer's side: everything queued (in order, usually one part),
-    /// or `None` once closed and empty.
-    pub async fn take(&self) -> Option<Vec<Bytes>> {
+    /// A lane's writer: everything queued on it (in order), or `None` once
+    /// the queue is closed and the lane empty.
+    pub async fn take(&self, lane: Lane) -> Option<Taken> {
         loop {
-            let notified = self.data.notified();
-            {
-                let mut g = self.lock();
-                if g.queued() > 0 {
-                    let out = g.take_all(self.limit);
-                    drop(g);
-                    self.space.notify_waiters();
-                    return Some(out);
-                }
-                if g.closed {
-                    return None;
-                }
+            let notified = self.data[lane as usize].notified();
+            if let Some(t) = self.try_take(lane) {
+                return Some(t);
+            }
+            if self.lock().closed {
+                return None;
             }
             notified.await;
         }
     }
 
-    /// Takes what is queued without waiting.
-    pub fn try_take(&self) -> Option<Vec<Bytes>> {
+    /// Takes what is queued on `lane` without waiting.
+    pub fn try_take(&self, lane: Lane) -> Option<Taken> {
         let mut g = self.lock();
-        if g.queued() == 0 {
+        let l = g.lane(lane);
+        if l.queued() == 0 {
             return None;
         }
-        let out = g.take_all(self.limit);
+        let out = l.take_all(self.limit);
         drop(g);
         self.space.notify_waiters();
         Some(out)
     }
 
-    /// Closes the queue: pushes fail, waiting emitters and the writer wake.
-    /// Returns the bytes that were still queued.
+    /// The writer handed a [`Taken`] to QUIC: its events count as written
+    /// (a lane with everything written and nothing queued is idle).
+    pub fn written(&self, lane: Lane, events: u64) {
+        let mut g = self.lock();
+        let l = g.lane(lane);
+        l.written_events = l.written_events.max(events);
+    }
+
+    /// Closes the queue: pushes fail, waiting emitters and the writers
+    /// wake. Returns the bytes that were still queued.
     pub fn close(&self) -> usize {
         let mut g = self.lock();
         g.closed = true;
         let left = g.queued();
-        g.buf = BytesMut::new();
-        g.parts = Vec::new();
-        g.parts_len = 0;
+        for l in &mut g.lanes {
+            l.clear();
+        }
         drop(g);
-        self.data.notify_one();
-        self.space.notify_waiters();
+        self.wake_all();
         left
     }
 
     /// Marks the end of input without discarding what is queued (leave):
-    /// the writer drains, then sees `None`.
+    /// the writers drain, then see `None`.
     pub fn finish(&self) {
-        let mut g = self.lock();
-        g.closed = true;
-        drop(g);
-        self.data.notify_one();
+        self.lock().closed = true;
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        for d in &self.data {
+            d.notify_one();
+        }
         self.space.notify_waiters();
     }
 
@@ -262,92 +460,15 @@ impl SendQueue {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Event frames taken by writers so far.
-    pub fn taken_events(&self) -> u64 {
-        self.lock().taken_events
+    /// Event frames of `lane` taken by writers so far.
+    pub fn taken_events(&self, lane: Lane) -> u64 {
+        self.lock().lane(lane).taken_events
     }
 }
+
+/// Bytes of an encoded [`Frame::After`], at most.
+const AFTER_LEN: usize = 4 + 1 + 9;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::BufMut;
-
-    fn joined(parts: Option<Vec<Bytes>>) -> Vec<u8> {
-        parts.expect("something queued").concat()
-    }
-
-    #[tokio::test]
-    async fn bounded_and_fifo() {
-        let q = SendQueue::new(10);
-        q.push_with(6, |b| b.put_slice(b"abcdef")).unwrap();
-        assert_eq!(q.push_with(6, |b| b.put_slice(b"ghijkl")), Err(PushError::Full));
-        q.push_with(4, |b| b.put_slice(b"ghij")).unwrap();
-        assert_eq!(joined(q.take().await), b"abcdefghij");
-        // empty queue accepts one oversized frame
-        q.push_with(20, |b| b.put_slice(&[1; 20])).unwrap();
-        assert_eq!(q.push_with(1, |b| b.put_u8(1)), Err(PushError::Full));
-        q.push_control(|b| b.put_u8(9)).unwrap();
-        assert_eq!(joined(q.take().await).len(), 21);
-        q.push_with(1, |b| b.put_u8(1)).unwrap();
-        q.finish();
-        assert_eq!(joined(q.take().await).len(), 1);
-        assert_eq!(q.take().await, None);
-        assert_eq!(q.push_with(1, |b| b.put_u8(1)), Err(PushError::Closed));
-    }
-
-    #[tokio::test]
-    async fn tails_are_queued_by_reference_in_order() {
-        let q = SendQueue::new(100);
-        let tail = Bytes::from(vec![9u8; 40]);
-        q.push_with(2, |b| b.put_slice(b"ab")).unwrap();
-        q.push_with_tail(3, |b| b.put_slice(b"cd"), &tail).unwrap();
-        q.push_with(2, |b| b.put_slice(b"ef")).unwrap();
-        // The tail counts against the limit: 2 + 42 + 2 + 42 > 100.
-        assert_eq!(q.queued_bytes(), 46);
-        q.push_with_tail(2, |b| b.put_slice(b"gh"), &tail).unwrap();
-        assert_eq!(q.push_with_tail(2, |b| b.put_slice(b"ij"), &tail), Err(PushError::Full));
-        let parts = q.take().await.unwrap();
-        assert!(parts.iter().any(|p| p.as_ptr() == tail.as_ptr()), "the tail itself, not a copy");
-        let want: Vec<u8> = [&b"abcd"[..], &tail, b"efgh", &tail].concat();
-        assert_eq!(parts.concat(), want);
-        assert_eq!(q.queued_bytes(), 0);
-    }
-
-    #[tokio::test]
-    async fn batch_ready_once_per_batch() {
-        let q = SendQueue::new(4 * BATCH);
-        let frame = [7u8; 1000];
-        let mut ready_at = Vec::new();
-        for i in 0..(3 * BATCH / frame.len()) {
-            if q.push_with(frame.len(), |b| b.put_slice(&frame)).unwrap().batch_ready {
-                ready_at.push(i);
-            }
-        }
-        // Only the frame that crosses BATCH says so, not every one after it.
-        assert_eq!(ready_at, vec![BATCH / frame.len()]);
-        assert!(joined(q.take().await).len() >= 2 * BATCH);
-        assert!(!q.push_with(frame.len(), |b| b.put_slice(&frame)).unwrap().batch_ready);
-    }
-
-    #[tokio::test]
-    async fn waiting_emitter_wakes_when_writer_takes() {
-        let q = std::sync::Arc::new(SendQueue::new(4));
-        q.push_with(4, |b| b.put_slice(b"full")).unwrap();
-        let q2 = q.clone();
-        let waiter = tokio::spawn(async move {
-            loop {
-                let n = q2.space_notified();
-                match q2.push_with(4, |b| b.put_slice(b"next")) {
-                    Ok(_) => return,
-                    Err(PushError::Full) => n.await,
-                    Err(PushError::Closed) => panic!("closed"),
-                }
-            }
-        });
-        tokio::task::yield_now().await;
-        assert_eq!(joined(q.take().await), b"full");
-        waiter.await.unwrap();
-        assert_eq!(joined(q.take().await), b"next");
-    }
-}
+#[path = "queue_tests.rs"]
+mod tests;

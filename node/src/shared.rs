@@ -30,6 +30,7 @@ use crate::wire::{PeerAddrs, RelayRoute};
 pub(crate) struct Settings {
     pub handshake_timeout: Duration,
     pub queue_limit: usize,
+    pub express_max: usize,
     pub max_event_size: usize,
     pub allow_non_global: bool,
     pub advertise: Vec<SocketAddr>,

@@ -1,17 +1,22 @@
 //! The wire protocol, and all of its encoding: nothing else in the crate
 //! touches bytes on the wire.
 //!
-//! Each side of a connection opens one unidirectional QUIC stream and writes,
-//! in order: the 4-byte magic `PBUS`, the protocol version (u16, little
-//! endian), then frames. A frame is a u32 little-endian body length followed
+//! Each side of a connection opens one unidirectional QUIC stream (the main
+//! stream) and writes, in order: the 4-byte magic `PBUS`, the protocol
+//! version (u16, little endian), then frames. A frame is a u32 little-endian body length followed
 //! by the body, a [`Frame`] encoded with bincode 2 (serde, standard config).
 //! The version is checked before any frame is parsed, so a future protocol
 //! change is reported as such instead of being misparsed. The first frame is
 //! always [`Frame::Hello`].
 //!
-//! Keeping subscriptions, gossip and events on one ordered stream per
-//! direction means a subscription always arrives before the events that it
-//! makes a peer send, and an unsubscribe after them.
+//! A sender whose hello says [`Hello::express`] opens a second
+//! unidirectional stream right after the main one, the *express stream*,
+//! which starts with the same magic and version and then carries only small
+//! events (and [`Frame::Resume`], [`Frame::After`], [`Frame::Retire`]); it
+//! has a higher QUIC priority, so a small event never waits behind the big
+//! ones queued on the main stream (see [`crate::queue`] for which event goes
+//! where and how order per name is kept). Subscriptions, gossip and big
+//! events stay on the main stream.
 
 use std::net::SocketAddr;
 
@@ -30,7 +35,8 @@ pub const MAGIC: [u8; 4] = *b"PBUS";
 /// agree on).
 /// 3: [`Frame::Resume`] (in-order delivery across a connection switch).
 /// 4: relay routes in [`Hello::relays`] and [`PeerAddrs::relays`].
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: the express stream ([`Hello::express`], [`Frame::After`]).
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Bytes of magic + version.
 pub const PREAMBLE_LEN: usize = 6;
 /// Frame bytes on top of an event's name and payload that `max_frame` allows.
@@ -98,6 +104,9 @@ pub struct Hello {
     /// Both ends rank duplicate connections by it
     /// (`peers::Rank`). The accepting side sends 0.
     pub dial: u64,
+    /// The sender opened an express stream on this connection, right
+    /// after this one (the receiver accepts it before the hellos are over).
+    pub express: bool,
 }
 
 /// One protocol frame.
@@ -127,6 +136,15 @@ pub enum Frame<'a> {
     /// still be on their way when this one is read.
     Resume {
         after: u64,
+    },
+    /// A barrier between the sender's two streams: the events that follow
+    /// on this stream are delivered only once `other` events of the
+    /// sender's other stream (main or express; counted like
+    /// [`Frame::Resume`], across connections) have been delivered. The
+    /// sender puts one where the order of its events would otherwise depend
+    /// on which stream the receiver reads first.
+    After {
+        other: u64,
     },
 }
 
@@ -398,6 +416,7 @@ mod tests {
                 relays: vec![RelayRoute { relay: "203.0.113.1:4000".parse().unwrap(), id: [5; 16] }],
                 observed: "198.18.0.1:5000".parse().unwrap(),
                 dial: 3,
+                express: true,
             }),
             Frame::Peers(vec![PeerAddrs { id: NodeId([1; 16]), addrs: vec!["1.2.3.4:1".parse().unwrap()], relays: vec![] }]),
             Frame::Subscribe(vec![WireSub { id: 1, selector: "a.+".into(), spy: true }]),
@@ -406,6 +425,7 @@ mod tests {
             Frame::Event { name: "big", payload: &[0u8; 70_000] },
             Frame::Retire,
             Frame::Resume { after: 12345 },
+            Frame::After { other: 77 },
         ]
     }
 

@@ -45,6 +45,7 @@ pub(crate) trait Io {
     fn introduce(&self) -> Option<crate::wire::PeerAddrs>;
     fn neighbour_event(&self, event: NeighbourEvent);
     fn queue_limit(&self) -> usize;
+    fn express_max(&self) -> usize;
     fn leaving(&self) -> bool;
     /// The actor's figures, for the synchronous accessors.
     fn publish(&self, stats: ConnStats, observed: &[SocketAddr]);
@@ -293,7 +294,7 @@ impl State {
     fn activate(&mut self, io: &impl Io, conn: ConnId, peer: NodeId, peers: Vec<PeerAddrs>) {
         let Some(c) = self.conns.get(&conn) else { return };
         let Some((info, ctl)) = c.hello.clone() else { return };
-        let queue = Arc::new(SendQueue::new(io.queue_limit()));
+        let queue = Arc::new(SendQueue::new(io.queue_limit(), io.express_max()));
         let writer_lock = Arc::new(tokio::sync::Mutex::new(()));
         let drain = Arc::new(Drain::default());
         let link = Link {

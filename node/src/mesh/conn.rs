@@ -15,7 +15,7 @@ use super::errors::HelloError;
 use super::inbox::Msg;
 use super::link::{ConnCmd, ConnCtl, LEAVE_FLUSH};
 use super::proto::{ConnId, PeerHello, ReaderEnd, Teardown};
-use super::stream::{run_reader, run_writer};
+use super::stream::{run_readers, run_writer};
 use crate::path::keys::is_relay_key;
 use crate::peers::canonical;
 use crate::relay::wire::Token;
@@ -41,7 +41,7 @@ pub(crate) async fn run(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection, 
             return;
         }
     };
-    let (send, recv, dec, hello) = hello;
+    let Hellos { send, express_send, recv, express_recv, hello } = hello;
     // The connection's paths: probe token, the peer's relays and addresses.
     let token = probe_token(&conn);
     inner.paths.run(|p| p.add_conn(remote, token, &hello.relays, &hello.addrs, std::time::Instant::now()));
@@ -63,10 +63,10 @@ pub(crate) async fn run(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection, 
         inner.spawn_conn(async move {
             // Dropped with the task, even one aborted before it first ran.
             let _alive = writer_alive;
-            run_writer(send, queue, ctl, conn).await
+            run_writer(send, express_send, queue, ctl, conn).await
         })
     };
-    let end = run_reader(&inner, id, &start.info, recv, dec, &start.drain).await;
+    let end = run_readers(&inner, id, &start.info, recv, express_recv, &start.drain).await;
     if let ReaderEnd::Protocol(e) = &end {
         warn!(peer = %hello.id.short(), name = %start.info.name, addr = %remote, error = %e, "peer broke the protocol; disconnecting");
         conn.close(close::PROTOCOL.into(), e.to_string().as_bytes());
@@ -121,31 +121,64 @@ impl Drop for PathGuard {
     }
 }
 
-type Hellos = (quinn::SendStream, quinn::RecvStream, FrameDecoder, Hello);
+/// A connection's streams after the hellos: ours (main, and express if
+/// we send small events apart) and the peer's, with the decoders that read
+/// the peer's preambles.
+struct Hellos {
+    send: quinn::SendStream,
+    express_send: Option<quinn::SendStream>,
+    recv: (quinn::RecvStream, FrameDecoder),
+    express_recv: Option<(quinn::RecvStream, FrameDecoder)>,
+    hello: Hello,
+}
 
-/// Sends our hello and reads the peer's.
+/// Sends our hello and reads the peer's; opens our express stream and
+/// accepts the peer's (each side says in its hello whether it has one).
 async fn exchange_hellos(inner: &Inner, conn: &quinn::Connection, remote: SocketAddr, dial: u64) -> Result<Hellos, HelloError> {
     // A relayed connection's remote is a relay key: nothing the peer could use.
     let observed = if is_relay_key(remote) { SocketAddr::from(([0, 0, 0, 0], 0)) } else { remote };
-    let hello_out =
-        Hello { id: inner.id, port: inner.local_addr.port(), addrs: inner.punch_addrs(), relays: inner.my_routes(), observed, dial };
+    let express = inner.settings.express_max > 0;
+    let hello_out = Hello {
+        id: inner.id,
+        port: inner.local_addr.port(),
+        addrs: inner.punch_addrs(),
+        relays: inner.my_routes(),
+        observed,
+        dial,
+        express,
+    };
     let mut send = conn.open_uni().await?;
     let mut buf = BytesMut::new();
     wire::put_preamble(&mut buf);
     wire::put_frame(&mut buf, &Frame::Hello(hello_out));
     send.write_all(&buf).await?;
+    // Opened second, so the peer accepts it second; the preamble makes it
+    // known to the peer at once.
+    let express_send = if express {
+        let mut x = conn.open_uni().await?;
+        let mut buf = BytesMut::new();
+        wire::put_preamble(&mut buf);
+        x.write_all(&buf).await?;
+        Some(x)
+    } else {
+        None
+    };
+    let max_frame = inner.settings.max_event_size + wire::FRAME_OVERHEAD;
     let mut recv = conn.accept_uni().await?;
-    let mut dec = FrameDecoder::new(inner.settings.max_event_size + wire::FRAME_OVERHEAD);
-    loop {
+    let mut dec = FrameDecoder::new(max_frame);
+    let hello = loop {
         if let Some(body) = dec.next_frame()? {
-            return match wire::parse(&body)? {
-                Frame::Hello(h) => Ok((send, recv, dec, h)),
-                _ => Err(HelloError::NotHello),
-            };
+            match wire::parse(&body)? {
+                Frame::Hello(h) => break h,
+                _ => return Err(HelloError::NotHello),
+            }
         }
         match recv.read_chunk(64 * 1024, true).await? {
             None => return Err(HelloError::StreamEnded),
             Some(chunk) => dec.push(chunk.bytes),
         }
-    }
+    };
+    // Its preamble is checked by the reader, like the main stream's.
+    let express_recv = if hello.express { Some((conn.accept_uni().await?, FrameDecoder::new(max_frame))) } else { None };
+    Ok(Hellos { send, express_send, recv: (recv, dec), express_recv, hello })
 }

@@ -2,7 +2,7 @@
 //! writer's end), the per-neighbour delivery count that keeps emit order
 //! across a switch, and the actor's commands to a connection task.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use tokio::sync::{watch, Notify};
 
 use super::proto::Teardown;
 use crate::event::PeerInfo;
-use crate::queue::SendQueue;
+use crate::queue::{Lane, SendQueue};
 
 /// How long leave() lets writers send what is queued and the peers
 /// acknowledge it, at most.
@@ -18,9 +18,9 @@ pub(crate) const LEAVE_FLUSH: Duration = Duration::from_secs(3);
 
 /// Per-connection control shared by its reader, its writer and the actor.
 pub(crate) struct ConnCtl {
-    /// Set when this connection is being retired in favour of another.
-    retiring: AtomicBool,
-    retire: Notify,
+    /// Set when this connection is being retired in favour of another
+    /// (watched: both of the writer's lanes wait for it).
+    retiring: watch::Sender<bool>,
     /// Never sent on: its sender lives in this connection's writer task, so
     /// it closes when the writer ends, however it ends (abort included).
     writer_alive: watch::Receiver<()>,
@@ -30,21 +30,22 @@ impl ConnCtl {
     /// The control, and the sender to move into the writer task.
     pub(crate) fn new() -> (ConnCtl, watch::Sender<()>) {
         let (alive_tx, writer_alive) = watch::channel(());
-        (ConnCtl { retiring: AtomicBool::new(false), retire: Notify::new(), writer_alive }, alive_tx)
+        (ConnCtl { retiring: watch::channel(false).0, writer_alive }, alive_tx)
     }
 
     /// Tells the writer to send a retire and end.
     pub(crate) fn retire(&self) {
-        self.retiring.store(true, Ordering::Release);
-        self.retire.notify_one();
+        self.retiring.send_replace(true);
     }
 
     pub(crate) fn is_retiring(&self) -> bool {
-        self.retiring.load(Ordering::Acquire)
+        *self.retiring.borrow()
     }
 
+    /// Resolves once the connection is being retired.
     pub(crate) async fn retire_notified(&self) {
-        self.retire.notified().await
+        let mut rx = self.retiring.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
     }
 
     /// Resolves once the writer has ended. After leave() finished the queue
@@ -55,11 +56,18 @@ impl ConnCtl {
     }
 }
 
-/// Events delivered from one neighbour, across its connections: a reader
-/// continuing another connection ([`crate::wire::Frame::Resume`]) waits
-/// until the events sent before it are delivered, to keep emit order.
+/// Events delivered from one neighbour, per lane (main and express
+/// stream), across its connections: a reader continuing another
+/// connection ([`crate::wire::Frame::Resume`]) waits until the events sent
+/// before it on its lane are delivered, to keep emit order; a reader at a
+/// barrier ([`crate::wire::Frame::After`]) waits for the other lane's count.
 #[derive(Default)]
 pub(crate) struct Drain {
+    lanes: [LaneDrain; 2],
+}
+
+#[derive(Default)]
+struct LaneDrain {
     delivered: AtomicU64,
     /// Readers in `wait_for`: only then does a delivery wake anyone (the
     /// notify takes a lock, and every batch of every reader delivers).
@@ -68,25 +76,35 @@ pub(crate) struct Drain {
 }
 
 impl Drain {
-    pub(crate) fn delivered(&self, n: u64) {
-        self.delivered.fetch_add(n, Ordering::SeqCst);
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.advanced.notify_waiters();
+    pub(crate) fn delivered(&self, lane: Lane, n: u64) {
+        let l = &self.lanes[lane as usize];
+        l.delivered.fetch_add(n, Ordering::SeqCst);
+        if l.waiting.load(Ordering::SeqCst) > 0 {
+            l.advanced.notify_waiters();
         }
     }
 
-    /// Waits until `after` events were delivered, at most `bound`.
-    pub(crate) async fn wait_for(&self, after: u64, bound: Duration) {
-        // Counted before the check: a delivery after it sees a waiter.
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let deadline = tokio::time::Instant::now() + bound;
-        loop {
-            let advanced = self.advanced.notified();
-            if self.delivered.load(Ordering::SeqCst) >= after || tokio::time::timeout_at(deadline, advanced).await.is_err() {
-                break;
-            }
+    /// Waits until `after` events of `lane` were delivered, at most `bound`.
+    /// False if the bound passed first.
+    pub(crate) async fn wait_for(&self, lane: Lane, after: u64, bound: Duration) -> bool {
+        let l = &self.lanes[lane as usize];
+        if l.delivered.load(Ordering::SeqCst) >= after {
+            return true;
         }
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        // Counted before the check: a delivery after it sees a waiter.
+        l.waiting.fetch_add(1, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + bound;
+        let reached = loop {
+            let advanced = l.advanced.notified();
+            if l.delivered.load(Ordering::SeqCst) >= after {
+                break true;
+            }
+            if tokio::time::timeout_at(deadline, advanced).await.is_err() {
+                break l.delivered.load(Ordering::SeqCst) >= after;
+            }
+        };
+        l.waiting.fetch_sub(1, Ordering::SeqCst);
+        reached
     }
 }
 

@@ -1,19 +1,20 @@
-//! A connection's two halves: the reader (frames in: events to the
+//! A connection's two halves: the readers (frames in: events to the
 //! dispatcher, subscriptions to the data plane, gossip to the actor) and the
-//! writer (its neighbour's send queue out).
+//! writer (its neighbour's send queue out). Each half has a lane per stream
+//! (main and express, see [`crate::queue`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::errors::ProtocolError;
 use super::inbox::Msg;
 use super::link::{ConnCtl, Drain};
 use super::proto::{ConnId, ReaderEnd};
 use crate::event::{BatchBuilder, PeerInfo};
-use crate::queue::SendQueue;
+use crate::queue::{Lane, SendQueue};
 use crate::shared::Inner;
 use crate::wire::{self, close, Frame, FrameDecoder};
 
@@ -21,23 +22,97 @@ use crate::wire::{self, close, Frame, FrameDecoder};
 /// past that they are taken as lost with it.
 const RESUME_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a reader at a barrier ([`Frame::After`]) waits for the other
+/// stream: it is read by the same connection, so only a stream left behind
+/// by a broken connection (a switch that lost events) waits this long.
+const BARRIER_WAIT: Duration = Duration::from_secs(30);
+
 /// Gossip frames longer than this are a protocol error.
 const MAX_GOSSIP: usize = 10_000;
 
-/// Reads frames until the stream or the connection ends.
-pub(super) async fn run_reader(
+/// Reads a connection's streams, the main one and (if the peer opened
+/// one) its express stream, until both end or the connection does.
+pub(super) async fn run_readers(
+    inner: &Arc<Inner>,
+    conn: ConnId,
+    info: &Arc<PeerInfo>,
+    main: (quinn::RecvStream, FrameDecoder),
+    express: Option<(quinn::RecvStream, FrameDecoder)>,
+    drain: &Drain,
+) -> ReaderEnd {
+    let main = run_reader(inner, conn, info, main.0, main.1, Lane::Bulk, drain);
+    let Some((recv, dec)) = express else { return main.await };
+    let express = run_reader(inner, conn, info, recv, dec, Lane::Express, drain);
+    tokio::pin!(main, express);
+    let (mut main_end, mut express_done) = (None, false);
+    // A broken protocol or a closed connection ends both at once; a
+    // stream's clean end waits for the other's (what it still delivers
+    // comes before the mesh hears of the end).
+    let decisive = |e: &ReaderEnd| matches!(e, ReaderEnd::Protocol(_) | ReaderEnd::Closed { .. });
+    loop {
+        tokio::select! {
+            e = &mut main, if main_end.is_none() => {
+                if decisive(&e) {
+                    return e;
+                }
+                main_end = Some(e);
+            }
+            e = &mut express, if !express_done => {
+                if decisive(&e) {
+                    return e;
+                }
+                express_done = true;
+            }
+        }
+        if express_done {
+            if let Some(e) = main_end.take() {
+                // The main stream says what the end means (retire or leave).
+                return e;
+            }
+        }
+    }
+}
+
+/// Hands a batch to the dispatcher, after the waits it is due (resume on
+/// this lane, barrier on the other); false once the dispatcher is gone.
+async fn deliver(inner: &Inner, info: &Arc<PeerInfo>, batch: &mut BatchBuilder, lane: Lane, drain: &Drain, waits: &mut [u64; 2]) -> bool {
+    let Some(deliveries) = batch.take(info) else { return true };
+    for l in Lane::BOTH {
+        let n = std::mem::take(&mut waits[l as usize]);
+        let bound = if l == lane { RESUME_WAIT } else { BARRIER_WAIT };
+        if n > 0 && !drain.wait_for(l, n, bound).await {
+            if l == lane {
+                debug!(peer = %info.id.short(), "the earlier connection's events did not all arrive; taken as lost with it");
+            } else {
+                warn!(peer = %info.id.short(), ?lane, "the other stream did not reach its barrier in time; delivering out of order");
+            }
+        }
+    }
+    let n = deliveries.events.len() as u64;
+    if inner.plane.dispatch_tx.send(deliveries).await.is_err() {
+        return false;
+    }
+    drain.delivered(lane, n);
+    true
+}
+
+/// Reads one stream's frames until it or the connection ends.
+async fn run_reader(
     inner: &Arc<Inner>,
     conn: ConnId,
     info: &Arc<PeerInfo>,
     mut recv: quinn::RecvStream,
     mut dec: FrameDecoder,
+    lane: Lane,
     drain: &Drain,
 ) -> ReaderEnd {
     let mut batch = BatchBuilder::new();
     let max_event = inner.settings.max_event_size;
     let mut got_retire = false;
-    // Events the peer sent on earlier connections before this one (a switch).
-    let mut resume_after: Option<u64> = None;
+    // Event counts to wait for before the next delivery, per lane: this
+    // lane's events sent on earlier connections (a switch), the other
+    // lane's events sent before a barrier.
+    let mut waits = [0u64; 2];
     loop {
         // Decode everything buffered.
         loop {
@@ -53,7 +128,19 @@ pub(super) async fn run_reader(
                 None => match wire::parse(&body) {
                     Ok(Frame::Event { name, payload }) => (name.as_bytes(), body.len() - payload.len()),
                     Ok(Frame::Resume { after }) => {
-                        resume_after = Some(after);
+                        // Keep emit order across a connection switch: the
+                        // events the peer sent on the earlier connection go
+                        // first.
+                        waits[lane as usize] = waits[lane as usize].max(after);
+                        continue;
+                    }
+                    Ok(Frame::After { other }) => {
+                        // What came before the barrier does not wait for it.
+                        if !deliver(inner, info, &mut batch, lane, drain, &mut waits).await {
+                            return ReaderEnd::Eof;
+                        }
+                        let o = lane.other() as usize;
+                        waits[o] = waits[o].max(other);
                         continue;
                     }
                     Ok(frame) => match control(inner, conn, info, frame).await {
@@ -79,17 +166,8 @@ pub(super) async fn run_reader(
             payload.advance(offset);
             batch.push(payload);
         }
-        if let Some(deliveries) = batch.take(info) {
-            // Keep emit order across a connection switch: the events the
-            // peer sent on the earlier connection go first.
-            if let Some(after) = resume_after.take() {
-                drain.wait_for(after, RESUME_WAIT).await;
-            }
-            let n = deliveries.events.len() as u64;
-            if inner.plane.dispatch_tx.send(deliveries).await.is_err() {
-                return ReaderEnd::Eof;
-            }
-            drain.delivered(n);
+        if !deliver(inner, info, &mut batch, lane, drain, &mut waits).await {
+            return ReaderEnd::Eof;
         }
         match recv.read_chunk(256 * 1024, true).await {
             // Clean end of stream: retire (a switch) or leave.
@@ -139,7 +217,7 @@ async fn control(inner: &Arc<Inner>, conn: ConnId, info: &PeerInfo, frame: Frame
         }
         // The peer sends nothing more here; EOF follows.
         Frame::Retire => return Ok(true),
-        Frame::Resume { .. } => unreachable!("the reader takes resumes before calling this"),
+        Frame::Resume { .. } | Frame::After { .. } => unreachable!("the reader takes resumes and barriers before calling this"),
         Frame::Hello(_) => return Err(ProtocolError::SecondHello),
         // The reader takes events before calling this.
         Frame::Event { .. } => unreachable!("events are read before control frames"),
@@ -150,27 +228,35 @@ async fn control(inner: &Arc<Inner>, conn: ConnId, info: &PeerInfo, frame: Frame
 /// Ends a retired connection's stream with a retire, and waits (bounded)
 /// until the peer has it all: the connection is closed after that, and a
 /// close discards what is unacknowledged.
-async fn retire(mut send: quinn::SendStream, frame: bytes::Bytes) {
-    let _ = send.write_chunk(frame).await;
+async fn retire(mut send: quinn::SendStream) {
+    let mut b = BytesMut::new();
+    wire::put_frame(&mut b, &Frame::Retire);
+    let _ = send.write_chunk(b.freeze()).await;
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
 }
 
-/// Sends `queue` on `send` until the queue finishes (leave), the
-/// connection is retired, or a write fails. `None`: retired at birth.
+/// Retires both streams.
+async fn retire_both(main: quinn::SendStream, express: Option<quinn::SendStream>) {
+    tokio::join!(retire(main), async {
+        if let Some(x) = express {
+            retire(x).await
+        }
+    });
+}
+
+/// Sends `queue` on `main` (bulk lane) and `express` (express lane) until
+/// the queue finishes (leave), the connection is retired, or a write fails.
+/// `None`: retired at birth.
 pub(super) async fn run_writer(
-    mut send: quinn::SendStream,
+    main: quinn::SendStream,
+    express: Option<quinn::SendStream>,
     queue: Option<(Arc<SendQueue>, Arc<tokio::sync::Mutex<()>>)>,
     ctl: Arc<ConnCtl>,
     conn: quinn::Connection,
 ) {
-    let retire_frame = || {
-        let mut b = BytesMut::new();
-        wire::put_frame(&mut b, &Frame::Retire);
-        b.freeze()
-    };
     let Some((queue, lock)) = queue else {
-        return retire(send, retire_frame()).await;
+        return retire_both(main, express).await;
     };
     // One writer at a time: a replacement waits for the retiring writer.
     // Retired before it ever wrote (its replacement may take the lock
@@ -182,11 +268,23 @@ pub(super) async fn run_writer(
         _ = conn.closed() => return,
     };
     if guard.is_none() || ctl.is_retiring() {
-        return retire(send, retire_frame()).await;
+        return retire_both(main, express).await;
     }
+    // Both lanes, each on its stream; the lock is held until both end.
+    tokio::join!(write_lane(main, Lane::Bulk, &queue, &ctl), async {
+        if let Some(x) = express {
+            // QUIC sends the express stream's data before the main one's.
+            let _ = x.set_priority(1);
+            write_lane(x, Lane::Express, &queue, &ctl).await
+        }
+    });
+}
+
+/// One lane of the queue onto its stream.
+async fn write_lane(mut send: quinn::SendStream, lane: Lane, queue: &SendQueue, ctl: &ConnCtl) {
     // Continuing another connection's queue: say how many events it sent,
     // so that the peer delivers ours after them.
-    let after = queue.taken_events();
+    let after = queue.taken_events(lane);
     if after > 0 {
         let mut b = BytesMut::new();
         wire::put_frame(&mut b, &Frame::Resume { after });
@@ -196,18 +294,21 @@ pub(super) async fn run_writer(
     }
     loop {
         if ctl.is_retiring() {
-            // Releases the lock: the new writer continues the queue.
-            return retire(send, retire_frame()).await;
+            // Releases the lock (once both lanes are here): the new writer
+            // continues the queue.
+            return retire(send).await;
         }
         tokio::select! {
             biased;
             _ = ctl.retire_notified() => continue,
-            data = queue.take() => match data {
-                Some(mut parts) => {
+            data = queue.take(lane) => match data {
+                Some(t) => {
+                    let mut parts = t.parts;
                     if let Err(e) = send.write_all_chunks(&mut parts).await {
-                        debug!(error = %e, "write failed");
+                        debug!(error = %e, ?lane, "write failed");
                         return;
                     }
+                    queue.written(lane, t.events);
                 }
                 None => {
                     // Queue finished (leave): end the stream and wait until
