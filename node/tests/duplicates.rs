@@ -35,9 +35,15 @@ struct NodeStream {
 }
 
 impl NodeStream {
+    /// The node's main stream (hello, subscriptions, big events).
     async fn accept(conn: &quinn::Connection) -> NodeStream {
         let recv = tokio::time::timeout(GUARD, conn.accept_uni()).await.expect("the node opens its stream").expect("accept_uni");
         NodeStream { recv, dec: FrameDecoder::new(1 << 20) }
+    }
+
+    /// The node's express stream (small events), opened after the main one.
+    async fn accept_express(conn: &quinn::Connection) -> NodeStream {
+        Self::accept(conn).await
     }
 
     /// The next frame (guarded).
@@ -49,7 +55,7 @@ impl NodeStream {
                     Frame::Subscribe(s) => Got::Subscribe(s.into_iter().map(|s| s.selector).collect()),
                     Frame::Event { name, payload } => Got::Event(name.to_owned(), payload.to_vec()),
                     Frame::Retire => Got::Retire,
-                    Frame::Peers(_) | Frame::Unsubscribe(_) | Frame::Resume { .. } => Got::Other,
+                    Frame::Peers(_) | Frame::Unsubscribe(_) | Frame::Resume { .. } | Frame::After { .. } => Got::Other,
                 };
             }
             match tokio::time::timeout(GUARD, self.recv.read_chunk(64 * 1024, true)).await.expect("a frame from the node in time") {
@@ -103,8 +109,10 @@ async fn keeps_the_later_dial(peer_id: NodeId, first_dial: u64) {
     let c2 = connect_to_node(&ep, &a).await;
     let mut n1 = NodeStream::accept(&c1).await;
     let mut n2 = NodeStream::accept(&c2).await;
-    assert!(matches!(n1.next().await, Got::Hello(h) if h.id == a.id() && h.dial == 0), "{what}: the accepting side sends dial 0");
+    assert!(matches!(n1.next().await, Got::Hello(h) if h.id == a.id() && h.dial == 0 && h.express), "{what}: the accepting side sends dial 0");
     assert!(matches!(n2.next().await, Got::Hello(_)));
+    let mut x1 = NodeStream::accept_express(&c1).await;
+    let mut x2 = NodeStream::accept_express(&c2).await;
 
     let (first, second) = if first_dial == 1 { (&c1, &c2) } else { (&c2, &c1) };
     let s_first = send_hello_as(first, peer_id, first_dial).await;
@@ -116,6 +124,9 @@ async fn keeps_the_later_dial(peer_id: NodeId, first_dial: u64) {
     let on_1 = n1.read_to_end().await;
     assert_eq!(on_1.last(), Some(&Got::Retire), "{what}: dial 1 must end with a retire; the node sent {on_1:?}");
     assert!(!on_1.iter().any(|g| matches!(g, Got::Event(..))), "{what}: {on_1:?}");
+    // Its express stream is retired with it.
+    let x_on_1 = x1.read_to_end().await;
+    assert_eq!(x_on_1, vec![Got::Retire], "{what}: dial 1's express stream");
     // As a real node would, end our side of it too.
     s1.write_chunk(frame(&Frame::Retire)).await.unwrap();
     s1.finish().unwrap();
@@ -133,7 +144,8 @@ async fn keeps_the_later_dial(peer_id: NodeId, first_dial: u64) {
     s2.write_chunk(frame(&Frame::Subscribe(vec![WireSub { id: 1, selector: "down".into(), spy: false }]))).await.unwrap();
     wait_listeners(&a, "down", 1).await;
     assert_eq!(a.emit("down", &7u8).await.unwrap(), 1, "{what}");
-    let ev = n2.until(|g| matches!(g, Got::Event(..))).await;
+    // A small event: on the kept connection's express stream.
+    let ev = x2.until(|g| matches!(g, Got::Event(..))).await;
     assert!(matches!(&ev, Got::Event(name, _) if name == "down"), "{what}: {ev:?}");
     s2.write_chunk(frame(&Frame::Event { name: "up", payload: b"\x07" })).await.unwrap();
     let src = tokio::time::timeout(GUARD, rx.recv()).await.expect("the node got our event").unwrap();

@@ -174,7 +174,9 @@ pub fn hello_bytes_as(observed: SocketAddr, version: u16, id: NodeId, dial: u64)
     let mut b = BytesMut::new();
     b.extend_from_slice(&wire::MAGIC);
     b.extend_from_slice(&version.to_le_bytes());
-    wire::put_frame(&mut b, &Frame::Hello(Hello { id, port: 0, addrs: vec![], relays: vec![], observed, dial }));
+    // No express stream: everything we send is on the one stream (the
+    // node still sends its small events on its own express stream).
+    wire::put_frame(&mut b, &Frame::Hello(Hello { id, port: 0, addrs: vec![], relays: vec![], observed, dial, express: false }));
     b
 }
 
