@@ -172,9 +172,14 @@ pub async fn emitter(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Answers every ping with a pong carrying the same payload.
+/// Answers every ping with a pong carrying the same payload (and, with
+/// `--under-bulk`, takes the bulk events with the cheapest handler).
 pub async fn ponger(args: &BenchArgs) -> Result<()> {
     let bus = join(args).await?;
+    let _bulk = match args.under_bulk {
+        Some(_) => Some(bus.on(DATA, |_| {})?),
+        None => None,
+    };
     let mut ping = bus.subscribe(PING)?;
     let mut quit = bus.subscribe(QUIT)?;
     let mut stop = stdin_closed(args.exit_on_stdin_eof);
@@ -197,7 +202,24 @@ pub async fn ponger(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Emits `size`-byte DATA events until `stop`; counts the bytes queued.
+fn spawn_bulk(bus: &Bus, size: usize, stop: Arc<std::sync::atomic::AtomicBool>) -> Result<tokio::task::JoinHandle<u64>> {
+    let data = payload(size)?;
+    let bus = bus.clone();
+    Ok(tokio::spawn(async move {
+        let mut sent = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            if bus.emit_raw(DATA, data.clone()).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        sent * data.len() as u64
+    }))
+}
+
 /// Warm-up, then `--round-trips` pings, one at a time; prints percentiles.
+/// With `--under-bulk`, a stream of big events to the ponger runs throughout.
 pub async fn pinger(args: &BenchArgs) -> Result<()> {
     let size = args.payload.first().copied().unwrap_or(16);
     let data = payload(size)?;
@@ -205,6 +227,15 @@ pub async fn pinger(args: &BenchArgs) -> Result<()> {
     let mut pong = bus.subscribe(PONG)?;
     ready(&bus);
     wait_listeners(&bus, PING, 1, args.timeout).await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bulk = match args.under_bulk {
+        Some(b) => {
+            wait_listeners(&bus, DATA, 1, args.timeout).await?;
+            Some((b, spawn_bulk(&bus, b, stop.clone())?))
+        }
+        None => None,
+    };
+    let t0 = Instant::now();
     // The first pings may find the ponger without our PONG subscription yet: retry.
     let start = tokio::time::Instant::now();
     loop {
@@ -236,8 +267,16 @@ pub async fn pinger(args: &BenchArgs) -> Result<()> {
         }
     }
     samples.sort_by(f64::total_cmp);
+    stop.store(true, Ordering::Relaxed);
+    let secs = t0.elapsed().as_secs_f64();
+    let mut bulk_json = json!({});
+    if let Some((b, h)) = bulk {
+        // The bulk emitter may wait on a full queue: bounded.
+        let bytes = tokio::time::timeout(args.timeout, h).await.ok().and_then(|r| r.ok()).unwrap_or(0);
+        bulk_json = json!({"bulk_bytes": b, "bulk_mb_per_s": r1(bytes as f64 / secs / 1e6)});
+    }
     let mut v = json!({
-        "scenario": "latency",
+        "scenario": if args.under_bulk.is_some() { "latency-under-bulk" } else { "latency" },
         "payload_bytes": size,
         "events": samples.len(),
         "lost": lost,
@@ -247,6 +286,7 @@ pub async fn pinger(args: &BenchArgs) -> Result<()> {
         "max_us": r1(samples.last().copied().unwrap_or(0.0)),
         "min_us": r1(samples.first().copied().unwrap_or(0.0)),
     });
+    merge(&mut v, bulk_json);
     merge(&mut v, rss_json("pinger"));
     out(json!({"result": v}));
     let _ = bus.emit(QUIT, &()).await;
