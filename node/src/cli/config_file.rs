@@ -31,6 +31,7 @@
 //!
 //! [limits]
 //! # queue_limit = 4194304          # bytes per neighbour
+//! # express_max = 1024             # events up to this size take the express stream; 0: one stream
 //! # socket_buffer = 4194304        # UDP kernel buffer per direction; 0: system default
 //! # full_policy = "block"          # or "drop", "disconnect"
 //! # stuck_timeout = "10s"          # for "disconnect"
@@ -105,6 +106,7 @@ pub struct DiscoveryConfig {
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     pub queue_limit: Option<usize>,
+    pub express_max: Option<usize>,
     pub socket_buffer: Option<usize>,
     pub full_policy: Option<String>,
     pub stuck_timeout: Option<Dur>,

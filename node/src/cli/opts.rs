@@ -157,6 +157,7 @@ pub struct Resolved {
     /// None: serve when this host has a global address.
     pub dht_serve: Option<bool>,
     pub queue_limit: Option<usize>,
+    pub express_max: Option<usize>,
     pub socket_buffer: Option<usize>,
     pub max_event_size: Option<usize>,
     pub max_subscriptions_per_peer: Option<usize>,
@@ -214,6 +215,7 @@ impl NodeOpts {
         r.keep_alive = self.keep_alive.or(file.keep_alive.map(|d| d.0));
         if let Some(l) = &file.limits {
             r.queue_limit = l.queue_limit;
+            r.express_max = l.express_max;
             r.socket_buffer = l.socket_buffer;
             r.max_event_size = l.max_event_size;
             r.max_subscriptions_per_peer = l.max_subscriptions_per_peer;
@@ -291,6 +293,9 @@ impl NodeOpts {
         }
         if let Some(q) = r.queue_limit {
             cfg.queue_limit = q;
+        }
+        if let Some(x) = r.express_max {
+            cfg.express_max = x;
         }
         if let Some(b) = r.socket_buffer {
             cfg.socket_buffer = b;
