@@ -6,8 +6,10 @@
 //! Payload: a MessagePack `bin` (as `partybus bench` sends) whose first 8
 //! bytes are the event's number (big endian, from 0), padded to the payload
 //! size. After the last event the emitter sends `<EVENT>.end` with the number
-//! of events emitted (MessagePack integer): same emitter, same stream, so it
-//! must arrive after all of them.
+//! of events emitted (MessagePack integer). Order holds per event name only:
+//! the marker is a small event and may overtake big data events still on
+//! their way (partybus sends small events first), so the receiver waits for
+//! the numbers the marker announces.
 //!
 //! This module holds what both ends share (the payload, the [`SeqCheck`]
 //! book-keeping and its [`Report`]); the bin drives a `partybus` node.
@@ -57,7 +59,7 @@ pub fn seq_of(raw: &[u8]) -> Option<u64> {
 }
 
 /// What the receiver found. `ok()` when everything arrived once, in order,
-/// before the end marker.
+/// and nothing after the end marker and the last announced number.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     /// The emitter's count from the end marker (None: no marker arrived).
@@ -73,7 +75,8 @@ pub struct Report {
     pub duplicates: u64,
     /// Events that arrived after a higher number (first time seen).
     pub reordered: u64,
-    /// Events that arrived after the end marker.
+    /// Events that arrived after the end marker, once every number it
+    /// announced had arrived (stragglers).
     pub after_end: u64,
     /// Payloads without a number, or numbers >= [`MAX_EVENTS`] or the emitted count.
     pub bogus: u64,
@@ -153,7 +156,7 @@ impl SeqCheck {
     /// Event number `n` arrived.
     pub fn on_seq(&mut self, n: u64) {
         self.received += 1;
-        if self.end.is_some() {
+        if self.complete() {
             self.after_end += 1;
         }
         if n >= MAX_EVENTS || self.end.is_some_and(|e| n >= e) {
@@ -185,6 +188,11 @@ impl SeqCheck {
 
     pub fn ended(&self) -> bool {
         self.end.is_some()
+    }
+
+    /// The end marker arrived, and every number below its count.
+    pub fn complete(&self) -> bool {
+        self.end.is_some_and(|e| self.distinct >= e)
     }
 
     pub fn received(&self) -> u64 {
@@ -272,13 +280,32 @@ mod tests {
         c.on_seq(5); // duplicate
         c.on_seq(40); // late
         c.on_end(210);
-        c.on_seq(205); // after the end marker
+        c.on_seq(205); // after the end marker (the marker overtook it)
         let r = c.report();
         assert!(!r.ok());
         assert_eq!(r.missing, (38..=161).count() as u64 - 1 + (200..210).count() as u64 - 1);
-        assert_eq!((r.duplicates, r.reordered, r.after_end), (1, 1, 1), "{r:?}");
+        assert_eq!((r.duplicates, r.reordered, r.after_end), (1, 1, 0), "{r:?}");
         assert_eq!(r.gaps, vec![(38, 39), (41, 161), (200, 204), (206, 209)]);
         assert!(r.summary().contains("missing: 38..=39, 41..=161, 200..=204, 206..=209"), "{}", r.summary());
+    }
+
+    #[test]
+    fn the_end_marker_may_overtake_but_stragglers_count() {
+        let mut c = SeqCheck::new();
+        for n in 0..90 {
+            c.on_seq(n);
+        }
+        c.on_end(100);
+        assert!(!c.complete());
+        for n in 90..100 {
+            c.on_seq(n);
+        }
+        assert!(c.complete());
+        assert!(c.report().ok(), "{:?}", c.report());
+        c.on_seq(50); // a straggler
+        let r = c.report();
+        assert_eq!((r.duplicates, r.after_end), (1, 1), "{r:?}");
+        assert!(!r.ok());
     }
 
     #[test]

@@ -263,6 +263,19 @@ async fn recv(o: &Opts) -> Result<ExitCode> {
             }
         }
     }
+    // The end marker is small and may overtake big data events still on
+    // their way (order holds per event name): wait for the numbers it
+    // announced, while they keep coming (at most `linger` without one).
+    let mut last = (check.lock().unwrap().received(), tokio::time::Instant::now());
+    while check.lock().unwrap().ended() && !check.lock().unwrap().complete() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let now = check.lock().unwrap().received();
+        if now != last.0 {
+            last = (now, tokio::time::Instant::now());
+        } else if last.1.elapsed() >= o.linger {
+            break;
+        }
+    }
     let (ended, received) = {
         let c = check.lock().unwrap();
         (c.ended(), c.received())

@@ -62,7 +62,17 @@ pub async fn receiver(args: &BenchArgs) -> Result<()> {
             ev = end.recv() => {
                 let Some(ev) = ev else { break };
                 let emitted: u64 = ev.decode().unwrap_or(0);
-                // Every data event before END has been handled: same stream, one dispatcher.
+                // END is small and the data may be big: END may overtake
+                // data events (order holds per name). Wait until every one
+                // emitted is counted, or the count stops moving for 1 s.
+                let (mut seen, mut moved) = (counter.load(Ordering::Relaxed), Instant::now());
+                while seen < emitted && moved.elapsed() < Duration::from_secs(1) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    let now = counter.load(Ordering::Relaxed);
+                    if now != seen {
+                        (seen, moved) = (now, Instant::now());
+                    }
+                }
                 let received = counter.swap(0, Ordering::Relaxed);
                 let cpu = self_cpu_s();
                 let mut msg = json!({"name": bus.me().name, "emitted": emitted, "received": received,
