@@ -387,27 +387,32 @@ impl SendQueue {
     pub async fn take(&self, lane: Lane) -> Option<Taken> {
         loop {
             let notified = self.data[lane as usize].notified();
-            if let Some(t) = self.try_take(lane) {
-                return Some(t);
+            match self.take_now(lane) {
+                Ok(t) => return Some(t),
+                Err(true) => return None,
+                Err(false) => notified.await,
             }
-            if self.lock().closed {
-                return None;
-            }
-            notified.await;
         }
     }
 
     /// Takes what is queued on `lane` without waiting.
     pub fn try_take(&self, lane: Lane) -> Option<Taken> {
+        self.take_now(lane).ok()
+    }
+
+    /// What is queued on `lane`, or whether the queue is closed (checked
+    /// under the same lock: nothing queued before a finish is missed).
+    fn take_now(&self, lane: Lane) -> Result<Taken, bool> {
         let mut g = self.lock();
+        let closed = g.closed;
         let l = g.lane(lane);
         if l.queued() == 0 {
-            return None;
+            return Err(closed);
         }
         let out = l.take_all(self.limit);
         drop(g);
         self.space.notify_waiters();
-        Some(out)
+        Ok(out)
     }
 
     /// The writer handed a [`Taken`] to QUIC: its events count as written
