@@ -109,7 +109,10 @@ async fn keeps_the_later_dial(peer_id: NodeId, first_dial: u64) {
     let c2 = connect_to_node(&ep, &a).await;
     let mut n1 = NodeStream::accept(&c1).await;
     let mut n2 = NodeStream::accept(&c2).await;
-    assert!(matches!(n1.next().await, Got::Hello(h) if h.id == a.id() && h.dial == 0 && h.express), "{what}: the accepting side sends dial 0");
+    assert!(
+        matches!(n1.next().await, Got::Hello(h) if h.id == a.id() && h.dial == 0 && h.express),
+        "{what}: the accepting side sends dial 0"
+    );
     assert!(matches!(n2.next().await, Got::Hello(_)));
     let mut x1 = NodeStream::accept_express(&c1).await;
     let mut x2 = NodeStream::accept_express(&c2).await;
