@@ -59,11 +59,11 @@ pub(crate) async fn run(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection, 
         _ => return conn.close(close::GOODBYE.into(), b"leaving"),
     };
     let mut writer = {
-        let (ctl, conn, queue) = (ctl.clone(), conn.clone(), start.queue);
+        let (ctl, conn, queue, inner2) = (ctl.clone(), conn.clone(), start.queue, inner.clone());
         inner.spawn_conn(async move {
             // Dropped with the task, even one aborted before it first ran.
             let _alive = writer_alive;
-            run_writer(send, express_send, queue, ctl, conn).await
+            run_writer(inner2, send, express_send, queue, ctl, conn).await
         })
     };
     let end = run_readers(&inner, id, &start.info, recv, express_recv, &start.drain).await;

@@ -38,12 +38,21 @@ pub(super) async fn run_readers(
     info: &Arc<PeerInfo>,
     main: (quinn::RecvStream, FrameDecoder),
     express: Option<(quinn::RecvStream, FrameDecoder)>,
-    drain: &Drain,
+    drain: &Arc<Drain>,
 ) -> ReaderEnd {
     let main = run_reader(inner, conn, info, main.0, main.1, Lane::Bulk, drain);
     let Some((recv, dec)) = express else { return main.await };
-    let express = run_reader(inner, conn, info, recv, dec, Lane::Express, drain);
-    tokio::pin!(main, express);
+    // The express reader is a task of its own, woken only by its stream:
+    // polling a QUIC read that is not ready takes the connection's lock, and
+    // one task polls all of its futures at every wake-up.
+    let (tx, mut express) = tokio::sync::oneshot::channel();
+    let _task = AbortOnDrop({
+        let (inner, info, drain) = (inner.clone(), info.clone(), drain.clone());
+        inner.clone().spawn_conn(async move {
+            let _ = tx.send(run_reader(&inner, conn, &info, recv, dec, Lane::Express, &drain).await);
+        })
+    });
+    tokio::pin!(main);
     let (mut main_end, mut express_done) = (None, false);
     // A broken protocol or a closed connection ends both at once; a
     // stream's clean end waits for the other's (what it still delivers
@@ -58,6 +67,7 @@ pub(super) async fn run_readers(
                 main_end = Some(e);
             }
             e = &mut express, if !express_done => {
+                let e = e.unwrap_or(ReaderEnd::Eof);
                 if decisive(&e) {
                     return e;
                 }
@@ -70,6 +80,16 @@ pub(super) async fn run_readers(
                 return e;
             }
         }
+    }
+}
+
+/// Aborts a task when dropped (the express reader, when the main one
+/// ends the connection's reading).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -249,6 +269,7 @@ async fn retire_both(main: quinn::SendStream, express: Option<quinn::SendStream>
 /// the queue finishes (leave), the connection is retired, or a write fails.
 /// `None`: retired at birth.
 pub(super) async fn run_writer(
+    inner: Arc<Inner>,
     main: quinn::SendStream,
     express: Option<quinn::SendStream>,
     queue: Option<(Arc<SendQueue>, Arc<tokio::sync::Mutex<()>>)>,
@@ -270,14 +291,18 @@ pub(super) async fn run_writer(
     if guard.is_none() || ctl.is_retiring() {
         return retire_both(main, express).await;
     }
-    // Both lanes, each on its stream; the lock is held until both end.
-    tokio::join!(write_lane(main, Lane::Bulk, &queue, &ctl), async {
-        if let Some(x) = express {
-            // QUIC sends the express stream's data before the main one's.
-            let _ = x.set_priority(1);
-            write_lane(x, Lane::Express, &queue, &ctl).await
-        }
+    // Both lanes, each on its stream, the express one in a task of its own
+    // (woken only for its own lane); the lock is held until both end.
+    let express = express.map(|x| {
+        // QUIC sends the express stream's data before the main one's.
+        let _ = x.set_priority(1);
+        let (queue, ctl) = (queue.clone(), ctl.clone());
+        AbortOnDrop(inner.spawn_conn(async move { write_lane(x, Lane::Express, &queue, &ctl).await }))
     });
+    write_lane(main, Lane::Bulk, &queue, &ctl).await;
+    if let Some(mut x) = express {
+        let _ = (&mut x.0).await;
+    }
 }
 
 /// One lane of the queue onto its stream.
