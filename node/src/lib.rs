@@ -52,7 +52,7 @@ mod wire;
 // that whatever nothing uses still shows up as dead code.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::queue::SendQueue;
+    pub use crate::queue::{Lane, SendQueue};
     pub use crate::subs::SubTable;
 
     /// QUIC endpoint configuration.

@@ -9,9 +9,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use partybus::__private::wire::{self, FrameDecoder};
-use partybus::__private::{tls, SendQueue, SubTable};
+use partybus::__private::{tls, Lane, SendQueue, SubTable};
 use partybus::id::NodeId;
 use partybus::name::Selector;
 
@@ -141,26 +141,24 @@ fn main() {
     }
 
     // --- the emit path without network: queue push of an encoded frame ------
-    for size in [16usize, 1024, 65536] {
-        let payload = vec![0x55u8; size];
-        let q = SendQueue::new(4 << 20);
-        let len = wire::event_frame_len("bench.t", &payload);
-        h.case(&format!("queue.push_with+put_event {size} B"), 1000, || {
-            for _ in 0..1000 {
-                if q.push_with(len, |b| wire::put_event(b, "bench.t", &payload)).is_err() {
-                    black_box(q.try_take());
+    // (lane chosen as a node does: 16 B express, the others bulk; then the
+    // same with the express lane off, as before protocol version 5)
+    for express_max in [1024usize, 0] {
+        for size in [16usize, 1024, 65536] {
+            let payload = bytes::Bytes::from(vec![0x55u8; size]);
+            let q = SendQueue::new(4 << 20, express_max);
+            let len = wire::event_frame_len("bench.t", &payload);
+            let off = if express_max == 0 { ", express off" } else { "" };
+            h.case(&format!("queue.push_event {size} B{off}"), 1000, || {
+                for _ in 0..1000 {
+                    if q.push_event("bench.t", &payload, len).is_err() {
+                        black_box(q.try_take(Lane::Bulk));
+                        black_box(q.try_take(Lane::Express));
+                    }
                 }
-            }
-        });
-    }
-    let q = SendQueue::new(4 << 20);
-    h.case("queue.push_with 16 B memcpy only", 1000, || {
-        for _ in 0..1000 {
-            if q.push_with(30, |b| b.put_slice(&[0u8; 30])).is_err() {
-                black_box(q.try_take());
-            }
+            });
         }
-    });
+    }
 
     // --- the public-key operations of a handshake (ring, as rustls uses it) ---
     {
