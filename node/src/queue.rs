@@ -155,6 +155,9 @@ struct Pins {
     hashes: HashSet<u64>,
     all: bool,
     hasher: std::collections::hash_map::RandomState,
+    /// The name pinned last (its hash is in `hashes`): a stream of big
+    /// events of one name is not hashed per event.
+    last: String,
 }
 
 /// Pinned names kept at most; past that every name counts as pinned.
@@ -167,8 +170,8 @@ impl Pins {
         h.finish()
     }
 
-    fn any(&self) -> bool {
-        self.all || !self.hashes.is_empty()
+    fn pinned(&self, name: &str) -> bool {
+        self.all || (!self.hashes.is_empty() && (self.last == name || self.hashes.contains(&self.hash(name))))
     }
 }
 
@@ -208,11 +211,10 @@ fn route(g: &Inner, express_max: usize, name: &str, size: usize) -> Route {
         // Behind every express event queued so far, unless a barrier
         // already says so.
         let barrier = (express_max > 0 && express.events > bulk.barrier).then_some(express.events);
-        let pin = (express_max > 0).then(|| g.pins.hash(name));
+        let pin = (express_max > 0 && !g.pins.all && g.pins.last != name).then(|| g.pins.hash(name));
         return Route { lane: Lane::Bulk, barrier, pin, unpin: false };
     }
-    let pinned = g.pins.any() && (g.pins.all || g.pins.hashes.contains(&g.pins.hash(name)));
-    if !pinned {
+    if !g.pins.pinned(name) {
         return Route { lane: Lane::Express, barrier: None, pin: None, unpin: false };
     }
     if !bulk.idle() {
@@ -280,7 +282,7 @@ impl SendQueue {
         SendQueue {
             inner: Mutex::new(Inner {
                 lanes: [LaneBuf::new(), LaneBuf::new()],
-                pins: Pins { hashes: HashSet::new(), all: false, hasher: Default::default() },
+                pins: Pins { hashes: HashSet::new(), all: false, hasher: Default::default(), last: String::new() },
                 closed: false,
             }),
             limit,
@@ -323,11 +325,14 @@ impl SendQueue {
                 g.pins.all = true;
             } else {
                 g.pins.hashes.insert(h);
+                g.pins.last.clear();
+                g.pins.last.push_str(name);
             }
         }
         if r.unpin {
             g.pins.hashes.clear();
             g.pins.all = false;
+            g.pins.last.clear();
         }
         let lane = g.lane(r.lane);
         if let Some(other) = r.barrier {
