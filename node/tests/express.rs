@@ -217,3 +217,138 @@ async fn per_name_order_holds_under_a_random_mix_of_sizes() {
         per_name_order(seed, limit).await;
     }
 }
+
+/// A frame of the node's, as the switch test keeps it.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    Event(String, u64),
+    Resume(u64),
+    Retire,
+    Other,
+}
+
+/// Reads both of the node's streams on `conn` (after `open` turns true)
+/// until they end; returns (main, express) frames.
+fn collect_streams(conn: quinn::Connection, open: watch::Receiver<bool>) -> tokio::task::JoinHandle<[Vec<Seen>; 2]> {
+    tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..2 {
+            let mut recv = tokio::time::timeout(GUARD, conn.accept_uni()).await.expect("the node's streams").unwrap();
+            let mut open = open.clone();
+            tasks.push(tokio::spawn(async move {
+                let _ = open.wait_for(|o| *o).await;
+                let mut dec = FrameDecoder::new(1 << 20);
+                let mut seen = Vec::new();
+                loop {
+                    while let Some(body) = dec.next_frame().expect("the node speaks the protocol") {
+                        seen.push(match wire::parse(&body).expect("a frame") {
+                            Frame::Event { name, payload } => {
+                                Seen::Event(name.to_owned(), u64::from_le_bytes(payload[payload.len() - 8..].try_into().unwrap()))
+                            }
+                            Frame::Resume { after } => Seen::Resume(after),
+                            Frame::Retire => Seen::Retire,
+                            _ => Seen::Other,
+                        });
+                    }
+                    match tokio::time::timeout(GUARD, recv.read_chunk(256 * 1024, true)).await.expect("the node's stream moves") {
+                        Ok(Some(c)) => dec.push(c.bytes),
+                        _ => return seen,
+                    }
+                }
+            }));
+        }
+        let express = tasks.pop().unwrap().await.unwrap();
+        let main = tasks.pop().unwrap().await.unwrap();
+        [main, express]
+    })
+}
+
+/// The numbers of `name`'s events in `frames`, in order.
+fn numbers(frames: &[Seen], name: &str) -> Vec<u64> {
+    frames.iter().filter_map(|f| if let Seen::Event(n, i) = f { (n == name).then_some(*i) } else { None }).collect()
+}
+
+/// A connection switch while both lanes have events queued and in flight:
+/// the node moves its queue to the kept connection, each stream of the
+/// retired one ends with a retire, each stream of the kept one starts with
+/// a resume counting that lane's events on the retired one, and every
+/// name's events are complete and in order across the two connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_moves_both_lanes_in_order() {
+    let _g = heavy().await;
+    const SMALL: u64 = 3000;
+    const BIG: usize = 20 * 1024;
+    let a = node_named("switcher", None, |_| {}).await;
+    let ep = client_endpoint(valid_client_config("twice"));
+    let id = NodeId::random();
+    let (open1_tx, open1) = watch::channel(false);
+    let c1 = connect_to_node(&ep, &a).await;
+    let got1 = collect_streams(c1.clone(), open1);
+    let mut s1 = send_hello_as(&c1, id, 1).await;
+    let subs = ["s", "b"].iter().enumerate().map(|(i, n)| WireSub { id: i as u64 + 1, selector: (*n).into(), spy: false }).collect();
+    s1.write_chunk(frame(&Frame::Subscribe(subs))).await.unwrap();
+    wait_listeners(&a, "s", 1).await;
+    wait_listeners(&a, "b", 1).await;
+
+    // Small "s" events, and a big "b" after every third; nobody reads yet,
+    // so the emitter soon waits with both lanes queued.
+    let emitted = Arc::new(AtomicUsize::new(0));
+    let (e, a2) = (emitted.clone(), a.clone());
+    let emitter = tokio::spawn(async move {
+        let mut big = 0u64;
+        for i in 0..SMALL {
+            assert_eq!(a2.emit_bytes("s", &i.to_le_bytes()).await.unwrap(), 1);
+            if i % 3 == 0 {
+                let mut v = vec![7u8; BIG];
+                v[BIG - 8..].copy_from_slice(&big.to_le_bytes());
+                assert_eq!(a2.emit_bytes("b", &v).await.unwrap(), 1);
+                big += 1;
+            }
+            e.fetch_add(1, Ordering::SeqCst);
+        }
+        big
+    });
+    let stalled = settle(&emitted, Duration::from_millis(300)).await;
+    assert!(stalled < SMALL as usize, "the emitter never waited");
+
+    // The later dial: the node keeps it and moves its queue there.
+    let c2 = connect_to_node(&ep, &a).await;
+    let (open2_tx, open2) = watch::channel(true);
+    let got2 = collect_streams(c2.clone(), open2);
+    let _s2 = send_hello_as(&c2, id, 2).await;
+    // Our side of the retired one ends too, as a real node's would; then read.
+    s1.write_chunk(frame(&Frame::Retire)).await.unwrap();
+    s1.finish().unwrap();
+    open1_tx.send_replace(true);
+    let bigs = tokio::time::timeout(Duration::from_secs(60), emitter).await.expect("the emitter finishes").unwrap();
+    let [main1, express1] = tokio::time::timeout(GUARD, got1).await.expect("the retired streams end").unwrap();
+    a.leave().await;
+    let [main2, express2] = tokio::time::timeout(GUARD, got2).await.expect("the kept streams end").unwrap();
+    drop(open2_tx);
+
+    assert_eq!(main1.last(), Some(&Seen::Retire), "the retired main stream ends with a retire");
+    assert_eq!(express1.last(), Some(&Seen::Retire), "the retired express stream ends with a retire");
+    let (b1, s1n) = (numbers(&main1, "b"), numbers(&express1, "s"));
+    eprintln!(
+        "before the switch: {} small, {} big; after: {} small, {} big",
+        s1n.len(),
+        b1.len(),
+        numbers(&express2, "s").len(),
+        numbers(&main2, "b").len()
+    );
+    assert!(!b1.is_empty() && !s1n.is_empty(), "both lanes had events on the retired connection");
+    // Each lane of the kept connection resumes after the retired one's count.
+    assert_eq!(
+        main2.iter().find(|f| matches!(f, Seen::Resume(_))),
+        Some(&Seen::Resume(b1.len() as u64)),
+        "{:?}",
+        &main2[..3.min(main2.len())]
+    );
+    assert_eq!(express2.iter().find(|f| matches!(f, Seen::Resume(_))), Some(&Seen::Resume(s1n.len() as u64)));
+    let all_b: Vec<u64> = b1.iter().chain(numbers(&main2, "b").iter()).copied().collect();
+    let all_s: Vec<u64> = s1n.iter().chain(numbers(&express2, "s").iter()).copied().collect();
+    assert_eq!(all_b, (0..bigs).collect::<Vec<_>>(), "big events complete and in order across the switch");
+    assert_eq!(all_s, (0..SMALL).collect::<Vec<_>>(), "small events complete and in order across the switch");
+    assert!(numbers(&main1, "s").is_empty() && numbers(&express1, "b").is_empty(), "each name kept to its lane");
+    ep.close(0u32.into(), b"");
+}
