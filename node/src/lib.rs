@@ -38,6 +38,7 @@ mod path;
 mod peers;
 mod plane;
 mod queue;
+mod ratelog;
 mod relay;
 mod shared;
 mod subs;

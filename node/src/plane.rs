@@ -20,6 +20,7 @@ use crate::mesh::NeighbourInfo;
 use crate::name::NameError;
 use crate::peers::Direction;
 use crate::queue::{PushError, Pushed, SendQueue};
+use crate::ratelog::{RateLog, LOG_EVERY};
 use crate::subs::{NameCache, SubTable};
 use crate::wire::{self, close, Frame, PeerAddrs, WireSub};
 
@@ -59,6 +60,8 @@ pub(crate) struct State {
     emit_last: Option<Arc<EmitRoute>>,
     pub(crate) links: HashMap<NodeId, Link>,
     observers: Vec<(String, watch::Sender<usize>)>,
+    /// Refused subscriptions, logged once per peer per interval.
+    refusals: RateLog<NodeId>,
 }
 
 /// A route with the neighbours' queues resolved: what `emit` needs.
@@ -146,6 +149,7 @@ impl Plane {
                 emit_last: None,
                 links: HashMap::new(),
                 observers: Vec::new(),
+                refusals: RateLog::new(LOG_EVERY),
             }),
             generation: AtomicU64::new(0),
             next_sub_id: AtomicU64::new(1),
@@ -214,6 +218,7 @@ impl Plane {
             link.queue.close();
         }
         st.subs.remove_peer(peer);
+        st.refusals.forget(&peer);
         let n = st.links.len();
         self.changed(&mut st);
         self.count_tx.send_replace(n);
@@ -278,9 +283,16 @@ impl Plane {
     /// A neighbour's subscriptions changed (its reader got the frame).
     pub(crate) fn remote_subs(&self, peer: NodeId, add: Vec<WireSub>, remove: Vec<u64>) {
         let mut st = self.state();
+        let (mut refused, mut first) = (0, None);
         for s in add {
             if let Err(e) = st.subs.add_remote(peer, s.id, &s.selector, s.spy) {
-                warn!(peer = %peer.short(), error = %e, "subscription refused");
+                refused += 1;
+                first.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first {
+            if let Some(count) = st.refusals.note(peer, refused, std::time::Instant::now()) {
+                warn!(peer = %peer.short(), count, first = %e, "subscriptions refused (logged at most every {LOG_EVERY:?} per peer)");
             }
         }
         for id in remove {
