@@ -66,6 +66,7 @@ impl Io for Arc<Inner> {
 
 /// Starts a node. See [`crate::Bus::join`].
 pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
+    cfg.validate()?;
     let server = crate::tls::server_config(&cfg)?;
     let client = crate::tls::client_config(&cfg)?;
     let (server_on_host, client_on_host) = crate::tls::on_host(&cfg, server.clone(), client.clone());
@@ -75,6 +76,8 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     let raw = sock.try_clone().map_err(JoinError::Endpoint)?;
     let real = runtime.wrap_udp_socket(sock).map_err(JoinError::Endpoint)?;
     let name = cfg.identity.name().to_owned();
+    // The name peers read from our certificate (`tls::peer_cert_name`).
+    let bound_name = partybus_pki::peer_name(cfg.identity.cert_der()).unwrap_or_else(|| "?".to_owned());
     let prover: crate::path::paths::Prover = {
         let (identity, hood) = (Arc::new(cfg.identity), cfg.hood.clone());
         Arc::new(move |cookie, id| {
@@ -95,7 +98,8 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     endpoint.set_default_client_config(client);
     let local_addr = endpoint.local_addr().map_err(JoinError::Endpoint)?;
 
-    let id = NodeId::random();
+    let id_nonce: crate::id::IdNonce = rand::random();
+    let id = NodeId::bound(&bound_name, &id_nonce);
     let me = Arc::new(PeerInfo { id, name, addr: None, local: true });
     let (dispatch_tx, dispatch_rx) = mpsc::channel(256);
     let (discovery_stop, stop_signal) = StopSignal::new();
@@ -115,6 +119,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     );
     let inner = Arc::new(Inner {
         id,
+        id_nonce,
         me: me.clone(),
         fingerprint: cfg.hood.fingerprint().to_owned(),
         settings: Settings {

@@ -55,6 +55,8 @@ pub(crate) struct Addresses {
 /// What a node's tasks share.
 pub(crate) struct Inner {
     pub(crate) id: NodeId,
+    /// Sent in our hello: with our certificate's name it proves `id`.
+    pub(crate) id_nonce: crate::id::IdNonce,
     pub(crate) me: Arc<PeerInfo>,
     pub(crate) fingerprint: String,
     pub(crate) settings: Settings,

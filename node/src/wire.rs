@@ -30,7 +30,8 @@ pub const MAGIC: [u8; 4] = *b"PBUS";
 /// agree on).
 /// 3: [`Frame::Resume`] (in-order delivery across a connection switch).
 /// 4: relay routes in [`Hello::relays`] and [`PeerAddrs::relays`].
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: [`Hello::nonce`]: node ids are bound to the certificate's name.
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Bytes of magic + version.
 pub const PREAMBLE_LEN: usize = 6;
 /// Frame bytes on top of an event's name and payload that `max_frame` allows.
@@ -81,8 +82,11 @@ pub struct PeerAddrs {
 /// The first frame on every stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
-    /// Random id of the sending node (new at every start).
+    /// Id of the sending node (new at every start):
+    /// `NodeId::bound(name in its certificate, nonce)`, checked by the receiver.
     pub id: NodeId,
+    /// The random part of `id`.
+    pub nonce: crate::id::IdNonce,
     /// The sender's UDP port (its QUIC endpoint).
     pub port: u16,
     /// Addresses the sender believes it can be reached at, and (for hole
@@ -393,6 +397,7 @@ mod tests {
         vec![
             Frame::Hello(Hello {
                 id: NodeId([7; 16]),
+                nonce: [9; 16],
                 port: 4816,
                 addrs: vec!["127.0.0.1:4816".parse().unwrap(), "[::1]:4816".parse().unwrap()],
                 relays: vec![RelayRoute { relay: "203.0.113.1:4000".parse().unwrap(), id: [5; 16] }],

@@ -21,7 +21,7 @@ async fn rogue(target: &Bus) -> (quinn::Endpoint, quinn::Connection) {
 /// node to close the connection with `code`.
 async fn expect_closed(a: &Bus, what: &str, version: u16, tail: &[u8], code: u32) {
     let (ep, conn) = rogue(a).await;
-    let mut s = send_hello(&conn, version).await;
+    let mut s = send_hello(&conn, version, "rogue").await;
     if !tail.is_empty() {
         let _ = s.write_all(tail).await; // may fail once the node closed
     }
@@ -107,7 +107,7 @@ async fn protocol_breakers_are_disconnected_and_the_node_keeps_working() {
         assert_eq!(app_code(&e), Some(close::PROTOCOL), "{e}");
         ep.close(0u32.into(), b"");
     }
-    let second_hello = hello_bytes("127.0.0.1:1".parse().unwrap(), v)[wire::PREAMBLE_LEN..].to_vec();
+    let second_hello = hello_bytes("127.0.0.1:1".parse().unwrap(), v, "rogue")[wire::PREAMBLE_LEN..].to_vec();
     expect_closed(&a, "second hello", v, &second_hello, close::PROTOCOL).await;
     // An event over the receiver's limit.
     let big = vec![0u8; (16 << 20) + 1000]; // frame within max_frame, event over max_event_size
@@ -125,7 +125,7 @@ async fn protocol_breakers_are_disconnected_and_the_node_keeps_working() {
 async fn a_peer_cannot_hold_more_subscriptions_than_the_limit() {
     let a = node(0, None, |c| c.max_subscriptions_per_peer = 5).await;
     let (ep, conn) = rogue(&a).await;
-    let mut s = send_hello(&conn, wire::PROTOCOL_VERSION).await;
+    let mut s = send_hello(&conn, wire::PROTOCOL_VERSION, "rogue").await;
     let subs =
         |ids: std::ops::Range<u64>| frame(&Frame::Subscribe(ids.map(|id| WireSub { id, selector: "lim".into(), spy: false }).collect()));
     s.write_all(&subs(1..9)).await.unwrap(); // 8 > 5
@@ -162,4 +162,41 @@ async fn a_peer_cannot_hold_more_subscriptions_than_the_limit() {
     assert_eq!(partybus::payload::decode::<u8>(&found.1).unwrap(), 42);
     ep.close(0u32.into(), b"");
     a.leave().await;
+}
+
+/// A member with a valid certificate says hello with another node's id
+/// (learnt from gossip) and a huge dial number, to become that node for
+/// its victim and take its traffic. The id is not the one its certificate
+/// proves: refused, and the real neighbour keeps its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_pass_for_another_node() {
+    let (a, b) = pair(|_| {}, |_| {}).await;
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let g = got.clone();
+    let _h = b.on("alive", move |_| {
+        g.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    wait_listeners(&a, "alive", 1).await;
+    for (what, claim) in [
+        ("b's id, any nonce", Claim { id: b.id(), nonce: rand::random() }),
+        // An id that b's certificate name would prove, from the rogue's.
+        ("an id of b's certificate name", Claim::fresh(&a.neighbours()[0].name)),
+    ] {
+        let (ep, conn) = rogue(&a).await;
+        let _s = send_hello_as(&conn, claim, u64::MAX / 2).await;
+        let e = closed_within(&conn, GUARD).await.unwrap_or_else(|| panic!("{what}: the node kept the impostor"));
+        assert_eq!(app_code(&e), Some(close::PROTOCOL), "{what}: {e}");
+        assert!(e.to_string().contains("unproven node id"), "{what}: {e}");
+        ep.close(0u32.into(), b"");
+    }
+    still_works(&a, &b, &got, 1).await;
+    assert_eq!(a.listeners("alive").unwrap().len(), 1);
+    // The rogue's own id is fine: it becomes a neighbour of its own.
+    let (ep, conn) = rogue(&a).await;
+    let _s = send_hello(&conn, wire::PROTOCOL_VERSION, "rogue").await;
+    assert!(wait_until(|| a.neighbours().len() == 2, GUARD).await, "{:?}", a.neighbours());
+    assert!(a.neighbours().iter().any(|n| n.id == b.id()));
+    ep.close(0u32.into(), b"");
+    a.leave().await;
+    b.leave().await;
 }

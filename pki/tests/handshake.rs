@@ -228,7 +228,11 @@ fn stolen_server(cert: &str, key: &str) -> rustls::ServerConfig {
 struct RecordHints(std::sync::Mutex<Option<Vec<Vec<u8>>>>);
 
 impl rustls::client::ResolvesClientCert for RecordHints {
-    fn resolve(&self, root_hint_subjects: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+    fn resolve(
+        &self,
+        root_hint_subjects: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
         *self.0.lock().unwrap() = Some(root_hint_subjects.iter().map(|s| s.to_vec()).collect());
         None
     }

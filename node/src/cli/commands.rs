@@ -347,6 +347,15 @@ pub async fn emit(args: EmitArgs) -> Result<ExitCode> {
             let deadline = tokio::time::Instant::now() + args.timeout;
             if tokio::time::timeout(args.timeout, bus.wait_neighbours(1)).await.is_ok() {
                 settle(&bus, &args.event, deadline.min(tokio::time::Instant::now() + SETTLE_MAX)).await?;
+            } else {
+                // Only this process's own listeners (none) can be reached: a
+                // script must not take that for success.
+                timed_out = true;
+                eprintln!(
+                    "partybus: no neighbour found within {:?}; emitting anyway (reaches no one). \
+                     Check --connect / --dht / --mdns and that a node of the hood is running, or raise --timeout",
+                    args.timeout
+                );
             }
         }
     }

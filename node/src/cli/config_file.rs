@@ -6,7 +6,8 @@
 //! ```toml
 //! ca = "hood.crt"            # paths are relative to this file
 //! cert = "hood.vps1.crt"
-//! key = "hood.vps1.key"
+//! key = "hood.vps1.key"          # must not be readable by every user (chmod 600)
+//! # allow_readable_key = false    # true: load it anyway
 //! port = "4816-4819"
 //! # bind = "::"
 //! # advertise = ["203.0.113.5:4816"]
@@ -69,6 +70,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub advertise: Vec<SocketAddr>,
     pub allow_non_global: Option<bool>,
+    pub allow_readable_key: Option<bool>,
     pub idle_timeout: Option<Dur>,
     pub keep_alive: Option<Dur>,
     /// Serve as a relay (default true).

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use partybus::{Config, FullPolicy, PortSpec};
+use partybus_pki::KeyFileCheck;
 
 use super::config_file::FileConfig;
 use super::relay_opts::{self, RelayLimitArgs};
@@ -73,6 +74,9 @@ pub struct NodeOpts {
     /// Keep to global addresses, even if the config file says `allow_non_global = true`.
     #[arg(long, overrides_with = "allow_non_global")]
     pub no_allow_non_global: bool,
+    /// Load the private key even if every user of this machine may read it (refused by default, as ssh does).
+    #[arg(long)]
+    pub allow_readable_key: bool,
     /// Neighbour idle timeout (e.g. 20s).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     pub idle_timeout: Option<Duration>,
@@ -119,8 +123,8 @@ fn check_target(t: &str, what: &str) -> Result<()> {
     if host.is_empty() {
         bail!("{what} {t:?} has no host: {fix}");
     }
-    if port.parse::<u16>().is_err() {
-        bail!("{what} {t:?}: {port:?} is not a port number (0-65535): {fix}");
+    if port.parse::<u16>().map_or(true, |p| p == 0) {
+        bail!("{what} {t:?}: {port:?} is not a port number (1-65535): {fix}");
     }
     if let Some(inner) = host.strip_prefix('[') {
         let Some(ip) = inner.strip_suffix(']') else { bail!("{what} {t:?}: unbalanced '[': {fix}") };
@@ -146,6 +150,7 @@ pub struct Resolved {
     pub bind: Option<IpAddr>,
     pub advertise: Vec<SocketAddr>,
     pub allow_non_global: bool,
+    pub allow_readable_key: bool,
     pub idle_timeout: Option<Duration>,
     pub keep_alive: Option<Duration>,
     pub connect: Vec<String>,
@@ -210,6 +215,7 @@ impl NodeOpts {
         r.bind = self.bind.or(file.bind);
         r.advertise = list(&self.advertise, &file.advertise);
         r.allow_non_global = switch(self.allow_non_global, self.no_allow_non_global).or(file.allow_non_global).unwrap_or(false);
+        r.allow_readable_key = self.allow_readable_key || file.allow_readable_key.unwrap_or(false);
         r.idle_timeout = self.idle_timeout.or(file.idle_timeout.map(|d| d.0));
         r.keep_alive = self.keep_alive.or(file.keep_alive.map(|d| d.0));
         if let Some(l) = &file.limits {
@@ -276,7 +282,8 @@ impl NodeOpts {
     /// Merges the config file (if any) and the flags into a library config.
     pub fn to_config(&self) -> Result<Config> {
         let r = self.resolve()?;
-        let mut cfg = Config::from_files(&r.ca, &r.cert, &r.key)?;
+        let check = if r.allow_readable_key { KeyFileCheck::AnyMode } else { KeyFileCheck::Private };
+        let mut cfg = Config::from_files_with(&r.ca, &r.cert, &r.key, check)?;
         if let Some(p) = r.port {
             cfg.port = p;
         }
@@ -469,6 +476,8 @@ mod tests {
             ("--connect", "localhost:port", "not a port number"),
             ("--dht", ":4816", "no host"),
             ("--dht", "localhost:70000", "not a port number"),
+            ("--connect", "127.0.0.1:99999", "not a port number (1-65535)"),
+            ("--relay", "127.0.0.1:0", "not a port number (1-65535)"),
         ] {
             let e = format!("{:#}", resolve("", &[flag, bad]).unwrap_err());
             assert!(e.contains(flag) && e.contains(bad) && e.contains(says), "{flag} {bad}: {e}");

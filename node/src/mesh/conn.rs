@@ -16,6 +16,7 @@ use super::inbox::Msg;
 use super::link::{ConnCmd, ConnCtl, LEAVE_FLUSH};
 use super::proto::{ConnId, PeerHello, ReaderEnd, Teardown};
 use super::stream::{run_reader, run_writer};
+use crate::id::NodeId;
 use crate::path::keys::is_relay_key;
 use crate::peers::canonical;
 use crate::relay::wire::Token;
@@ -33,6 +34,9 @@ pub(crate) async fn run(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection, 
             if e.is_mismatch() {
                 warn!(%remote, error = %e, "protocol mismatch");
                 conn.close(close::VERSION.into(), e.to_string().as_bytes());
+            } else if e.is_misbehaviour() {
+                warn!(%remote, error = %e, "hello refused");
+                conn.close(close::PROTOCOL.into(), b"unproven node id");
             } else {
                 debug!(%remote, error = %e, "hello failed");
                 conn.close(close::PROTOCOL.into(), b"hello failed");
@@ -127,8 +131,15 @@ type Hellos = (quinn::SendStream, quinn::RecvStream, FrameDecoder, Hello);
 async fn exchange_hellos(inner: &Inner, conn: &quinn::Connection, remote: SocketAddr, dial: u64) -> Result<Hellos, HelloError> {
     // A relayed connection's remote is a relay key: nothing the peer could use.
     let observed = if is_relay_key(remote) { SocketAddr::from(([0, 0, 0, 0], 0)) } else { remote };
-    let hello_out =
-        Hello { id: inner.id, port: inner.local_addr.port(), addrs: inner.punch_addrs(), relays: inner.my_routes(), observed, dial };
+    let hello_out = Hello {
+        id: inner.id,
+        nonce: inner.id_nonce,
+        port: inner.local_addr.port(),
+        addrs: inner.punch_addrs(),
+        relays: inner.my_routes(),
+        observed,
+        dial,
+    };
     let mut send = conn.open_uni().await?;
     let mut buf = BytesMut::new();
     wire::put_preamble(&mut buf);
@@ -139,7 +150,15 @@ async fn exchange_hellos(inner: &Inner, conn: &quinn::Connection, remote: Socket
     loop {
         if let Some(body) = dec.next_frame()? {
             return match wire::parse(&body)? {
-                Frame::Hello(h) => Ok((send, recv, dec, h)),
+                Frame::Hello(h) => {
+                    // Ids are bound to the certificate's name: nobody can
+                    // pass for another node (and take its traffic).
+                    let name = crate::tls::peer_cert_name(conn);
+                    if NodeId::bound(&name, &h.nonce) != h.id {
+                        return Err(HelloError::Unproven { claimed: h.id, name });
+                    }
+                    Ok((send, recv, dec, h))
+                }
                 _ => Err(HelloError::NotHello),
             };
         }

@@ -60,6 +60,8 @@ pub enum NeighbourEvent {
 #[non_exhaustive]
 pub enum JoinError {
     #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
     Tls(#[from] crate::tls::TlsSetupError),
     #[error("cannot bind a UDP port: tried {tried} on {bind}: {last}; pick free ports with --port (e.g. 4816-4819, or 0 for any)")]
     Bind { tried: String, bind: String, last: std::io::Error },

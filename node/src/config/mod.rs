@@ -5,9 +5,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use partybus_discovery::Discovery;
-use partybus_pki::{Hood, Identity};
+use partybus_pki::{Hood, Identity, KeyFileCheck};
 
 use crate::relay::server::{RelayConfig, RelayPolicy};
+
+mod checks;
+pub use checks::ConfigError;
 
 /// Which UDP port(s) to try, in order; the first free one is used.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,10 +196,17 @@ impl Config {
         }
     }
 
-    /// Loads the hood CA, certificate and key (PEM).
+    /// Loads the hood CA, certificate and key (PEM). A key file that every
+    /// user of the machine may read is refused, as ssh does; see
+    /// [`Config::from_files_with`].
     pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Config, partybus_pki::PkiError> {
+        Self::from_files_with(ca, cert, key, KeyFileCheck::Private)
+    }
+
+    /// [`Config::from_files`] with a choice about the key file's permissions.
+    pub fn from_files_with(ca: &Path, cert: &Path, key: &Path, check: KeyFileCheck) -> Result<Config, partybus_pki::PkiError> {
         let hood = Hood::load(ca)?;
-        let identity = Identity::load(cert, key, &hood)?;
+        let identity = Identity::load_with(cert, key, &hood, check)?;
         Ok(Config::new(hood, identity))
     }
 
