@@ -70,7 +70,7 @@ pub mod __private {
     /// The wire protocol: frames, their encoding and decoding.
     pub mod wire {
         pub use crate::wire::{
-            close, event_frame_len, parse, put_event, put_frame, put_preamble, Frame, FrameDecoder, Hello, WireSub, ALPN, MAGIC,
+            close, event_frame_len, parse, put_event, put_frame, put_preamble, Frame, FrameDecoder, Hello, PeerAddrs, WireSub, ALPN, MAGIC,
             PREAMBLE_LEN, PROTOCOL_VERSION,
         };
     }

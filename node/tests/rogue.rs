@@ -200,3 +200,64 @@ async fn a_member_cannot_pass_for_another_node() {
     a.leave().await;
     b.leave().await;
 }
+
+/// Long address lists cost bounded time and memory: a hello naming 320,000
+/// addresses (2.6 MB; once a 50 s freeze) is over the hello's size limit
+/// and refused; gossip of 10,000 entries of 64 addresses each is cut to the
+/// first distinct ones per entry. The node answers its honest neighbour
+/// throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_address_lists_cost_bounded_time() {
+    let (a, b) = pair(|_| {}, |_| {}).await;
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let g = got.clone();
+    let _h = b.on("alive", move |_| {
+        g.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    wait_listeners(&a, "alive", 1).await;
+    let addr = |i: u32| std::net::SocketAddr::from((std::net::Ipv4Addr::from(0xC612_0000 + (i & 0xffff)), 1 + (i >> 16) as u16));
+
+    // The hello.
+    let (ep, conn) = rogue(&a).await;
+    let claim = Claim::fresh("rogue");
+    let hello = wire::Hello {
+        id: claim.id,
+        nonce: claim.nonce,
+        port: 0,
+        addrs: (0..320_000).map(addr).collect(),
+        relays: vec![],
+        observed: conn.remote_address(),
+        dial: 1,
+    };
+    let mut b2 = bytes::BytesMut::new();
+    wire::put_preamble(&mut b2);
+    wire::put_frame(&mut b2, &Frame::Hello(hello));
+    assert!(b2.len() > 1_000_000, "{} bytes", b2.len());
+    let mut s = conn.open_uni().await.unwrap();
+    let _ = s.write_all(&b2).await;
+    let e = closed_within(&conn, GUARD).await.expect("an oversized hello closes");
+    assert_eq!(app_code(&e), Some(close::PROTOCOL), "{e}");
+    ep.close(0u32.into(), b"");
+    still_works(&a, &b, &got, 1).await;
+
+    // Gossip.
+    let (ep, conn) = rogue(&a).await;
+    let mut s = send_hello(&conn, wire::PROTOCOL_VERSION, "rogue").await;
+    assert!(wait_until(|| a.neighbours().len() == 2, GUARD).await);
+    let list: Vec<wire::PeerAddrs> = (0..10_000u32)
+        .map(|i| {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            wire::PeerAddrs { id: partybus::NodeId(id), addrs: (0..64).map(|j| addr(i * 64 + j)).collect(), relays: vec![] }
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    s.write_all(&frame(&Frame::Peers(list))).await.unwrap();
+    // Honest traffic goes on while the node digests it.
+    assert_eq!(a.emit("alive", &2).await.unwrap(), 1);
+    assert!(wait_until(|| got.load(std::sync::atomic::Ordering::SeqCst) >= 2, GUARD).await);
+    eprintln!("gossip flood: honest event through after {:?}", started.elapsed());
+    ep.close(0u32.into(), b"");
+    a.leave().await;
+    b.leave().await;
+}

@@ -15,7 +15,7 @@ use super::proto::{ConnId, ReaderEnd};
 use crate::event::{BatchBuilder, PeerInfo};
 use crate::queue::SendQueue;
 use crate::shared::Inner;
-use crate::wire::{self, close, Frame, FrameDecoder};
+use crate::wire::{self, close, Frame, FrameDecoder, PeerAddrs};
 
 /// How long a reader waits for the events of the connection it replaces;
 /// past that they are taken as lost with it.
@@ -124,10 +124,11 @@ async fn control(inner: &Arc<Inner>, conn: ConnId, info: &PeerInfo, frame: Frame
     match frame {
         Frame::Subscribe(subs) => inner.plane.remote_subs(info.id, subs, Vec::new()),
         Frame::Unsubscribe(ids) => inner.plane.remote_subs(info.id, Vec::new(), ids),
-        Frame::Peers(list) => {
+        Frame::Peers(mut list) => {
             if list.len() > MAX_GOSSIP {
                 return Err(ProtocolError::GossipTooLong(list.len()));
             }
+            list.iter_mut().for_each(PeerAddrs::bound);
             // Bounded channel: a peer flooding gossip waits here, not in memory.
             // The neighbour on its own relays (registered after its hello).
             if let (Some(me), Some(key)) = (list.iter().find(|p| p.id == info.id), info.addr) {
