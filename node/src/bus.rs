@@ -237,8 +237,10 @@ impl Bus {
     /// send queue. A queued event is delivered in order unless the
     /// connection dies before it is sent; a neighbour already known to be
     /// lost is never counted. It is not an end-to-end acknowledgement.
-    /// With the default [`crate::FullPolicy::Block`] this waits while a
-    /// neighbour's queue is full.
+    /// While a neighbour's queue is full this waits, as the
+    /// [`crate::FullPolicy`] says (by default while the queue drains, and
+    /// at most 10 s without any progress before that neighbour is
+    /// disconnected).
     pub async fn emit<T: Serialize + ?Sized>(&self, event: &str, payload: &T) -> Result<usize, EmitError> {
         let bytes = payload::encode(payload)?;
         self.emit_raw(event, Bytes::from(bytes)).await

@@ -385,7 +385,7 @@ impl Plane {
                     continue;
                 }
                 FullPolicy::Block => None,
-                FullPolicy::Disconnect(d) => Some(tokio::time::Instant::now() + d),
+                FullPolicy::Disconnect(d) => Some(d),
             };
             loop {
                 let notified = q.space_notified();
@@ -397,9 +397,12 @@ impl Plane {
                     Err(PushError::Closed) => break,
                     Err(PushError::Full) => match deadline {
                         None => notified.await,
-                        Some(dl) => {
-                            if tokio::time::timeout_at(dl, notified).await.is_err() {
-                                warn!(peer = %peer.short(), "neighbour stuck with a full send queue too long: disconnecting (policy disconnect)");
+                        // A fresh wait after every drain: only a queue that
+                        // does not move at all for `stuck` is stuck (a slow
+                        // path moving a large event is not).
+                        Some(stuck) => {
+                            if tokio::time::timeout(stuck, notified).await.is_err() {
+                                warn!(peer = %peer.short(), ?stuck, "neighbour's send queue full and not draining: disconnecting it (full policy disconnect)");
                                 if let Some(l) = self.state().links.get(&peer) {
                                     l.conn.close(close::STUCK.into(), b"stuck");
                                 }

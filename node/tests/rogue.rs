@@ -261,3 +261,41 @@ async fn long_address_lists_cost_bounded_time() {
     a.leave().await;
     b.leave().await;
 }
+
+/// A member that subscribes and then never reads (withholding QUIC
+/// flow-control credit) once stopped `emit` for everyone under the default
+/// policy. Now the default lets it go after 10 s without progress, and the
+/// honest neighbour gets every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_never_reads_is_let_go_by_default() {
+    let _g = heavy().await;
+    const N: usize = 200;
+    let (a, b) = pair(|_| {}, |_| {}).await;
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let g = got.clone();
+    let _h = b.on("bulk", move |_| {
+        g.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    let (ep, conn) = rogue(&a).await;
+    let mut s = send_hello(&conn, wire::PROTOCOL_VERSION, "rogue").await;
+    s.write_chunk(frame(&Frame::Subscribe(vec![WireSub { id: 1, selector: "bulk".into(), spy: false }]))).await.unwrap();
+    wait_listeners(&a, "bulk", 2).await;
+    // The rogue never accepts the node's stream: 200 x 64 KiB fill its
+    // receive window and then the node's send queue.
+    let a2 = a.clone();
+    let started = std::time::Instant::now();
+    let emitter = tokio::spawn(async move {
+        let payload = vec![7u8; 64 << 10];
+        for _ in 0..N {
+            a2.emit_bytes("bulk", &payload).await.unwrap();
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(60), emitter).await.expect("emit must not wait for ever on a stuck member").unwrap();
+    eprintln!("200 events emitted in {:?} with a stuck member", started.elapsed());
+    let e = closed_within(&conn, GUARD).await.expect("the stuck member is disconnected");
+    assert_eq!(app_code(&e), Some(close::STUCK), "{e}");
+    assert!(wait_until(|| got.load(std::sync::atomic::Ordering::SeqCst) == N, GUARD).await, "b got {got:?}");
+    ep.close(0u32.into(), b"");
+    a.leave().await;
+    b.leave().await;
+}

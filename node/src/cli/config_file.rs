@@ -33,7 +33,8 @@
 //! [limits]
 //! # queue_limit = 4194304          # bytes per neighbour
 //! # socket_buffer = 4194304        # UDP kernel buffer per direction; 0: system default
-//! # full_policy = "block"          # or "drop", "disconnect"
+//! # full_policy = "disconnect"     # or "block", "drop"
+//! # stuck_timeout = "10s"          # "disconnect": a queue full this long without draining
 //! # stuck_timeout = "10s"          # for "disconnect"
 //! # max_event_size = 16777216
 //! # max_subscriptions_per_peer = 10000

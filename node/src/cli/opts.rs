@@ -223,11 +223,13 @@ impl NodeOpts {
             r.socket_buffer = l.socket_buffer;
             r.max_event_size = l.max_event_size;
             r.max_subscriptions_per_peer = l.max_subscriptions_per_peer;
+            let stuck = l.stuck_timeout.map(|d| d.0);
             r.full_policy = match l.full_policy.as_deref() {
-                None => None,
+                // The default policy is "disconnect": a stuck_timeout alone tunes it.
+                None => stuck.map(FullPolicy::Disconnect),
                 Some("block") => Some(FullPolicy::Block),
                 Some("drop") => Some(FullPolicy::Drop),
-                Some("disconnect") => Some(FullPolicy::Disconnect(l.stuck_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)))),
+                Some("disconnect") => Some(FullPolicy::Disconnect(stuck.unwrap_or(FullPolicy::STUCK))),
                 Some(other) => bail!("config `limits.full_policy = {other:?}` is not one of \"block\", \"drop\", \"disconnect\""),
             };
         }
