@@ -299,3 +299,33 @@ async fn a_member_that_never_reads_is_let_go_by_default() {
     a.leave().await;
     b.leave().await;
 }
+
+/// A member subscribes 10,000 selectors of 1 KiB of wildcards (once a 19 s
+/// freeze per new event name): past its wildcard budget they are refused,
+/// and emitting fresh 1 KiB names to an honest neighbour goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_selectors_cost_bounded_matching() {
+    let (a, b) = pair(|_| {}, |_| {}).await;
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let g = got.clone();
+    let _h = b.on("#", move |_| {
+        g.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    let (ep, conn) = rogue(&a).await;
+    let mut s = send_hello(&conn, wire::PROTOCOL_VERSION, "rogue").await;
+    let hostile = "+#".repeat(512);
+    let subs: Vec<WireSub> = (0..10_000).map(|id| WireSub { id, selector: hostile.clone(), spy: false }).collect();
+    s.write_all(&frame(&Frame::Subscribe(subs))).await.unwrap();
+    // The rogue holds what its budget allows (3 of them), b its one.
+    let name = |i: usize| format!("n{i}.{}", "a".repeat(1000));
+    assert!(wait_until(|| a.listeners(&name(0)).map_or(0, |l| l.len()) == 4, GUARD).await, "{:?}", a.listeners(&name(0)).map(|l| l.len()));
+    let started = std::time::Instant::now();
+    for i in 1..=20 {
+        assert_eq!(a.emit(&name(i), &i).await.unwrap(), 4);
+    }
+    assert!(wait_until(|| got.load(std::sync::atomic::Ordering::SeqCst) == 20, GUARD).await);
+    eprintln!("20 fresh 1 KiB names routed past a full wildcard budget in {:?}", started.elapsed());
+    ep.close(0u32.into(), b"");
+    a.leave().await;
+    b.leave().await;
+}
