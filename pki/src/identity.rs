@@ -12,7 +12,8 @@ use crate::key::{self, KeyKind, LoadedKey};
 use crate::pemfile;
 
 /// A peer's own identity: its certificate and private key, checked to belong
-/// together and to be issued by the hood.
+/// together and to be issued by the hood. A clone shares the key's signer.
+#[derive(Clone)]
 pub struct Identity {
     cert: CertificateDer<'static>,
     key: LoadedKey,

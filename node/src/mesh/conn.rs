@@ -135,7 +135,7 @@ async fn exchange_hellos(inner: &Inner, conn: &quinn::Connection, remote: Socket
     wire::put_frame(&mut buf, &Frame::Hello(hello_out));
     send.write_all(&buf).await?;
     let mut recv = conn.accept_uni().await?;
-    let mut dec = FrameDecoder::new(inner.settings.max_event_size + wire::FRAME_OVERHEAD);
+    let mut dec = FrameDecoder::new(inner.settings.max_event_size() + wire::FRAME_OVERHEAD);
     loop {
         if let Some(body) = dec.next_frame()? {
             return match wire::parse(&body)? {
