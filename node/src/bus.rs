@@ -183,6 +183,15 @@ impl Bus {
     pub fn path(&self, id: NodeId) -> Option<PathStats> {
         self.inner.path(id)
     }
+    /// Addresses mapped for us by a discovery service (a UPnP port mapping).
+    pub fn mapped_addrs(&self) -> Vec<SocketAddr> {
+        crate::shared::relock(&self.inner.addrs).external.clone()
+    }
+    /// Every address this node tells peers: configured (`advertise`),
+    /// mapped, and its interfaces' addresses.
+    pub fn advertised_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.advertised()
+    }
     /// Current neighbours with their traffic figures (round-trip time,
     /// bytes and events each way, send queue fill, drops).
     pub fn neighbour_stats(&self) -> Vec<NeighbourStats> {
