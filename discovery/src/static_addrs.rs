@@ -119,7 +119,9 @@ mod tests {
         let task = tokio::spawn(svc.start(ctx(), sink, stop));
         async fn next(rx: &mut tokio::sync::mpsc::Receiver<DiscoveryEvent>) -> String {
             loop {
-                if let DiscoveryEvent::Candidate { addr, .. } = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap() {
+                if let DiscoveryEvent::Candidate { addr, .. } =
+                    tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap()
+                {
                     return addr.to_string();
                 }
             }

@@ -219,7 +219,10 @@ impl Bus {
     /// [`Identity::load`]: partybus_pki::Identity::load
     pub fn rotate_identity(&self, identity: partybus_pki::Identity) -> Result<(), crate::RotateError> {
         if identity.hood_fingerprint() != self.inner.fingerprint {
-            return Err(crate::RotateError::OtherHood { got: identity.hood_fingerprint().to_owned(), want: self.inner.fingerprint.clone() });
+            return Err(crate::RotateError::OtherHood {
+                got: identity.hood_fingerprint().to_owned(),
+                want: self.inner.fingerprint.clone(),
+            });
         }
         self.inner.identity.rotate(identity)
     }

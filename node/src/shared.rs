@@ -270,6 +270,7 @@ impl Inner {
                     events_in: drain.count(),
                     queue_bytes,
                     queue_limit,
+                    cert_fingerprint: crate::tls::peer_cert_fingerprint(&conn),
                 }
             })
             .collect()

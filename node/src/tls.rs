@@ -165,6 +165,13 @@ pub fn on_host(
     (server, client)
 }
 
+/// The SHA-256 (hex) of the certificate a connection's peer presented.
+pub(crate) fn peer_cert_fingerprint(conn: &quinn::Connection) -> Option<String> {
+    let chain = conn.peer_identity()?.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok()?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, chain.first()?.as_ref());
+    Some(hex::encode(digest.as_ref()))
+}
+
 /// The CN of the certificate a connection's peer presented.
 pub fn peer_cert_name(conn: &quinn::Connection) -> String {
     conn.peer_identity()

@@ -148,7 +148,7 @@ pub async fn node(opts: NodeOpts, control: Option<std::path::PathBuf>, logs: Opt
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<server::ReloadRequest>(4);
     let control_task = socket.map(|s| {
         tracing::info!(path = %s.path().display(), "control socket (partybus status --control PATH)");
-        tokio::spawn(s.serve(bus.clone(), reload_tx))
+        tokio::spawn(s.serve(bus.clone(), Some(reload_tx)))
     });
     let mut events = bus.neighbour_events();
     out_line(&ready_line(&bus));
@@ -239,13 +239,15 @@ fn reload_signal() -> Result<tokio::signal::unix::Signal> {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("cannot install the SIGHUP handler")
 }
 
-pub async fn listen(opts: NodeOpts, selectors: Vec<String>, paths: bool) -> Result<ExitCode> {
+pub async fn listen(opts: NodeOpts, selectors: Vec<String>, paths: bool, control: Option<std::path::PathBuf>) -> Result<ExitCode> {
     // Check selectors before joining: a typo should not cost a handshake.
     for s in &selectors {
         partybus::Selector::new(s).with_context(|| format!("bad selector {s:?}"))?;
     }
     let stop = shutdown_signal();
+    let socket = control.as_deref().map(super::control::server::ControlSocket::bind).transpose()?;
     let bus = join(&opts).await?;
+    let control_task = socket.map(|s| tokio::spawn(s.serve(bus.clone(), None)));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<partybus::Event>(4096);
     let mut subs = Vec::new();
     let parsed: Vec<partybus::Selector> = selectors.iter().map(|s| partybus::Selector::new(s)).collect::<Result<_, _>>()?;
@@ -307,6 +309,10 @@ pub async fn listen(opts: NodeOpts, selectors: Vec<String>, paths: bool) -> Resu
                 out_line(&serde_json::to_string(&line).unwrap_or_default());
             }
         }
+    }
+    if let Some(t) = control_task {
+        t.abort();
+        let _ = t.await;
     }
     bus.leave().await;
     for s in subs {

@@ -19,16 +19,15 @@ pub fn init(default: &str) -> Option<LogHandle> {
     let env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
     let filter = env.as_deref().and_then(|v| EnvFilter::try_new(v).ok()).unwrap_or_else(|| EnvFilter::new(default));
     let (layer, handle) = reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     tracing_subscriber::registry().with(layer).with(fmt).try_init().ok()?;
     Some(LogHandle { handle, from_env: env.is_some() })
 }
 
 /// Checks a filter from the config file (before anything is applied).
 pub fn parse(filter: &str) -> Result<EnvFilter> {
-    EnvFilter::try_new(filter).with_context(|| format!("config `log = {filter:?}` is not a log filter (e.g. \"info\" or \"warn,partybus=debug\")"))
+    EnvFilter::try_new(filter)
+        .with_context(|| format!("config `log = {filter:?}` is not a log filter (e.g. \"info\" or \"warn,partybus=debug\")"))
 }
 
 impl LogHandle {

@@ -65,6 +65,9 @@ enum Cmd {
         /// lines, `{"path":"direct"|"relayed",...}`), when it is found and when it changes.
         #[arg(long)]
         paths: bool,
+        /// Control socket for `partybus status` (none by default).
+        #[arg(long, value_name = "PATH")]
+        control: Option<std::path::PathBuf>,
     },
     /// Emit one event (or one per stdin line with '-') and print the listener count.
     Emit(commands::EmitArgs),
@@ -110,9 +113,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runtime()?.block_on(commands::node(node, control, logs))
         }
         Cmd::Status(args) => runtime()?.block_on(status::run(args)),
-        Cmd::Listen { node, selectors, paths } => {
+        Cmd::Listen { node, selectors, paths, control } => {
             init_logs("warn");
-            runtime()?.block_on(commands::listen(node, selectors, paths))
+            runtime()?.block_on(commands::listen(node, selectors, paths, control))
         }
         Cmd::Emit(args) => {
             init_logs("warn");

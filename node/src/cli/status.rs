@@ -70,7 +70,9 @@ pub async fn run(args: StatusArgs) -> Result<ExitCode> {
         bail!("which node? give --control PATH (the node's --control), or --config FILE (the config file the node was started with)");
     };
     let req = if args.reload { Request::Reload } else { Request::Status };
-    let resp = tokio::time::timeout(TIMEOUT, ask(&path, req)).await.with_context(|| format!("no answer from {} in {TIMEOUT:?}", path.display()))??;
+    let resp = tokio::time::timeout(TIMEOUT, ask(&path, req))
+        .await
+        .with_context(|| format!("no answer from {} in {TIMEOUT:?}", path.display()))??;
     let mut out = std::io::stdout().lock();
     if !resp.ok {
         let e = resp.error.unwrap_or_else(|| "unknown error".to_owned());

@@ -133,4 +133,7 @@ pub struct NeighbourStats {
     /// Bytes waiting in its send queue, and the queue's limit.
     pub queue_bytes: usize,
     pub queue_limit: usize,
+    /// SHA-256 of the certificate it presented on its current connection
+    /// (hex; what `partybus cert show` calls the fingerprint).
+    pub cert_fingerprint: Option<String>,
 }

@@ -108,4 +108,6 @@ pub struct Neighbour {
     pub queue_bytes: usize,
     pub queue_limit: usize,
     pub dropped: u64,
+    /// SHA-256 of the certificate it presented (`partybus cert show`'s fingerprint).
+    pub cert: Option<String>,
 }

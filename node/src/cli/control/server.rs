@@ -81,8 +81,9 @@ impl ControlSocket {
         &self.path
     }
 
-    /// Serves until the task is dropped or aborted.
-    pub async fn serve(self, bus: Bus, reloads: mpsc::Sender<ReloadRequest>) {
+    /// Serves until the task is dropped or aborted. `reloads: None`: this
+    /// process does not reload (`partybus listen`).
+    pub async fn serve(self, bus: Bus, reloads: Option<mpsc::Sender<ReloadRequest>>) {
         let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
         loop {
             let Ok(permit) = slots.clone().acquire_owned().await else { return };
@@ -105,8 +106,8 @@ impl ControlSocket {
     }
 }
 
-async fn serve_one(stream: UnixStream, bus: &Bus, reloads: &mpsc::Sender<ReloadRequest>) {
-    let (rd, mut wr) = stream.into_split();
+async fn serve_one(stream: UnixStream, bus: &Bus, reloads: &Option<mpsc::Sender<ReloadRequest>>) {
+    let (rd, wr) = stream.into_split();
     let mut line = String::new();
     let mut rd = BufReader::new(rd.take(protocol::MAX_REQUEST));
     let response = match rd.read_line(&mut line).await {
@@ -115,6 +116,9 @@ async fn serve_one(stream: UnixStream, bus: &Bus, reloads: &mpsc::Sender<ReloadR
             Ok(Request::Status) => Response { ok: true, error: None, status: Some(status(bus)), reload: None },
             Ok(Request::Reload) => {
                 let (tx, rx) = oneshot::channel();
+                let Some(reloads) = reloads else {
+                    return reply(wr, Response::error("this process does not reload (only `partybus node` does)")).await;
+                };
                 if reloads.send(tx).await.is_err() {
                     Response::error("the node is stopping")
                 } else {
@@ -125,10 +129,16 @@ async fn serve_one(stream: UnixStream, bus: &Bus, reloads: &mpsc::Sender<ReloadR
                     }
                 }
             }
-            Err(e) => Response::error(format!("bad request {:?}: {e}; expected {{\"cmd\":\"status\"}} or {{\"cmd\":\"reload\"}}", line.trim())),
+            Err(e) => {
+                Response::error(format!("bad request {:?}: {e}; expected {{\"cmd\":\"status\"}} or {{\"cmd\":\"reload\"}}", line.trim()))
+            }
         },
         Err(e) => Response::error(format!("cannot read the request: {e}")),
     };
+    reply(wr, response).await
+}
+
+async fn reply(mut wr: tokio::net::unix::OwnedWriteHalf, response: Response) {
     let mut out = serde_json::to_vec(&response).unwrap_or_default();
     out.push(b'\n');
     let _ = wr.write_all(&out).await;
@@ -194,6 +204,7 @@ pub fn status(bus: &Bus) -> protocol::Status {
                 queue_bytes: n.queue_bytes,
                 queue_limit: n.queue_limit,
                 dropped: n.info.dropped,
+                cert: n.cert_fingerprint.clone(),
             }
         })
         .collect::<Vec<_>>();
