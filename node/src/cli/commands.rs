@@ -151,13 +151,14 @@ pub async fn node(opts: NodeOpts, control: Option<std::path::PathBuf>, logs: Opt
         tokio::spawn(s.serve(bus.clone(), Some(reload_tx)))
     });
     let mut events = bus.neighbour_events();
-    out_line(&ready_line(&bus));
     let warn_expiry = |bus: &Bus| {
         for w in server::expiry_warnings(bus) {
             tracing::warn!("{w}");
         }
     };
+    // Before the ready line: whoever waits for it finds the warning logged.
     warn_expiry(&bus);
+    out_line(&ready_line(&bus));
     notify::ready();
     tokio::pin!(stop);
     let day = Duration::from_secs(24 * 3600);
