@@ -106,18 +106,36 @@ impl ControlSocket {
     }
 }
 
+/// Input read after the response at most, so that closing does not reset
+/// the connection before the client has read the answer.
+const MAX_DRAIN: u64 = 1 << 20;
+
 async fn serve_one(stream: UnixStream, bus: &Bus, reloads: &Option<mpsc::Sender<ReloadRequest>>) {
     let (rd, wr) = stream.into_split();
-    let mut line = String::new();
     let mut rd = BufReader::new(rd.take(protocol::MAX_REQUEST));
-    let response = match rd.read_line(&mut line).await {
+    let response = answer(&mut rd, bus, reloads).await;
+    reply(wr, response).await;
+    // Closing a Unix socket with unread input resets it, and the client
+    // would lose the answer (an oversized request): read what is left,
+    // bounded in bytes here and in time by the caller's timeout.
+    let mut rest = rd.into_inner().into_inner().take(MAX_DRAIN);
+    let _ = tokio::io::copy(&mut rest, &mut tokio::io::sink()).await;
+}
+
+async fn answer(
+    rd: &mut BufReader<tokio::io::Take<tokio::net::unix::OwnedReadHalf>>,
+    bus: &Bus,
+    reloads: &Option<mpsc::Sender<ReloadRequest>>,
+) -> Response {
+    let mut line = String::new();
+    match rd.read_line(&mut line).await {
         Ok(_) if !line.ends_with('\n') => Response::error(format!("a request is one JSON line of at most {} bytes", protocol::MAX_REQUEST)),
         Ok(_) => match serde_json::from_str::<Request>(&line) {
             Ok(Request::Status) => Response { ok: true, error: None, status: Some(status(bus)), reload: None },
             Ok(Request::Reload) => {
                 let (tx, rx) = oneshot::channel();
                 let Some(reloads) = reloads else {
-                    return reply(wr, Response::error("this process does not reload (only `partybus node` does)")).await;
+                    return Response::error("this process does not reload (only `partybus node` does)");
                 };
                 if reloads.send(tx).await.is_err() {
                     Response::error("the node is stopping")
@@ -134,8 +152,7 @@ async fn serve_one(stream: UnixStream, bus: &Bus, reloads: &Option<mpsc::Sender<
             }
         },
         Err(e) => Response::error(format!("cannot read the request: {e}")),
-    };
-    reply(wr, response).await
+    }
 }
 
 async fn reply(mut wr: tokio::net::unix::OwnedWriteHalf, response: Response) {
