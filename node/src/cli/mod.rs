@@ -11,6 +11,7 @@ mod commands;
 mod config_file;
 mod control;
 mod logs;
+mod node_cmd;
 mod notify;
 mod opts;
 mod pki_cmd;
@@ -110,7 +111,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Cert { cmd } => pki_cmd::cert(cmd),
         Cmd::Node { node, control } => {
             let logs = logs::init("info");
-            runtime()?.block_on(commands::node(node, control, logs))
+            runtime()?.block_on(node_cmd::node(node, control, logs))
         }
         Cmd::Status(args) => runtime()?.block_on(status::run(args)),
         Cmd::Listen { node, selectors, paths, control } => {
