@@ -276,9 +276,11 @@ fn sighup_adds_a_static_peer_and_an_invalid_config_leaves_the_node_as_it_was() {
     let b = Daemon::spawn(&args, &[]);
     let pb = b.port();
     // a: a config file and no --control: status finds the socket from the file's path.
-    let cfg = config(dir, "a.toml", "a", "");
+    // Its log filter comes from the file (no RUST_LOG).
+    let cfg = config(dir, "a.toml", "a", "log = \"warn\"\n");
     let cfg_s = s(&cfg);
-    let mut a = Daemon::spawn(&["node".into(), "--config".into(), cfg_s.clone()], &[]);
+    let log = dir.join("a.log");
+    let mut a = Daemon::spawn_full(&["node".into(), "--config".into(), cfg_s.clone()], &[("RUST_LOG", "")], false, Some(&log));
     a.port();
     let by_config = ["--config", cfg_s.as_str()];
     assert!(names(&status(&by_config)).is_empty());
@@ -288,7 +290,7 @@ fn sighup_adds_a_static_peer_and_an_invalid_config_leaves_the_node_as_it_was() {
     assert!(!o.status.success() && text(&o.stderr).contains("another node is running with the control socket"), "{}", text(&o.stderr));
 
     // SIGHUP with b added to the static peer list: a dials it.
-    config(dir, "a.toml", "a", &format!("[discovery]\nconnect = [\"127.0.0.1:{pb}\"]\n"));
+    config(dir, "a.toml", "a", &format!("log = \"warn\"\n[discovery]\nconnect = [\"127.0.0.1:{pb}\"]\n"));
     a.signal("HUP");
     let st = status_until(&by_config, "a connects to b after SIGHUP", |st| names(st) == ["b"]);
     let b_id = neighbour(&st, "b").unwrap()["id"].clone();
@@ -307,11 +309,25 @@ fn sighup_adds_a_static_peer_and_an_invalid_config_leaves_the_node_as_it_was() {
     let st = status(&by_config);
     assert_eq!(neighbour(&st, "b").map(|n| n["id"].clone()), Some(b_id), "still connected to the same b: {st}");
 
-    // A good config again: a reload reports what it applied.
-    config(dir, "a.toml", "a", &format!("[discovery]\nconnect = [\"127.0.0.1:{pb}\"]\n[limits]\nqueue_limit = 100000\n"));
+    // A good config again: a reload reports what it applied. The log
+    // filter goes to debug (a new static target makes debug lines at once),
+    // and a change to mDNS needs a restart.
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("DEBUG"), "no debug lines before");
+    let free = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let good =
+        format!("log = \"debug\"\n[discovery]\nconnect = [\"127.0.0.1:{pb}\", \"{free}\"]\nmdns = true\n[limits]\nqueue_limit = 100000\n");
+    config(dir, "a.toml", "a", &good);
     let out = ok(&["status", "--config", &cfg_s, "--reload", "--json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert!(v["applied"].as_array().unwrap().iter().any(|x| x.as_str().unwrap().starts_with("limits: queue_limit 100000")), "{v}");
+    let applied: Vec<&str> = v["applied"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+    assert!(applied.iter().any(|x| x.starts_with("limits: queue_limit 100000")), "{v}");
+    assert!(applied.contains(&"log: debug") && applied.iter().any(|x| x.starts_with("connect: added")), "{v}");
+    assert_eq!(v["restart_needed"], serde_json::json!(["mdns: false -> true"]));
+    let t = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap().contains("DEBUG") {
+        assert!(t.elapsed() < GUARD, "no debug line after the reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(a.term().success());
     drop(b);
     // The socket went with the node: a new node on the same config starts.
