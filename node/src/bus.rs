@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use crate::config::Config;
 use crate::event::{Event, Listener, PeerInfo, Sink};
 use crate::id::NodeId;
-use crate::mesh::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, PathStats};
+use crate::mesh::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, NeighbourStats, PathStats};
 use crate::name::{validate_name, NameError, Selector};
 use crate::node::{self, Owner};
 use crate::payload::{self, PayloadError};
@@ -183,6 +183,58 @@ impl Bus {
     pub fn path(&self, id: NodeId) -> Option<PathStats> {
         self.inner.path(id)
     }
+    /// Addresses mapped for us by a discovery service (a UPnP port mapping).
+    pub fn mapped_addrs(&self) -> Vec<SocketAddr> {
+        crate::shared::relock(&self.inner.addrs).external.clone()
+    }
+    /// Every address this node tells peers: configured (`advertise`),
+    /// mapped, and its interfaces' addresses.
+    pub fn advertised_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.advertised()
+    }
+    /// Current neighbours with their traffic figures (round-trip time,
+    /// bytes and events each way, send queue fill, drops).
+    pub fn neighbour_stats(&self) -> Vec<NeighbourStats> {
+        self.inner.neighbour_stats()
+    }
+    /// How long ago this node joined.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.inner.started.elapsed()
+    }
+    /// What `partybus cert show` says about the certificate this node
+    /// presents now (it changes with [`Bus::rotate_identity`]).
+    pub fn certificate(&self) -> Option<partybus_pki::CertInfo> {
+        self.inner.identity.cert_info()
+    }
+    /// What `partybus cert show` says about the hood's CA certificate.
+    pub fn hood_certificate(&self) -> Option<partybus_pki::CertInfo> {
+        partybus_pki::CertInfo::from_der(self.inner.hood.der(), "the hood certificate").ok()
+    }
+    /// Presents `identity` (a new certificate and key) in every handshake
+    /// from now on; connections already up keep going. Refused unless it
+    /// belongs to this node's hood and has this node's name ([`Identity::load`]
+    /// has checked that the hood issued it, that it is valid now and that the
+    /// key matches).
+    ///
+    /// [`Identity::load`]: partybus_pki::Identity::load
+    pub fn rotate_identity(&self, identity: partybus_pki::Identity) -> Result<(), crate::RotateError> {
+        if identity.hood_fingerprint() != self.inner.fingerprint {
+            return Err(crate::RotateError::OtherHood {
+                got: identity.hood_fingerprint().to_owned(),
+                want: self.inner.fingerprint.clone(),
+            });
+        }
+        self.inner.identity.rotate(identity)
+    }
+    /// Changes limits while running: `queue_limit` applies to neighbours
+    /// found from now on (a queue keeps the limit it was made with),
+    /// `max_event_size` to emits from now on and to connections opened from
+    /// now on, `max_subscriptions_per_peer` to subscriptions from now on.
+    pub fn set_limits(&self, queue_limit: usize, max_event_size: usize, max_subscriptions_per_peer: usize) {
+        self.inner.settings.queue_limit.store(queue_limit, Ordering::Relaxed);
+        self.inner.settings.max_event_size.store(max_event_size, Ordering::Relaxed);
+        self.inner.plane.state().subs.set_max_per_peer(max_subscriptions_per_peer);
+    }
     /// Dials an address now (in addition to discovery).
     pub fn connect(&self, addr: SocketAddr) {
         self.inner.connect(addr);
@@ -256,7 +308,7 @@ impl Bus {
         // The name is validated on its way into the route cache (see
         // `plane::State::emit_route`), not again for every event.
         let size = event.len() + payload.len();
-        let max = self.inner.settings.max_event_size;
+        let max = self.inner.settings.max_event_size();
         if size > max {
             return Err(EmitError::TooLarge { name: event.to_owned(), size, max });
         }

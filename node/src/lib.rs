@@ -32,6 +32,7 @@ pub mod payload;
 
 mod bus;
 mod congestion;
+mod identity;
 mod mesh;
 mod node;
 mod path;
@@ -81,7 +82,8 @@ pub use bus::{Bus, EmitError, ListenOptions, ListenerHandle, Subscription};
 pub use config::{Config, ConfigError, FullPolicy, PortSpec, RelaySettings};
 pub use event::{Event, PeerInfo};
 pub use id::NodeId;
-pub use mesh::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, NeighbourPath, PathStats, NEIGHBOUR_EVENTS};
+pub use identity::RotateError;
+pub use mesh::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, NeighbourPath, NeighbourStats, PathStats, NEIGHBOUR_EVENTS};
 pub use name::{NameError, Selector};
 pub use payload::Timestamp;
 pub use peers::Direction;

@@ -51,7 +51,7 @@ impl Io for Arc<Inner> {
         (!relays.is_empty()).then(|| crate::wire::PeerAddrs { id: self.id, addrs: self.punch_addrs(), relays })
     }
     fn queue_limit(&self) -> usize {
-        self.settings.queue_limit
+        self.settings.queue_limit.load(std::sync::atomic::Ordering::Relaxed)
     }
     fn leaving(&self) -> bool {
         self.is_leaving()
@@ -67,8 +67,9 @@ impl Io for Arc<Inner> {
 /// Starts a node. See [`crate::Bus::join`].
 pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     cfg.validate()?;
-    let server = crate::tls::server_config(&cfg)?;
-    let client = crate::tls::client_config(&cfg)?;
+    let identity = Arc::new(crate::identity::SwapIdentity::new(cfg.identity.clone()).map_err(crate::tls::TlsSetupError::from)?);
+    let server = crate::tls::server_config_with(&cfg, Some(identity.clone()))?;
+    let client = crate::tls::client_config_with(&cfg, Some(identity.clone()))?;
     let (server_on_host, client_on_host) = crate::tls::on_host(&cfg, server.clone(), client.clone());
     let sock = crate::udp::bind(cfg.bind, cfg.port.ports(), cfg.socket_buffer)?;
     let runtime = quinn::default_runtime().ok_or_else(|| JoinError::Endpoint(std::io::Error::other("no async runtime")))?;
@@ -79,10 +80,11 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     // The name peers read from our certificate (`tls::peer_cert_name`).
     let bound_name = partybus_pki::peer_name(cfg.identity.cert_der()).unwrap_or_else(|| "?".to_owned());
     let prover: crate::path::paths::Prover = {
-        let (identity, hood) = (Arc::new(cfg.identity), cfg.hood.clone());
+        // The identity in use at each registration: a rotated certificate proves membership from then on.
+        let (identity, hood) = (identity.clone(), cfg.hood.clone());
         Arc::new(move |cookie, id| {
             let msg = crate::relay::server::proof_message(cookie, id);
-            partybus_pki::relay_proof(&identity, &hood, &msg).unwrap_or_else(|e| {
+            partybus_pki::relay_proof(&identity.identity(), &hood, &msg).unwrap_or_else(|e| {
                 warn!(error = %e, "cannot sign a relay registration; relays that serve only some hoods will refuse it");
                 Vec::new()
             })
@@ -122,10 +124,13 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
         id_nonce,
         me: me.clone(),
         fingerprint: cfg.hood.fingerprint().to_owned(),
+        identity,
+        hood: cfg.hood.clone(),
+        started: std::time::Instant::now(),
         settings: Settings {
             handshake_timeout: cfg.handshake_timeout,
-            queue_limit: cfg.queue_limit,
-            max_event_size: cfg.max_event_size,
+            queue_limit: cfg.queue_limit.into(),
+            max_event_size: cfg.max_event_size.into(),
             allow_non_global: cfg.allow_non_global,
             advertise: cfg.advertise.clone(),
         },

@@ -132,6 +132,12 @@ impl SubTable {
         self.cache.clear();
     }
 
+    /// A new limit for subscriptions added from now on (a reload); a peer
+    /// over it keeps what it has.
+    pub fn set_max_per_peer(&mut self, max: usize) {
+        self.max_per_peer = max;
+    }
+
     pub fn add_local(&mut self, id: u64, selector: Selector, spy: bool) {
         self.local.insert(id, Sub { selector, spy });
         self.changed();

@@ -24,7 +24,8 @@ pub enum KeyFileCheck {
 }
 
 /// A peer's own identity: its certificate and private key, checked to belong
-/// together and to be issued by the hood.
+/// together and to be issued by the hood. A clone shares the key's signer.
+#[derive(Clone)]
 pub struct Identity {
     cert: CertificateDer<'static>,
     key: LoadedKey,

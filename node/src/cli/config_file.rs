@@ -19,6 +19,8 @@
 //! # relay_max_clients = 1024
 //! # relay_client_rate = "2MB/s"    # per client; also "500KiB/s", "16Mbit/s"
 //! # relay_total_rate = "50MB/s"    # all clients together
+//! # control = "/run/partybus/node.sock"   # control socket of `partybus node` (see `partybus status`)
+//! # log = "info"                  # log filter, e.g. "partybus=debug"; RUST_LOG overrides it
 //!
 //! [discovery]
 //! connect = ["peer.example.org:4816"]
@@ -85,6 +87,10 @@ pub struct FileConfig {
     pub relay_total_rate: Option<String>,
     pub discovery: Option<DiscoveryConfig>,
     pub limits: Option<Limits>,
+    /// The control socket of `partybus node` (relative to this file).
+    pub control: Option<PathBuf>,
+    /// Log filter (tracing's `EnvFilter` syntax); reloadable.
+    pub log: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug, Clone)]

@@ -172,6 +172,10 @@ pub struct Resolved {
     pub relay_limits: RelayLimitArgs,
     /// Relays to use.
     pub relays: Vec<String>,
+    /// The config file's control socket (resolved against the file's folder).
+    pub control: Option<PathBuf>,
+    /// The config file's log filter.
+    pub log: Option<String>,
 }
 
 /// Does any local interface have a global (Internet-routable) address?
@@ -274,6 +278,8 @@ impl NodeOpts {
         if r.relay_limits.relay_max_clients == Some(0) {
             bail!("config `relay_max_clients = 0`: a relay takes at least 1 client (or turn it off with `relay = false`)");
         }
+        r.control = file.control.clone().map(|p| rel(base, p));
+        r.log = file.log.clone();
         r.relays = list(&self.relays, &file.relays);
         for t in &r.relays {
             check_target(t, if self.relays.is_empty() { "config `relays` entry" } else { "--relay" })?;
@@ -283,7 +289,13 @@ impl NodeOpts {
 
     /// Merges the config file (if any) and the flags into a library config.
     pub fn to_config(&self) -> Result<Config> {
-        let r = self.resolve()?;
+        Self::config_from(self.resolve()?, None)
+    }
+
+    /// A library config from resolved options. With `static_peers`, the
+    /// static peer list is that watch (always present, so that a reload can
+    /// add peers to a node started without any); the caller sends `r.connect`.
+    pub fn config_from(r: Resolved, static_peers: Option<tokio::sync::watch::Receiver<Vec<String>>>) -> Result<Config> {
         let check = if r.allow_readable_key { KeyFileCheck::AnyMode } else { KeyFileCheck::Private };
         let mut cfg = Config::from_files_with(&r.ca, &r.cert, &r.key, check)?;
         if let Some(p) = r.port {
@@ -316,8 +328,12 @@ impl NodeOpts {
         // Config::new serves a relay for the node's own hood; the limits are ours to set.
         cfg.relay.serve = if r.relay_serve { cfg.relay.serve.take().map(|c| r.relay_limits.apply(c)) } else { None };
         cfg.relay.use_relays = r.relays;
-        if !r.connect.is_empty() {
-            cfg.discovery.push(Box::new(partybus::discovery::StaticDiscovery::new(r.connect, r.connect_interval)));
+        match static_peers {
+            Some(rx) => cfg.discovery.push(Box::new(partybus::discovery::StaticDiscovery::watched(rx, r.connect_interval))),
+            None if !r.connect.is_empty() => {
+                cfg.discovery.push(Box::new(partybus::discovery::StaticDiscovery::new(r.connect, r.connect_interval)))
+            }
+            None => {}
         }
         if r.mdns {
             cfg.discovery.push(Box::new(partybus::discovery::MdnsDiscovery::new()));

@@ -159,7 +159,7 @@ async fn exchange_hellos(inner: &Inner, conn: &quinn::Connection, remote: Socket
                         return Err(HelloError::Unproven { claimed: h.id, name });
                     }
                     h.bound();
-                    dec.set_max_frame(inner.settings.max_event_size + wire::FRAME_OVERHEAD);
+                    dec.set_max_frame(inner.settings.max_event_size() + wire::FRAME_OVERHEAD);
                     Ok((send, recv, dec, h))
                 }
                 _ => Err(HelloError::NotHello),

@@ -34,7 +34,7 @@ pub(super) async fn run_reader(
     drain: &Drain,
 ) -> ReaderEnd {
     let mut batch = BatchBuilder::new();
-    let max_event = inner.settings.max_event_size;
+    let max_event = inner.settings.max_event_size();
     let mut got_retire = false;
     // Events the peer sent on earlier connections before this one (a switch).
     let mut resume_after: Option<u64> = None;
