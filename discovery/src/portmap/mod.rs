@@ -1,0 +1,459 @@
+//! Port mapping: ask the LAN's router to forward a UDP port to the node's
+//! QUIC port, with PCP (RFC 6887), NAT-PMP (RFC 6886) or UPnP IGD, and
+//! report the public address as [`DiscoverySink::external`] with the
+//! protocol's name as the source (`"pcp"`, `"natpmp"`, `"upnp"`).
+//!
+//! * One state machine for all three ([`machine::MappingMachine`], sans
+//!   I/O): a finite lease ([`PortMapOptions::lease`], default 1 h) renewed
+//!   at half of what the router granted; on failure the address is
+//!   withdrawn and the mapping retried with exponential backoff; a router
+//!   restart (NAT-PMP/PCP epoch going backwards, checked at each answer and
+//!   every [`machine::EPOCH_CHECK`] between renewals) makes the mapping
+//!   again at once; the mapping is deleted on stop.
+//! * The external port asked for is our own port number, then the one we
+//!   hold; when it is taken, NAT-PMP and PCP routers assign another one
+//!   themselves and UPnP tries a few random ones (error 718).
+//! * An external IP that is not global (a second NAT, carrier-grade NAT)
+//!   makes the mapping useless: a warning, no mapping, no advertisement
+//!   (unless non-global addresses are allowed, for labs and private WANs).
+//! * The protocol clients are thin: [`natpmp`] and [`pcp`] (our own codecs;
+//!   why, see [`natpmp`]) over one UDP exchange to the gateway's port 5351,
+//!   and [`crate::upnp`] over `igd-next`. NAT-PMP and PCP talk to
+//!   [`PortMapOptions::gateway`], by default the router of the default route.
+//!
+//! **Which protocol** ([`Mode`]): one named, or [`Mode::Auto`], which probes
+//! all three *at the same time* (PCP ANNOUNCE, NAT-PMP external address
+//! request, UPnP SSDP search or description fetch) and keeps the most
+//! preferred one that answered: PCP, then NAT-PMP, then UPnP. Together
+//! rather than one after the other, so a router that speaks only UPnP costs
+//! no PCP and NAT-PMP timeouts first (a probe round takes at most the SSDP
+//! search time, 3 s, and ~0.1 s when PCP answers); in that order because
+//! PCP is NAT-PMP's successor (it names the external address in the mapping
+//! answer, carries IPv6, and a NAT-PMP-only router says so at once), and
+//! both are one small UDP exchange with an epoch that reveals router
+//! restarts, where UPnP is HTTP + SOAP without one. When nothing answers:
+//! one info line, then [`PROBE_RETRIES`] more rounds with growing pauses
+//! (debug lines), then the service idles until stopped: no retry storm.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tokio::time::{sleep_until, timeout, Instant};
+
+use crate::{BoxFuture, Discovery, DiscoveryContext, DiscoverySink, StopSignal};
+
+pub mod gateway;
+pub mod machine;
+pub mod natpmp;
+pub mod pcp;
+mod udp;
+
+use machine::{Action, Attempt, Effect, MappingMachine};
+
+/// Pauses before the probe rounds after the first one in [`Mode::Auto`]
+/// when no protocol answered; after the last, the service gives up.
+pub const PROBE_RETRIES: [Duration; 3] = [Duration::from_secs(30), Duration::from_secs(120), Duration::from_secs(600)];
+/// Time limit of the mapping removal on stop.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A port-mapping protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Pcp,
+    NatPmp,
+    Upnp,
+}
+
+impl Protocol {
+    /// The name used as the discovery source and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Pcp => "pcp",
+            Protocol::NatPmp => "natpmp",
+            Protocol::Upnp => "upnp",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which protocol(s) to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Probe all three, keep the preferred one that answers (see the module docs).
+    #[default]
+    Auto,
+    Only(Protocol),
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        Ok(match s {
+            "auto" => Mode::Auto,
+            "upnp" => Mode::Only(Protocol::Upnp),
+            "natpmp" | "nat-pmp" => Mode::Only(Protocol::NatPmp),
+            "pcp" => Mode::Only(Protocol::Pcp),
+            other => return Err(format!("{other:?} is not a port-mapping protocol: use auto, upnp, natpmp, pcp or off")),
+        })
+    }
+}
+
+/// Options of [`PortMapDiscovery`].
+#[derive(Clone, Debug)]
+pub struct PortMapOptions {
+    pub mode: Mode,
+    /// Lease asked for (default 1 h); renewed at half of what the router
+    /// grants. `Duration::ZERO` asks UPnP for a permanent mapping (NAT-PMP
+    /// and PCP have none: they get 1 s, the shortest); still deleted on stop.
+    pub lease: Duration,
+    /// The NAT-PMP/PCP server. Default: the router of the default route.
+    pub gateway: Option<IpAddr>,
+    /// `http://ROUTER:PORT/rootDesc.xml`: use this UPnP gateway, no SSDP.
+    pub upnp_url: Option<String>,
+    /// How long the SSDP gateway search may take (default 3 s).
+    pub search_timeout: Duration,
+    /// Local address to map to (the LAN address facing the gateway).
+    /// Default: the address the OS routes to the gateway from.
+    pub bind_ip: Option<IpAddr>,
+}
+
+impl Default for PortMapOptions {
+    fn default() -> Self {
+        PortMapOptions {
+            mode: Mode::Auto,
+            lease: Duration::from_secs(60 * 60),
+            gateway: None,
+            upnp_url: None,
+            search_timeout: Duration::from_secs(3),
+            bind_ip: None,
+        }
+    }
+}
+
+/// The port-mapping service ("portmap"); see the [module docs](self).
+#[derive(Clone, Debug, Default)]
+pub struct PortMapDiscovery {
+    opts: PortMapOptions,
+}
+
+impl PortMapDiscovery {
+    pub fn new(opts: PortMapOptions) -> Self {
+        PortMapDiscovery { opts }
+    }
+}
+
+impl Discovery for PortMapDiscovery {
+    fn name(&self) -> &str {
+        match self.opts.mode {
+            Mode::Auto => "portmap",
+            Mode::Only(p) => p.name(),
+        }
+    }
+
+    fn start(self: Box<Self>, ctx: DiscoveryContext, sink: DiscoverySink, stop: StopSignal) -> BoxFuture<'static, ()> {
+        Box::pin(run(self.opts, ctx, sink, stop))
+    }
+}
+
+/// Why a protocol client's request did not give a mapping.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no answer from the gateway")]
+    NoAnswer,
+    #[error("the gateway does not speak this protocol: {0}")]
+    Unsupported(String),
+    #[error("the gateway refused: {0}")]
+    Refused(String),
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+    #[error("the external IP {0} is not a public address")]
+    Unusable(IpAddr),
+    #[error("socket: {0}")]
+    Io(std::io::Error),
+    #[error("{0}")]
+    Upnp(String),
+}
+
+/// A mapping the router granted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapped {
+    pub ext: SocketAddr,
+    /// Granted lifetime (`ZERO`: permanent, UPnP only).
+    pub lease: Duration,
+    /// The server's epoch (NAT-PMP, PCP).
+    pub epoch: Option<u32>,
+}
+
+/// Lease in whole seconds (0 = permanent), at most 1 week.
+pub(crate) fn lease_secs(lease: Duration) -> u32 {
+    if lease.is_zero() {
+        0
+    } else {
+        lease.as_secs().clamp(1, 7 * 24 * 3600) as u32
+    }
+}
+
+/// One protocol client, as the driver uses it.
+enum Client {
+    Pcp(pcp::Client),
+    NatPmp(natpmp::Client),
+    Upnp(crate::upnp::Client),
+}
+
+impl Client {
+    fn protocol(&self) -> Protocol {
+        match self {
+            Client::Pcp(_) => Protocol::Pcp,
+            Client::NatPmp(_) => Protocol::NatPmp,
+            Client::Upnp(_) => Protocol::Upnp,
+        }
+    }
+
+    async fn map(&mut self, want: u16, lease: Duration, allow_non_global: bool) -> Result<Mapped, ClientError> {
+        match self {
+            Client::Pcp(c) => c.map(want, lease, allow_non_global).await,
+            Client::NatPmp(c) => c.map(want, lease, allow_non_global).await,
+            Client::Upnp(c) => c.map(want, lease, allow_non_global).await,
+        }
+    }
+
+    async fn unmap(&mut self) -> Result<(), ClientError> {
+        match self {
+            Client::Pcp(c) => c.unmap().await,
+            Client::NatPmp(c) => c.unmap().await,
+            Client::Upnp(c) => c.unmap().await,
+        }
+    }
+
+    async fn epoch(&self) -> Option<u32> {
+        match self {
+            Client::Pcp(c) => c.epoch().await,
+            Client::NatPmp(c) => c.epoch().await,
+            Client::Upnp(_) => None,
+        }
+    }
+
+    async fn rediscover(&mut self) {
+        if let Client::Upnp(c) = self {
+            c.rediscover().await;
+        }
+    }
+}
+
+async fn run(opts: PortMapOptions, ctx: DiscoveryContext, sink: DiscoverySink, mut stop: StopSignal) {
+    let found = tokio::select! {
+        c = establish(&opts, &ctx) => c,
+        _ = stop.stopped() => return,
+    };
+    let Some(mut client) = found else {
+        stop.stopped().await;
+        return;
+    };
+    let p = client.protocol();
+    let mut machine = MappingMachine::new(std::time::Instant::now());
+    let mut want = ctx.port;
+    let mut held = false;
+    loop {
+        let (at, action) = machine.next();
+        tokio::select! {
+            _ = sleep_until(Instant::from_std(at)) => {}
+            _ = stop.stopped() => break,
+        }
+        let effects = match action {
+            Action::Map => {
+                let res = tokio::select! {
+                    r = client.map(want, opts.lease, ctx.allow_non_global) => r,
+                    _ = stop.stopped() => break,
+                };
+                let attempt = match res {
+                    Ok(m) => {
+                        held = true;
+                        want = m.ext.port();
+                        tracing::debug!(external = %m.ext, lease = ?m.lease, epoch = ?m.epoch, "{p}: mapping granted");
+                        Attempt::Mapped { ext: m.ext, lease: m.lease, epoch: m.epoch }
+                    }
+                    Err(ClientError::Unusable(ip)) => {
+                        held = false;
+                        Attempt::Unusable { ext_ip: ip }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, failures = machine.failures() + 1, "{p}: mapping attempt failed");
+                        Attempt::Failed
+                    }
+                };
+                machine.on_attempt(std::time::Instant::now(), attempt)
+            }
+            Action::CheckEpoch => {
+                let e = tokio::select! {
+                    e = client.epoch() => e,
+                    _ = stop.stopped() => break,
+                };
+                machine.on_epoch(std::time::Instant::now(), e)
+            }
+        };
+        for e in effects {
+            match e {
+                Effect::External(a) => {
+                    tracing::info!(external = %a, "{p}: port mapped");
+                    sink.external(a, p.name());
+                }
+                Effect::ExternalLost(a) => {
+                    tracing::info!(external = %a, "{p}: mapping lost");
+                    sink.external_lost(a, p.name());
+                }
+                Effect::WarnUnusable(ip) => tracing::warn!(
+                    external_ip = %ip,
+                    "{p}: the router's external IP is not a public address (a second NAT?): \
+                     a port mapping would be useless, not advertising it"
+                ),
+                Effect::RouterRestarted { before, now } => {
+                    tracing::info!(epoch_before = before, epoch_now = now, "{p}: the router restarted (its epoch went back); mapping again")
+                }
+                Effect::Rediscover => {
+                    tokio::select! {
+                        _ = client.rediscover() => {}
+                        _ = stop.stopped() => break,
+                    }
+                }
+            }
+        }
+    }
+
+    if held {
+        match timeout(REMOVE_TIMEOUT, client.unmap()).await {
+            Ok(Ok(())) => tracing::info!(port = want, "{p}: mapping removed"),
+            Ok(Err(e)) => tracing::debug!(error = %e, "{p}: removing the mapping failed"),
+            Err(_) => tracing::debug!("{p}: removing the mapping timed out"),
+        }
+    }
+    if let Some(a) = machine.advertised() {
+        sink.external_lost(a, p.name());
+    }
+}
+
+/// The client of the configured protocol, or in [`Mode::Auto`] of the
+/// preferred one that answers a probe (bounded rounds, see the module docs).
+async fn establish(opts: &PortMapOptions, ctx: &DiscoveryContext) -> Option<Client> {
+    match opts.mode {
+        Mode::Only(Protocol::Upnp) => match crate::upnp::Client::find(opts, ctx.port).await {
+            Some(c) => Some(Client::Upnp(c)),
+            None => {
+                tracing::info!("upnp: no UPnP gateway found; port mapping disabled");
+                None
+            }
+        },
+        Mode::Only(p) => {
+            let (local, gw) = udp_endpoints(opts)?;
+            let made = match p {
+                Protocol::Pcp => pcp::Client::new(local, gw, ctx.port).await.map(Client::Pcp),
+                _ => natpmp::Client::new(local, gw, ctx.port).await.map(Client::NatPmp),
+            };
+            match made {
+                Ok(c) => {
+                    tracing::info!(gateway = %gw, "{p}: mapping through the gateway");
+                    Some(c)
+                }
+                Err(e) => {
+                    tracing::warn!(gateway = %gw, error = %e, "{p}: cannot talk to the gateway; port mapping disabled");
+                    None
+                }
+            }
+        }
+        Mode::Auto => {
+            let started = Instant::now();
+            for round in 0..=PROBE_RETRIES.len() {
+                if round > 0 {
+                    tokio::time::sleep(PROBE_RETRIES[round - 1]).await;
+                }
+                if let Some(c) = probe(opts, ctx.port).await {
+                    tracing::info!(
+                        protocol = %c.protocol(),
+                        after_ms = started.elapsed().as_millis() as u64,
+                        "port mapping: {} answered; using it",
+                        c.protocol()
+                    );
+                    return Some(c);
+                }
+                if round == 0 {
+                    tracing::info!(
+                        "port mapping: no gateway answered PCP, NAT-PMP or UPnP; probing again after {:?}, then giving up",
+                        PROBE_RETRIES
+                    );
+                } else {
+                    tracing::debug!(round, "port mapping: still no gateway answered");
+                }
+            }
+            None
+        }
+    }
+}
+
+/// Local address and NAT-PMP/PCP server: configured, or the default route's router.
+fn udp_endpoints(opts: &PortMapOptions) -> Option<(IpAddr, IpAddr)> {
+    let Some(gw) = opts.gateway.or_else(|| gateway::default_gateway_v4().map(IpAddr::V4)) else {
+        tracing::info!("port mapping: no default route, so no router to ask (name one with --port-mapping-gateway)");
+        return None;
+    };
+    let Some(local) = opts.bind_ip.filter(|ip| !ip.is_unspecified()).or_else(|| gateway::local_ip_towards(gw)) else {
+        tracing::info!(gateway = %gw, "port mapping: no local address towards the gateway");
+        return None;
+    };
+    Some((local, gw))
+}
+
+/// One probe round of [`Mode::Auto`]: all three at once, the preferred one that answers.
+async fn probe(opts: &PortMapOptions, port: u16) -> Option<Client> {
+    let endpoints = udp_endpoints(opts);
+    let pcp_probe = async {
+        let (local, gw) = endpoints?;
+        let c = pcp::Client::new(local, gw, port).await.ok()?;
+        match c.announce(udp::TRIES).await {
+            Ok(_) => Some(Client::Pcp(c)),
+            Err(e) => {
+                tracing::debug!(error = %e, "port mapping: PCP probe");
+                None
+            }
+        }
+    };
+    let pmp_probe = async {
+        let (local, gw) = endpoints?;
+        let c = natpmp::Client::new(local, gw, port).await.ok()?;
+        match c.external(udp::TRIES).await {
+            Ok(_) => Some(Client::NatPmp(c)),
+            Err(e) => {
+                tracing::debug!(error = %e, "port mapping: NAT-PMP probe");
+                None
+            }
+        }
+    };
+    let upnp_probe = async { crate::upnp::Client::find(opts, port).await.map(Client::Upnp) };
+    tokio::pin!(pcp_probe, pmp_probe, upnp_probe);
+    // Slots in order of preference: None = still probing, Some(None) = no answer.
+    let mut slots: [Option<Option<Client>>; 3] = [None, None, None];
+    loop {
+        // The first answered slot with only failures before it wins.
+        for i in 0..3 {
+            match &slots[i] {
+                Some(Some(_)) => return slots[i].take().flatten(),
+                Some(None) => continue,
+                None => break,
+            }
+        }
+        if slots.iter().all(|s| matches!(s, Some(None))) {
+            return None;
+        }
+        tokio::select! {
+            c = &mut pcp_probe, if slots[0].is_none() => slots[0] = Some(c),
+            c = &mut pmp_probe, if slots[1].is_none() => slots[1] = Some(c),
+            c = &mut upnp_probe, if slots[2].is_none() => slots[2] = Some(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
