@@ -76,7 +76,7 @@ pub mod __private {
 }
 // ---------------------------------------------------------------------------
 
-pub use bus::{Bus, EmitError, ListenOptions, ListenerHandle, Subscription};
+pub use bus::{Bus, EmitError, ExternalAddr, ListenOptions, ListenerHandle, Subscription};
 pub use config::{Config, FullPolicy, PortSpec, RelaySettings};
 pub use event::{Event, PeerInfo};
 pub use id::NodeId;
