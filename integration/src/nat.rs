@@ -51,6 +51,9 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::lab::{require_program, which, Bridge, Lab, LabProcess, Ns};
 
+mod serve;
+pub use serve::MapProto;
+
 /// Public address of the VPS host.
 pub const VPS1_IP: &str = "203.0.113.10";
 /// The two addresses of the STUN host.
@@ -74,6 +77,9 @@ pub struct RouterOptions {
     pub loss_ppm: u32,
     /// Run miniupnpd (UPnP IGD, NAT-PMP/PCP) on the router.
     pub upnp: bool,
+    /// With `upnp`: serve only this port-mapping protocol (None: all three);
+    /// [`NatLab::serve_only`] changes it for the next start.
+    pub serve: Option<MapProto>,
     /// One-way delay added on the WAN link, each direction (0: a plain veth,
     /// no emulator). Needs python3.
     pub delay_ms: u32,
@@ -109,6 +115,8 @@ pub struct Site {
     linkemu: Mutex<Option<LabProcess>>,
     /// Starts of miniupnpd so far (config and pid file names).
     upnp_starts: Mutex<u32>,
+    /// What miniupnpd serves from its next start.
+    serve: Mutex<Option<MapProto>>,
 }
 
 impl Site {
@@ -232,14 +240,18 @@ impl<'a> NatLab<'a> {
             lan_ip,
             host_ip,
             lan_cidr: format!("198.18.{n}.0/24"),
-            opts,
+            opts: opts.clone(),
             miniupnpd: Mutex::new(None),
             linkemu: Mutex::new(linkemu),
             upnp_starts: Mutex::new(0),
+            serve: Mutex::new(opts.serve),
         };
         lab.nft(&site.router, &router_ruleset(&site))?;
         if site.opts.loss_ppm > 0 {
             lab.nft(&site.router, &loss_ruleset(site.opts.loss_ppm))?;
+        }
+        if let Some(rules) = serve::filter_ruleset(site.opts.serve) {
+            lab.nft(&site.router, &rules)?;
         }
         Ok(site)
     }
@@ -265,15 +277,18 @@ impl<'a> NatLab<'a> {
     /// miniupnpd's configuration for `site`.
     pub fn miniupnpd_conf(site: &Site) -> String {
         let n = &site.router.short[1..];
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        let (upnp, natpmp) = serve::switches(*site.serve.lock().unwrap());
         format!(
             "# partybus NAT lab, router {r}\n\
              ext_ifname=wan\n\
              listening_ip=lan\n\
              http_port={UPNP_HTTP_PORT}\n\
-             enable_upnp=yes\n\
-             enable_natpmp=yes\n\
+             enable_upnp={upnp}\n\
+             enable_natpmp={natpmp}\n\
              secure_mode=yes\n\
-             system_uptime=yes\n\
+             system_uptime=no\n\
+             min_lifetime=2\n\
              uuid=3f1c0e52-9a43-4d2e-8b7a-00000000000{n}\n\
              ext_perform_stun=yes\n\
              ext_stun_host={stun}\n\
@@ -292,7 +307,23 @@ impl<'a> NatLab<'a> {
             p = UPNP_CHAINS[1],
             q = UPNP_CHAINS[2],
             lan = site.lan_cidr,
+            upnp = yes(upnp),
+            natpmp = yes(natpmp),
         )
+    }
+
+    /// Serve only `only` (None: all three protocols) from miniupnpd's next
+    /// start on; NAT-PMP/PCP filtering applies at once.
+    pub fn serve_only(&self, site: &Site, only: Option<MapProto>) -> Result<()> {
+        *site.serve.lock().unwrap() = only;
+        let out = self.lab.exec_unchecked(&site.router, ["nft", "delete", "table", "inet", serve::FILTER_TABLE])?;
+        if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("No such file") {
+            bail!("nft delete table inet {} in {}: {}", serve::FILTER_TABLE, site.router, String::from_utf8_lossy(&out.stderr));
+        }
+        match serve::filter_ruleset(only) {
+            Some(rules) => self.lab.nft(&site.router, &rules),
+            None => Ok(()),
+        }
     }
 
     /// Start miniupnpd on `site`'s router and wait (bounded) until it serves
@@ -313,12 +344,12 @@ impl<'a> NatLab<'a> {
         std::fs::write(&conf, Self::miniupnpd_conf(site))?;
         let mut p =
             self.lab.spawn(&site.router, "miniupnpd", ["-d".as_ref(), "-f".as_ref(), conf.as_os_str(), "-P".as_ref(), pid.as_os_str()])?;
-        // STUN takes up to 3 s per round; give it a few.
+        // STUN takes up to 3 s per round; give it a few. The last line of
+        // its start: NAT-PMP/PCP listening, or (without them) HTTP.
+        let (upnp, natpmp) = serve::switches(*site.serve.lock().unwrap());
+        let ready = if natpmp { "Listening for NAT-PMP/PCP traffic" } else { "HTTP listening on port" };
         let line = p
-            .wait_for_stderr(
-                |l| l.contains("Port forwarding is impossible") || l.contains("Listening for NAT-PMP/PCP traffic"),
-                Duration::from_secs(20),
-            )
+            .wait_for_stderr(|l| l.contains("Port forwarding is impossible") || l.contains(ready), Duration::from_secs(20))
             .with_context(|| format!("miniupnpd on {} did not start", site.router))?;
         if line.contains("impossible") {
             bail!("miniupnpd on {}: {line}\n{}", site.router, p.stderr_tail(20));
@@ -329,7 +360,7 @@ impl<'a> NatLab<'a> {
         }
         // The HTTP port answers (bounded).
         let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
+        while upnp {
             let addr = SocketAddr::V4(SocketAddrV4::new(site.lan_ip, UPNP_HTTP_PORT));
             let ok = self
                 .lab

@@ -449,7 +449,10 @@ mod tests {
         assert_eq!(mode("", &["--port-mapping", "off"]), None);
         let file = "[discovery]\nport_mapping = \"pcp\"\nport_mapping_gateway = \"198.18.1.1\"\nport_mapping_lease = \"30s\"";
         let r = ok(file, &[]).port_mapping.unwrap();
-        assert_eq!((r.mode, r.gateway, r.lease), (Mode::Only(Protocol::Pcp), Some("198.18.1.1".parse().unwrap()), Some(Duration::from_secs(30))));
+        assert_eq!(
+            (r.mode, r.gateway, r.lease),
+            (Mode::Only(Protocol::Pcp), Some("198.18.1.1".parse().unwrap()), Some(Duration::from_secs(30)))
+        );
         // Flags win: --port-mapping, --upnp (UPnP only), --no-upnp (off).
         assert_eq!(mode(file, &["--port-mapping", "upnp"]), Some(Mode::Only(Protocol::Upnp)));
         assert_eq!(mode(file, &["--upnp"]), Some(Mode::Only(Protocol::Upnp)));

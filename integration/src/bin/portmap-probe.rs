@@ -1,5 +1,5 @@
-//! Runs partybus's UPnP IGD service alone against a real gateway, for lab
-//! tests of UPnP without a node. Binds a UDP socket on `--bind-ip` (port 0),
+//! Runs partybus's port-mapping service (PCP, NAT-PMP, UPnP IGD; `--mode`)
+//! alone against a real gateway, for lab tests of port mapping without a node. Binds a UDP socket on `--bind-ip` (port 0),
 //! maps it, and prints JSON lines on stdout: `{"ready":{"port":N}}`, then
 //! `{"external":"ip:port"}` / `{"external_lost":"ip:port"}` for the service's
 //! reports and `{"received":{"bytes":N,"from":"ip:port"}}` for each datagram
@@ -7,12 +7,13 @@
 //! service (which deletes the mapping), prints the reports that follow, then
 //! `{"stopped":{"ms":N}}`.
 //!
-//! Usage: upnp-probe --bind-ip IP [--gateway-url URL] [--lease-secs S] [--secs S]
+//! Usage: portmap-probe --bind-ip IP [--mode auto|upnp|natpmp|pcp] [--gateway IP]
+//!        [--gateway-url URL] [--lease-secs S] [--secs S]
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use partybus_discovery::upnp::{UpnpDiscovery, UpnpOptions};
+use partybus_discovery::portmap::{Mode, PortMapDiscovery, PortMapOptions, Protocol};
 use partybus_discovery::{Discovery, DiscoveryContext, DiscoveryEvent, DiscoverySink, StopSignal};
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
@@ -33,12 +34,16 @@ fn main() -> anyhow::Result<()> {
     let mut gateway_url = None;
     let mut lease = 60u64;
     let mut secs = 120u64;
+    let mut mode = Mode::Only(Protocol::Upnp);
+    let mut gateway = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or_else(|| anyhow::anyhow!("{a} needs a value"));
         match a.as_str() {
             "--bind-ip" => bind_ip = Some(val()?.parse()?),
             "--gateway-url" => gateway_url = Some(val()?),
+            "--mode" => mode = val()?.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+            "--gateway" => gateway = Some(val()?.parse()?),
             "--lease-secs" => lease = val()?.parse()?,
             "--secs" => secs = val()?.parse()?,
             _ => anyhow::bail!("unknown argument {a}"),
@@ -53,16 +58,23 @@ fn main() -> anyhow::Result<()> {
         let ctx = DiscoveryContext {
             hood_fingerprint: "00".repeat(32),
             node_id: "11".repeat(16),
-            cert_name: "upnp-probe".into(),
+            cert_name: "portmap-probe".into(),
             port,
             reachable: tokio::sync::watch::channel(vec![]).1,
             relay_routes: tokio::sync::watch::channel(vec![]).1,
             allow_non_global: true, // lab WAN addresses are documentation ranges
         };
-        let opts = UpnpOptions { gateway_url, bind_ip: Some(bind_ip), lease: Duration::from_secs(lease), ..Default::default() };
+        let opts = PortMapOptions {
+            mode,
+            gateway,
+            upnp_url: gateway_url,
+            bind_ip: Some(bind_ip),
+            lease: Duration::from_secs(lease),
+            ..Default::default()
+        };
         let (sink, mut rx) = DiscoverySink::channel(64);
         let (handle, stop) = StopSignal::new();
-        let task = tokio::spawn(Box::new(UpnpDiscovery::new(opts)).start(ctx, sink, stop));
+        let task = tokio::spawn(Box::new(PortMapDiscovery::new(opts)).start(ctx, sink, stop));
         println!("{}", json!({"ready": {"port": port}}));
         let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         let deadline = tokio::time::sleep(Duration::from_secs(secs));
@@ -77,7 +89,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 r = sock.recv_from(&mut buf) => match r {
                     Ok((n, from)) => println!("{}", json!({"received": {"bytes": n, "from": from.to_string()}})),
-                    Err(e) => eprintln!("upnp-probe: recv: {e}"),
+                    Err(e) => eprintln!("portmap-probe: recv: {e}"),
                 },
                 ev = rx.recv() => match ev {
                     Some(ev) => print_event(ev),
