@@ -51,7 +51,9 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::lab::{require_program, which, Bridge, Lab, LabProcess, Ns};
 
+mod ipv6;
 mod serve;
+pub use ipv6::{H1_IP6, R1_LAN6, V6H_IP6, VPS1_IP6};
 pub use serve::MapProto;
 
 /// Public address of the VPS host.
@@ -117,6 +119,9 @@ pub struct Site {
     upnp_starts: Mutex<u32>,
     /// What miniupnpd serves from its next start.
     serve: Mutex<Option<MapProto>>,
+    /// The LAN's IPv6 address once [`NatLab::add_ipv6`] gave it one
+    /// (miniupnpd's `ipv6_listening_ip` from its next start).
+    lan_ip6: Mutex<Option<String>>,
 }
 
 impl Site {
@@ -245,6 +250,7 @@ impl<'a> NatLab<'a> {
             linkemu: Mutex::new(linkemu),
             upnp_starts: Mutex::new(0),
             serve: Mutex::new(opts.serve),
+            lan_ip6: Mutex::new(None),
         };
         lab.nft(&site.router, &router_ruleset(&site))?;
         if site.opts.loss_ppm > 0 {
@@ -279,6 +285,10 @@ impl<'a> NatLab<'a> {
         let n = &site.router.short[1..];
         let yes = |b: bool| if b { "yes" } else { "no" };
         let (upnp, natpmp) = serve::switches(*site.serve.lock().unwrap());
+        let ipv6 = match &*site.lan_ip6.lock().unwrap() {
+            Some(ip) => format!("ipv6_listening_ip={ip}\n"),
+            None => String::new(),
+        };
         format!(
             "# partybus NAT lab, router {r}\n\
              ext_ifname=wan\n\
@@ -299,7 +309,8 @@ impl<'a> NatLab<'a> {
              upnp_nat_chain={p}\n\
              upnp_nat_postrouting_chain={q}\n\
              allow 1024-65535 {lan} 1024-65535\n\
-             deny 0-65535 0.0.0.0/0 0-65535\n",
+             deny 0-65535 0.0.0.0/0 0-65535\n\
+             {ipv6}",
             r = site.router.short,
             stun = STUN_IPS[0],
             stun_port = STUN_PORTS[0],
