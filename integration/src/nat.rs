@@ -369,9 +369,17 @@ impl<'a> NatLab<'a> {
         if !text.contains("Port forwarding is now enabled") {
             bail!("miniupnpd on {} did not enable port forwarding:\n{}", site.router, p.stderr_tail(30));
         }
-        // The HTTP port answers (bounded).
+        if upnp {
+            self.wait_http(site)?;
+        }
+        *guard = Some(p);
+        Ok(())
+    }
+
+    /// Wait (bounded) until miniupnpd's HTTP port answers on the LAN.
+    fn wait_http(&self, site: &Site) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while upnp {
+        loop {
             let addr = SocketAddr::V4(SocketAddrV4::new(site.lan_ip, UPNP_HTTP_PORT));
             let ok = self
                 .lab
@@ -379,15 +387,13 @@ impl<'a> NatLab<'a> {
                 .map(|o| o.status.success())
                 .unwrap_or(false);
             if ok {
-                break;
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 bail!("miniupnpd on {}: HTTP port {addr} does not answer", site.router);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        *guard = Some(p);
-        Ok(())
     }
 
     /// Kill miniupnpd (SIGKILL: like a crash or power loss, it cleans up

@@ -202,7 +202,7 @@ pub(crate) fn lease_secs(lease: Duration) -> u32 {
 enum Client {
     Pcp(pcp::Client),
     NatPmp(natpmp::Client),
-    Upnp(crate::upnp::Client),
+    Upnp(Box<crate::upnp::Client>),
 }
 
 impl Client {
@@ -341,7 +341,7 @@ async fn run(opts: PortMapOptions, ctx: DiscoveryContext, sink: DiscoverySink, m
 async fn establish(opts: &PortMapOptions, ctx: &DiscoveryContext) -> Option<Client> {
     match opts.mode {
         Mode::Only(Protocol::Upnp) => match crate::upnp::Client::find(opts, ctx.port).await {
-            Some(c) => Some(Client::Upnp(c)),
+            Some(c) => Some(Client::Upnp(Box::new(c))),
             None => {
                 tracing::info!("upnp: no UPnP gateway found; port mapping disabled");
                 None
@@ -431,18 +431,25 @@ async fn probe(opts: &PortMapOptions, port: u16) -> Option<Client> {
             }
         }
     };
-    let upnp_probe = async { crate::upnp::Client::find(opts, port).await.map(Client::Upnp) };
+    let upnp_probe = async { crate::upnp::Client::find(opts, port).await.map(|c| Client::Upnp(Box::new(c))) };
     tokio::pin!(pcp_probe, pmp_probe, upnp_probe);
     // Slots in order of preference: None = still probing, Some(None) = no answer.
     let mut slots: [Option<Option<Client>>; 3] = [None, None, None];
     loop {
         // The first answered slot with only failures before it wins.
-        for i in 0..3 {
-            match &slots[i] {
-                Some(Some(_)) => return slots[i].take().flatten(),
+        let mut winner = None;
+        for (i, slot) in slots.iter().enumerate() {
+            match slot {
+                Some(Some(_)) => {
+                    winner = Some(i);
+                    break;
+                }
                 Some(None) => continue,
                 None => break,
             }
+        }
+        if let Some(i) = winner {
+            return slots[i].take().flatten();
         }
         if slots.iter().all(|s| matches!(s, Some(None))) {
             return None;
