@@ -437,7 +437,8 @@ async fn external_addrs_name_the_protocol_that_mapped_them() {
         })
     });
     let b = node_named("mapped", None, |c| c.discovery.push(Box::new(mapper))).await;
-    let want = |v: &[(std::net::SocketAddr, &str)]| v.iter().map(|(a, s)| ExternalAddr { addr: *a, source: s.to_string() }).collect::<Vec<_>>();
+    let want =
+        |v: &[(std::net::SocketAddr, &str)]| v.iter().map(|(a, s)| ExternalAddr { addr: *a, source: s.to_string() }).collect::<Vec<_>>();
     assert!(wait_until(|| b.external_addrs() == want(&[(pcp, "pcp"), (pmp, "natpmp")]), GUARD).await, "{:?}", b.external_addrs());
     lose_tx.send(()).unwrap();
     assert!(wait_until(|| b.external_addrs() == want(&[(pmp, "natpmp")]), GUARD).await, "{:?}", b.external_addrs());

@@ -109,7 +109,8 @@ pub struct PortMapOptions {
     pub mode: Mode,
     /// Lease asked for (default 1 h); renewed at half of what the router
     /// grants. `Duration::ZERO` asks UPnP for a permanent mapping (NAT-PMP
-    /// and PCP have none: they get 1 s, the shortest); still deleted on stop.
+    /// and PCP have none: they ask for [`NO_PERMANENT_LIFETIME`]); still
+    /// deleted on stop.
     pub lease: Duration,
     /// The NAT-PMP/PCP server. Default: the router of the default route.
     pub gateway: Option<IpAddr>,
@@ -195,6 +196,19 @@ pub(crate) fn lease_secs(lease: Duration) -> u32 {
         0
     } else {
         lease.as_secs().clamp(1, 7 * 24 * 3600) as u32
+    }
+}
+
+/// The lifetime NAT-PMP and PCP ask for when a permanent mapping is wanted
+/// (they have none): RFC 6886's recommended 2 hours.
+pub const NO_PERMANENT_LIFETIME: u32 = 7200;
+
+/// The lifetime field of a NAT-PMP/PCP request for `lease` (never 0: that deletes).
+pub(crate) fn udp_lifetime(lease: Duration) -> u32 {
+    if lease.is_zero() {
+        NO_PERMANENT_LIFETIME
+    } else {
+        lease_secs(lease)
     }
 }
 

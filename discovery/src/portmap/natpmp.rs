@@ -111,7 +111,7 @@ impl Client {
         if !allow_non_global && !crate::addr::is_global(IpAddr::V4(ip)) {
             return Err(ClientError::Unusable(IpAddr::V4(ip)));
         }
-        let lifetime = super::lease_secs(lease).max(1);
+        let lifetime = super::udp_lifetime(lease);
         let req = map_request(self.internal_port, want, lifetime);
         let r = self.ex.request(&req, super::udp::TRIES, |b| parse(OP_MAP_UDP, b)).await?;
         match r {

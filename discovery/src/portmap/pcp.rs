@@ -157,7 +157,7 @@ impl Client {
     /// address. A non-global one (a second NAT) is deleted again and
     /// reported as [`ClientError::Unusable`] unless `allow_non_global`.
     pub async fn map(&self, want: u16, lease: Duration, allow_non_global: bool) -> Result<Mapped, ClientError> {
-        let lifetime = super::lease_secs(lease).max(1);
+        let lifetime = super::udp_lifetime(lease);
         let req = map_request(self.local_ip, self.nonce, self.internal_port, want, lifetime);
         match self.ex.request(&req, super::udp::TRIES, |b| parse(OP_MAP, &self.nonce, b)).await? {
             Response::Map { epoch, lifetime, internal_port, ext } if internal_port == self.internal_port && ext.port() != 0 => {

@@ -54,6 +54,8 @@ fn lease_seconds() {
     assert_eq!(lease_secs(Duration::from_millis(10)), 1);
     assert_eq!(lease_secs(Duration::from_secs(3600)), 3600);
     assert_eq!(lease_secs(Duration::from_secs(100 * 24 * 3600)), 7 * 24 * 3600);
+    assert_eq!(udp_lifetime(Duration::ZERO), NO_PERMANENT_LIFETIME, "lifetime 0 would delete the mapping");
+    assert_eq!(udp_lifetime(Duration::from_millis(10)), 1);
     assert_eq!("natpmp".parse::<Mode>(), Ok(Mode::Only(Protocol::NatPmp)));
     assert_eq!("auto".parse::<Mode>(), Ok(Mode::Auto));
     assert!("upnp2".parse::<Mode>().unwrap_err().contains("auto, upnp, natpmp, pcp or off"));
