@@ -10,7 +10,9 @@
 //!   mappings (error 725) gets lease 0;
 //! * the external IP is asked for first: a non-global one makes no mapping;
 //! * after a few failures the gateway is searched for again (a restarted
-//!   miniupnpd may listen on a new HTTP port).
+//!   miniupnpd may listen on a new HTTP port);
+//! * `GetStatusInfo`'s uptime serves as the epoch (our own SOAP request):
+//!   when it goes back, the router restarted and the mapping is made again.
 //!
 //! [`UpnpDiscovery`] is [`crate::portmap::PortMapDiscovery`] with UPnP only
 //! (`--upnp`).
@@ -121,6 +123,21 @@ impl Client {
         }
     }
 
+    /// The WAN connection's uptime (`GetStatusInfo`), which the state
+    /// machine treats like NAT-PMP's epoch: when it goes back, the router
+    /// (or its WAN connection) restarted and the mapping is made again.
+    /// `None` when the router does not say.
+    pub(crate) async fn epoch(&self) -> Option<u32> {
+        match timeout(REQUEST_TIMEOUT, status_uptime(&self.gateway)).await {
+            Ok(Ok(up)) => Some(up),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "upnp: GetStatusInfo");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Delete the mapping we hold.
     pub(crate) async fn unmap(&mut self) -> Result<(), ClientError> {
         let Some(port) = self.held.take() else { return Ok(()) };
@@ -170,7 +187,8 @@ impl Client {
                         let _ = timeout(REQUEST_TIMEOUT, self.gateway.remove_port(PortMappingProtocol::UDP, old)).await;
                     }
                     self.held = Some(port);
-                    return Ok(Mapped { ext: SocketAddr::new(ext_ip, port), lease, epoch: None });
+                    let epoch = self.epoch().await;
+                    return Ok(Mapped { ext: SocketAddr::new(ext_ip, port), lease, epoch });
                 }
                 Ok(Err(AddPortError::OnlyPermanentLeasesSupported)) if !lease.is_zero() => {
                     tracing::info!("upnp: router supports only permanent mappings; using lease 0");
@@ -277,11 +295,15 @@ fn resolve_ref(base_path: &str, reference: &str) -> String {
 
 /// A minimal HTTP/1.0 GET (no chunked encoding), bounded in size and by the caller's timeout.
 async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<Vec<u8>, String> {
+    http_request(addr, &format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: partybus\r\n\r\n")).await
+}
+
+/// Send `req` (a whole HTTP/1.0 request), read the answer (bounded), return its body if 200.
+async fn http_request(addr: SocketAddr, req: &str) -> Result<Vec<u8>, String> {
     let mut s = timeout(REQUEST_TIMEOUT, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: partybus\r\n\r\n");
     s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     (&mut s).take(MAX_DESC_BYTES as u64 + 1).read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
@@ -295,6 +317,37 @@ async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<Vec<u8>, S
         return Err(format!("HTTP status: {status}"));
     }
     Ok(buf[split + 4..].to_vec())
+}
+
+/// `GetStatusInfo` of the WAN connection service: its `NewUptime`, the
+/// seconds the connection (in miniupnpd: the daemon) has been up. Our own
+/// SOAP request: `igd-next` has no call for it.
+async fn status_uptime(gateway: &Gateway<Tokio>) -> Result<u32, String> {
+    let st = &gateway.service_type;
+    let body = format!(
+        "<?xml version=\"1.0\"?>\r\n<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" \
+         s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body><u:GetStatusInfo xmlns:u=\"{st}\">\
+         </u:GetStatusInfo></s:Body></s:Envelope>"
+    );
+    let path = match parse_http_url(&gateway.control_url) {
+        Ok(u) => u.path,
+        Err(_) => gateway.control_url.clone(),
+    };
+    let req = format!(
+        "POST {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: partybus\r\n\
+         Content-Type: text/xml; charset=\"utf-8\"\r\nSOAPAction: \"{st}#GetStatusInfo\"\r\nContent-Length: {len}\r\n\r\n{body}",
+        host = gateway.addr,
+        len = body.len(),
+    );
+    parse_uptime(&http_request(gateway.addr, &req).await?)
+}
+
+/// `NewUptime` from a `GetStatusInfo` answer.
+fn parse_uptime(body: &[u8]) -> Result<u32, String> {
+    let text = String::from_utf8_lossy(body);
+    let start = text.find("<NewUptime>").ok_or("no NewUptime in the answer")? + "<NewUptime>".len();
+    let end = text[start..].find('<').ok_or("unterminated NewUptime")? + start;
+    text[start..end].trim().parse().map_err(|_| format!("NewUptime {:?} is not a number", &text[start..end]))
 }
 
 const WAN_SERVICES: [&str; 3] = [

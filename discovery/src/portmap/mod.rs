@@ -7,9 +7,11 @@
 //!   I/O): a finite lease ([`PortMapOptions::lease`], default 1 h) renewed
 //!   at half of what the router granted; on failure the address is
 //!   withdrawn and the mapping retried with exponential backoff; a router
-//!   restart (NAT-PMP/PCP epoch going backwards, checked at each answer and
-//!   every [`machine::EPOCH_CHECK`] between renewals) makes the mapping
-//!   again at once; the mapping is deleted on stop.
+//!   restart (NAT-PMP/PCP epoch going backwards; for UPnP the uptime in
+//!   `GetStatusInfo`, which miniupnpd and most IGDs reset with the daemon or
+//!   the WAN connection; checked at each answer and every
+//!   [`machine::EPOCH_CHECK`] between renewals) makes the mapping again at
+//!   once; the mapping is deleted on stop.
 //! * The external port asked for is our own port number, then the one we
 //!   hold; when it is taken, NAT-PMP and PCP routers assign another one
 //!   themselves and UPnP tries a few random ones (error 718).
@@ -30,8 +32,8 @@
 //! search time, 3 s, and ~0.1 s when PCP answers); in that order because
 //! PCP is NAT-PMP's successor (it names the external address in the mapping
 //! answer, carries IPv6, and a NAT-PMP-only router says so at once), and
-//! both are one small UDP exchange with an epoch that reveals router
-//! restarts, where UPnP is HTTP + SOAP without one. When nothing answers:
+//! both are one small UDP exchange whose epoch reveals router restarts,
+//! where UPnP is several HTTP + SOAP requests. When nothing answers:
 //! one info line, then [`PROBE_RETRIES`] more rounds with growing pauses
 //! (debug lines), then the service idles until stopped: no retry storm.
 
@@ -248,7 +250,7 @@ impl Client {
         match self {
             Client::Pcp(c) => c.epoch().await,
             Client::NatPmp(c) => c.epoch().await,
-            Client::Upnp(_) => None,
+            Client::Upnp(c) => c.epoch().await,
         }
     }
 
@@ -296,7 +298,12 @@ async fn run(opts: PortMapOptions, ctx: DiscoveryContext, sink: DiscoverySink, m
                         Attempt::Unusable { ext_ip: ip }
                     }
                     Err(e) => {
-                        tracing::debug!(error = %e, failures = machine.failures() + 1, "{p}: mapping attempt failed");
+                        if machine.failures() == 0 {
+                            // Once per run of failures at info; the retries (backoff) at debug.
+                            tracing::info!(error = %e, "{p}: mapping failed; retrying with backoff (5 s, doubling to 10 min)");
+                        } else {
+                            tracing::debug!(error = %e, failures = machine.failures() + 1, "{p}: mapping attempt failed");
+                        }
                         Attempt::Failed
                     }
                 };

@@ -5,6 +5,16 @@ fn sa(s: &str) -> SocketAddr {
 }
 
 #[test]
+fn uptime_from_get_status_info() {
+    let body = b"<s:Envelope><s:Body><u:GetStatusInfoResponse xmlns:u=\"urn:schemas-upnp-org:service:WANIPConnection:1\">\
+<NewConnectionStatus>Connected</NewConnectionStatus><NewLastConnectionError>ERROR_NONE</NewLastConnectionError>\
+<NewUptime>42</NewUptime></u:GetStatusInfoResponse></s:Body></s:Envelope>";
+    assert_eq!(parse_uptime(body), Ok(42));
+    assert!(parse_uptime(b"<NewUptime>soon</NewUptime>").unwrap_err().contains("not a number"));
+    assert!(parse_uptime(b"<x/>").is_err());
+}
+
+#[test]
 fn urls() {
     assert_eq!(
         parse_http_url("http://198.18.0.1:5000/rootDesc.xml").unwrap(),
