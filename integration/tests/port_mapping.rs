@@ -13,9 +13,10 @@
 //!    uptime did) and maps again; on leave the mapping is deleted.
 //! 2. `auto_picks_what_answers_and_gives_up_cleanly`: `--port-mapping auto`
 //!    (the `portmap-probe` service) with only PCP, only NAT-PMP, only UPnP
-//!    on the router maps with that one; with no daemon at all it says so
-//!    in one log line and does not probe again within the test (the next
-//!    round is 30 s later).
+//!    on the router maps with that one; when the router moves from PCP to
+//!    UPnP it follows after three failed renewals; with no daemon at all it
+//!    says so in one log line and does not probe again within the test (the
+//!    next round is 30 s later).
 //!
 //! Each prints the time to a mapping (`portmap: ...`).
 //! Network labs: reported as ignored where the build finds the lab
@@ -145,8 +146,8 @@ fn auto_picks_what_answers_and_gives_up_cleanly() {
     let nat = build(&lab, MapProto::Pcp);
     let site = &nat.r1;
     let host_ip = site.host_ip.to_string();
-    let probe = |lab: &Lab| {
-        let args = ["--bind-ip", &host_ip, "--mode", "auto", "--lease-secs", "60"];
+    let probe = |lab: &Lab, lease: &str| {
+        let args = ["--bind-ip", &host_ip, "--mode", "auto", "--lease-secs", lease];
         let mut p =
             lab.spawn_env(&site.host, env!("CARGO_BIN_EXE_portmap-probe"), args, [("RUST_LOG", "partybus_discovery=debug")]).unwrap();
         let port =
@@ -159,7 +160,7 @@ fn auto_picks_what_answers_and_gives_up_cleanly() {
             nat.restart_miniupnpd(site).unwrap();
         }
         let t = Instant::now();
-        let (mut p, port) = probe(&lab);
+        let (mut p, port) = probe(&lab, "60");
         let v = p
             .wait_for_json(|v| v.get("external").is_some(), Duration::from_secs(15))
             .unwrap_or_else(|e| panic!("auto with only {proto}: no mapping: {e:#}\n{}", p.stderr_tail(20)));
@@ -173,10 +174,29 @@ fn auto_picks_what_answers_and_gives_up_cleanly() {
         assert!(nat.udp_mappings(site).unwrap().is_empty(), "auto/{proto}: mapping left");
     }
 
+    // The router switches from PCP to UPnP: the probe's PCP renewals fail
+    // (2 s, then 5 s and 10 s later), after the third failure it probes
+    // again and moves to UPnP.
+    nat.serve_only(site, Some(MapProto::Pcp)).unwrap();
+    nat.restart_miniupnpd(site).unwrap();
+    let (mut p, _) = probe(&lab, "4");
+    let v = p.wait_for_json(|v| v.get("external").is_some(), Duration::from_secs(15)).unwrap();
+    assert_eq!(v["source"], "pcp", "{v}");
+    let t = Instant::now();
+    nat.serve_only(site, Some(MapProto::Upnp)).unwrap();
+    nat.restart_miniupnpd(site).unwrap();
+    let v = p
+        .wait_for_json(|v| v.get("external").is_some() && v["source"] == "upnp", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("auto did not move from PCP to UPnP: {e:#}\n{}", p.stderr_tail(20)));
+    eprintln!("portmap: auto moved from PCP to UPnP {:.2} s after the router changed: {v}", t.elapsed().as_secs_f64());
+    p.close_stdin();
+    p.wait_for_json(|v| v.get("stopped").is_some(), Duration::from_secs(15)).unwrap();
+    assert!(nat.udp_mappings(site).unwrap().is_empty(), "auto pcp->upnp: mapping left");
+
     // No daemon: one round of probes, one info line, no storm.
     nat.stop_miniupnpd(site).unwrap();
     let t = Instant::now();
-    let (mut p, _) = probe(&lab);
+    let (mut p, _) = probe(&lab, "60");
     p.wait_for_stderr(|l| l.contains("no gateway answered"), Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("auto gave up without saying so: {e:#}\n{}", p.stderr_tail(20)));
     let gave_up = t.elapsed();

@@ -36,6 +36,9 @@
 //! where UPnP is several HTTP + SOAP requests. When nothing answers:
 //! one info line, then [`PROBE_RETRIES`] more rounds with growing pauses
 //! (debug lines), then the service idles until stopped: no retry storm.
+//! When the chosen protocol keeps failing (every
+//! [`machine::REDISCOVER_AFTER`] failures) all three are probed again, and
+//! another one that answers takes over (a reconfigured or replaced router).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -270,7 +273,7 @@ async fn run(opts: PortMapOptions, ctx: DiscoveryContext, sink: DiscoverySink, m
         stop.stopped().await;
         return;
     };
-    let p = client.protocol();
+    let mut p = client.protocol();
     let mut machine = MappingMachine::new(std::time::Instant::now());
     let mut want = ctx.port;
     let mut held = false;
@@ -336,9 +339,19 @@ async fn run(opts: PortMapOptions, ctx: DiscoveryContext, sink: DiscoverySink, m
                     tracing::info!(epoch_before = before, epoch_now = now, "{p}: the router restarted (its epoch went back); mapping again")
                 }
                 Effect::Rediscover => {
-                    tokio::select! {
-                        _ = client.rediscover() => {}
+                    let other = tokio::select! {
+                        o = rediscover(&opts, ctx.port, p, &mut client) => o,
                         _ = stop.stopped() => break,
+                    };
+                    if let Some(new) = other {
+                        tracing::info!("port mapping: {p} fails, {} answers now: switching to it", new.protocol());
+                        if held {
+                            let _ = timeout(REMOVE_TIMEOUT, client.unmap()).await;
+                        }
+                        client = new;
+                        p = client.protocol();
+                        machine = MappingMachine::new(std::time::Instant::now());
+                        (want, held) = (ctx.port, false);
                     }
                 }
             }
@@ -355,6 +368,20 @@ async fn run(opts: PortMapOptions, ctx: DiscoveryContext, sink: DiscoverySink, m
     if let Some(a) = machine.advertised() {
         sink.external_lost(a, p.name());
     }
+}
+
+/// After repeated failures: UPnP searches its gateway again; in
+/// [`Mode::Auto`] all three are probed again, and another protocol that
+/// answers (the router was reconfigured or replaced) is returned.
+async fn rediscover(opts: &PortMapOptions, port: u16, current: Protocol, client: &mut Client) -> Option<Client> {
+    if opts.mode == Mode::Auto {
+        match probe(opts, port).await {
+            Some(c) if c.protocol() != current => return Some(c),
+            _ => {}
+        }
+    }
+    client.rediscover().await;
+    None
 }
 
 /// The client of the configured protocol, or in [`Mode::Auto`] of the
