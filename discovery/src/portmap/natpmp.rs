@@ -1,5 +1,5 @@
 //! NAT-PMP (RFC 6886) client: the message formats (pure functions) and a
-//! thin client over [`super::udp::Exchange`].
+//! thin client over the shared UDP exchange (`portmap/udp.rs`).
 //!
 //! Written here rather than taken from `crab_nat` (the maintained crate for
 //! NAT-PMP and PCP): the whole protocol is two 2- and 12-byte requests and

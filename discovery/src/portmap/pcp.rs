@@ -1,5 +1,5 @@
 //! PCP (RFC 6887) client: MAP and ANNOUNCE messages (pure functions) and a
-//! thin client over [`super::udp::Exchange`].
+//! thin client over the shared UDP exchange (`portmap/udp.rs`).
 //!
 //! Written here rather than taken from `crab_nat`, for the reasons given in
 //! [`super::natpmp`]: two fixed-format messages (24-byte header, 36-byte MAP
