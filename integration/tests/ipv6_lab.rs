@@ -28,8 +28,9 @@ use partybus_integration::pb::{self, LabHood};
 const LOG: &str = "info,partybus=debug,partybus_discovery=debug";
 
 fn build(lab: &Lab) -> (NatLab<'_>, partybus_integration::lab::Ns) {
-    // NAT-PMP/PCP only: with IPv6 on, miniupnpd's UPnP HTTP port stops
-    // answering on the LAN's IPv4 address (see the README's lab notes).
+    // NAT-PMP/PCP only: with `ipv6_listening_ip`, miniupnpd 2.3.1 binds its
+    // UPnP HTTP socket to that IPv6 address alone (nothing on the LAN's IPv4
+    // address, which the lab's start check uses).
     let r1 = RouterOptions { upnp: true, serve: Some(MapProto::Pcp), ..Default::default() };
     let nat =
         NatLab::build(lab, NatOptions { r1, r2: RouterOptions::default(), stun_server: Some(env!("CARGO_BIN_EXE_stun-server").into()) })
