@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::time::timeout;
 
+use super::choose::probe;
 use super::*;
 use crate::DiscoveryEvent;
 use fake_server::FakeServer;
