@@ -153,6 +153,13 @@ impl Bus {
         self.inner.observed()
     }
 
+    /// Addresses a discovery service mapped for this node on a router (a
+    /// port mapping: `source` is `"pcp"`, `"natpmp"` or `"upnp"`), which it
+    /// advertises to neighbours and the DHT.
+    pub fn external_addrs(&self) -> Vec<ExternalAddr> {
+        crate::shared::relock(&self.inner.addrs).external.clone()
+    }
+
     /// Current neighbours.
     pub fn neighbours(&self) -> Vec<NeighbourInfo> {
         self.inner.plane.neighbours().into_iter().map(|n| self.inner.with_path(n)).collect()
@@ -183,9 +190,10 @@ impl Bus {
     pub fn path(&self, id: NodeId) -> Option<PathStats> {
         self.inner.path(id)
     }
-    /// Addresses mapped for us by a discovery service (a UPnP port mapping).
+    /// Addresses mapped for us by a discovery service (a port mapping);
+    /// [`Bus::external_addrs`] also says which protocol made each.
     pub fn mapped_addrs(&self) -> Vec<SocketAddr> {
-        crate::shared::relock(&self.inner.addrs).external.clone()
+        crate::shared::relock(&self.inner.addrs).external.iter().map(|e| e.addr).collect()
     }
     /// Every address this node tells peers: configured (`advertise`),
     /// mapped, and its interfaces' addresses.
@@ -372,4 +380,14 @@ impl Bus {
     pub async fn leave(&self) {
         node::leave(&self.inner).await
     }
+}
+
+/// An address at which this node is reachable from elsewhere, and who said
+/// so ([`Bus::external_addrs`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ExternalAddr {
+    pub addr: SocketAddr,
+    /// The discovery service that reported it: for port mappings the
+    /// protocol that made the mapping (`"pcp"`, `"natpmp"`, `"upnp"`).
+    pub source: String,
 }

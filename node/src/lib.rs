@@ -78,7 +78,7 @@ pub mod __private {
 }
 // ---------------------------------------------------------------------------
 
-pub use bus::{Bus, EmitError, ListenOptions, ListenerHandle, Subscription};
+pub use bus::{Bus, EmitError, ExternalAddr, ListenOptions, ListenerHandle, Subscription};
 pub use config::{Config, ConfigError, FullPolicy, PortSpec, RelaySettings};
 pub use event::{Event, PeerInfo};
 pub use id::NodeId;

@@ -228,15 +228,15 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
                     info!(%addr, %source, "reachable at external address");
                     {
                         let mut a = relock(&me.addrs);
-                        if !a.external.contains(&addr) {
-                            a.external.push(addr);
-                        }
+                        // The same address from another service: the latest says who holds it.
+                        a.external.retain(|e| e.addr != addr);
+                        a.external.push(crate::bus::ExternalAddr { addr, source });
                     }
                     me.update_reachable();
                 }
                 DiscoveryEvent::ExternalLost { addr, source } => {
                     info!(%addr, %source, "external address withdrawn");
-                    relock(&me.addrs).external.retain(|a| *a != addr);
+                    relock(&me.addrs).external.retain(|e| !(e.addr == addr && e.source == source));
                     me.update_reachable();
                 }
                 DiscoveryEvent::Relay { addr, source } => {

@@ -51,7 +51,8 @@ pub(crate) enum Phase {
 /// Addresses: ours as others see them, and mapped ones.
 #[derive(Default)]
 pub(crate) struct Addresses {
-    pub(crate) external: Vec<SocketAddr>,
+    /// Mapped addresses and the service (protocol) that mapped each.
+    pub(crate) external: Vec<crate::bus::ExternalAddr>,
     observed: Vec<SocketAddr>,
     stats: ConnStats,
 }
@@ -196,7 +197,7 @@ impl Inner {
         // Interfaces are read (a system call) before taking the lock.
         let ifs = interface_addrs(self.local_addr);
         let mut v = self.settings.advertise.clone();
-        v.extend(relock(&self.addrs).external.iter().copied());
+        v.extend(relock(&self.addrs).external.iter().map(|e| e.addr));
         v.extend(ifs);
         // A handful of addresses: a linear check beats building a set (once per connection).
         let mut out: Vec<SocketAddr> = Vec::with_capacity(v.len());

@@ -28,9 +28,11 @@
 //! mdns = false
 //! dht = ["dht.example.org:4816"]
 //! # dht_serve = true        # default: on when this host has a global address
-//! upnp = false
+//! # port_mapping = "auto"         # or "upnp", "natpmp", "pcp", "off" (default)
+//! # port_mapping_gateway = "198.18.1.1"   # NAT-PMP/PCP router; default: the default route's
+//! # port_mapping_lease = "1h"     # renewed at half-life
+//! upnp = false                    # true: the same as port_mapping = "upnp"
 //! # upnp_url = "http://198.18.1.1:5000/rootDesc.xml"
-//! # upnp_lease = "1h"             # renewed at half-life
 //!
 //! [limits]
 //! # queue_limit = 4194304          # bytes per neighbour
@@ -107,7 +109,11 @@ pub struct DiscoveryConfig {
     #[serde(default)]
     pub upnp: bool,
     pub upnp_url: Option<String>,
+    /// Older spelling of `port_mapping_lease`.
     pub upnp_lease: Option<Dur>,
+    pub port_mapping: Option<String>,
+    pub port_mapping_gateway: Option<IpAddr>,
+    pub port_mapping_lease: Option<Dur>,
 }
 
 #[derive(Deserialize, Default, Debug, Clone)]

@@ -62,7 +62,7 @@ fn restart_needed(old: &Resolved, new: &Resolved) -> Vec<String> {
         keep_alive,
         connect_interval,
         mdns,
-        upnp,
+        port_mapping,
         dht,
         dht_serve,
         socket_buffer,
