@@ -194,6 +194,19 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// What decoding one frame body may claim in all (lengths of strings and
+/// lists): bincode reserves what a length says before reading it, so
+/// without a limit a 20-byte frame claiming a 2^60-byte string aborted the
+/// process. Above the largest control frame a node sends (10,000
+/// subscriptions of 1 KiB); events take [`event_parts`] and are bounded by
+/// `max_frame` alone.
+pub const DECODE_LIMIT: usize = 16 << 20;
+
+fn decode_config(
+) -> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Varint, bincode::config::Limit<DECODE_LIMIT>> {
+    config().with_limit::<DECODE_LIMIT>()
+}
+
 /// Writes magic and version.
 pub fn put_preamble(buf: &mut BytesMut) {
     buf.put_slice(&MAGIC);
@@ -310,7 +323,7 @@ pub fn parse(body: &[u8]) -> Result<Frame<'_>, WireError> {
         return Ok(f);
     }
     let (frame, used): (Frame<'_>, usize) =
-        bincode::serde::borrow_decode_from_slice(body, config()).map_err(|e| WireError::Malformed(e.to_string()))?;
+        bincode::serde::borrow_decode_from_slice(body, decode_config()).map_err(|e| WireError::Malformed(e.to_string()))?;
     if used != body.len() {
         return Err(WireError::Malformed(format!("{} trailing bytes after the frame", body.len() - used)));
     }
@@ -441,6 +454,19 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_length_claim_past_the_limit_is_an_error_not_an_allocation() {
+        // Subscribe, one entry, id 1, its selector's length claimed as 2^60
+        // (a 20-byte frame once aborted the process: "memory allocation of
+        // 1152921504606846976 bytes failed"), then 16 MiB + 1.
+        for claim in [1u64 << 60, u32::MAX as u64, DECODE_LIMIT as u64 + 1] {
+            let mut body = vec![2u8, 1, 1, 0xfd];
+            body.extend_from_slice(&claim.to_le_bytes());
+            body.extend_from_slice(b"abc");
+            assert!(matches!(parse(&body), Err(WireError::Malformed(_))), "{claim}");
+        }
+    }
 
     #[test]
     fn peer_lists_are_bounded_keeping_the_first_distinct_entries() {
