@@ -330,6 +330,10 @@ pub fn parse(body: &[u8]) -> Result<Frame<'_>, WireError> {
     Ok(frame)
 }
 
+/// What a frame split across chunks gets reserved at once; larger frames
+/// grow (by doubling) as their bytes arrive.
+const RESERVE_AHEAD: usize = 256 * 1024;
+
 /// Splits an incoming byte stream into frame bodies (sans I/O): feed it the
 /// chunks QUIC hands over with [`FrameDecoder::push`], take frames with
 /// [`FrameDecoder::next_frame`].
@@ -380,14 +384,18 @@ impl FrameDecoder {
     }
 
     /// The first `n` bytes of the stream, if `n` have arrived. When they
-    /// are not in one piece, they are gathered in `partial` (which then
-    /// reserves `n`, the whole frame once its length is known).
+    /// are not in one piece, they are gathered in `partial`.
     fn front(&mut self, n: usize) -> Option<&[u8]> {
         if self.partial.is_empty() && self.chunk.len() >= n {
             return Some(&self.chunk[..n]);
         }
-        // One allocation for the whole frame, not growth by doubling.
-        self.partial.reserve(n.saturating_sub(self.partial.len()));
+        // Room for the whole frame at once up to `RESERVE_AHEAD` (one
+        // allocation, no growth by doubling, for every event up to that
+        // size); beyond, room for twice what has arrived: a header alone
+        // announcing 16 MB once pinned 16 MB per connection.
+        let have = self.partial.len() + self.chunk.len();
+        let room = n.min(have.saturating_mul(2).max(RESERVE_AHEAD));
+        self.partial.reserve(room.saturating_sub(self.partial.len()));
         let need = n.saturating_sub(self.partial.len()).min(self.chunk.len());
         if need > 0 {
             self.partial.extend_from_slice(&self.chunk[..need]);
@@ -454,6 +462,30 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_header_alone_reserves_little() {
+        let mut dec = FrameDecoder::new(32 << 20);
+        let mut head = BytesMut::new();
+        put_preamble(&mut head);
+        head.put_u32_le(16 << 20);
+        head.put_u8(2);
+        dec.push(head.freeze());
+        dec.push(Bytes::from_static(b"x"));
+        assert_eq!(dec.next_frame(), Ok(None));
+        assert!(dec.partial.capacity() <= 2 * RESERVE_AHEAD, "{} bytes reserved for 2 received", dec.partial.capacity());
+        // The rest arrives in pieces: the frame is whole and right.
+        let mut sent = 2;
+        while sent < 16 << 20 {
+            let n = (1 << 20).min((16 << 20) - sent);
+            dec.push(Bytes::from(vec![sent as u8; n]));
+            sent += n;
+            assert!(dec.partial.capacity() <= 2 * sent.max(RESERVE_AHEAD) + 64, "{} reserved for {sent}", dec.partial.capacity());
+        }
+        let f = dec.next_frame().unwrap().unwrap();
+        assert_eq!(f.len(), 16 << 20);
+        assert_eq!(&f[..2], &[2, b'x']);
+    }
 
     #[test]
     fn a_length_claim_past_the_limit_is_an_error_not_an_allocation() {
