@@ -190,6 +190,11 @@ impl Bus {
     pub fn path(&self, id: NodeId) -> Option<PathStats> {
         self.inner.path(id)
     }
+    /// Events received and dropped because the sender's certificate does
+    /// not allow it to emit them (`partybus peer create --emit`).
+    pub fn forbidden_events(&self) -> u64 {
+        self.inner.forbidden_events.load(std::sync::atomic::Ordering::Relaxed)
+    }
     /// Addresses mapped for us by a discovery service (a port mapping);
     /// [`Bus::external_addrs`] also says which protocol made each.
     pub fn mapped_addrs(&self) -> Vec<SocketAddr> {

@@ -37,6 +37,7 @@ mod mesh;
 mod node;
 mod path;
 mod peers;
+mod perms;
 mod plane;
 mod queue;
 mod ratelog;
