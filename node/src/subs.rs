@@ -111,6 +111,8 @@ pub enum SubLimitError {
          (MAX_WILDCARD_COST_PER_PEER: fewer or shorter wildcard selectors)"
     )]
     WildcardBudget { peer: NodeId, selector: String, cost: usize, max: usize },
+    #[error("peer {peer:?} may not listen to {selector:?} (its certificate's permissions)")]
+    NotPermitted { peer: NodeId, selector: String },
 }
 
 /// Local and remote subscriptions.
@@ -174,6 +176,12 @@ impl SubTable {
     /// Adds a neighbour's subscription (idempotent by id), within limits.
     pub fn add_remote(&mut self, peer: NodeId, id: u64, selector: &str, spy: bool) -> Result<(), SubLimitError> {
         let selector = Selector::new(selector).map_err(|err| SubLimitError::BadSelector { peer, err })?;
+        // A literal subscription to a name the peer may not listen to is
+        // refused; a wildcard one is taken, and only the events it may
+        // listen to are ever routed to it (see `compute`).
+        if selector.match_cost() == 0 && self.restricted.get(&peer).is_some_and(|p| !p.may_listen(selector.as_str())) {
+            return Err(SubLimitError::NotPermitted { peer, selector: selector.as_str().chars().take(64).collect() });
+        }
         let subs = self.remote.entry(peer).or_default();
         if !subs.contains_key(&id) && subs.len() >= self.max_per_peer {
             return Err(SubLimitError::TooMany { peer, max: self.max_per_peer });

@@ -58,6 +58,11 @@ async fn a_sensor_emits_and_hears_only_what_its_certificate_allows() {
     assert!(wait_until(|| sensor_heard.lock().unwrap().iter().any(|n| n == "sensor.cmd.reboot"), GUARD).await);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!sensor_heard.lock().unwrap().iter().any(|n| n == "chat.lobby"), "{:?}", sensor_heard.lock().unwrap());
+    // A subscription to a name it may not hear is refused outright.
+    let _c = sensor.on("chat.lobby", |_| {}).unwrap();
+    let _ok = sensor.on("sensor.cmd.stop", |_| {}).unwrap();
+    wait_listeners(&hub, "sensor.cmd.stop", 3).await;
+    assert_eq!(hub.listeners("chat.lobby").unwrap().len(), 1, "the hub's own only");
     sensor.leave().await;
     hub.leave().await;
 }
