@@ -32,12 +32,15 @@ pub mod payload;
 
 mod bus;
 mod congestion;
+mod identity;
 mod mesh;
 mod node;
 mod path;
 mod peers;
+mod perms;
 mod plane;
 mod queue;
+mod ratelog;
 mod relay;
 mod shared;
 mod subs;
@@ -69,18 +72,19 @@ pub mod __private {
     /// The wire protocol: frames, their encoding and decoding.
     pub mod wire {
         pub use crate::wire::{
-            close, event_frame_len, parse, put_event, put_frame, put_preamble, Frame, FrameDecoder, Hello, WireSub, ALPN, MAGIC,
-            PREAMBLE_LEN, PROTOCOL_VERSION,
+            close, event_frame_len, event_parts, parse, put_event, put_frame, put_preamble, Frame, FrameDecoder, Hello, PeerAddrs,
+            RelayRoute, WireSub, ALPN, DECODE_LIMIT, MAGIC, MAX_HELLO, MAX_PEER_ADDRS, MAX_PEER_RELAYS, PREAMBLE_LEN, PROTOCOL_VERSION,
         };
     }
 }
 // ---------------------------------------------------------------------------
 
-pub use bus::{Bus, EmitError, ListenOptions, ListenerHandle, Subscription};
-pub use config::{Config, FullPolicy, PortSpec, RelaySettings};
+pub use bus::{Bus, EmitError, ExternalAddr, ListenOptions, ListenerHandle, Subscription};
+pub use config::{Config, ConfigError, FullPolicy, PortSpec, RelaySettings};
 pub use event::{Event, PeerInfo};
 pub use id::NodeId;
-pub use mesh::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, NeighbourPath, PathStats, NEIGHBOUR_EVENTS};
+pub use identity::RotateError;
+pub use mesh::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, NeighbourPath, NeighbourStats, PathStats, NEIGHBOUR_EVENTS};
 pub use name::{NameError, Selector};
 pub use payload::Timestamp;
 pub use peers::Direction;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::identity::SwapIdentity;
 use crate::wire::ALPN;
 
 /// Errors building the QUIC configuration.
@@ -14,6 +15,8 @@ pub enum TlsSetupError {
     Pki(#[from] partybus_pki::PkiError),
     #[error("TLS configuration is not usable for QUIC: {0}")]
     Quic(String),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::RotateError),
 }
 
 /// Transport settings. `peer_on_host`: for a connection to a peer on this
@@ -103,7 +106,16 @@ pub fn endpoint_config() -> quinn::EndpointConfig {
 }
 
 pub fn server_config(cfg: &Config) -> Result<quinn::ServerConfig, TlsSetupError> {
+    server_config_with(cfg, None)
+}
+
+/// [`server_config`], presenting the certificate `identity` holds at each
+/// handshake (rotation) instead of `cfg.identity` for good.
+pub(crate) fn server_config_with(cfg: &Config, identity: Option<Arc<SwapIdentity>>) -> Result<quinn::ServerConfig, TlsSetupError> {
     let mut tls = partybus_pki::server_config(&cfg.identity, &cfg.hood)?;
+    if let Some(id) = identity {
+        tls.cert_resolver = id;
+    }
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.max_early_data_size = 0;
     // No session resumption. Every peer is dialled with the one server name
@@ -118,13 +130,24 @@ pub fn server_config(cfg: &Config) -> Result<quinn::ServerConfig, TlsSetupError>
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
     sc.transport_config(transport(cfg, false));
     // Addresses are validated by the TLS handshake itself; a retry round
-    // trip would only slow mesh formation down.
+    // trip would only slow mesh formation down (the accept loop asks for
+    // one only under load: `mesh::admission`).
     sc.migration(true);
+    // Handshakes not yet taken by the accept loop (which bounds its own).
+    sc.max_incoming(1024);
     Ok(sc)
 }
 
 pub fn client_config(cfg: &Config) -> Result<quinn::ClientConfig, TlsSetupError> {
+    client_config_with(cfg, None)
+}
+
+/// [`client_config`] with a swappable identity (see [`server_config_with`]).
+pub(crate) fn client_config_with(cfg: &Config, identity: Option<Arc<SwapIdentity>>) -> Result<quinn::ClientConfig, TlsSetupError> {
     let mut tls = partybus_pki::client_config(&cfg.identity, &cfg.hood)?;
+    if let Some(id) = identity {
+        tls.client_auth_cert_resolver = id;
+    }
     tls.alpn_protocols = vec![ALPN.to_vec()];
     // No session resumption: see `server_config`.
     tls.resumption = rustls::client::Resumption::disabled();
@@ -143,6 +166,13 @@ pub fn on_host(
     server.transport_config(transport(cfg, true));
     client.transport_config(transport(cfg, true));
     (server, client)
+}
+
+/// The SHA-256 (hex) of the certificate a connection's peer presented.
+pub(crate) fn peer_cert_fingerprint(conn: &quinn::Connection) -> Option<String> {
+    let chain = conn.peer_identity()?.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok()?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, chain.first()?.as_ref());
+    Some(hex::encode(digest.as_ref()))
 }
 
 /// The CN of the certificate a connection's peer presented.

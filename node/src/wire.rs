@@ -35,10 +35,19 @@ pub const MAGIC: [u8; 4] = *b"PBUS";
 /// agree on).
 /// 3: [`Frame::Resume`] (in-order delivery across a connection switch).
 /// 4: relay routes in [`Hello::relays`] and [`PeerAddrs::relays`].
-/// 5: the express stream ([`Hello::express`], [`Frame::After`]).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// 5: [`Hello::nonce`]: node ids are bound to the certificate's name.
+/// 6: (reserved: revocation lists)
+/// 7: the express stream ([`Hello::express`], [`Frame::After`]).
+pub const PROTOCOL_VERSION: u16 = 7;
 /// Bytes of magic + version.
 pub const PREAMBLE_LEN: usize = 6;
+/// The largest hello accepted (one of [`MAX_PEER_ADDRS`] addresses and
+/// [`MAX_PEER_RELAYS`] relays takes well under 2 KiB).
+pub const MAX_HELLO: usize = 64 * 1024;
+/// Addresses one hello or gossip entry may name; the rest are dropped.
+pub const MAX_PEER_ADDRS: usize = 32;
+/// Relay routes one hello or gossip entry may name; the rest are dropped.
+pub const MAX_PEER_RELAYS: usize = 4;
 /// Frame bytes on top of an event's name and payload that `max_frame` allows.
 pub const FRAME_OVERHEAD: usize = 64 * 1024;
 
@@ -87,8 +96,11 @@ pub struct PeerAddrs {
 /// The first frame on every stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
-    /// Random id of the sending node (new at every start).
+    /// Id of the sending node (new at every start):
+    /// `NodeId::bound(name in its certificate, nonce)`, checked by the receiver.
     pub id: NodeId,
+    /// The random part of `id`.
+    pub nonce: crate::id::IdNonce,
     /// The sender's UDP port (its QUIC endpoint).
     pub port: u16,
     /// Addresses the sender believes it can be reached at, and (for hole
@@ -107,6 +119,42 @@ pub struct Hello {
     /// The sender opened an express stream on this connection, right
     /// after this one (the receiver accepts it before the hellos are over).
     pub express: bool,
+}
+
+/// Keeps the first [`MAX_PEER_ADDRS`] distinct addresses and
+/// [`MAX_PEER_RELAYS`] distinct relay routes: what a peer says about itself
+/// or others costs bounded memory and time, however long its lists.
+fn bound_lists(addrs: &mut Vec<SocketAddr>, relays: &mut Vec<RelayRoute>) {
+    fn dedup_truncate<T: Copy + Eq + std::hash::Hash>(v: &mut Vec<T>, max: usize) {
+        let mut seen = std::collections::HashSet::with_capacity(max);
+        let mut kept = 0;
+        for i in 0..v.len() {
+            if kept == max {
+                break;
+            }
+            if seen.insert(v[i]) {
+                v.swap(kept, i);
+                kept += 1;
+            }
+        }
+        v.truncate(kept);
+    }
+    dedup_truncate(addrs, MAX_PEER_ADDRS);
+    dedup_truncate(relays, MAX_PEER_RELAYS);
+}
+
+impl Hello {
+    /// See [`bound_lists`].
+    pub fn bound(&mut self) {
+        bound_lists(&mut self.addrs, &mut self.relays);
+    }
+}
+
+impl PeerAddrs {
+    /// See [`bound_lists`].
+    pub fn bound(&mut self) {
+        bound_lists(&mut self.addrs, &mut self.relays);
+    }
 }
 
 /// One protocol frame.
@@ -163,6 +211,19 @@ pub enum WireError {
 
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
+}
+
+/// What decoding one frame body may claim in all (lengths of strings and
+/// lists): bincode reserves what a length says before reading it, so
+/// without a limit a 20-byte frame claiming a 2^60-byte string aborted the
+/// process. Above the largest control frame a node sends (10,000
+/// subscriptions of 1 KiB); events take [`event_parts`] and are bounded by
+/// `max_frame` alone.
+pub const DECODE_LIMIT: usize = 16 << 20;
+
+fn decode_config(
+) -> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Varint, bincode::config::Limit<DECODE_LIMIT>> {
+    config().with_limit::<DECODE_LIMIT>()
 }
 
 /// Writes magic and version.
@@ -281,12 +342,16 @@ pub fn parse(body: &[u8]) -> Result<Frame<'_>, WireError> {
         return Ok(f);
     }
     let (frame, used): (Frame<'_>, usize) =
-        bincode::serde::borrow_decode_from_slice(body, config()).map_err(|e| WireError::Malformed(e.to_string()))?;
+        bincode::serde::borrow_decode_from_slice(body, decode_config()).map_err(|e| WireError::Malformed(e.to_string()))?;
     if used != body.len() {
         return Err(WireError::Malformed(format!("{} trailing bytes after the frame", body.len() - used)));
     }
     Ok(frame)
 }
+
+/// What a frame split across chunks gets reserved at once; larger frames
+/// grow (by doubling) as their bytes arrive.
+const RESERVE_AHEAD: usize = 256 * 1024;
 
 /// Splits an incoming byte stream into frame bodies (sans I/O): feed it the
 /// chunks QUIC hands over with [`FrameDecoder::push`], take frames with
@@ -313,6 +378,12 @@ impl FrameDecoder {
         FrameDecoder { chunk: Bytes::new(), partial: BytesMut::new(), max_frame, preamble_done: false }
     }
 
+    /// Changes the largest frame accepted from now on (the hello has a
+    /// smaller limit than the events after it).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
     /// Hands over the next bytes of the stream. Take the frames before
     /// pushing more: only then are frames slices of the chunk they came in.
     pub fn push(&mut self, chunk: Bytes) {
@@ -332,14 +403,18 @@ impl FrameDecoder {
     }
 
     /// The first `n` bytes of the stream, if `n` have arrived. When they
-    /// are not in one piece, they are gathered in `partial` (which then
-    /// reserves `n`, the whole frame once its length is known).
+    /// are not in one piece, they are gathered in `partial`.
     fn front(&mut self, n: usize) -> Option<&[u8]> {
         if self.partial.is_empty() && self.chunk.len() >= n {
             return Some(&self.chunk[..n]);
         }
-        // One allocation for the whole frame, not growth by doubling.
-        self.partial.reserve(n.saturating_sub(self.partial.len()));
+        // Room for the whole frame at once up to `RESERVE_AHEAD` (one
+        // allocation, no growth by doubling, for every event up to that
+        // size); beyond, room for twice what has arrived: a header alone
+        // announcing 16 MB once pinned 16 MB per connection.
+        let have = self.partial.len() + self.chunk.len();
+        let room = n.min(have.saturating_mul(2).max(RESERVE_AHEAD));
+        self.partial.reserve(room.saturating_sub(self.partial.len()));
         let need = n.saturating_sub(self.partial.len()).min(self.chunk.len());
         if need > 0 {
             self.partial.extend_from_slice(&self.chunk[..need]);
@@ -407,10 +482,66 @@ impl FrameDecoder {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_frame_header_alone_reserves_little() {
+        let mut dec = FrameDecoder::new(32 << 20);
+        let mut head = BytesMut::new();
+        put_preamble(&mut head);
+        head.put_u32_le(16 << 20);
+        head.put_u8(2);
+        dec.push(head.freeze());
+        dec.push(Bytes::from_static(b"x"));
+        assert_eq!(dec.next_frame(), Ok(None));
+        assert!(dec.partial.capacity() <= 2 * RESERVE_AHEAD, "{} bytes reserved for 2 received", dec.partial.capacity());
+        // The rest arrives in pieces: the frame is whole and right.
+        let mut sent = 2;
+        while sent < 16 << 20 {
+            let n = (1 << 20).min((16 << 20) - sent);
+            dec.push(Bytes::from(vec![sent as u8; n]));
+            sent += n;
+            assert!(dec.partial.capacity() <= 2 * sent.max(RESERVE_AHEAD) + 64, "{} reserved for {sent}", dec.partial.capacity());
+        }
+        let f = dec.next_frame().unwrap().unwrap();
+        assert_eq!(f.len(), 16 << 20);
+        assert_eq!(&f[..2], &[2, b'x']);
+    }
+
+    #[test]
+    fn a_length_claim_past_the_limit_is_an_error_not_an_allocation() {
+        // Subscribe, one entry, id 1, its selector's length claimed as 2^60
+        // (a 20-byte frame once aborted the process: "memory allocation of
+        // 1152921504606846976 bytes failed"), then 16 MiB + 1.
+        for claim in [1u64 << 60, u32::MAX as u64, DECODE_LIMIT as u64 + 1] {
+            let mut body = vec![2u8, 1, 1, 0xfd];
+            body.extend_from_slice(&claim.to_le_bytes());
+            body.extend_from_slice(b"abc");
+            assert!(matches!(parse(&body), Err(WireError::Malformed(_))), "{claim}");
+        }
+    }
+
+    #[test]
+    fn peer_lists_are_bounded_keeping_the_first_distinct_entries() {
+        let a = |i: u32| SocketAddr::from((std::net::Ipv4Addr::from(0xCB00_7100 + i), 4816));
+        let r = |i: u8| RelayRoute { relay: a(200), id: [i; 16] };
+        // Duplicates everywhere, far more than the bound.
+        let mut p = PeerAddrs {
+            id: NodeId([1; 16]),
+            addrs: (0..100_000).map(|i| a(i % 40)).collect(),
+            relays: (0..50).map(|i| r(i % 6)).collect(),
+        };
+        p.bound();
+        assert_eq!(p.addrs, (0..MAX_PEER_ADDRS as u32).map(a).collect::<Vec<_>>());
+        assert_eq!(p.relays, (0..MAX_PEER_RELAYS as u8).map(r).collect::<Vec<_>>());
+        let mut short = PeerAddrs { id: NodeId([1; 16]), addrs: vec![a(3), a(1), a(3), a(2)], relays: vec![] };
+        short.bound();
+        assert_eq!(short.addrs, vec![a(3), a(1), a(2)]);
+    }
+
     fn sample() -> Vec<Frame<'static>> {
         vec![
             Frame::Hello(Hello {
                 id: NodeId([7; 16]),
+                nonce: [9; 16],
                 port: 4816,
                 addrs: vec!["127.0.0.1:4816".parse().unwrap(), "[::1]:4816".parse().unwrap()],
                 relays: vec![RelayRoute { relay: "203.0.113.1:4000".parse().unwrap(), id: [5; 16] }],

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::*;
 use partybus::__private::wire::{self, Frame, FrameDecoder, WireSub};
-use partybus::NodeId;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
 
@@ -106,7 +105,7 @@ async fn a_small_event_overtakes_a_stalled_bulk_stream() {
     let conn = connect_to_node(&ep, &a).await;
     let (open_tx, open_rx) = watch::channel(false);
     let mut got = read_node_streams(conn.clone(), open_rx);
-    let mut s = send_hello_as(&conn, NodeId::random(), 1).await;
+    let mut s = send_hello_as(&conn, Claim::fresh("slowpoke"), 1).await;
     let subs = ["big", "small"].iter().enumerate().map(|(i, n)| WireSub { id: i as u64 + 1, selector: (*n).into(), spy: false }).collect();
     s.write_chunk(frame(&Frame::Subscribe(subs))).await.unwrap();
     wait_listeners(&a, "big", 1).await;
@@ -280,7 +279,9 @@ async fn a_switch_moves_both_lanes_in_order() {
     const BIG: usize = 20 * 1024;
     let a = node_named("switcher", None, |_| {}).await;
     let ep = client_endpoint(valid_client_config("twice"));
-    let id = NodeId::random();
+    // Both connections make the same claim: the node's certificate check
+    // passes (name "twice") and the duplicate rule applies.
+    let id = Claim::fresh("twice");
     let (open1_tx, open1) = watch::channel(false);
     let c1 = connect_to_node(&ep, &a).await;
     let got1 = collect_streams(c1.clone(), open1);

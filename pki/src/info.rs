@@ -33,6 +33,13 @@ pub struct CertInfo {
     pub cn: Option<String>,
     /// Organization: the hood name.
     pub o: Option<String>,
+    /// What the hood allows this peer (the permissions extension); `None`:
+    /// everything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<crate::Permissions>,
+    /// End of validity, seconds since 1970 (for expiry warnings; not in `cert show`).
+    #[serde(skip)]
+    pub not_after_unix: i64,
 }
 
 impl CertInfo {
@@ -46,6 +53,12 @@ impl CertInfo {
     /// Like [`CertInfo::from_file`], from PEM in memory; `origin` names the source in errors.
     pub fn from_pem(pem: &[u8], origin: &str) -> Result<CertInfo, PkiError> {
         let der = pemfile::cert_from_pem(pem, origin)?;
+        Self::from_der(&der, origin)
+    }
+
+    /// Like [`CertInfo::from_pem`], from one DER certificate.
+    pub fn from_der(der: &rustls_pki_types::CertificateDer<'_>, origin: &str) -> Result<CertInfo, PkiError> {
+        let der = der.clone().into_owned();
         let facts = CertFacts::parse(&der).map_err(|reason| PkiError::InvalidCertificate { origin: origin.to_string(), reason })?;
         let is_ca = facts.basic_ca == Some(true) || (facts.basic_ca.is_none() && facts.version == 0 && facts.self_issued());
         Ok(CertInfo {
@@ -54,6 +67,11 @@ impl CertInfo {
             serial: facts.serial.clone(),
             not_before: cert::rfc3339(facts.not_before),
             not_after: cert::rfc3339(facts.not_after),
+            not_after_unix: facts.not_after,
+            permissions: facts
+                .permissions
+                .clone()
+                .map(|p| p.unwrap_or(crate::Permissions { emit: Some(Vec::new()), listen: Some(Vec::new()) })),
             key_type: match &facts.key_kind {
                 Ok(kind) => kind.to_string(),
                 Err(other) => other.clone(),
@@ -76,6 +94,9 @@ impl fmt::Display for CertInfo {
         writeln!(f, "  valid from:  {}", self.not_before)?;
         writeln!(f, "  valid until: {}", self.not_after)?;
         writeln!(f, "  key:         {}", self.key_type)?;
+        if let Some(p) = &self.permissions {
+            writeln!(f, "  permissions: {p}")?;
+        }
         if self.is_ca {
             write!(f, "  hood fingerprint: {}", self.fingerprint)
         } else {

@@ -101,20 +101,22 @@ mod identity;
 mod info;
 mod key;
 mod pemfile;
+mod permissions;
 mod proof;
 mod temp;
 mod tls;
 mod verified;
 
-pub use create::{create_hood, create_hood_with, create_peer, create_peer_with, CreatedFiles};
+pub use create::{create_hood, create_hood_with, create_peer, create_peer_with, create_peer_with_permissions, CreatedFiles};
 pub use error::PkiError;
 pub use hood::Hood;
-pub use identity::Identity;
+pub use identity::{Identity, KeyFileCheck};
 pub use info::CertInfo;
 pub use key::KeyKind;
+pub use permissions::{Permissions, PERMISSIONS_OID};
 pub use proof::{relay_proof, verify_relay_proof, ProofError, ProvenMember};
 pub use temp::TempHood;
-pub use tls::{client_config, peer_name, server_config};
+pub use tls::{client_config, peer_name, peer_permissions, server_config};
 
 /// Default validity of a new hood: 10 years (as tubemail's `createHood.sh`).
 pub const DEFAULT_HOOD_DAYS: u32 = 3650;

@@ -87,6 +87,15 @@ pub fn peer_name(cert: &CertificateDer<'_>) -> Option<String> {
     verified::facts(cert).ok()?.cn.clone()
 }
 
+/// The permissions written in a peer's certificate (`None`: none written,
+/// everything allowed; an extension that cannot be read allows nothing).
+pub fn peer_permissions(cert: &CertificateDer<'_>) -> Option<crate::Permissions> {
+    match verified::facts(cert).ok()?.permissions.clone()? {
+        Ok(p) => Some(p),
+        Err(_) => Some(crate::Permissions { emit: Some(Vec::new()), listen: Some(Vec::new()) }),
+    }
+}
+
 pub(crate) fn same_hood(identity: &Identity, hood: &Hood) -> Result<(), PkiError> {
     if identity.hood_fingerprint() == hood.fingerprint() {
         Ok(())
@@ -125,7 +134,6 @@ impl std::error::Error for Refused {}
 struct HoodVerifier {
     hood: Hood,
     provider: Arc<CryptoProvider>,
-    hints: Vec<DistinguishedName>,
 }
 
 impl fmt::Debug for HoodVerifier {
@@ -136,7 +144,7 @@ impl fmt::Debug for HoodVerifier {
 
 impl HoodVerifier {
     fn new(hood: &Hood, provider: Arc<CryptoProvider>) -> Self {
-        HoodVerifier { hints: vec![DistinguishedName::from(hood.facts.subject_raw.clone())], hood: hood.clone(), provider }
+        HoodVerifier { hood: hood.clone(), provider }
     }
 
     fn check(&self, end_entity: &CertificateDer<'_>, now: UnixTime, purpose: Purpose) -> Result<(), Error> {
@@ -254,8 +262,11 @@ impl ClientCertVerifier for HoodClientVerifier {
         true
     }
 
+    /// None: the CertificateRequest goes out before the client has proved
+    /// anything, and the hood CA's subject in it would tell any scanner the
+    /// hood's name. Our clients hold one certificate and send it anyway.
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &self.0.hints
+        &[]
     }
 
     fn verify_client_cert(

@@ -16,6 +16,7 @@ use super::inbox::Msg;
 use super::link::{ConnCmd, ConnCtl, LEAVE_FLUSH};
 use super::proto::{ConnId, PeerHello, ReaderEnd, Teardown};
 use super::stream::{run_readers, run_writer};
+use crate::id::NodeId;
 use crate::path::keys::is_relay_key;
 use crate::peers::canonical;
 use crate::relay::wire::Token;
@@ -33,6 +34,9 @@ pub(crate) async fn run(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection, 
             if e.is_mismatch() {
                 warn!(%remote, error = %e, "protocol mismatch");
                 conn.close(close::VERSION.into(), e.to_string().as_bytes());
+            } else if e.is_misbehaviour() {
+                warn!(%remote, error = %e, "hello refused");
+                conn.close(close::PROTOCOL.into(), b"unproven node id");
             } else {
                 debug!(%remote, error = %e, "hello failed");
                 conn.close(close::PROTOCOL.into(), b"hello failed");
@@ -66,7 +70,9 @@ pub(crate) async fn run(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection, 
             run_writer(inner2, send, express_send, queue, ctl, conn).await
         })
     };
-    let end = run_readers(&inner, id, &start.info, recv, express_recv, &start.drain).await;
+    // Both lanes' readers drop the events the peer may not emit.
+    let perms = crate::perms::PeerPerms::of_conn(&conn);
+    let end = run_readers(&inner, id, &start.info, recv, express_recv, &start.drain, perms).await;
     if let ReaderEnd::Protocol(e) = &end {
         warn!(peer = %hello.id.short(), name = %start.info.name, addr = %remote, error = %e, "peer broke the protocol; disconnecting");
         conn.close(close::PROTOCOL.into(), e.to_string().as_bytes());
@@ -138,8 +144,9 @@ async fn exchange_hellos(inner: &Inner, conn: &quinn::Connection, remote: Socket
     // A relayed connection's remote is a relay key: nothing the peer could use.
     let observed = if is_relay_key(remote) { SocketAddr::from(([0, 0, 0, 0], 0)) } else { remote };
     let express = inner.settings.express_max > 0;
-    let hello_out = Hello {
+    let mut hello_out = Hello {
         id: inner.id,
+        nonce: inner.id_nonce,
         port: inner.local_addr.port(),
         addrs: inner.punch_addrs(),
         relays: inner.my_routes(),
@@ -147,6 +154,7 @@ async fn exchange_hellos(inner: &Inner, conn: &quinn::Connection, remote: Socket
         dial,
         express,
     };
+    hello_out.bound();
     let mut send = conn.open_uni().await?;
     let mut buf = BytesMut::new();
     wire::put_preamble(&mut buf);
@@ -163,13 +171,25 @@ async fn exchange_hellos(inner: &Inner, conn: &quinn::Connection, remote: Socket
     } else {
         None
     };
-    let max_frame = inner.settings.max_event_size + wire::FRAME_OVERHEAD;
+    // One limit for both of the peer's streams, read once: a reload in
+    // between must not give them different ones.
+    let max_frame = inner.settings.max_event_size() + wire::FRAME_OVERHEAD;
     let mut recv = conn.accept_uni().await?;
-    let mut dec = FrameDecoder::new(max_frame);
+    let mut dec = FrameDecoder::new(wire::MAX_HELLO);
     let hello = loop {
         if let Some(body) = dec.next_frame()? {
             match wire::parse(&body)? {
-                Frame::Hello(h) => break h,
+                Frame::Hello(mut h) => {
+                    // Ids are bound to the certificate's name: nobody can
+                    // pass for another node (and take its traffic).
+                    let name = crate::tls::peer_cert_name(conn);
+                    if NodeId::bound(&name, &h.nonce) != h.id {
+                        return Err(HelloError::Unproven { claimed: h.id, name });
+                    }
+                    h.bound();
+                    dec.set_max_frame(max_frame);
+                    break h;
+                }
                 _ => return Err(HelloError::NotHello),
             }
         }

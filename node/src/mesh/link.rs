@@ -84,6 +84,11 @@ impl Drain {
         }
     }
 
+    /// Events delivered from this neighbour so far, both lanes (status).
+    pub(crate) fn count(&self) -> u64 {
+        self.lanes.iter().map(|l| l.delivered.load(Ordering::Relaxed)).sum()
+    }
+
     /// Waits until `after` events of `lane` were delivered, at most `bound`.
     /// False if the bound passed first.
     pub(crate) async fn wait_for(&self, lane: Lane, after: u64, bound: Duration) -> bool {

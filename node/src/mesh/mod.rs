@@ -9,6 +9,7 @@
 //! - [`report`]: what the library reports about the mesh.
 
 pub(crate) mod actor;
+mod admission;
 pub(crate) mod conn;
 pub(crate) mod endpoint;
 pub(crate) mod errors;
@@ -18,4 +19,4 @@ pub(crate) mod proto;
 mod report;
 mod stream;
 
-pub use report::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, NeighbourPath, PathStats, NEIGHBOUR_EVENTS};
+pub use report::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, NeighbourPath, NeighbourStats, PathStats, NEIGHBOUR_EVENTS};

@@ -14,9 +14,11 @@ use super::inbox::Msg;
 use super::link::{ConnCtl, Drain};
 use super::proto::{ConnId, ReaderEnd};
 use crate::event::{BatchBuilder, PeerInfo};
+use crate::perms::PeerPerms;
 use crate::queue::{Lane, SendQueue};
+use crate::ratelog::{RateLog, LOG_EVERY};
 use crate::shared::Inner;
-use crate::wire::{self, close, Frame, FrameDecoder};
+use crate::wire::{self, close, Frame, FrameDecoder, PeerAddrs};
 
 /// How long a reader waits for the events of the connection it replaces;
 /// past that they are taken as lost with it.
@@ -39,9 +41,10 @@ pub(super) async fn run_readers(
     main: (quinn::RecvStream, FrameDecoder),
     express: Option<(quinn::RecvStream, FrameDecoder)>,
     drain: &Arc<Drain>,
+    perms: Option<Arc<PeerPerms>>,
 ) -> ReaderEnd {
-    let main = run_reader(inner, conn, info, main.0, main.1, Lane::Bulk, drain);
-    let Some((recv, dec)) = express else { return main.await };
+    let main = run_reader(inner, conn, info, main, Lane::Bulk, drain, perms.clone());
+    let Some(stream) = express else { return main.await };
     // The express reader is a task of its own, woken only by its stream:
     // polling a QUIC read that is not ready takes the connection's lock, and
     // one task polls all of its futures at every wake-up.
@@ -49,7 +52,7 @@ pub(super) async fn run_readers(
     let _task = AbortOnDrop({
         let (inner, info, drain) = (inner.clone(), info.clone(), drain.clone());
         inner.clone().spawn_conn(async move {
-            let _ = tx.send(run_reader(&inner, conn, &info, recv, dec, Lane::Express, &drain).await);
+            let _ = tx.send(run_reader(&inner, conn, &info, stream, Lane::Express, &drain, perms).await);
         })
     });
     tokio::pin!(main);
@@ -95,8 +98,25 @@ impl Drop for AbortOnDrop {
 
 /// Hands a batch to the dispatcher, after the waits it is due (resume on
 /// this lane, barrier on the other); false once the dispatcher is gone.
-async fn deliver(inner: &Inner, info: &Arc<PeerInfo>, batch: &mut BatchBuilder, lane: Lane, drain: &Drain, waits: &mut [u64; 2]) -> bool {
-    let Some(deliveries) = batch.take(info) else { return true };
+///
+/// `skipped` events (refused by the peer's permissions) are counted as
+/// delivered with the batch, after the same waits: the counts the other
+/// lane's barriers and a later connection's resume wait for include every
+/// event sent, and an event counted before the waits could let one sent
+/// after it through first.
+async fn deliver(
+    inner: &Inner,
+    info: &Arc<PeerInfo>,
+    batch: &mut BatchBuilder,
+    skipped: &mut u64,
+    lane: Lane,
+    drain: &Drain,
+    waits: &mut [u64; 2],
+) -> bool {
+    let deliveries = batch.take(info);
+    if deliveries.is_none() && *skipped == 0 {
+        return true;
+    }
     for l in Lane::BOTH {
         let n = std::mem::take(&mut waits[l as usize]);
         let bound = if l == lane { RESUME_WAIT } else { BARRIER_WAIT };
@@ -108,9 +128,12 @@ async fn deliver(inner: &Inner, info: &Arc<PeerInfo>, batch: &mut BatchBuilder, 
             }
         }
     }
-    let n = deliveries.events.len() as u64;
-    if inner.plane.dispatch_tx.send(deliveries).await.is_err() {
-        return false;
+    let mut n = std::mem::take(skipped);
+    if let Some(deliveries) = deliveries {
+        n += deliveries.events.len() as u64;
+        if inner.plane.dispatch_tx.send(deliveries).await.is_err() {
+            return false;
+        }
     }
     drain.delivered(lane, n);
     true
@@ -121,13 +144,17 @@ async fn run_reader(
     inner: &Arc<Inner>,
     conn: ConnId,
     info: &Arc<PeerInfo>,
-    mut recv: quinn::RecvStream,
-    mut dec: FrameDecoder,
+    (mut recv, mut dec): (quinn::RecvStream, FrameDecoder),
     lane: Lane,
     drain: &Drain,
+    perms: Option<Arc<PeerPerms>>,
 ) -> ReaderEnd {
     let mut batch = BatchBuilder::new();
-    let max_event = inner.settings.max_event_size;
+    // Events the peer's certificate does not allow it to emit: dropped,
+    // counted (as processed, for the resume count of a switch) and logged.
+    let mut emit_ok: Option<(Vec<u8>, bool)> = None;
+    let (mut skipped, mut forbidden_log) = (0u64, RateLog::new(LOG_EVERY));
+    let max_event = inner.settings.max_event_size();
     let mut got_retire = false;
     // Event counts to wait for before the next delivery, per lane: this
     // lane's events sent on earlier connections (a switch), the other
@@ -156,7 +183,7 @@ async fn run_reader(
                     }
                     Ok(Frame::After { other }) => {
                         // What came before the barrier does not wait for it.
-                        if !deliver(inner, info, &mut batch, lane, drain, &mut waits).await {
+                        if !deliver(inner, info, &mut batch, &mut skipped, lane, drain, &mut waits).await {
                             return ReaderEnd::Eof;
                         }
                         let o = lane.other() as usize;
@@ -177,6 +204,25 @@ async fn run_reader(
             if size > max_event {
                 return ReaderEnd::Protocol(ProtocolError::EventTooLarge { size, max: max_event });
             }
+            if let Some(p) = &perms {
+                let ok = match &emit_ok {
+                    Some((last, ok)) if last.as_slice() == name => *ok,
+                    // An invalid name is set_name's to refuse.
+                    _ => std::str::from_utf8(name).map_or(true, |n| p.may_emit(n)),
+                };
+                if emit_ok.as_ref().is_none_or(|(last, _)| last.as_slice() != name) {
+                    emit_ok = Some((name.to_vec(), ok));
+                }
+                if !ok {
+                    skipped += 1;
+                    inner.forbidden_events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(count) = forbidden_log.note((), 1, std::time::Instant::now()) {
+                        warn!(peer = %info.id.short(), name = %info.name, event = %String::from_utf8_lossy(name), count,
+                            "event dropped: the peer's certificate does not allow it to emit this (logged at most every 10 s)");
+                    }
+                    continue;
+                }
+            }
             if let Err(e) = batch.set_name(name) {
                 return ReaderEnd::Protocol(ProtocolError::BadName(e));
             }
@@ -186,7 +232,7 @@ async fn run_reader(
             payload.advance(offset);
             batch.push(payload);
         }
-        if !deliver(inner, info, &mut batch, lane, drain, &mut waits).await {
+        if !deliver(inner, info, &mut batch, &mut skipped, lane, drain, &mut waits).await {
             return ReaderEnd::Eof;
         }
         match recv.read_chunk(256 * 1024, true).await {
@@ -222,10 +268,11 @@ async fn control(inner: &Arc<Inner>, conn: ConnId, info: &PeerInfo, frame: Frame
     match frame {
         Frame::Subscribe(subs) => inner.plane.remote_subs(info.id, subs, Vec::new()),
         Frame::Unsubscribe(ids) => inner.plane.remote_subs(info.id, Vec::new(), ids),
-        Frame::Peers(list) => {
+        Frame::Peers(mut list) => {
             if list.len() > MAX_GOSSIP {
                 return Err(ProtocolError::GossipTooLong(list.len()));
             }
+            list.iter_mut().for_each(PeerAddrs::bound);
             // Bounded channel: a peer flooding gossip waits here, not in memory.
             // The neighbour on its own relays (registered after its hello).
             if let (Some(me), Some(key)) = (list.iter().find(|p| p.id == info.id), info.addr) {
