@@ -183,6 +183,23 @@ impl Bus {
     pub fn path(&self, id: NodeId) -> Option<PathStats> {
         self.inner.path(id)
     }
+    /// Puts a newer revocation list of this node's hood in force (a reload
+    /// calls this): handshakes with peers whose certificate it revokes are
+    /// refused from now on, in both directions; connections to such peers
+    /// are closed at once, and they are never dialled or gossipped again.
+    ///
+    /// Refused, leaving the list in force as it was: a list for another hood
+    /// ([`partybus_pki::RevocationError::OtherHood`]) or an older one (a
+    /// smaller sequence number, [`partybus_pki::RevocationError::Older`]).
+    /// A list's signature is checked when it is loaded
+    /// ([`partybus_pki::RevocationList::load`]), so a forged one never gets here.
+    pub fn set_revocations(&self, list: &partybus_pki::RevocationList) -> Result<(), partybus_pki::RevocationError> {
+        self.inner.set_revocations(list)
+    }
+    /// The sequence number of the revocation list in force (0: none).
+    pub fn revocation_sequence(&self) -> u64 {
+        self.inner.revoked.sequence()
+    }
     /// Dials an address now (in addition to discovery).
     pub fn connect(&self, addr: SocketAddr) {
         self.inner.connect(addr);

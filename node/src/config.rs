@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use partybus_discovery::Discovery;
-use partybus_pki::{Hood, Identity};
+use partybus_pki::{Hood, Identity, RevocationList};
 
 use crate::relay::server::{RelayConfig, RelayPolicy};
 
@@ -163,6 +163,10 @@ pub struct Config {
     pub allow_non_global: bool,
     /// Relaying for others and through others.
     pub relay: RelaySettings,
+    /// The hood's revocation list to start with (`--revoked FILE`): peers
+    /// whose certificate it names are refused at every handshake. Replace it
+    /// at run time with [`crate::Bus::set_revocations`].
+    pub revoked: Option<RevocationList>,
 }
 
 impl Config {
@@ -189,6 +193,7 @@ impl Config {
             max_subscriptions_per_peer: 10_000,
             allow_non_global: false,
             relay: RelaySettings::for_hood(&hood),
+            revoked: None,
             hood,
         }
     }

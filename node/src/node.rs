@@ -62,12 +62,21 @@ impl Io for Arc<Inner> {
     fn actor(&self) -> &Actor {
         &self.actor
     }
+    fn revoked(&self) -> &partybus_pki::RevokedSet {
+        &self.revoked
+    }
 }
 
 /// Starts a node. See [`crate::Bus::join`].
 pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
-    let server = crate::tls::server_config(&cfg)?;
-    let client = crate::tls::client_config(&cfg)?;
+    // The revocation list in force, shared by both verifiers and `set_revocations`.
+    let revoked = partybus_pki::RevokedSet::new(&cfg.hood);
+    if let Some(list) = &cfg.revoked {
+        revoked.apply(list, "the configured revocation list")?;
+        info!(sequence = list.sequence(), revoked = list.len(), "revocation list in force");
+    }
+    let server = crate::tls::server_config(&cfg, &revoked)?;
+    let client = crate::tls::client_config(&cfg, &revoked)?;
     let (server_on_host, client_on_host) = crate::tls::on_host(&cfg, server.clone(), client.clone());
     let sock = crate::udp::bind(cfg.bind, cfg.port.ports(), cfg.socket_buffer)?;
     let runtime = quinn::default_runtime().ok_or_else(|| JoinError::Endpoint(std::io::Error::other("no async runtime")))?;
@@ -142,6 +151,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
         dial_seq: AtomicU64::new(0),
         paths,
         routes_tx: watch::channel(Vec::new()).0,
+        revoked,
     });
     inner.update_reachable();
     info!(id = %id, name = %inner.me.name, addr = %local_addr, hood = %inner.fingerprint, relay = serving.unwrap_or("off"), "joined the hood");

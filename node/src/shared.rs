@@ -83,6 +83,8 @@ pub(crate) struct Inner {
     pub(crate) paths: Arc<PathShared>,
     /// Our relay routes, for discovery services that announce us.
     pub(crate) routes_tx: watch::Sender<Vec<partybus_discovery::RelayRoute>>,
+    /// The revocation list in force; the TLS verifiers read it at every handshake.
+    pub(crate) revoked: partybus_pki::RevokedSet,
 }
 
 pub(crate) fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -211,6 +213,16 @@ impl Inner {
     /// Dials `addr` (timeouts retried with backoff) unless connected or dialling there.
     pub(crate) fn connect(self: &Arc<Self>, addr: SocketAddr) {
         self.actor.post(self, Msg::Candidate { addr, retry: true });
+    }
+
+    /// Puts a newer revocation list in force: new handshakes with revoked
+    /// peers fail from now on, and the actor closes every connection whose
+    /// peer it revokes (and never dials or gossips those peers again).
+    pub(crate) fn set_revocations(self: &Arc<Self>, list: &partybus_pki::RevocationList) -> Result<(), partybus_pki::RevocationError> {
+        self.revoked.apply(list, &format!("revocation list sequence {}", list.sequence()))?;
+        tracing::info!(sequence = list.sequence(), revoked = list.len(), "revocation list applied");
+        self.actor.post(self, Msg::Revoke);
+        Ok(())
     }
 
     pub(crate) fn neighbour_count_rx(&self) -> watch::Receiver<usize> {

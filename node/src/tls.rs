@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use partybus_pki::RevokedSet;
+
 use crate::config::Config;
 use crate::wire::ALPN;
 
@@ -102,8 +104,9 @@ pub fn endpoint_config() -> quinn::EndpointConfig {
     e
 }
 
-pub fn server_config(cfg: &Config) -> Result<quinn::ServerConfig, TlsSetupError> {
-    let mut tls = partybus_pki::server_config(&cfg.identity, &cfg.hood)?;
+/// The QUIC server configuration; its verifier refuses clients in `revoked`.
+pub fn server_config(cfg: &Config, revoked: &RevokedSet) -> Result<quinn::ServerConfig, TlsSetupError> {
+    let mut tls = partybus_pki::server_config_with(&cfg.identity, &cfg.hood, revoked)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.max_early_data_size = 0;
     // No session resumption. Every peer is dialled with the one server name
@@ -123,8 +126,9 @@ pub fn server_config(cfg: &Config) -> Result<quinn::ServerConfig, TlsSetupError>
     Ok(sc)
 }
 
-pub fn client_config(cfg: &Config) -> Result<quinn::ClientConfig, TlsSetupError> {
-    let mut tls = partybus_pki::client_config(&cfg.identity, &cfg.hood)?;
+/// The QUIC client configuration; its verifier refuses servers in `revoked`.
+pub fn client_config(cfg: &Config, revoked: &RevokedSet) -> Result<quinn::ClientConfig, TlsSetupError> {
+    let mut tls = partybus_pki::client_config_with(&cfg.identity, &cfg.hood, revoked)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     // No session resumption: see `server_config`.
     tls.resumption = rustls::client::Resumption::disabled();
@@ -143,6 +147,18 @@ pub fn on_host(
     server.transport_config(transport(cfg, true));
     client.transport_config(transport(cfg, true));
     (server, client)
+}
+
+/// The certificate (DER) a connection's peer presented.
+pub fn peer_cert(conn: &quinn::Connection) -> Option<rustls_pki_types::CertificateDer<'static>> {
+    conn.peer_identity()
+        .and_then(|id| id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().cloned())
+}
+
+/// Whether the certificate a connection's peer presented is revoked now.
+pub fn peer_revoked(conn: &quinn::Connection, revoked: &RevokedSet) -> bool {
+    peer_cert(conn).is_some_and(|c| revoked.is_revoked(&c))
 }
 
 /// The CN of the certificate a connection's peer presented.

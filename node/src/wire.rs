@@ -50,6 +50,8 @@ pub mod close {
     pub const VERSION: u32 = 0x14;
     /// The peer stayed stuck too long with a full send queue (policy `Disconnect`).
     pub const STUCK: u32 = 0x15;
+    /// The peer's certificate is revoked by the hood's revocation list.
+    pub const REVOKED: u32 = 0x16;
 }
 
 /// A subscription as it travels: an id unique per sender (never reused

@@ -41,6 +41,14 @@ pub(crate) async fn run(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection, 
             return;
         }
     };
+    // A revocation list applied while this handshake went on (the verifier
+    // saw the older list): the actor's sweep may have missed it.
+    if crate::tls::peer_revoked(&conn, &inner.revoked) {
+        warn!(%remote, name = %crate::tls::peer_cert_name(&conn), "certificate revoked: closing the connection");
+        conn.close(close::REVOKED.into(), b"certificate revoked");
+        inner.report(Msg::HelloFailed { conn: id }).await;
+        return;
+    }
     let (send, recv, dec, hello) = hello;
     // The connection's paths: probe token, the peer's relays and addresses.
     let token = probe_token(&conn);

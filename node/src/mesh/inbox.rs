@@ -20,5 +20,7 @@ pub(crate) enum Msg {
     HelloFailed { conn: ConnId },
     Gossip { conn: ConnId, peers: Vec<PeerAddrs> },
     ReaderEnded { conn: ConnId, end: ReaderEnd },
+    /// A new revocation list is in force: close the connections of revoked peers.
+    Revoke,
     Leave,
 }

@@ -65,6 +65,8 @@ pub enum JoinError {
     Bind { tried: String, bind: String, last: std::io::Error },
     #[error("cannot start the QUIC endpoint: {0}")]
     Endpoint(std::io::Error),
+    #[error(transparent)]
+    Revocation(#[from] partybus_pki::RevocationError),
 }
 
 /// Connection counters of one node since it joined (see [`crate::Bus::conn_stats`]).

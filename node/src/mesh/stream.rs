@@ -110,6 +110,7 @@ fn closed(e: &quinn::ConnectionError) -> ReaderEnd {
         E::ApplicationClosed(c) if c.error_code == close::PROTOCOL.into() => {
             format!("closed by peer: protocol error ({})", String::from_utf8_lossy(&c.reason))
         }
+        E::ApplicationClosed(c) if c.error_code == close::REVOKED.into() => "certificate revoked".into(),
         E::ApplicationClosed(c) if c.error_code == close::STUCK.into() => {
             "closed by peer: stuck (its send queue to us stayed full too long; its full policy is disconnect)".into()
         }
