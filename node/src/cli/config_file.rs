@@ -18,6 +18,7 @@
 //! # relay_max_clients = 1024
 //! # relay_client_rate = "2MB/s"    # per client; also "500KiB/s", "16Mbit/s"
 //! # relay_total_rate = "50MB/s"    # all clients together
+//! # revoked = "hood.revoked"       # the hood's revocation list (`partybus cert revoke`)
 //!
 //! [discovery]
 //! connect = ["peer.example.org:4816"]
@@ -80,6 +81,8 @@ pub struct FileConfig {
     /// A rate like "2MB/s" (checked when resolved, naming the key).
     pub relay_client_rate: Option<String>,
     pub relay_total_rate: Option<String>,
+    /// The hood's revocation list (`HOOD.revoked`).
+    pub revoked: Option<PathBuf>,
     pub discovery: Option<DiscoveryConfig>,
     pub limits: Option<Limits>,
 }

@@ -12,6 +12,7 @@ mod config_file;
 mod opts;
 mod pki_cmd;
 mod relay_opts;
+mod revoke_cmd;
 
 pub use opts::NodeOpts;
 
@@ -34,7 +35,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: pki_cmd::PeerCmd,
     },
-    /// Inspect certificates.
+    /// Inspect certificates and revocation lists; revoke peer certificates.
     Cert {
         #[command(subcommand)]
         cmd: pki_cmd::CertCmd,

@@ -89,6 +89,9 @@ pub struct NodeOpts {
     pub relays: Vec<String>,
     #[command(flatten)]
     pub relay_limits: RelayLimitArgs,
+    /// The hood's revocation list (HOOD.revoked, made by `partybus cert revoke`): refuse the peers it names.
+    #[arg(long, value_name = "FILE")]
+    pub revoked: Option<PathBuf>,
 }
 
 /// A `--flag` / `--no-flag` pair as the command line gave it: `None` when
@@ -167,6 +170,8 @@ pub struct Resolved {
     pub relay_limits: RelayLimitArgs,
     /// Relays to use.
     pub relays: Vec<String>,
+    /// The revocation list file.
+    pub revoked: Option<PathBuf>,
 }
 
 /// Does any local interface have a global (Internet-routable) address?
@@ -266,6 +271,7 @@ impl NodeOpts {
         if r.relay_limits.relay_max_clients == Some(0) {
             bail!("config `relay_max_clients = 0`: a relay takes at least 1 client (or turn it off with `relay = false`)");
         }
+        r.revoked = self.revoked.clone().or_else(|| file.revoked.clone().map(|p| rel(base, p)));
         r.relays = list(&self.relays, &file.relays);
         for t in &r.relays {
             check_target(t, if self.relays.is_empty() { "config `relays` entry" } else { "--relay" })?;
@@ -277,6 +283,11 @@ impl NodeOpts {
     pub fn to_config(&self) -> Result<Config> {
         let r = self.resolve()?;
         let mut cfg = Config::from_files(&r.ca, &r.cert, &r.key)?;
+        if let Some(path) = &r.revoked {
+            // Checked against the hood now: a forged or foreign list stops the start.
+            let list = partybus::pki::RevocationList::load(path, &cfg.hood).context("option --revoked / config `revoked`")?;
+            cfg.revoked = Some(list);
+        }
         if let Some(p) = r.port {
             cfg.port = p;
         }
