@@ -200,6 +200,16 @@ impl Bus {
     pub fn revocation_sequence(&self) -> u64 {
         self.inner.revoked.sequence()
     }
+    /// Where this node serves its metrics ([`Config::metrics`], with the
+    /// port the system picked for port 0), if it does.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.inner.metrics_addr
+    }
+    /// The node's metrics now, in the Prometheus text format (OpenMetrics),
+    /// exactly as `GET /metrics` returns them.
+    pub fn metrics_text(&self) -> String {
+        crate::metrics::render(&self.inner)
+    }
     /// Dials an address now (in addition to discovery).
     pub fn connect(&self, addr: SocketAddr) {
         self.inner.connect(addr);

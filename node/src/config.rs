@@ -167,6 +167,10 @@ pub struct Config {
     /// whose certificate it names are refused at every handshake. Replace it
     /// at run time with [`crate::Bus::set_revocations`].
     pub revoked: Option<RevocationList>,
+    /// Serve metrics in the Prometheus text format at `GET /metrics` on this
+    /// TCP address (`--metrics 127.0.0.1:9464`); `None` (default): do not.
+    /// Unauthenticated: keep it on loopback or a private interface.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Config {
@@ -194,6 +198,7 @@ impl Config {
             allow_non_global: false,
             relay: RelaySettings::for_hood(&hood),
             revoked: None,
+            metrics: None,
             hood,
         }
     }

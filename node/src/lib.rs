@@ -33,6 +33,7 @@ pub mod payload;
 mod bus;
 mod congestion;
 mod mesh;
+mod metrics;
 mod node;
 mod path;
 mod peers;

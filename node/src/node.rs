@@ -103,6 +103,14 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     drop(path_socket);
     endpoint.set_default_client_config(client);
     let local_addr = endpoint.local_addr().map_err(JoinError::Endpoint)?;
+    let metrics = match cfg.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| JoinError::Metrics { addr, source })?;
+            let bound = listener.local_addr().map_err(|source| JoinError::Metrics { addr, source })?;
+            Some((listener, bound))
+        }
+        None => None,
+    };
 
     let id = NodeId::random();
     let me = Arc::new(PeerInfo { id, name, addr: None, local: true });
@@ -152,7 +160,14 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
         paths,
         routes_tx: watch::channel(Vec::new()).0,
         revoked,
+        metrics_addr: metrics.as_ref().map(|(_, a)| *a),
     });
+    if let Some((listener, addr)) = metrics {
+        let me = Arc::downgrade(&inner);
+        let render = Arc::new(move || me.upgrade().map(|i| crate::metrics::render(&i)));
+        inner.spawn(crate::metrics::serve(listener, render, inner.cancel.clone()));
+        info!(%addr, "serving metrics at http://{addr}/metrics");
+    }
     inner.update_reachable();
     info!(id = %id, name = %inner.me.name, addr = %local_addr, hood = %inner.fingerprint, relay = serving.unwrap_or("off"), "joined the hood");
     // Relays named in the configuration (`--relay`), resolved until they are.
@@ -222,10 +237,12 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
             match ev {
                 DiscoveryEvent::Candidate { addr, source } => {
                     debug!(%addr, %source, "candidate");
+                    me.plane.counters.candidate(&source);
                     me.report(Msg::Candidate { addr, retry: true }).await;
                 }
                 DiscoveryEvent::External { addr, source } => {
                     info!(%addr, %source, "reachable at external address");
+                    me.plane.counters.external(&source, addr, true);
                     {
                         let mut a = relock(&me.addrs);
                         if !a.external.contains(&addr) {
@@ -236,6 +253,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
                 }
                 DiscoveryEvent::ExternalLost { addr, source } => {
                     info!(%addr, %source, "external address withdrawn");
+                    me.plane.counters.external(&source, addr, false);
                     relock(&me.addrs).external.retain(|a| *a != addr);
                     me.update_reachable();
                 }

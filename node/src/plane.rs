@@ -19,6 +19,7 @@ use crate::mesh::link::{ConnCtl, Drain};
 use crate::mesh::NeighbourInfo;
 use crate::name::NameError;
 use crate::peers::Direction;
+use crate::metrics::Counters;
 use crate::queue::{PushError, Pushed, SendQueue};
 use crate::subs::{NameCache, SubTable};
 use crate::wire::{self, close, Frame, PeerAddrs, WireSub};
@@ -130,6 +131,8 @@ pub(crate) struct Plane {
     pub(crate) next_sub_id: AtomicU64,
     pub(crate) dispatch_tx: DeliveryTx,
     pub(crate) full_policy: FullPolicy,
+    /// The node's counters (metrics); the data path only adds to them.
+    pub(crate) counters: Arc<Counters>,
     /// Neighbour count, for [`crate::Bus::wait_neighbours`].
     pub(crate) count_tx: watch::Sender<usize>,
 }
@@ -149,6 +152,7 @@ impl Plane {
             }),
             generation: AtomicU64::new(0),
             next_sub_id: AtomicU64::new(1),
+            counters: Arc::default(),
             dispatch_tx,
             full_policy,
             count_tx: watch::channel(0).0,
@@ -327,6 +331,7 @@ impl Plane {
         let flen = wire::event_frame_len(name, payload);
         let mut full: Vec<(Arc<SendQueue>, usize, NodeId)> = Vec::new();
         let mut batch_ready = false;
+        let mut queued = 0u64;
         let (count, local) = {
             let mut st = self.state();
             let route = st.emit_route(name)?;
@@ -335,6 +340,7 @@ impl Plane {
                 match push_event(queue, flen, name, payload) {
                     Ok(p) => {
                         count += n;
+                        queued += 1;
                         batch_ready |= p.batch_ready;
                     }
                     Err(PushError::Full) => full.push((queue.clone(), *n, *peer)),
@@ -343,6 +349,10 @@ impl Plane {
             }
             (count, route.local)
         };
+        Counters::add(&self.counters.emits, 1);
+        if queued > 0 {
+            Counters::add(&self.counters.events_sent, queued);
+        }
         let mut local_wait = None;
         if local {
             let d = Deliveries::one(self.me.clone(), name.into(), payload.clone());
@@ -369,6 +379,7 @@ impl Plane {
             let deadline = match self.full_policy {
                 FullPolicy::Drop => {
                     q.note_dropped();
+                    Counters::add(&self.counters.events_dropped, 1);
                     debug!(peer = %peer.short(), event = name, "send queue full: event dropped for this neighbour (policy drop)");
                     continue;
                 }
@@ -380,6 +391,7 @@ impl Plane {
                 match push_event(&q, flen, name, &payload) {
                     Ok(_) => {
                         count += n;
+                        Counters::add(&self.counters.events_sent, 1);
                         break;
                     }
                     Err(PushError::Closed) => break,
@@ -390,6 +402,7 @@ impl Plane {
                                 warn!(peer = %peer.short(), "neighbour stuck with a full send queue too long: disconnecting (policy disconnect)");
                                 if let Some(l) = self.state().links.get(&peer) {
                                     l.conn.close(close::STUCK.into(), b"stuck");
+                                    Counters::add(&self.counters.stuck_closed, 1);
                                 }
                                 break;
                             }

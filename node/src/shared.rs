@@ -85,6 +85,8 @@ pub(crate) struct Inner {
     pub(crate) routes_tx: watch::Sender<Vec<partybus_discovery::RelayRoute>>,
     /// The revocation list in force; the TLS verifiers read it at every handshake.
     pub(crate) revoked: partybus_pki::RevokedSet,
+    /// Where metrics are served (`Config::metrics`, bound).
+    pub(crate) metrics_addr: Option<SocketAddr>,
 }
 
 pub(crate) fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

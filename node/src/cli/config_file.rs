@@ -19,6 +19,7 @@
 //! # relay_client_rate = "2MB/s"    # per client; also "500KiB/s", "16Mbit/s"
 //! # relay_total_rate = "50MB/s"    # all clients together
 //! # revoked = "hood.revoked"       # the hood's revocation list (`partybus cert revoke`)
+//! # metrics = "127.0.0.1:9464"     # serve http://127.0.0.1:9464/metrics (unauthenticated: keep it local)
 //!
 //! [discovery]
 //! connect = ["peer.example.org:4816"]
@@ -83,6 +84,8 @@ pub struct FileConfig {
     pub relay_total_rate: Option<String>,
     /// The hood's revocation list (`HOOD.revoked`).
     pub revoked: Option<PathBuf>,
+    /// Serve metrics on this TCP address.
+    pub metrics: Option<SocketAddr>,
     pub discovery: Option<DiscoveryConfig>,
     pub limits: Option<Limits>,
 }

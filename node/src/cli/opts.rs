@@ -92,6 +92,10 @@ pub struct NodeOpts {
     /// The hood's revocation list (HOOD.revoked, made by `partybus cert revoke`): refuse the peers it names.
     #[arg(long, value_name = "FILE")]
     pub revoked: Option<PathBuf>,
+    /// Serve metrics (Prometheus text format) at http://ADDR/metrics, e.g. 127.0.0.1:9464.
+    /// Unauthenticated: keep it on loopback or a private interface.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A `--flag` / `--no-flag` pair as the command line gave it: `None` when
@@ -172,6 +176,8 @@ pub struct Resolved {
     pub relays: Vec<String>,
     /// The revocation list file.
     pub revoked: Option<PathBuf>,
+    /// Where to serve metrics.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Does any local interface have a global (Internet-routable) address?
@@ -272,6 +278,7 @@ impl NodeOpts {
             bail!("config `relay_max_clients = 0`: a relay takes at least 1 client (or turn it off with `relay = false`)");
         }
         r.revoked = self.revoked.clone().or_else(|| file.revoked.clone().map(|p| rel(base, p)));
+        r.metrics = self.metrics.or(file.metrics);
         r.relays = list(&self.relays, &file.relays);
         for t in &r.relays {
             check_target(t, if self.relays.is_empty() { "config `relays` entry" } else { "--relay" })?;
@@ -288,6 +295,7 @@ impl NodeOpts {
             let list = partybus::pki::RevocationList::load(path, &cfg.hood).context("option --revoked / config `revoked`")?;
             cfg.revoked = Some(list);
         }
+        cfg.metrics = r.metrics;
         if let Some(p) = r.port {
             cfg.port = p;
         }

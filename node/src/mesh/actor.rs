@@ -272,6 +272,7 @@ impl State {
                 Output::Lost { peer, reason, .. } => {
                     // Leaving: the queue stays open for leave's flush.
                     if let Some((info, n)) = io.plane().remove_link(peer, !io.leaving()) {
+                        io.plane().counters.lost(&reason.to_string());
                         info!(peer = %peer.short(), name = %info.name, addr = %info.addr, reason = %reason, neighbours = n, "neighbour lost");
                         io.neighbour_event(NeighbourEvent::Lost { info, reason: reason.to_string() });
                     }
@@ -302,6 +303,7 @@ impl State {
                 "certificate revoked: closing the connection"
             );
             c.conn.close(close::REVOKED.into(), b"certificate revoked");
+            crate::metrics::Counters::add(&io.plane().counters.revoked_closed, 1);
             ids.extend(peer.map(|p| p.id));
         }
         ids
@@ -331,6 +333,7 @@ impl State {
         let mut peers = io.wire_peers(peers);
         peers.extend(io.introduce());
         let ninfo = io.plane().add_link(peer, link, peers);
+        crate::metrics::Counters::add(&io.plane().counters.neighbours_found, 1);
         let n = self.mesh.neighbour_count();
         info!(peer = %peer.short(), name = %ninfo.name, addr = %ninfo.addr, direction = %c.dir, neighbours = n, "neighbour found");
         self.command(conn, ConnCmd::Start(Start { info, queue: Some((queue, writer_lock)), drain }));

@@ -16,6 +16,7 @@ use super::inbox::Msg;
 use super::link::{ConnCmd, ConnCtl, LEAVE_FLUSH};
 use super::proto::{ConnId, PeerHello, ReaderEnd, Teardown};
 use super::stream::{run_reader, run_writer};
+use crate::metrics::Counters;
 use crate::path::keys::is_relay_key;
 use crate::peers::canonical;
 use crate::relay::wire::Token;
@@ -31,9 +32,11 @@ pub(crate) async fn run(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection, 
         res => {
             let e = res.unwrap_or(Err(HelloError::TimedOut)).err().expect("not Ok");
             if e.is_mismatch() {
+                Counters::add(&inner.plane.counters.hello_version, 1);
                 warn!(%remote, error = %e, "protocol mismatch");
                 conn.close(close::VERSION.into(), e.to_string().as_bytes());
             } else {
+                Counters::add(&inner.plane.counters.hello_other, 1);
                 debug!(%remote, error = %e, "hello failed");
                 conn.close(close::PROTOCOL.into(), b"hello failed");
             }
@@ -67,11 +70,11 @@ pub(crate) async fn run(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection, 
         _ => return conn.close(close::GOODBYE.into(), b"leaving"),
     };
     let mut writer = {
-        let (ctl, conn, queue) = (ctl.clone(), conn.clone(), start.queue);
+        let (ctl, conn, queue, counters) = (ctl.clone(), conn.clone(), start.queue, inner.plane.counters.clone());
         inner.spawn_conn(async move {
             // Dropped with the task, even one aborted before it first ran.
             let _alive = writer_alive;
-            run_writer(send, queue, ctl, conn).await
+            run_writer(send, queue, ctl, conn, counters).await
         })
     };
     let end = run_reader(&inner, id, &start.info, recv, dec, &start.drain).await;

@@ -13,6 +13,7 @@ use super::inbox::Msg;
 use super::link::{ConnCtl, Drain};
 use super::proto::{ConnId, ReaderEnd};
 use crate::event::{BatchBuilder, PeerInfo};
+use crate::metrics::Counters;
 use crate::queue::SendQueue;
 use crate::shared::Inner;
 use crate::wire::{self, close, Frame, FrameDecoder};
@@ -86,6 +87,7 @@ pub(super) async fn run_reader(
                 drain.wait_for(after, RESUME_WAIT).await;
             }
             let n = deliveries.events.len() as u64;
+            Counters::add(&inner.plane.counters.events_received, n);
             if inner.plane.dispatch_tx.send(deliveries).await.is_err() {
                 return ReaderEnd::Eof;
             }
@@ -94,7 +96,10 @@ pub(super) async fn run_reader(
         match recv.read_chunk(256 * 1024, true).await {
             // Clean end of stream: retire (a switch) or leave.
             Ok(None) => return if got_retire { ReaderEnd::Retired } else { ReaderEnd::Eof },
-            Ok(Some(chunk)) => dec.push(chunk.bytes),
+            Ok(Some(chunk)) => {
+                Counters::add(&inner.plane.counters.bytes_received, chunk.bytes.len() as u64);
+                dec.push(chunk.bytes)
+            }
             Err(quinn::ReadError::ConnectionLost(e)) => return closed(&e),
             Err(e) => return ReaderEnd::Protocol(ProtocolError::Stream(e.to_string())),
         }
@@ -164,6 +169,7 @@ pub(super) async fn run_writer(
     queue: Option<(Arc<SendQueue>, Arc<tokio::sync::Mutex<()>>)>,
     ctl: Arc<ConnCtl>,
     conn: quinn::Connection,
+    counters: Arc<Counters>,
 ) {
     let retire_frame = || {
         let mut b = BytesMut::new();
@@ -205,6 +211,7 @@ pub(super) async fn run_writer(
             _ = ctl.retire_notified() => continue,
             data = queue.take() => match data {
                 Some(mut parts) => {
+                    Counters::add(&counters.bytes_sent, parts.iter().map(|p| p.len() as u64).sum());
                     if let Err(e) = send.write_all_chunks(&mut parts).await {
                         debug!(error = %e, "write failed");
                         return;
