@@ -90,12 +90,18 @@ fn a_forged_or_foreign_list_is_refused_at_start_naming_the_file_and_the_fix() {
     ok(&["cert", "revoke", "h", "--cert", "h.x.crt", "--dir", other.to_str().unwrap()], &other);
 
     let node = |list: &str| {
-        run(&["node", "--port", "0", "--bind", "127.0.0.1", "--ca", "h.crt", "--cert", "h.a.crt", "--key", "h.a.key", "--revoked", list], dir)
+        run(
+            &["node", "--port", "0", "--bind", "127.0.0.1", "--ca", "h.crt", "--cert", "h.a.crt", "--key", "h.a.key", "--revoked", list],
+            dir,
+        )
     };
     let o = node("forged.revoked");
     let e = text(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{e}");
-    assert!(e.contains("forged.revoked") && e.contains("not signed by the key of hood \"h\"") && e.contains("partybus cert revoke h"), "{e}");
+    assert!(
+        e.contains("forged.revoked") && e.contains("not signed by the key of hood \"h\"") && e.contains("partybus cert revoke h"),
+        "{e}"
+    );
     let o = node("other/h.revoked");
     let e = text(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{e}");

@@ -141,15 +141,17 @@ async fn a_scrape_shows_the_neighbours_and_the_events_exactly() {
     let got_pings = Arc::new(AtomicUsize::new(0));
     let got_pongs = Arc::new(AtomicUsize::new(0));
     let g = got_pings.clone();
-    let _ha = a.on("ping", move |_| {
-        g.fetch_add(1, Ordering::SeqCst);
-    })
-    .unwrap();
+    let _ha = a
+        .on("ping", move |_| {
+            g.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
     let g = got_pongs.clone();
-    let _hc = c.on("pong", move |_| {
-        g.fetch_add(1, Ordering::SeqCst);
-    })
-    .unwrap();
+    let _hc = c
+        .on("pong", move |_| {
+            g.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
     wait_listeners(&b, "ping", 1).await;
     wait_listeners(&a, "pong", 1).await;
     for i in 0..PINGS {
@@ -177,7 +179,8 @@ async fn a_scrape_shows_the_neighbours_and_the_events_exactly() {
     assert_eq!(sample(&s, "partybus_events_sent_total", ""), PONGS as f64, "only c listens to pong");
     assert_eq!(sample(&s, "partybus_events_dropped_total", "policy=drop"), 0.0);
     assert_eq!(sample(&s, "partybus_neighbours_found_total", ""), 2.0);
-    let ok_handshakes = sample(&s, "partybus_handshakes_total", "direction=in,result=ok") + sample(&s, "partybus_handshakes_total", "direction=out,result=ok");
+    let ok_handshakes = sample(&s, "partybus_handshakes_total", "direction=in,result=ok")
+        + sample(&s, "partybus_handshakes_total", "direction=out,result=ok");
     assert!(ok_handshakes >= 2.0, "{ok_handshakes}");
     assert!(sample(&s, "partybus_stream_received_bytes_total", "") > 0.0);
     assert!(sample(&s, "partybus_stream_sent_bytes_total", "") > 0.0);
@@ -212,13 +215,13 @@ fn the_parser_refuses_malformed_expositions() {
     let good = good.replace("# HELP x_total n\n# TYPE x counter", "# HELP x n\n# TYPE x counter");
     parse_exposition(&good);
     for bad in [
-        "# TYPE x counter\nx 1\n# EOF\n",                 // counter without _total
-        "# TYPE x gauge\nx{a=\"1\" 1\n# EOF\n",           // unclosed labels
-        "# TYPE x gauge\nx one\n# EOF\n",                 // not a number
-        "# TYPE x gauge\ny 1\n# EOF\n",                   // undeclared family
-        "# TYPE x gauge\nx 1\nx 2\n# EOF\n",              // twice
-        "# TYPE x gauge\nx 1\n",                          // no EOF
-        "# TYPE x gauge\n# TYPE x gauge\nx 1\n# EOF\n",   // TYPE twice
+        "# TYPE x counter\nx 1\n# EOF\n",               // counter without _total
+        "# TYPE x gauge\nx{a=\"1\" 1\n# EOF\n",         // unclosed labels
+        "# TYPE x gauge\nx one\n# EOF\n",               // not a number
+        "# TYPE x gauge\ny 1\n# EOF\n",                 // undeclared family
+        "# TYPE x gauge\nx 1\nx 2\n# EOF\n",            // twice
+        "# TYPE x gauge\nx 1\n",                        // no EOF
+        "# TYPE x gauge\n# TYPE x gauge\nx 1\n# EOF\n", // TYPE twice
     ] {
         assert!(std::panic::catch_unwind(|| parse_exposition(bad)).is_err(), "accepted {bad:?}");
     }

@@ -123,8 +123,8 @@ pub use identity::Identity;
 pub use info::CertInfo;
 pub use key::KeyKind;
 pub use proof::{relay_proof, verify_relay_proof, ProofError, ProvenMember};
-pub use temp::TempHood;
 pub use revocation::{RevocationError, RevocationList, RevokedSet};
+pub use temp::TempHood;
 pub use tls::{client_config, client_config_with, peer_name, server_config, server_config_with};
 
 /// Default validity of a new hood: 10 years (as tubemail's `createHood.sh`).

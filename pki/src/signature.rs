@@ -24,10 +24,8 @@ pub(crate) const TLS13_SCHEMES: [SignatureScheme; 6] = [
 /// can use. `Err` says why not, in words.
 pub(crate) fn sign(key: &dyn SigningKey, message: &[u8]) -> Result<(SignatureScheme, Vec<u8>), String> {
     // One scheme at a time, in our order (rustls' RSA key would pick SHA-512 first).
-    let signer = TLS13_SCHEMES
-        .iter()
-        .find_map(|s| key.choose_scheme(&[*s]))
-        .ok_or_else(|| "the key has no TLS 1.3 signature scheme".to_string())?;
+    let signer =
+        TLS13_SCHEMES.iter().find_map(|s| key.choose_scheme(&[*s])).ok_or_else(|| "the key has no TLS 1.3 signature scheme".to_string())?;
     let scheme = signer.scheme();
     let signature = signer.sign(message).map_err(|e| e.to_string())?;
     Ok((scheme, signature))

@@ -150,7 +150,7 @@ impl fmt::Debug for HoodVerifier {
 
 impl HoodVerifier {
     fn new(hood: &Hood, provider: Arc<CryptoProvider>, revoked: RevokedSet) -> Self {
-        HoodVerifier { hints: vec![DistinguishedName::from(hood.facts.subject_raw.clone()), ], hood: hood.clone(), provider, revoked }
+        HoodVerifier { hints: vec![DistinguishedName::from(hood.facts.subject_raw.clone())], hood: hood.clone(), provider, revoked }
     }
 
     fn check(&self, end_entity: &CertificateDer<'_>, now: UnixTime, purpose: Purpose) -> Result<(), Error> {

@@ -50,7 +50,11 @@ pub fn is_list(pem: &[u8]) -> bool {
 pub fn show(file: &Path, pem: &[u8], ca: Option<&Path>, json: bool) -> Result<ExitCode> {
     let origin = file.display().to_string();
     let info = RevocationInfo::from_pem(pem, &origin)?;
-    let beside = file.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".revoked")).map(|stem| file.with_file_name(format!("{stem}.crt")));
+    let beside = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".revoked"))
+        .map(|stem| file.with_file_name(format!("{stem}.crt")));
     let hood_path = ca.map(Path::to_path_buf).or(beside.filter(|p| p.exists()));
     let signature = match &hood_path {
         Some(p) => {

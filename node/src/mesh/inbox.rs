@@ -12,14 +12,39 @@ use crate::wire::PeerAddrs;
 
 /// What tasks report to the actor.
 pub(crate) enum Msg {
-    Candidate { addr: SocketAddr, retry: bool },
-    Dialled { attempt: Attempt, result: Result<(Dialled, quinn::Connection, mpsc::UnboundedSender<ConnCmd>), DialFailure> },
-    IncomingStarted { conn: ConnId, addr: SocketAddr },
-    IncomingDone { conn: ConnId, result: Result<(quinn::Connection, mpsc::UnboundedSender<ConnCmd>), DialFailure> },
-    Hello { conn: ConnId, hello: PeerHello, name: String, ctl: Arc<ConnCtl> },
-    HelloFailed { conn: ConnId },
-    Gossip { conn: ConnId, peers: Vec<PeerAddrs> },
-    ReaderEnded { conn: ConnId, end: ReaderEnd },
+    Candidate {
+        addr: SocketAddr,
+        retry: bool,
+    },
+    Dialled {
+        attempt: Attempt,
+        result: Result<(Dialled, quinn::Connection, mpsc::UnboundedSender<ConnCmd>), DialFailure>,
+    },
+    IncomingStarted {
+        conn: ConnId,
+        addr: SocketAddr,
+    },
+    IncomingDone {
+        conn: ConnId,
+        result: Result<(quinn::Connection, mpsc::UnboundedSender<ConnCmd>), DialFailure>,
+    },
+    Hello {
+        conn: ConnId,
+        hello: PeerHello,
+        name: String,
+        ctl: Arc<ConnCtl>,
+    },
+    HelloFailed {
+        conn: ConnId,
+    },
+    Gossip {
+        conn: ConnId,
+        peers: Vec<PeerAddrs>,
+    },
+    ReaderEnded {
+        conn: ConnId,
+        end: ReaderEnd,
+    },
     /// A new revocation list is in force: close the connections of revoked peers.
     Revoke,
     Leave,

@@ -156,7 +156,12 @@ fn snapshot(inner: &Inner) -> Snapshot {
         true,
         vec![(label("policy", "drop"), get(&c.events_dropped) as f64)],
     );
-    s.counter("partybus_stream_sent", "Bytes written to neighbours' event streams (frames and their headers).", Some(Unit::Bytes), get(&c.bytes_sent));
+    s.counter(
+        "partybus_stream_sent",
+        "Bytes written to neighbours' event streams (frames and their headers).",
+        Some(Unit::Bytes),
+        get(&c.bytes_sent),
+    );
     s.counter("partybus_stream_received", "Bytes read from neighbours' event streams.", Some(Unit::Bytes), get(&c.bytes_received));
     s.family(
         "partybus_disconnects",
@@ -182,7 +187,12 @@ fn snapshot(inner: &Inner) -> Snapshot {
     s.counter("partybus_dials", "Dials (outgoing QUIC handshakes started), re-dials included.", None, cs.dials);
     s.counter("partybus_dials_abandoned", "Dials given up because the peer's own dial reached us first.", None, cs.dials_abandoned);
     s.counter("partybus_accepts", "Incoming QUIC handshakes accepted by the endpoint.", None, cs.accepts);
-    s.counter("partybus_duplicate_connections", "Second connections to a neighbour, retired or replacing the older one.", None, cs.duplicates);
+    s.counter(
+        "partybus_duplicate_connections",
+        "Second connections to a neighbour, retired or replacing the older one.",
+        None,
+        cs.duplicates,
+    );
 
     // Discovery.
     s.family(
@@ -199,7 +209,12 @@ fn snapshot(inner: &Inner) -> Snapshot {
     );
 
     // Relays: this node as a relay server, and as a client of relays.
-    s.gauge("partybus_relay_registrations", "Relays this node is registered at now (its relay routes).", None, inner.my_routes().len() as f64);
+    s.gauge(
+        "partybus_relay_registrations",
+        "Relays this node is registered at now (its relay routes).",
+        None,
+        inner.my_routes().len() as f64,
+    );
     if let Some(relay) = &inner.paths.relay_service {
         let r = relay.stats();
         s.gauge("partybus_relay_server_clients", "Clients registered at this node's relay server.", None, r.clients as f64);
@@ -221,7 +236,12 @@ fn snapshot(inner: &Inner) -> Snapshot {
     }
 
     // Revocation.
-    s.gauge("partybus_revocation_sequence", "Sequence number of the revocation list in force (0: none).", None, inner.revoked.sequence() as f64);
+    s.gauge(
+        "partybus_revocation_sequence",
+        "Sequence number of the revocation list in force (0: none).",
+        None,
+        inner.revoked.sequence() as f64,
+    );
     s.gauge("partybus_revoked_certificates", "Certificates the revocation list in force revokes.", None, inner.revoked.len() as f64);
     s
 }

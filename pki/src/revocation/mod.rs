@@ -62,7 +62,9 @@ pub enum RevocationError {
         origin: String,
     },
     /// The bytes are not a well-formed list (truncated, tampered with, ...).
-    #[error("{origin}: malformed revocation list: {reason}; make a new one with `partybus cert revoke` (the file may be truncated or altered)")]
+    #[error(
+        "{origin}: malformed revocation list: {reason}; make a new one with `partybus cert revoke` (the file may be truncated or altered)"
+    )]
     Malformed {
         /// File name or caller-given origin.
         origin: String,
@@ -212,7 +214,7 @@ impl RevocationList {
         sequence: u64,
         mut entries: Vec<([u8; 32], String)>,
     ) -> Result<RevocationList, RevocationError> {
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.sort_by_key(|a| a.0);
         entries.dedup_by(|a, b| a.0 == b.0);
         if entries.len() > MAX_ENTRIES {
             return Err(RevocationError::Target(format!("a revocation list holds at most {MAX_ENTRIES} certificates")));
@@ -236,10 +238,10 @@ impl RevocationList {
             out.push(name.len() as u8);
             out.extend_from_slice(name.as_bytes());
         }
-        let (scheme, sig) =
-            signature::sign(key, &out).map_err(|reason| RevocationError::Sign { key: key_origin.to_string(), reason })?;
+        let (scheme, sig) = signature::sign(key, &out).map_err(|reason| RevocationError::Sign { key: key_origin.to_string(), reason })?;
         out.extend_from_slice(&u16::from(scheme).to_be_bytes());
-        let len = u16::try_from(sig.len()).map_err(|_| RevocationError::Sign { key: key_origin.to_string(), reason: "signature too long".into() })?;
+        let len = u16::try_from(sig.len())
+            .map_err(|_| RevocationError::Sign { key: key_origin.to_string(), reason: "signature too long".into() })?;
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&sig);
         // What we made must verify like any list.
@@ -350,7 +352,11 @@ impl RevocationInfo {
 
 fn der_from_pem(pem: &[u8], origin: &str) -> Result<Vec<u8>, RevocationError> {
     let blocks = pem::parse_many(pem).map_err(|_| RevocationError::NotAList { origin: origin.to_string() })?;
-    blocks.into_iter().find(|b| b.tag() == PEM_LABEL).map(|b| b.into_contents()).ok_or_else(|| RevocationError::NotAList { origin: origin.to_string() })
+    blocks
+        .into_iter()
+        .find(|b| b.tag() == PEM_LABEL)
+        .map(|b| b.into_contents())
+        .ok_or_else(|| RevocationError::NotAList { origin: origin.to_string() })
 }
 
 fn parse<'a>(b: &'a [u8], origin: &str) -> Result<Parsed<'a>, RevocationError> {
@@ -397,7 +403,15 @@ fn parse<'a>(b: &'a [u8], origin: &str) -> Result<Parsed<'a>, RevocationError> {
     if b.len() != at + 4 + len {
         return Err(bad("trailing bytes after the signature"));
     }
-    Ok(Parsed { hood, sequence, issued_at, entries, body, scheme: SignatureScheme::from(u16::from_be_bytes([scheme[0], scheme[1]])), signature })
+    Ok(Parsed {
+        hood,
+        sequence,
+        issued_at,
+        entries,
+        body,
+        scheme: SignatureScheme::from(u16::from_be_bytes([scheme[0], scheme[1]])),
+        signature,
+    })
 }
 
 #[cfg(test)]

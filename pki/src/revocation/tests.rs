@@ -62,11 +62,9 @@ fn a_list_signed_by_another_hood_is_refused() {
     let e = RevocationList::load(&forged.path, ours.hood()).unwrap_err();
     assert!(matches!(e, RevocationError::OtherHood { .. }), "{e}");
     // Same hood fingerprint written in, signed by the other key.
-    let key = crate::key::LoadedKey::from_der(
-        crate::pemfile::key_from_pem(&std::fs::read(other.path("lab.key")).unwrap(), "k").unwrap(),
-        "k",
-    )
-    .unwrap();
+    let key =
+        crate::key::LoadedKey::from_der(crate::pemfile::key_from_pem(&std::fs::read(other.path("lab.key")).unwrap(), "k").unwrap(), "k")
+            .unwrap();
     let mut body = forged.list.as_der()[..HEADER + 33 + 5].to_vec();
     body[5..37].copy_from_slice(&hex::decode(ours.hood().fingerprint()).unwrap());
     let (scheme, sig) = crate::signature::sign(&*key.signer, &body).unwrap();
