@@ -161,6 +161,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
         routes_tx: watch::channel(Vec::new()).0,
         revoked,
         metrics_addr: metrics.as_ref().map(|(_, a)| *a),
+        hood: cfg.hood.clone(),
     });
     if let Some((listener, addr)) = metrics {
         let me = Arc::downgrade(&inner);

@@ -224,6 +224,22 @@ impl Plane {
         Some((link.info(), n))
     }
 
+    /// Queues a revocation list for every neighbour but those it revokes
+    /// (their connections are closing), or for `only` that one.
+    pub(crate) fn push_revocations(&self, der: &[u8], revoked: &partybus_pki::RevokedSet) {
+        self.push_revocations_to(der, revoked, None);
+    }
+
+    pub(crate) fn push_revocations_to(&self, der: &[u8], revoked: &partybus_pki::RevokedSet, only: Option<NodeId>) {
+        let st = self.state();
+        for (id, l) in &st.links {
+            if only.is_some_and(|o| o != *id) || crate::tls::peer_revoked(&l.conn, revoked) {
+                continue;
+            }
+            let _ = l.queue.push_control(|b| wire::put_frame(b, &Frame::Revocations(der)));
+        }
+    }
+
     pub(crate) fn push_peers(&self, peer: NodeId, peers: Vec<PeerAddrs>) {
         let st = self.state();
         if let Some(l) = st.links.get(&peer) {

@@ -30,7 +30,8 @@ pub const MAGIC: [u8; 4] = *b"PBUS";
 /// agree on).
 /// 3: [`Frame::Resume`] (in-order delivery across a connection switch).
 /// 4: relay routes in [`Hello::relays`] and [`PeerAddrs::relays`].
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: [`Frame::Revocations`] (a hood's signed revocation list spreads through the mesh).
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Bytes of magic + version.
 pub const PREAMBLE_LEN: usize = 6;
 /// Frame bytes on top of an event's name and payload that `max_frame` allows.
@@ -130,6 +131,12 @@ pub enum Frame<'a> {
     Resume {
         after: u64,
     },
+    /// The hood's revocation list in force at the sender (its signed
+    /// encoding, `partybus_pki::RevocationList::as_der`): sent to every
+    /// neighbour when a newer list is applied, and to a new neighbour. The
+    /// receiver applies it if it is newer than its own and signed by the
+    /// hood's key; a list that is not is a protocol error.
+    Revocations(#[serde(with = "serde_bytes", borrow)] &'a [u8]),
 }
 
 /// Wire errors; each closes the connection with [`close::PROTOCOL`] or [`close::VERSION`].
@@ -408,6 +415,7 @@ mod tests {
             Frame::Event { name: "big", payload: &[0u8; 70_000] },
             Frame::Retire,
             Frame::Resume { after: 12345 },
+            Frame::Revocations(b"PBRL\x01 and the rest"),
         ]
     }
 

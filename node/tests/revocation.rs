@@ -102,3 +102,60 @@ async fn a_list_given_at_start_refuses_both_directions() {
         n.leave().await;
     }
 }
+
+/// A list applied on one node reaches the others through the mesh (each
+/// passes a newer list on once), and a node that joins later gets it from
+/// its first neighbour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_applied_on_one_node_spreads_through_the_hood() {
+    let _heavy = heavy().await;
+    let a = node_named("pa", None, |_| {}).await;
+    let b = node_named("pb", Some(a.port()), |_| {}).await;
+    let m = node_named("pm", Some(a.port()), |_| {}).await;
+    for n in [&a, &b, &m] {
+        wait_neighbours(n, 2).await;
+    }
+    let list = revoke_peer("pm");
+    a.set_revocations(&list).expect("a applies the list");
+    // b never had the list applied: it learns it from a and cuts pm out too.
+    let spread = wait_until(|| b.revocation_sequence() == list.sequence() && m.neighbours().is_empty(), GUARD).await;
+    assert!(spread, "b at sequence {}, pm's neighbours {:?}", b.revocation_sequence(), ids(&m));
+    assert_eq!(ids(&b), vec![a.id()]);
+    // The revoked node was not sent the list.
+    assert_eq!(m.revocation_sequence(), 0);
+    // A later member hears it from its first neighbour.
+    let c = node_named("pc", Some(b.port()), |_| {}).await;
+    wait_neighbours(&c, 2).await;
+    assert!(wait_until(|| c.revocation_sequence() == list.sequence(), GUARD).await, "pc at {}", c.revocation_sequence());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(m.neighbours().is_empty(), "pm got in through pc: {:?}", ids(&m));
+    for n in [m, c, b, a] {
+        n.leave().await;
+    }
+}
+
+/// A member that sends a revocation list the hood's key did not sign (here:
+/// a real list with one byte changed) breaks the protocol: it is
+/// disconnected, and the list is not applied. An older list is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_list_from_a_neighbour_is_refused_and_disconnects_it() {
+    use partybus::__private::wire::{self, close, Frame};
+    let _heavy = heavy().await;
+    let a = node_named("fa", None, |_| {}).await;
+    let list = revoke_peer("fa-victim");
+    let mut forged = list.as_der().to_vec();
+    forged[50] ^= 1; // the issued-at time: the signature no longer matches
+                     // More recent than anything a has: only the signature check refuses it.
+    forged[37..45].copy_from_slice(&u64::MAX.to_be_bytes());
+
+    let ep = client_endpoint(valid_client_config("fa-rogue"));
+    let conn = connect_to_node(&ep, &a).await;
+    let mut s = send_hello(&conn, wire::PROTOCOL_VERSION).await;
+    assert!(wait_until(|| a.neighbours().len() == 1, GUARD).await, "the rogue is a neighbour first");
+    s.write_all(&frame(&Frame::Revocations(&forged))).await.unwrap();
+    let e = closed_within(&conn, GUARD).await.expect("a forged list closes the connection");
+    assert_eq!(app_code(&e), Some(close::PROTOCOL), "{e}");
+    assert_eq!(a.revocation_sequence(), 0, "the forged list was applied");
+    ep.close(0u32.into(), b"");
+    a.leave().await;
+}

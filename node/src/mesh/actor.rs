@@ -333,6 +333,10 @@ impl State {
         let mut peers = io.wire_peers(peers);
         peers.extend(io.introduce());
         let ninfo = io.plane().add_link(peer, link, peers);
+        // A new neighbour learns the revocation list in force (it ignores an older one).
+        if let Some(list) = io.revoked().list() {
+            io.plane().push_revocations_to(list.as_der(), io.revoked(), Some(peer));
+        }
         crate::metrics::Counters::add(&io.plane().counters.neighbours_found, 1);
         let n = self.mesh.neighbour_count();
         info!(peer = %peer.short(), name = %ninfo.name, addr = %ninfo.addr, direction = %c.dir, neighbours = n, "neighbour found");

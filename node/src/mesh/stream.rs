@@ -143,6 +143,7 @@ async fn control(inner: &Arc<Inner>, conn: ConnId, info: &PeerInfo, frame: Frame
             let peers = inner.mesh_peers(list);
             inner.report(Msg::Gossip { conn, peers }).await;
         }
+        Frame::Revocations(der) => inner.revocations_from(info, der)?,
         // The peer sends nothing more here; EOF follows.
         Frame::Retire => return Ok(true),
         Frame::Resume { .. } => unreachable!("the reader takes resumes before calling this"),

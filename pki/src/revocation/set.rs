@@ -23,6 +23,7 @@ pub struct RevokedSet {
 struct Current {
     sequence: u64,
     fingerprints: HashSet<[u8; 32]>,
+    list: Option<RevocationList>,
 }
 
 impl RevokedSet {
@@ -39,8 +40,9 @@ impl RevokedSet {
     /// sequence is older than the one in force (an equal one is applied
     /// again, so a reload of the same file is harmless). Every list is
     /// signature-checked when made ([`RevocationList`] has no unchecked
-    /// constructor).
-    pub fn apply(&self, list: &RevocationList, origin: &str) -> Result<(), RevocationError> {
+    /// constructor). `Ok(true)` when the list is newer than the one that was
+    /// in force (a node passes such a list on to its neighbours).
+    pub fn apply(&self, list: &RevocationList, origin: &str) -> Result<bool, RevocationError> {
         if list.hood_fingerprint() != &*self.hood_fingerprint {
             return Err(RevocationError::OtherHood {
                 origin: origin.to_string(),
@@ -49,13 +51,19 @@ impl RevokedSet {
                 fingerprint: self.hood_fingerprint.to_string(),
             });
         }
-        let new = Arc::new(Current { sequence: list.sequence(), fingerprints: list.fingerprint_set() });
+        let new = Arc::new(Current { sequence: list.sequence(), fingerprints: list.fingerprint_set(), list: Some(list.clone()) });
         let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
         if list.sequence() < cur.sequence {
             return Err(RevocationError::Older { origin: origin.to_string(), sequence: list.sequence(), current: cur.sequence });
         }
+        let newer = list.sequence() > cur.sequence;
         *cur = new;
-        Ok(())
+        Ok(newer)
+    }
+
+    /// The list in force, if any.
+    pub fn list(&self) -> Option<RevocationList> {
+        self.snapshot().list.clone()
     }
 
     /// The sequence number in force (0: no list yet).
