@@ -226,3 +226,43 @@ fn the_parser_refuses_malformed_expositions() {
         assert!(std::panic::catch_unwind(|| parse_exposition(bad)).is_err(), "accepted {bad:?}");
     }
 }
+
+/// `partybus node --metrics ADDR`: the process serves a scrape that parses
+/// and names the node.
+#[test]
+fn the_node_command_serves_metrics() {
+    let d = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_partybus");
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(bin).args(args).current_dir(d.path()).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    run(&["hood", "create", "h"]);
+    run(&["peer", "create", "h", "a"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(bin)
+        .args(["node", "--ca", "h.crt", "--cert", "h.a.crt", "--key", "h.a.key", "--bind", "127.0.0.1", "--port", "0", "--metrics", &addr])
+        .current_dir(d.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let body = rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + GUARD;
+        loop {
+            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+                break http_get(addr.parse().unwrap(), "GET /metrics HTTP/1.0\r\n\r\n").await;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "nothing listens on {addr}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(body.0, "HTTP/1.1 200 OK");
+    let s = parse_exposition(&body.2);
+    assert_eq!(sample(&s, "partybus_neighbours", "path=direct"), 0.0);
+    assert!(s.keys().any(|(n, l)| n == "partybus_node" && l.contains("name=a")), "{s:?}");
+}

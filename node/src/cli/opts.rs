@@ -444,6 +444,20 @@ mod tests {
     }
 
     #[test]
+    fn revoked_and_metrics_from_file_and_flags() {
+        let r = ok("", &[]);
+        assert_eq!((r.revoked.clone(), r.metrics), (None, None));
+        let r = ok("revoked = \"h.revoked\"\nmetrics = \"127.0.0.1:9464\"", &[]);
+        // The file's path is relative to the file.
+        assert!(r.revoked.as_ref().is_some_and(|p| p.is_absolute() && p.ends_with("h.revoked")), "{:?}", r.revoked);
+        assert_eq!(r.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        let r = ok("revoked = \"h.revoked\"\nmetrics = \"127.0.0.1:9464\"", &["--revoked", "/x/other.revoked", "--metrics", "[::1]:1"]);
+        assert_eq!(r.revoked, Some(PathBuf::from("/x/other.revoked")));
+        assert_eq!(r.metrics, Some("[::1]:1".parse().unwrap()));
+        assert!(resolve("", &["--metrics", "localhost"]).is_err());
+    }
+
+    #[test]
     fn relay_serving_and_limits_from_file_and_flags() {
         let r = ok("", &[]);
         assert!(r.relay_serve && r.relays.is_empty() && r.relay_limits == RelayLimitArgs::default(), "{r:?}");
