@@ -94,7 +94,12 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
             })
         })
     };
-    let relay = cfg.relay.serve.clone().map(|rc| SocketRelay::new(crate::relay::server::RelayServer::new(rc, rand::random())));
+    // The node's relay refuses revoked members of its hood too.
+    let relay = cfg
+        .relay
+        .serve
+        .clone()
+        .map(|rc| SocketRelay::new(crate::relay::server::RelayServer::new(rc, rand::random()).with_revocations(revoked.clone())));
     let serving = relay.as_ref().map(|_| "on");
     let paths = PathShared::new(Paths::new(rand::random(), Some(prover), rand::random()), relay);
     let path_socket = PathSocket::new(real, raw, paths.clone()).map_err(JoinError::Endpoint)?;

@@ -226,6 +226,12 @@ impl Inner {
         let newer = self.revoked.apply(list, &format!("revocation list sequence {}", list.sequence()))?;
         tracing::info!(sequence = list.sequence(), revoked = list.len(), "revocation list applied");
         self.actor.post(self, Msg::Revoke);
+        if let Some(relay) = &self.paths.relay_service {
+            let dropped = relay.drop_revoked();
+            if dropped > 0 {
+                tracing::info!(dropped, "relay: dropped the registrations of revoked members");
+            }
+        }
         if newer {
             // Every node passes a newer list on once: the hood learns it in
             // one wave, and a list it has seen stops there.

@@ -44,6 +44,9 @@ pub struct ProvenMember {
     pub hood_fingerprint: String,
     /// The peer's name: its certificate's common name (CN).
     pub name: String,
+    /// The peer certificate's fingerprint (lowercase hex SHA-256 of its
+    /// DER), to check against a revocation list.
+    pub certificate: String,
 }
 
 /// Why a membership proof was refused.
@@ -151,7 +154,11 @@ pub fn verify_relay_proof(
         signature::Refused::BadKey => ProofError::BadCertificate("its public key cannot be parsed".into()),
         signature::Refused::BadSignature => ProofError::BadSignature,
     })?;
-    Ok(ProvenMember { hood_fingerprint: fingerprint, name: facts.cn.clone().unwrap_or_else(|| facts.subject.clone()) })
+    Ok(ProvenMember {
+        hood_fingerprint: fingerprint,
+        name: facts.cn.clone().unwrap_or_else(|| facts.subject.clone()),
+        certificate: crate::sha256_hex(parts.leaf),
+    })
 }
 
 fn refusal(p: Problem, hood: &Hood) -> ProofError {

@@ -88,6 +88,13 @@ impl RevokedSet {
         !cur.fingerprints.is_empty() && cur.fingerprints.contains(&sha256(cert_der))
     }
 
+    /// Whether the certificate with this fingerprint (hex SHA-256, any case) is revoked.
+    pub fn is_revoked_fingerprint(&self, fingerprint: &str) -> bool {
+        let cur = self.snapshot();
+        let Some(fp) = hex::decode(fingerprint).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()) else { return false };
+        cur.fingerprints.contains(&fp)
+    }
+
     fn snapshot(&self) -> Arc<Current> {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
