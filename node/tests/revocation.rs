@@ -60,6 +60,17 @@ async fn a_revoked_member_is_cut_out_at_once_and_stays_out() {
     assert!(m.neighbours().is_empty(), "rm got back in: {:?}", ids(&m));
     assert_eq!(ids(&a), vec![b.id()]);
     assert_eq!(ids(&b), vec![a.id()]);
+    // The metrics say what happened.
+    let text = a.metrics_text();
+    let value = |sample: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(&format!("{sample} "))).unwrap_or_else(|| panic!("no {sample} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("partybus_handshakes_total{direction=\"in\",result=\"revoked\"}") >= 1.0, "{text}");
+    assert!(value("partybus_handshakes_total{direction=\"out\",result=\"revoked\"}") >= 1.0, "{text}");
+    assert_eq!(value("partybus_disconnects_total{reason=\"revoked\"}"), 1.0);
+    assert_eq!(value("partybus_revocation_sequence"), list.sequence() as f64);
+    assert_eq!(value("partybus_revoked_certificates"), list.len() as f64);
 
     // The same list again is harmless; an older one is refused.
     a.set_revocations(&list).expect("the same list again");

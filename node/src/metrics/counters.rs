@@ -35,15 +35,23 @@ impl Handshake {
         }
     }
 
-    /// Classifies a failed QUIC handshake by what rustls said.
+    /// Classifies a failed QUIC handshake by its TLS alert: the one our
+    /// verifier sent (a local transport error) or the peer's (a close).
     pub(crate) fn of_error(e: &quinn::ConnectionError) -> Handshake {
-        if matches!(e, quinn::ConnectionError::TimedOut) {
-            return Handshake::TimedOut;
-        }
-        let text = e.to_string();
-        if text.contains("Revoked") || text.contains("revoked") {
+        use quinn::ConnectionError as E;
+        let code = match e {
+            E::TimedOut => return Handshake::TimedOut,
+            E::TransportError(t) => t.code,
+            E::ConnectionClosed(c) => c.error_code,
+            _ => return Handshake::Other,
+        };
+        // TLS alerts (RFC 8446 section 6): certificate_revoked (44); bad_certificate (42),
+        // unsupported_certificate (43), certificate_expired (45), certificate_unknown (46),
+        // unknown_ca (48), certificate_required (116).
+        let alert = |a: u8| code == quinn::TransportErrorCode::crypto(a);
+        if alert(44) {
             Handshake::Revoked
-        } else if text.contains("certificate") {
+        } else if [42, 43, 45, 46, 48, 116].into_iter().any(alert) {
             Handshake::BadCertificate
         } else {
             Handshake::Other
