@@ -40,6 +40,7 @@ pub mod addr;
 #[cfg(feature = "dht")]
 pub mod dht;
 pub mod mdns;
+pub mod portmap;
 pub mod static_addrs;
 pub mod upnp;
 

@@ -1,26 +1,21 @@
-//! UPnP IGD port mapping: ask the LAN's router to forward a UDP port to the
-//! node's QUIC port and report the resulting public address as
-//! [`DiscoverySink::external`].
+//! UPnP IGD, the third port-mapping protocol: the gateway is found with
+//! SSDP within [`UpnpOptions::search_timeout`], or taken from
+//! [`UpnpOptions::gateway_url`] (its `rootDesc.xml`, no SSDP: labs, routers
+//! that do not answer multicast). The lease, renewal, restart and
+//! advertisement logic is [`crate::portmap`]'s, shared with NAT-PMP and
+//! PCP; this module is the thin client over `igd-next` it drives:
 //!
-//! * The gateway is found with SSDP within [`UpnpOptions::search_timeout`], or
-//!   taken from [`UpnpOptions::gateway_url`] (its `rootDesc.xml`, no SSDP: labs,
-//!   routers that do not answer multicast). No gateway: one info log, and the
-//!   service idles until stopped.
-//! * The mapping (UDP, external port = our port if free, else a few random
-//!   ones on error 718) has a finite lease ([`UpnpOptions::lease`], default
-//!   1 h) renewed at half-life; a router that only supports permanent
-//!   mappings (error 725) gets lease 0 and is re-checked every
-//!   [`PERMANENT_RECHECK`]. The mapping is deleted on stop.
-//! * An external IP that is not global (a second NAT, carrier-grade NAT)
-//!   makes the mapping useless: a warning, no mapping, no advertisement
-//!   (unless `allow_non_global`, for labs and private WANs).
-//! * When renewal fails or the external address changes (a router restart
-//!   dropped the mapping, a new WAN IP), the old address is withdrawn with
-//!   [`DiscoverySink::external_lost`], the mapping is made again with
-//!   backoff, and the new address is reported.
+//! * the mapping is UDP, external port = the one asked for if free, else a
+//!   few random ones on error 718; a router that only supports permanent
+//!   mappings (error 725) gets lease 0;
+//! * the external IP is asked for first: a non-global one makes no mapping;
+//! * after a few failures the gateway is searched for again (a restarted
+//!   miniupnpd may listen on a new HTTP port);
+//! * `GetStatusInfo`'s uptime serves as the epoch (our own SOAP request):
+//!   when it goes back, the router restarted and the mapping is made again.
 //!
-//! All decisions (what to report, when to try again) are made by the pure
-//! [`MappingMachine`]; the async part only talks to the router.
+//! [`UpnpDiscovery`] is [`crate::portmap::PortMapDiscovery`] with UPnP only
+//! (`--upnp`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -30,25 +25,16 @@ use igd_next::aio::tokio::Tokio;
 use igd_next::aio::Gateway;
 use igd_next::{AddPortError, PortMappingProtocol, SearchOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::timeout;
 
-use crate::{addr::is_global, BoxFuture, Discovery, DiscoveryContext, DiscoverySink, StopSignal};
+use crate::addr::is_global;
+use crate::portmap::{lease_secs, ClientError, Mapped, Mode, PortMapDiscovery, PortMapOptions, Protocol};
+use crate::{BoxFuture, Discovery, DiscoveryContext, DiscoverySink, StopSignal};
 
-/// How often a permanent (lease 0) mapping and an unusable external IP are re-checked.
-pub const PERMANENT_RECHECK: Duration = Duration::from_secs(5 * 60);
-/// First retry delay after a failure; doubles up to [`MAX_RETRY`].
-pub const FIRST_RETRY: Duration = Duration::from_secs(5);
-/// Longest retry delay after failures.
-pub const MAX_RETRY: Duration = Duration::from_secs(10 * 60);
 /// External ports tried per mapping attempt when the preferred one is taken (718).
 pub const MAX_PORT_TRIES: usize = 4;
-/// Consecutive failures after which the gateway is searched for again (a
-/// restarted miniupnpd listens on a new HTTP port).
-pub const REDISCOVER_AFTER: u32 = 3;
 /// Time limit of one request to the router.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time limit of the mapping removal on stop.
-const REMOVE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_DESC_BYTES: usize = 256 * 1024;
 const DESCRIPTION: &str = "partybus";
 
@@ -73,7 +59,7 @@ impl Default for UpnpOptions {
     }
 }
 
-/// UPnP IGD port mapping service ("upnp"); see the [module docs](self).
+/// UPnP IGD port mapping service ("upnp"): [`PortMapDiscovery`] with UPnP only.
 #[derive(Clone, Debug, Default)]
 pub struct UpnpDiscovery {
     opts: UpnpOptions,
@@ -85,119 +71,16 @@ impl UpnpDiscovery {
     }
 }
 
-/// The outcome of one mapping attempt, as fed to [`MappingMachine::on_attempt`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Attempt {
-    /// The router maps `ext` to us with this lease (`ZERO`: permanent).
-    Mapped { ext: SocketAddr, lease: Duration },
-    /// The router's external IP is not global and non-global addresses are
-    /// not allowed: no mapping was made.
-    Unusable { ext_ip: IpAddr },
-    /// The router could not be reached or refused the mapping.
-    Failed,
-}
-
-/// What the service must do after an attempt.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Effect {
-    External(SocketAddr),
-    ExternalLost(SocketAddr),
-    /// Warn (once per IP) that the external IP is not global.
-    WarnUnusable(IpAddr),
-    /// Search the gateway again before the next attempt.
-    Rediscover,
-}
-
-/// The pure decision part of the UPnP service: which address is advertised,
-/// what to tell the sink, and when to try again.
-#[derive(Clone, Debug, Default)]
-pub struct MappingMachine {
-    advertised: Option<SocketAddr>,
-    failures: u32,
-    warned: Option<IpAddr>,
-}
-
-impl MappingMachine {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The external address currently reported to the sink.
-    pub fn advertised(&self) -> Option<SocketAddr> {
-        self.advertised
-    }
-
-    /// Consecutive failed attempts.
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-
-    /// Feed the outcome of an attempt; returns the effects, in order, and the
-    /// delay until the next attempt (renewal or retry).
-    pub fn on_attempt(&mut self, attempt: Attempt) -> (Vec<Effect>, Duration) {
-        let mut fx = Vec::new();
-        match attempt {
-            Attempt::Mapped { ext, lease } => {
-                self.failures = 0;
-                self.warned = None;
-                if let Some(old) = self.advertised.filter(|old| *old != ext) {
-                    fx.push(Effect::ExternalLost(old));
-                    self.advertised = None;
-                }
-                if self.advertised.is_none() {
-                    fx.push(Effect::External(ext));
-                    self.advertised = Some(ext);
-                }
-                (fx, renew_delay(lease))
-            }
-            Attempt::Unusable { ext_ip } => {
-                self.failures = 0;
-                if let Some(old) = self.advertised.take() {
-                    fx.push(Effect::ExternalLost(old));
-                }
-                if self.warned != Some(ext_ip) {
-                    self.warned = Some(ext_ip);
-                    fx.push(Effect::WarnUnusable(ext_ip));
-                }
-                (fx, PERMANENT_RECHECK)
-            }
-            Attempt::Failed => {
-                self.failures = self.failures.saturating_add(1);
-                if let Some(old) = self.advertised.take() {
-                    fx.push(Effect::ExternalLost(old));
-                }
-                if self.failures.is_multiple_of(REDISCOVER_AFTER) {
-                    fx.push(Effect::Rediscover);
-                }
-                (fx, retry_delay(self.failures))
-            }
+impl From<UpnpOptions> for PortMapOptions {
+    fn from(o: UpnpOptions) -> PortMapOptions {
+        PortMapOptions {
+            mode: Mode::Only(Protocol::Upnp),
+            lease: o.lease,
+            upnp_url: o.gateway_url,
+            search_timeout: o.search_timeout,
+            bind_ip: o.bind_ip,
+            gateway: None,
         }
-    }
-}
-
-/// When to renew a mapping with this lease: at half-life (at least 1 s);
-/// permanent mappings are re-checked every [`PERMANENT_RECHECK`].
-pub fn renew_delay(lease: Duration) -> Duration {
-    if lease.is_zero() {
-        PERMANENT_RECHECK
-    } else {
-        (lease / 2).max(Duration::from_secs(1))
-    }
-}
-
-/// Delay before the next attempt after `failures` consecutive failures
-/// (1 → [`FIRST_RETRY`], doubling, at most [`MAX_RETRY`]).
-pub fn retry_delay(failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    FIRST_RETRY.saturating_mul(1 << exp).min(MAX_RETRY)
-}
-
-/// Lease in whole seconds as UPnP wants it (0 = permanent), at most 1 week.
-fn lease_secs(lease: Duration) -> u32 {
-    if lease.is_zero() {
-        0
-    } else {
-        lease.as_secs().clamp(1, 7 * 24 * 3600) as u32
     }
 }
 
@@ -207,190 +90,135 @@ impl Discovery for UpnpDiscovery {
     }
 
     fn start(self: Box<Self>, ctx: DiscoveryContext, sink: DiscoverySink, stop: StopSignal) -> BoxFuture<'static, ()> {
-        Box::pin(run(self.opts, ctx, sink, stop))
+        Box::new(PortMapDiscovery::new(self.opts.into())).start(ctx, sink, stop)
     }
 }
 
-/// The mapping we hold on the router.
-struct Held {
+/// The UPnP client [`crate::portmap`] drives: a gateway, and the external
+/// port we hold there.
+pub(crate) struct Client {
     gateway: Gateway<Tokio>,
-    ext_port: u16,
+    opts: PortMapOptions,
+    internal_port: u16,
+    held: Option<u16>,
+    /// Set once the router said it only does permanent mappings (725).
+    permanent_only: bool,
 }
 
-async fn run(opts: UpnpOptions, ctx: DiscoveryContext, sink: DiscoverySink, mut stop: StopSignal) {
-    let Some(mut gateway) = (tokio::select! {
-        g = find_gateway(&opts) => g,
-        _ = stop.stopped() => return,
-    }) else {
-        tracing::info!("upnp: no UPnP gateway found; port mapping disabled");
-        stop.stopped().await;
-        return;
-    };
-    tracing::info!(gateway = %gateway.addr, "upnp: gateway found");
+impl Client {
+    /// Find the gateway (configured URL, else SSDP); `None` if there is none.
+    pub(crate) async fn find(opts: &PortMapOptions, internal_port: u16) -> Option<Client> {
+        let gateway = find_gateway(opts).await?;
+        tracing::info!(gateway = %gateway.addr, "upnp: gateway found");
+        Some(Client { gateway, opts: opts.clone(), internal_port, held: None, permanent_only: false })
+    }
 
-    let mut machine = MappingMachine::new();
-    let mut lease = opts.lease;
-    let mut held: Option<Held> = None;
-    loop {
-        let attempt = tokio::select! {
-            a = map_once(&gateway, &opts, &ctx, &mut lease, &mut held) => a,
-            _ = stop.stopped() => break,
-        };
-        let (effects, delay) = machine.on_attempt(attempt.clone());
-        let mut rediscover = false;
-        for e in effects {
-            match e {
-                Effect::External(a) => {
-                    tracing::info!(external = %a, "upnp: port mapped");
-                    sink.external(a, "upnp");
-                }
-                Effect::ExternalLost(a) => {
-                    tracing::info!(external = %a, "upnp: mapping lost");
-                    sink.external_lost(a, "upnp");
-                }
-                Effect::WarnUnusable(ip) => tracing::warn!(
-                    external_ip = %ip,
-                    "upnp: the router's external IP is not a public address (a second NAT?): \
-                     a port mapping would be useless, not advertising it"
-                ),
-                Effect::Rediscover => rediscover = true,
+    /// Search the gateway again (after repeated failures).
+    pub(crate) async fn rediscover(&mut self) {
+        if let Some(g) = find_gateway(&self.opts).await {
+            if g.addr != self.gateway.addr || g.control_url != self.gateway.control_url {
+                tracing::info!(gateway = %g.addr, "upnp: gateway found again");
             }
-        }
-        if let Attempt::Failed = attempt {
-            tracing::debug!(failures = machine.failures(), retry_in = ?delay, "upnp: mapping attempt failed");
-        }
-        let wake = Instant::now() + delay;
-        tokio::select! {
-            _ = sleep_until(wake) => {}
-            _ = stop.stopped() => break,
-        }
-        if rediscover {
-            let found = tokio::select! {
-                g = find_gateway(&opts) => g,
-                _ = stop.stopped() => break,
-            };
-            if let Some(g) = found {
-                if g.addr != gateway.addr || g.control_url != gateway.control_url {
-                    tracing::info!(gateway = %g.addr, "upnp: gateway found again");
-                }
-                gateway = g;
-            }
+            self.gateway = g;
         }
     }
 
-    if let Some(h) = held {
-        match timeout(REMOVE_TIMEOUT, h.gateway.remove_port(PortMappingProtocol::UDP, h.ext_port)).await {
-            Ok(Ok(())) => tracing::info!(port = h.ext_port, "upnp: mapping removed"),
-            Ok(Err(e)) => tracing::debug!(error = %e, "upnp: removing the mapping failed"),
-            Err(_) => tracing::debug!("upnp: removing the mapping timed out"),
-        }
-    }
-    if let Some(a) = machine.advertised() {
-        sink.external_lost(a, "upnp");
-    }
-}
-
-/// One attempt: learn the external IP, then add (or renew) the mapping.
-async fn map_once(
-    gateway: &Gateway<Tokio>,
-    opts: &UpnpOptions,
-    ctx: &DiscoveryContext,
-    lease: &mut Duration,
-    held: &mut Option<Held>,
-) -> Attempt {
-    let ext_ip = match timeout(REQUEST_TIMEOUT, gateway.get_external_ip()).await {
-        Ok(Ok(ip)) if !ip.is_unspecified() => ip,
-        Ok(Ok(_)) => {
-            tracing::debug!("upnp: router reports no external IP (WAN down?)");
-            return Attempt::Failed;
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "upnp: GetExternalIPAddress failed");
-            return Attempt::Failed;
-        }
-        Err(_) => return Attempt::Failed,
-    };
-    if !is_global(ext_ip) && !ctx.allow_non_global {
-        // Useless mapping: drop the one we may hold.
-        if let Some(h) = held.take() {
-            let _ = timeout(REQUEST_TIMEOUT, h.gateway.remove_port(PortMappingProtocol::UDP, h.ext_port)).await;
-        }
-        return Attempt::Unusable { ext_ip };
-    }
-    let Some(internal_ip) = internal_ip(opts, gateway.addr) else {
-        tracing::debug!(gateway = %gateway.addr, "upnp: no local IPv4 address towards the gateway");
-        return Attempt::Failed;
-    };
-    let local = SocketAddr::new(internal_ip, ctx.port);
-
-    // Preferred external port: the one we hold, else our own port number.
-    let mut ports = vec![held.as_ref().map(|h| h.ext_port).unwrap_or(ctx.port)];
-    while ports.len() < MAX_PORT_TRIES {
-        ports.push(rand::random_range(20_000u16..65_000u16));
-    }
-    let mut tries = 0;
-    let mut i = 0;
-    while i < ports.len() && tries < MAX_PORT_TRIES + 2 {
-        tries += 1;
-        let port = ports[i];
-        let res = timeout(REQUEST_TIMEOUT, gateway.add_port(PortMappingProtocol::UDP, port, local, lease_secs(*lease), DESCRIPTION)).await;
-        match res {
-            Ok(Ok(())) => {
-                if let Some(old) = held.as_ref().filter(|h| h.ext_port != port) {
-                    let _ = timeout(REQUEST_TIMEOUT, old.gateway.remove_port(PortMappingProtocol::UDP, old.ext_port)).await;
-                }
-                *held = Some(Held { gateway: gateway.clone(), ext_port: port });
-                return Attempt::Mapped { ext: SocketAddr::new(ext_ip, port), lease: *lease };
-            }
-            Ok(Err(AddPortError::OnlyPermanentLeasesSupported)) if !lease.is_zero() => {
-                tracing::info!("upnp: router supports only permanent mappings; using lease 0");
-                *lease = Duration::ZERO;
-                // Same port again.
-            }
-            Ok(Err(AddPortError::PortInUse)) => {
-                tracing::debug!(port, "upnp: external port taken (718), trying another");
-                if held.as_ref().is_some_and(|h| h.ext_port == port) {
-                    // Someone else holds "our" port now (router restarted).
-                    *held = None;
-                }
-                i += 1;
-            }
-            Ok(Err(AddPortError::SamePortValuesRequired)) if port != ctx.port => {
-                // The router wants external == internal port: that one or nothing.
-                ports.truncate(i + 1);
-                ports[i] = ctx.port;
-            }
+    /// The WAN connection's uptime (`GetStatusInfo`), which the state
+    /// machine treats like NAT-PMP's epoch: when it goes back, the router
+    /// (or its WAN connection) restarted and the mapping is made again.
+    /// `None` when the router does not say.
+    pub(crate) async fn epoch(&self) -> Option<u32> {
+        match timeout(REQUEST_TIMEOUT, status_uptime(&self.gateway)).await {
+            Ok(Ok(up)) => Some(up),
             Ok(Err(e)) => {
-                tracing::debug!(port, error = %e, "upnp: AddPortMapping failed");
-                return Attempt::Failed;
+                tracing::debug!(error = %e, "upnp: GetStatusInfo");
+                None
             }
-            Err(_) => {
-                tracing::debug!(port, "upnp: AddPortMapping timed out");
-                return Attempt::Failed;
-            }
+            Err(_) => None,
         }
     }
-    Attempt::Failed
-}
 
-/// Our LAN address facing the gateway: `bind_ip`, else the source address
-/// the OS picks for it (a connected UDP socket; nothing is sent).
-fn internal_ip(opts: &UpnpOptions, gateway: SocketAddr) -> Option<IpAddr> {
-    if let Some(ip) = opts.bind_ip.filter(|ip| !ip.is_unspecified()) {
-        return Some(ip);
+    /// Delete the mapping we hold.
+    pub(crate) async fn unmap(&mut self) -> Result<(), ClientError> {
+        let Some(port) = self.held.take() else { return Ok(()) };
+        match timeout(REQUEST_TIMEOUT, self.gateway.remove_port(PortMappingProtocol::UDP, port)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ClientError::Upnp(format!("DeletePortMapping: {e}"))),
+            Err(_) => Err(ClientError::NoAnswer),
+        }
     }
-    let bind: SocketAddr = match gateway {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => return None,
-    };
-    let sock = std::net::UdpSocket::bind(bind).ok()?;
-    sock.connect(gateway).ok()?;
-    let ip = sock.local_addr().ok()?.ip();
-    (!ip.is_unspecified()).then_some(ip)
+
+    /// Learn the external IP, then add (or renew) the mapping, asking for
+    /// external port `want` first.
+    pub(crate) async fn map(&mut self, want: u16, lease: Duration, allow_non_global: bool) -> Result<Mapped, ClientError> {
+        let ext_ip = match timeout(REQUEST_TIMEOUT, self.gateway.get_external_ip()).await {
+            Ok(Ok(ip)) if !ip.is_unspecified() => ip,
+            Ok(Ok(_)) => return Err(ClientError::Refused("the router reports no external IP (WAN down?)".into())),
+            Ok(Err(e)) => return Err(ClientError::Upnp(format!("GetExternalIPAddress: {e}"))),
+            Err(_) => return Err(ClientError::NoAnswer),
+        };
+        if !is_global(ext_ip) && !allow_non_global {
+            // Useless mapping: drop the one we may hold.
+            let _ = self.unmap().await;
+            return Err(ClientError::Unusable(ext_ip));
+        }
+        let bind = self.opts.bind_ip.filter(|ip| !ip.is_unspecified());
+        let Some(internal_ip) = bind.or_else(|| crate::portmap::gateway::local_ip_towards(self.gateway.addr.ip())) else {
+            return Err(ClientError::Upnp(format!("no local IPv4 address towards the gateway {}", self.gateway.addr)));
+        };
+        let local = SocketAddr::new(internal_ip, self.internal_port);
+        let mut lease = if self.permanent_only { Duration::ZERO } else { lease };
+
+        let mut ports = vec![want];
+        while ports.len() < MAX_PORT_TRIES {
+            ports.push(rand::random_range(20_000u16..65_000u16));
+        }
+        let mut tries = 0;
+        let mut i = 0;
+        while i < ports.len() && tries < MAX_PORT_TRIES + 2 {
+            tries += 1;
+            let port = ports[i];
+            let res =
+                timeout(REQUEST_TIMEOUT, self.gateway.add_port(PortMappingProtocol::UDP, port, local, lease_secs(lease), DESCRIPTION))
+                    .await;
+            match res {
+                Ok(Ok(())) => {
+                    if let Some(old) = self.held.filter(|p| *p != port) {
+                        let _ = timeout(REQUEST_TIMEOUT, self.gateway.remove_port(PortMappingProtocol::UDP, old)).await;
+                    }
+                    self.held = Some(port);
+                    let epoch = self.epoch().await;
+                    return Ok(Mapped { ext: SocketAddr::new(ext_ip, port), lease, epoch });
+                }
+                Ok(Err(AddPortError::OnlyPermanentLeasesSupported)) if !lease.is_zero() => {
+                    tracing::info!("upnp: router supports only permanent mappings; using lease 0");
+                    self.permanent_only = true;
+                    lease = Duration::ZERO;
+                    // Same port again.
+                }
+                Ok(Err(AddPortError::PortInUse)) => {
+                    tracing::debug!(port, "upnp: external port taken (718), trying another");
+                    if self.held == Some(port) {
+                        // Someone else holds "our" port now (router restarted).
+                        self.held = None;
+                    }
+                    i += 1;
+                }
+                Ok(Err(AddPortError::SamePortValuesRequired)) if port != self.internal_port => {
+                    // The router wants external == internal port: that one or nothing.
+                    ports.truncate(i + 1);
+                    ports[i] = self.internal_port;
+                }
+                Ok(Err(e)) => return Err(ClientError::Upnp(format!("AddPortMapping for port {port}: {e}"))),
+                Err(_) => return Err(ClientError::NoAnswer),
+            }
+        }
+        Err(ClientError::Upnp("AddPortMapping: every external port tried is taken".into()))
+    }
 }
 
-async fn find_gateway(opts: &UpnpOptions) -> Option<Gateway<Tokio>> {
-    if let Some(url) = &opts.gateway_url {
+async fn find_gateway(opts: &PortMapOptions) -> Option<Gateway<Tokio>> {
+    if let Some(url) = &opts.upnp_url {
         match timeout(opts.search_timeout.max(Duration::from_secs(1)) * 2, gateway_from_url(url)).await {
             Ok(Ok(g)) => return Some(g),
             Ok(Err(e)) => {
@@ -404,7 +232,7 @@ async fn find_gateway(opts: &UpnpOptions) -> Option<Gateway<Tokio>> {
         }
     }
     let mut so = SearchOptions::default();
-    so.bind_addr = SocketAddr::new(opts.bind_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), 0);
+    so.bind_addr = SocketAddr::new(opts.bind_ip.filter(|ip| ip.is_ipv4()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), 0);
     so.timeout = Some(opts.search_timeout);
     so.single_search_timeout = Some(opts.search_timeout);
     // Our own time limit as well, should the crate's ever not hold.
@@ -467,11 +295,15 @@ fn resolve_ref(base_path: &str, reference: &str) -> String {
 
 /// A minimal HTTP/1.0 GET (no chunked encoding), bounded in size and by the caller's timeout.
 async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<Vec<u8>, String> {
+    http_request(addr, &format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: partybus\r\n\r\n")).await
+}
+
+/// Send `req` (a whole HTTP/1.0 request), read the answer (bounded), return its body if 200.
+async fn http_request(addr: SocketAddr, req: &str) -> Result<Vec<u8>, String> {
     let mut s = timeout(REQUEST_TIMEOUT, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: partybus\r\n\r\n");
     s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     (&mut s).take(MAX_DESC_BYTES as u64 + 1).read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
@@ -485,6 +317,37 @@ async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<Vec<u8>, S
         return Err(format!("HTTP status: {status}"));
     }
     Ok(buf[split + 4..].to_vec())
+}
+
+/// `GetStatusInfo` of the WAN connection service: its `NewUptime`, the
+/// seconds the connection (in miniupnpd: the daemon) has been up. Our own
+/// SOAP request: `igd-next` has no call for it.
+async fn status_uptime(gateway: &Gateway<Tokio>) -> Result<u32, String> {
+    let st = &gateway.service_type;
+    let body = format!(
+        "<?xml version=\"1.0\"?>\r\n<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" \
+         s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body><u:GetStatusInfo xmlns:u=\"{st}\">\
+         </u:GetStatusInfo></s:Body></s:Envelope>"
+    );
+    let path = match parse_http_url(&gateway.control_url) {
+        Ok(u) => u.path,
+        Err(_) => gateway.control_url.clone(),
+    };
+    let req = format!(
+        "POST {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: partybus\r\n\
+         Content-Type: text/xml; charset=\"utf-8\"\r\nSOAPAction: \"{st}#GetStatusInfo\"\r\nContent-Length: {len}\r\n\r\n{body}",
+        host = gateway.addr,
+        len = body.len(),
+    );
+    parse_uptime(&http_request(gateway.addr, &req).await?)
+}
+
+/// `NewUptime` from a `GetStatusInfo` answer.
+fn parse_uptime(body: &[u8]) -> Result<u32, String> {
+    let text = String::from_utf8_lossy(body);
+    let start = text.find("<NewUptime>").ok_or("no NewUptime in the answer")? + "<NewUptime>".len();
+    let end = text[start..].find('<').ok_or("unterminated NewUptime")? + start;
+    text[start..end].trim().parse().map_err(|_| format!("NewUptime {:?} is not a number", &text[start..end]))
 }
 
 const WAN_SERVICES: [&str; 3] = [

@@ -6,15 +6,19 @@
 //!   but unable to; see the module docs.
 //! - [`nat`]: a NAT lab (internet, home routers with masquerade and
 //!   miniupnpd, hosts behind them) built with [`lab`].
+//! - [`nodelog`]: reading a lab node's output (ready, neighbours, paths,
+//!   mapped and announced addresses).
 //! - [`pb`]: driving the `partybus` binary (finding it, certificates).
 //! - [`reach`]: the reachability matrix's cases (NAT types x seeds x WAN
 //!   impairments) on the [`nat`] lab, and how one is run and reported.
 //! - [`seqcheck`]: the numbered-stream checker's payload and book-keeping;
 //!   the `seqcheck` bin emits or checks such a stream on a partybus node.
-//! - `mdns-probe` (bin): the mDNS discovery service alone, for lab tests.
+//! - `mdns-probe`, `portmap-probe` (bins): the mDNS and port-mapping
+//!   discovery services alone, for lab tests.
 
 pub mod lab;
 pub mod nat;
+pub mod nodelog;
 pub mod pb;
 mod prereq;
 pub mod reach;

@@ -38,18 +38,30 @@
 //!   its STUN self-test against the lab STUN server to enable forwarding; the
 //!   router accepts those answers in its input chain.
 //!
+//! * [`RouterOptions::serve`] / [`NatLab::serve_only`]: miniupnpd serves only
+//!   one of UPnP, NAT-PMP and PCP (`nat/serve.rs`); `nat/miniupnpd.rs` starts,
+//!   kills and restarts it and reads its mappings.
+//! * [`NatLab::add_ipv6`] (`nat/ipv6.rs`): IPv6 from 2001:db8::/32 on the
+//!   internet, vps1, r1 and h1 (no NAT66), and an IPv6-only host.
+//!
 //! Everything is removed with the [`Lab`]; the miniupnpd and STUN processes
 //! are killed when the [`NatLab`] is dropped (drop it before the lab, e.g. by
 //! declaring it after the lab).
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 
 use crate::lab::{require_program, which, Bridge, Lab, LabProcess, Ns};
+
+mod ipv6;
+mod miniupnpd;
+mod serve;
+pub use ipv6::{H1_IP6, R1_LAN6, V6H_IP6, VPS1_IP6};
+pub use serve::MapProto;
 
 /// Public address of the VPS host.
 pub const VPS1_IP: &str = "203.0.113.10";
@@ -74,6 +86,9 @@ pub struct RouterOptions {
     pub loss_ppm: u32,
     /// Run miniupnpd (UPnP IGD, NAT-PMP/PCP) on the router.
     pub upnp: bool,
+    /// With `upnp`: serve only this port-mapping protocol (None: all three);
+    /// [`NatLab::serve_only`] changes it for the next start.
+    pub serve: Option<MapProto>,
     /// One-way delay added on the WAN link, each direction (0: a plain veth,
     /// no emulator). Needs python3.
     pub delay_ms: u32,
@@ -109,6 +124,11 @@ pub struct Site {
     linkemu: Mutex<Option<LabProcess>>,
     /// Starts of miniupnpd so far (config and pid file names).
     upnp_starts: Mutex<u32>,
+    /// What miniupnpd serves from its next start.
+    serve: Mutex<Option<MapProto>>,
+    /// The LAN's IPv6 address once [`NatLab::add_ipv6`] gave it one
+    /// (miniupnpd's `ipv6_listening_ip` from its next start).
+    lan_ip6: Mutex<Option<String>>,
 }
 
 impl Site {
@@ -232,14 +252,19 @@ impl<'a> NatLab<'a> {
             lan_ip,
             host_ip,
             lan_cidr: format!("198.18.{n}.0/24"),
-            opts,
+            opts: opts.clone(),
             miniupnpd: Mutex::new(None),
             linkemu: Mutex::new(linkemu),
             upnp_starts: Mutex::new(0),
+            serve: Mutex::new(opts.serve),
+            lan_ip6: Mutex::new(None),
         };
         lab.nft(&site.router, &router_ruleset(&site))?;
         if site.opts.loss_ppm > 0 {
             lab.nft(&site.router, &loss_ruleset(site.opts.loss_ppm))?;
+        }
+        if let Some(rules) = serve::filter_ruleset(site.opts.serve) {
+            lab.nft(&site.router, &rules)?;
         }
         Ok(site)
     }
@@ -260,138 +285,6 @@ impl<'a> NatLab<'a> {
         p.wait_for_line(|l| l.starts_with("stun-server listening"), Duration::from_secs(10))?;
         self.stun = Some(p);
         Ok(())
-    }
-
-    /// miniupnpd's configuration for `site`.
-    pub fn miniupnpd_conf(site: &Site) -> String {
-        let n = &site.router.short[1..];
-        format!(
-            "# partybus NAT lab, router {r}\n\
-             ext_ifname=wan\n\
-             listening_ip=lan\n\
-             http_port={UPNP_HTTP_PORT}\n\
-             enable_upnp=yes\n\
-             enable_natpmp=yes\n\
-             secure_mode=yes\n\
-             system_uptime=yes\n\
-             uuid=3f1c0e52-9a43-4d2e-8b7a-00000000000{n}\n\
-             ext_perform_stun=yes\n\
-             ext_stun_host={stun}\n\
-             ext_stun_port={stun_port}\n\
-             upnp_table_name={ROUTER_TABLE}\n\
-             upnp_nat_table_name={ROUTER_TABLE}\n\
-             upnp_forward_chain={f}\n\
-             upnp_nat_chain={p}\n\
-             upnp_nat_postrouting_chain={q}\n\
-             allow 1024-65535 {lan} 1024-65535\n\
-             deny 0-65535 0.0.0.0/0 0-65535\n",
-            r = site.router.short,
-            stun = STUN_IPS[0],
-            stun_port = STUN_PORTS[0],
-            f = UPNP_CHAINS[0],
-            p = UPNP_CHAINS[1],
-            q = UPNP_CHAINS[2],
-            lan = site.lan_cidr,
-        )
-    }
-
-    /// Start miniupnpd on `site`'s router and wait (bounded) until it serves
-    /// (STUN self-test passed, HTTP and NAT-PMP listening).
-    pub fn start_miniupnpd(&self, site: &Site) -> Result<()> {
-        let mut guard = site.miniupnpd.lock().unwrap();
-        if guard.is_some() {
-            bail!("miniupnpd already runs on {}", site.router);
-        }
-        let k = {
-            let mut s = site.upnp_starts.lock().unwrap();
-            *s += 1;
-            *s
-        };
-        let dir = self.lab.dir();
-        let conf = dir.join(format!("{}-miniupnpd.conf", site.router.short));
-        let pid = dir.join(format!("{}-miniupnpd-{k}.pid", site.router.short));
-        std::fs::write(&conf, Self::miniupnpd_conf(site))?;
-        let mut p =
-            self.lab.spawn(&site.router, "miniupnpd", ["-d".as_ref(), "-f".as_ref(), conf.as_os_str(), "-P".as_ref(), pid.as_os_str()])?;
-        // STUN takes up to 3 s per round; give it a few.
-        let line = p
-            .wait_for_stderr(
-                |l| l.contains("Port forwarding is impossible") || l.contains("Listening for NAT-PMP/PCP traffic"),
-                Duration::from_secs(20),
-            )
-            .with_context(|| format!("miniupnpd on {} did not start", site.router))?;
-        if line.contains("impossible") {
-            bail!("miniupnpd on {}: {line}\n{}", site.router, p.stderr_tail(20));
-        }
-        let text = p.stderr_text();
-        if !text.contains("Port forwarding is now enabled") {
-            bail!("miniupnpd on {} did not enable port forwarding:\n{}", site.router, p.stderr_tail(30));
-        }
-        // The HTTP port answers (bounded).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let addr = SocketAddr::V4(SocketAddrV4::new(site.lan_ip, UPNP_HTTP_PORT));
-            let ok = self
-                .lab
-                .exec_unchecked(&site.host, ["bash", "-c", &format!("exec 3<>/dev/tcp/{}/{}", addr.ip(), addr.port())])
-                .map(|o| o.status.success())
-                .unwrap_or(false);
-            if ok {
-                break;
-            }
-            if Instant::now() >= deadline {
-                bail!("miniupnpd on {}: HTTP port {addr} does not answer", site.router);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        *guard = Some(p);
-        Ok(())
-    }
-
-    /// Kill miniupnpd (SIGKILL: like a crash or power loss, it cleans up
-    /// nothing) and flush its chains, so every mapping is gone.
-    pub fn stop_miniupnpd(&self, site: &Site) -> Result<()> {
-        if let Some(mut p) = site.miniupnpd.lock().unwrap().take() {
-            p.kill();
-        }
-        let mut rules = String::new();
-        for c in UPNP_CHAINS {
-            rules.push_str(&format!("flush chain inet {ROUTER_TABLE} {c}\n"));
-        }
-        self.lab.nft(&site.router, &rules)
-    }
-
-    /// [`NatLab::stop_miniupnpd`], then [`NatLab::start_miniupnpd`].
-    pub fn restart_miniupnpd(&self, site: &Site) -> Result<()> {
-        self.stop_miniupnpd(site)?;
-        self.start_miniupnpd(site)
-    }
-
-    /// The log (stderr) of the running miniupnpd of `site`.
-    pub fn miniupnpd_log(&self, site: &Site) -> String {
-        site.miniupnpd.lock().unwrap().as_ref().map(|p| p.stderr_text()).unwrap_or_default()
-    }
-
-    /// The UDP port mappings miniupnpd holds now: (external port, internal address),
-    /// read from its DNAT chain.
-    pub fn udp_mappings(&self, site: &Site) -> Result<Vec<(u16, SocketAddr)>> {
-        let out = self.lab.exec(&site.router, ["nft", "list", "chain", "inet", ROUTER_TABLE, UPNP_CHAINS[1]])?;
-        Ok(parse_dnat_rules(&String::from_utf8_lossy(&out.stdout)))
-    }
-
-    /// Wait (bounded) until `site` maps UDP to `internal`; returns the external port.
-    pub fn wait_mapping(&self, site: &Site, internal: SocketAddr, timeout: Duration) -> Result<u16> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let m = self.udp_mappings(site)?;
-            if let Some((ext, _)) = m.iter().find(|(_, i)| *i == internal) {
-                return Ok(*ext);
-            }
-            if Instant::now() >= deadline {
-                bail!("{}: no UDP mapping to {internal} within {timeout:?}; mappings: {m:?}", site.router);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     /// Take the router's WAN link down or up (a router reboot, a cut line).

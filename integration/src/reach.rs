@@ -134,7 +134,7 @@ impl Case {
             Impair::Loss(ppm) => (ppm, 0),
             Impair::Delay(ms) => (0, ms),
         };
-        RouterOptions { symmetric: nat == Nat::Symmetric, loss_ppm, delay_ms, upnp: false }
+        RouterOptions { symmetric: nat == Nat::Symmetric, loss_ppm, delay_ms, upnp: false, serve: None }
     }
 
     /// The NAT lab of this case (no UPnP, so no STUN server).

@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 
 use partybus_integration::lab::{require_program, Lab, LabProcess, Ns};
 use partybus_integration::nat::{self, NatLab, NatOptions, RouterOptions, VPS1_IP};
+use partybus_integration::nodelog::{
+    direct_at, has_found, has_found_after_lost, is_neighbour, last_path, ready_id, s, wait_announced, wait_external, wait_found,
+};
 use partybus_integration::pb;
 
 const LOG: &str = "info,partybus=debug,partybus_discovery=debug";
@@ -65,40 +68,6 @@ impl Hood {
     }
 }
 
-fn s(v: &[&str]) -> Vec<String> {
-    v.iter().map(|x| x.to_string()).collect()
-}
-
-fn ready_id(p: &mut LabProcess) -> String {
-    let v = p.wait_for_json(|v| v.get("ready").is_some(), Duration::from_secs(20)).unwrap();
-    v["ready"]["id"].as_str().unwrap().to_owned()
-}
-
-/// Wait until `p` prints a `found` line for `id`; returns that line.
-fn wait_found(p: &mut LabProcess, id: &str, timeout: Duration) -> serde_json::Value {
-    p.wait_for_json(|v| v["neighbour"] == "found" && v["id"] == id, timeout)
-        .unwrap_or_else(|e| panic!("{}: neighbour {id} not found: {e:#}", p.label()))
-}
-
-/// Has `p` printed a `found` line for `id` (looking at all its output)?
-fn has_found(p: &LabProcess, id: &str) -> Option<serde_json::Value> {
-    p.lines().iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).rfind(|v| v["neighbour"] == "found" && v["id"] == id)
-}
-
-/// The last path line `p` printed for neighbour `id`.
-fn last_path(p: &LabProcess, id: &str) -> Option<serde_json::Value> {
-    p.lines().iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).rfind(|v| v.get("path").is_some() && v["id"] == id)
-}
-
-/// Is `id` a neighbour of `p` now (last found/lost line for it is `found`)?
-fn is_neighbour(p: &LabProcess, id: &str) -> bool {
-    p.lines()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .rfind(|v| v["id"] == id && v.get("neighbour").is_some())
-        .is_some_and(|v| v["neighbour"] == "found")
-}
-
 /// Run `partybus emit` to completion; returns the count (last stdout line).
 fn emit(hood: &Hood, lab: &Lab, ns: &Ns, name: &str, args: &[String]) -> u64 {
     let mut p = hood.spawn(lab, ns, "emit", name, args);
@@ -109,29 +78,6 @@ fn emit(hood: &Hood, lab: &Lab, ns: &Ns, name: &str, args: &[String]) -> u64 {
         .last()
         .and_then(|l| l.trim().parse().ok())
         .unwrap_or_else(|| panic!("{}: emit output {lines:?}\n{}", p.label(), p.stderr_tail(30)))
-}
-
-/// The external address a process reports from its UPnP mapping (log line
-/// `reachable at external address addr=IP:PORT source=upnp`).
-fn wait_external(p: &mut LabProcess, timeout: Duration) -> SocketAddr {
-    let line = p
-        .wait_for_stderr(|l| l.contains("reachable at external address") && l.contains("upnp"), timeout)
-        .unwrap_or_else(|e| panic!("no UPnP external address: {e:#}"));
-    addr_field(&line, "addr").unwrap_or_else(|| panic!("no addr in {line:?}"))
-}
-
-/// Wait until `p`'s DHT service stored a node record listing `addr`.
-fn wait_announced(p: &mut LabProcess, addr: SocketAddr, timeout: Duration) {
-    let a = addr.to_string();
-    p.wait_for_stderr(|l| l.contains("dht: announcing") && l.contains(&a), timeout)
-        .unwrap_or_else(|e| panic!("{addr} not announced in the DHT: {e:#}"));
-    p.wait_for_stderr(|l| l.contains("dht: node record stored"), timeout)
-        .unwrap_or_else(|e| panic!("node record with {addr} not stored: {e:#}"));
-}
-
-/// `key=VALUE` from a tracing log line.
-fn addr_field(line: &str, key: &str) -> Option<SocketAddr> {
-    line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{key}=")).and_then(|v| v.parse().ok()))
 }
 
 /// Scenario 2: a public hub node, h1 and h2 join it with --connect; no UPnP.
@@ -312,7 +258,7 @@ fn dht_mesh<'a>(lab: &'a Lab, bin: &Path, scenario: u32, extra: &[&str]) -> DhtM
     let t0 = Instant::now();
     let mut h1 = hood.spawn(lab, &nat.r1.host, "node", "h1", &node_args);
     let h1_id = ready_id(&mut h1);
-    let x1 = wait_external(&mut h1, Duration::from_secs(20));
+    let x1 = wait_external(&mut h1, "upnp", Duration::from_secs(20));
     let m1 = nat.wait_mapping(&nat.r1, SocketAddr::new(nat.r1.host_ip.into(), 4816), Duration::from_secs(5)).unwrap();
     assert_eq!(x1, SocketAddr::new(nat.r1.wan_ip.into(), m1), "h1's external address is not its mapping on r1");
     wait_announced(&mut h1, x1, Duration::from_secs(20));
@@ -321,7 +267,7 @@ fn dht_mesh<'a>(lab: &'a Lab, bin: &Path, scenario: u32, extra: &[&str]) -> DhtM
     let t1 = Instant::now();
     let mut h2 = hood.spawn(lab, &nat.r2.host, "node", "h2", &node_args);
     let h2_id = ready_id(&mut h2);
-    let x2 = wait_external(&mut h2, Duration::from_secs(20));
+    let x2 = wait_external(&mut h2, "upnp", Duration::from_secs(20));
     let m2 = nat.wait_mapping(&nat.r2, SocketAddr::new(nat.r2.host_ip.into(), 4816), Duration::from_secs(5)).unwrap();
     assert_eq!(x2, SocketAddr::new(nat.r2.wan_ip.into(), m2), "h2's external address is not its mapping on r2");
 
@@ -334,8 +280,6 @@ fn dht_mesh<'a>(lab: &'a Lab, bin: &Path, scenario: u32, extra: &[&str]) -> DhtM
     );
     // Direct, through the mappings (perhaps after meeting through the DHT
     // node's relay): the last path lines name the mapped addresses.
-    let direct_at =
-        |p: &LabProcess, id: &str, at: SocketAddr| last_path(p, id).is_some_and(|v| v["path"] == "direct" && v["addr"] == at.to_string());
     let settle = Instant::now() + Duration::from_secs(15);
     while Instant::now() < settle && !(direct_at(&h1, &h2_id, x2) && direct_at(&h2, &h1_id, x1)) {
         std::thread::sleep(Duration::from_millis(100));
@@ -357,7 +301,7 @@ impl DhtMesh<'_> {
         let mut l = self.hood.spawn(lab, to, "listen", &format!("l{tag}"), &args);
         // Emit looks the listener up in the DHT once it is there (or hears
         // of it by gossip): wait until it has announced its mapped address.
-        let x = wait_external(&mut l, Duration::from_secs(20));
+        let x = wait_external(&mut l, "upnp", Duration::from_secs(20));
         wait_announced(&mut l, x, Duration::from_secs(20));
         let mut args = self.node_args.clone();
         args[1] = "4818".into();
@@ -468,7 +412,7 @@ fn router_restart_drops_mapping_and_mesh_heals() {
     assert!(direct_to(&m.h2, &h1_id, m.nat.r1.wan_ip), "h2 -> h1 not direct to r1's public address: {p21:?}");
 
     // h2 mapped again on the new miniupnpd.
-    let x2 = wait_external(&mut m.h2, Duration::from_secs(30));
+    let x2 = wait_external(&mut m.h2, "upnp", Duration::from_secs(30));
     let port = m.nat.wait_mapping(&m.nat.r2, internal2, Duration::from_secs(5)).unwrap();
     assert_eq!(x2, SocketAddr::new(m.nat.r2.wan_ip.into(), port));
     eprintln!("nat: scenario 3 h2 mapped again at {x2} {:.2} s after the router came back", t_up.elapsed().as_secs_f64());
@@ -487,16 +431,4 @@ fn router_restart_drops_mapping_and_mesh_heals() {
     m.event(&lab, &h1, &h2, "h1-to-h2", 3);
     m.event(&lab, &h2, &h1, "h2-to-h1", 3);
     let _ = m.x1;
-}
-
-/// The `found` line for `id` printed after the last `lost` line for it.
-fn has_found_after_lost(p: &LabProcess, id: &str) -> Option<serde_json::Value> {
-    let lines: Vec<serde_json::Value> = p
-        .lines()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["id"] == id && v.get("neighbour").is_some())
-        .collect();
-    let last_lost = lines.iter().rposition(|v| v["neighbour"] == "lost")?;
-    lines[last_lost + 1..].iter().find(|v| v["neighbour"] == "found").cloned()
 }

@@ -1,6 +1,6 @@
 //! partybus's UPnP IGD service against a real gateway: miniupnpd on a NAT
 //! router of the namespace lab (`partybus_integration::nat`), the service
-//! alone (`upnp-probe`) on the host behind it. (Formerly
+//! alone (`portmap-probe`) on the host behind it. (Formerly
 //! `discovery/tests/upnp_igd.rs`, an `#[ignore]`d test to be started by hand
 //! inside a namespace; it runs its own lab now.)
 //!
@@ -38,7 +38,7 @@ fn maps_through_miniupnpd() {
     )
     .unwrap();
     let site = &nat.r1;
-    let probe = env!("CARGO_BIN_EXE_upnp-probe");
+    let probe = env!("CARGO_BIN_EXE_portmap-probe");
     let env = [("RUST_LOG", "partybus_discovery=debug")];
     let host_ip = site.host_ip.to_string();
     let url = site.upnp_url();

@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use crate::config::Config;
 use crate::event::{Event, Listener, PeerInfo, Sink};
 use crate::id::NodeId;
-use crate::mesh::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, PathStats};
+use crate::mesh::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, NeighbourStats, PathStats};
 use crate::name::{validate_name, NameError, Selector};
 use crate::node::{self, Owner};
 use crate::payload::{self, PayloadError};
@@ -153,6 +153,13 @@ impl Bus {
         self.inner.observed()
     }
 
+    /// Addresses a discovery service mapped for this node on a router (a
+    /// port mapping: `source` is `"pcp"`, `"natpmp"` or `"upnp"`), which it
+    /// advertises to neighbours and the DHT.
+    pub fn external_addrs(&self) -> Vec<ExternalAddr> {
+        crate::shared::relock(&self.inner.addrs).external.clone()
+    }
+
     /// Current neighbours.
     pub fn neighbours(&self) -> Vec<NeighbourInfo> {
         self.inner.plane.neighbours().into_iter().map(|n| self.inner.with_path(n)).collect()
@@ -210,6 +217,59 @@ impl Bus {
     pub fn metrics_text(&self) -> String {
         crate::metrics::render(&self.inner)
     }
+    /// Addresses mapped for us by a discovery service (a port mapping);
+    /// [`Bus::external_addrs`] also says which protocol made each.
+    pub fn mapped_addrs(&self) -> Vec<SocketAddr> {
+        crate::shared::relock(&self.inner.addrs).external.iter().map(|e| e.addr).collect()
+    }
+    /// Every address this node tells peers: configured (`advertise`),
+    /// mapped, and its interfaces' addresses.
+    pub fn advertised_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.advertised()
+    }
+    /// Current neighbours with their traffic figures (round-trip time,
+    /// bytes and events each way, send queue fill, drops).
+    pub fn neighbour_stats(&self) -> Vec<NeighbourStats> {
+        self.inner.neighbour_stats()
+    }
+    /// How long ago this node joined.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.inner.started.elapsed()
+    }
+    /// What `partybus cert show` says about the certificate this node
+    /// presents now (it changes with [`Bus::rotate_identity`]).
+    pub fn certificate(&self) -> Option<partybus_pki::CertInfo> {
+        self.inner.identity.cert_info()
+    }
+    /// What `partybus cert show` says about the hood's CA certificate.
+    pub fn hood_certificate(&self) -> Option<partybus_pki::CertInfo> {
+        partybus_pki::CertInfo::from_der(self.inner.hood.der(), "the hood certificate").ok()
+    }
+    /// Presents `identity` (a new certificate and key) in every handshake
+    /// from now on; connections already up keep going. Refused unless it
+    /// belongs to this node's hood and has this node's name ([`Identity::load`]
+    /// has checked that the hood issued it, that it is valid now and that the
+    /// key matches).
+    ///
+    /// [`Identity::load`]: partybus_pki::Identity::load
+    pub fn rotate_identity(&self, identity: partybus_pki::Identity) -> Result<(), crate::RotateError> {
+        if identity.hood_fingerprint() != self.inner.fingerprint {
+            return Err(crate::RotateError::OtherHood {
+                got: identity.hood_fingerprint().to_owned(),
+                want: self.inner.fingerprint.clone(),
+            });
+        }
+        self.inner.identity.rotate(identity)
+    }
+    /// Changes limits while running: `queue_limit` applies to neighbours
+    /// found from now on (a queue keeps the limit it was made with),
+    /// `max_event_size` to emits from now on and to connections opened from
+    /// now on, `max_subscriptions_per_peer` to subscriptions from now on.
+    pub fn set_limits(&self, queue_limit: usize, max_event_size: usize, max_subscriptions_per_peer: usize) {
+        self.inner.settings.queue_limit.store(queue_limit, Ordering::Relaxed);
+        self.inner.settings.max_event_size.store(max_event_size, Ordering::Relaxed);
+        self.inner.plane.state().subs.set_max_per_peer(max_subscriptions_per_peer);
+    }
     /// Dials an address now (in addition to discovery).
     pub fn connect(&self, addr: SocketAddr) {
         self.inner.connect(addr);
@@ -264,8 +324,10 @@ impl Bus {
     /// send queue. A queued event is delivered in order unless the
     /// connection dies before it is sent; a neighbour already known to be
     /// lost is never counted. It is not an end-to-end acknowledgement.
-    /// With the default [`crate::FullPolicy::Block`] this waits while a
-    /// neighbour's queue is full.
+    /// While a neighbour's queue is full this waits, as the
+    /// [`crate::FullPolicy`] says (by default while the queue drains, and
+    /// at most 10 s without any progress before that neighbour is
+    /// disconnected).
     pub async fn emit<T: Serialize + ?Sized>(&self, event: &str, payload: &T) -> Result<usize, EmitError> {
         let bytes = payload::encode(payload)?;
         self.emit_raw(event, Bytes::from(bytes)).await
@@ -281,7 +343,7 @@ impl Bus {
         // The name is validated on its way into the route cache (see
         // `plane::State::emit_route`), not again for every event.
         let size = event.len() + payload.len();
-        let max = self.inner.settings.max_event_size;
+        let max = self.inner.settings.max_event_size();
         if size > max {
             return Err(EmitError::TooLarge { name: event.to_owned(), size, max });
         }
@@ -345,4 +407,14 @@ impl Bus {
     pub async fn leave(&self) {
         node::leave(&self.inner).await
     }
+}
+
+/// An address at which this node is reachable from elsewhere, and who said
+/// so ([`Bus::external_addrs`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ExternalAddr {
+    pub addr: SocketAddr,
+    /// The discovery service that reported it: for port mappings the
+    /// protocol that made the mapping (`"pcp"`, `"natpmp"`, `"upnp"`).
+    pub source: String,
 }

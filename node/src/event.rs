@@ -95,8 +95,9 @@ pub(crate) type DeliveryTx = mpsc::Sender<Deliveries>;
 /// Collects the events of one network read into [`Deliveries`].
 pub(crate) struct BatchBuilder {
     /// The last name seen, kept across batches: runs of one name are the
-    /// common case, validated and allocated once.
-    last_name: Arc<str>,
+    /// common case, validated and allocated once. `None` before the first
+    /// (not `""`: an empty name would then pass unvalidated).
+    last_name: Option<Arc<str>>,
     names: Vec<Arc<str>>,
     events: Vec<(u32, Bytes)>,
     /// Size of the last batch: the next one is allocated at that size
@@ -106,21 +107,24 @@ pub(crate) struct BatchBuilder {
 
 impl BatchBuilder {
     pub fn new() -> BatchBuilder {
-        BatchBuilder { last_name: Arc::from(""), names: Vec::new(), events: Vec::new(), hint: 0 }
+        BatchBuilder { last_name: None, names: Vec::new(), events: Vec::new(), hint: 0 }
     }
 
     /// Sets the name of the events pushed next; `Err` says what is wrong
     /// with it.
     pub fn set_name(&mut self, name: &[u8]) -> Result<(), String> {
-        if name != self.last_name.as_bytes() {
-            let valid = std::str::from_utf8(name).ok().filter(|n| crate::name::validate_name(n).is_ok());
-            let Some(name) = valid else {
-                return Err(format!("invalid event name {:?}", String::from_utf8_lossy(name)));
-            };
-            self.last_name = Arc::from(name);
-        }
-        if self.names.last().is_none_or(|n| !Arc::ptr_eq(n, &self.last_name)) {
-            self.names.push(self.last_name.clone());
+        let last = match &self.last_name {
+            Some(last) if name == last.as_bytes() => last,
+            _ => {
+                let valid = std::str::from_utf8(name).ok().filter(|n| crate::name::validate_name(n).is_ok());
+                let Some(name) = valid else {
+                    return Err(format!("invalid event name {:?}", String::from_utf8_lossy(name)));
+                };
+                self.last_name.insert(Arc::from(name))
+            }
+        };
+        if self.names.last().is_none_or(|n| !Arc::ptr_eq(n, last)) {
+            self.names.push(last.clone());
         }
         Ok(())
     }

@@ -32,6 +32,7 @@ pub mod payload;
 
 mod bus;
 mod congestion;
+mod identity;
 mod mesh;
 mod metrics;
 mod node;
@@ -39,6 +40,7 @@ mod path;
 mod peers;
 mod plane;
 mod queue;
+mod ratelog;
 mod relay;
 mod shared;
 mod subs;
@@ -70,18 +72,19 @@ pub mod __private {
     /// The wire protocol: frames, their encoding and decoding.
     pub mod wire {
         pub use crate::wire::{
-            close, event_frame_len, parse, put_event, put_frame, put_preamble, Frame, FrameDecoder, Hello, WireSub, ALPN, MAGIC,
+            close, event_frame_len, parse, put_event, put_frame, put_preamble, Frame, FrameDecoder, Hello, PeerAddrs, WireSub, ALPN, MAGIC,
             PREAMBLE_LEN, PROTOCOL_VERSION,
         };
     }
 }
 // ---------------------------------------------------------------------------
 
-pub use bus::{Bus, EmitError, ListenOptions, ListenerHandle, Subscription};
-pub use config::{Config, FullPolicy, PortSpec, RelaySettings};
+pub use bus::{Bus, EmitError, ExternalAddr, ListenOptions, ListenerHandle, Subscription};
+pub use config::{Config, ConfigError, FullPolicy, PortSpec, RelaySettings};
 pub use event::{Event, PeerInfo};
 pub use id::NodeId;
-pub use mesh::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, NeighbourPath, PathStats, NEIGHBOUR_EVENTS};
+pub use identity::RotateError;
+pub use mesh::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, NeighbourPath, NeighbourStats, PathStats, NEIGHBOUR_EVENTS};
 pub use name::{NameError, Selector};
 pub use payload::Timestamp;
 pub use peers::Direction;

@@ -162,6 +162,18 @@ impl Selector {
         Ok(Selector { text: text.into(), toks: toks.into(), wild })
     }
 
+    /// What matching this selector against one name can cost, in units of
+    /// one automaton state stepped over one byte of the name: 0 for a
+    /// literal (one comparison), else its token count plus 16 for the
+    /// per-selector overhead. `SubTable` caps a neighbour's total.
+    pub fn match_cost(&self) -> usize {
+        if self.wild {
+            self.toks.len() + 16
+        } else {
+            0
+        }
+    }
+
     /// The selector as written.
     pub fn as_str(&self) -> &str {
         &self.text
@@ -195,49 +207,54 @@ fn match_toks(toks: &[Tok], name: &[u8]) -> bool {
 
 fn run<'a>(toks: &[Tok], name: &[u8], mut cur: &'a mut [bool], mut next: &'a mut [bool]) -> bool {
     let n = toks.len();
-    cur.fill(false);
     cur[0] = true;
-    close(toks, cur);
+    // The live states lie in lo..=hi: states only move forward, so a
+    // selector whose literal prefix failed costs nothing more, and one that
+    // is alive costs what it keeps alive, not its whole length. Entries
+    // outside the range may be stale and are never read: lo only grows,
+    // and every entry up to hi + 1 is cleared before a step writes it.
+    let mut lo = 0;
+    let mut hi = close(toks, cur, 0, 0);
     for &c in name {
-        next.fill(false);
-        let mut any = false;
-        for i in 0..n {
+        let top = (hi + 1).min(n);
+        next[lo..=top].fill(false);
+        let (mut nlo, mut nhi) = (usize::MAX, 0);
+        for i in lo..=hi.min(n.saturating_sub(1)) {
             if !cur[i] {
                 continue;
             }
-            match toks[i] {
-                Tok::Lit(l) if l == c => {
-                    next[i + 1] = true;
-                    any = true;
-                }
-                Tok::Lit(_) => {}
-                Tok::Plus if c != b'.' => {
-                    next[i] = true;
-                    any = true;
-                }
-                Tok::Hash if c != b'$' => {
-                    next[i] = true;
-                    any = true;
-                }
-                _ => {}
-            }
+            let to = match toks[i] {
+                Tok::Lit(l) if l == c => i + 1,
+                Tok::Plus if c != b'.' => i,
+                Tok::Hash if c != b'$' => i,
+                _ => continue,
+            };
+            next[to] = true;
+            nlo = nlo.min(to);
+            nhi = nhi.max(to);
         }
-        if !any {
+        if nlo == usize::MAX {
             return false;
         }
-        close(toks, next);
+        nhi = close(toks, next, nlo, nhi);
         std::mem::swap(&mut cur, &mut next);
+        (lo, hi) = (nlo, nhi);
     }
-    cur[n]
+    hi == n && cur[n]
 }
 
-/// Epsilon closure: a wildcard may match the empty run.
-fn close(toks: &[Tok], states: &mut [bool]) {
-    for i in 0..toks.len() {
+/// Epsilon closure over the live states `lo..=hi` (a wildcard may match
+/// the empty run); returns the new highest live state.
+fn close(toks: &[Tok], states: &mut [bool], lo: usize, mut hi: usize) -> usize {
+    let mut i = lo;
+    while i <= hi && i < toks.len() {
         if states[i] && matches!(toks[i], Tok::Plus | Tok::Hash) {
             states[i + 1] = true;
+            hi = hi.max(i + 1);
         }
+        i += 1;
     }
+    hi
 }
 
 #[cfg(test)]
@@ -321,6 +338,43 @@ mod tests {
         assert!(e.contains("'*'") && e.contains("+ #"), "{e}");
         let e = validate_name(&"a".repeat(MAX_NAME_LEN + 1)).unwrap_err().to_string();
         assert!(e.contains("limit"), "{e}");
+    }
+
+    /// What a selector means, by dynamic programming over (token, byte):
+    /// slow and obviously right.
+    fn oracle(toks: &[Tok], name: &[u8]) -> bool {
+        let (n, m) = (toks.len(), name.len());
+        let mut dp = vec![vec![false; m + 1]; n + 1];
+        dp[n][m] = true;
+        for i in (0..n).rev() {
+            for j in (0..=m).rev() {
+                dp[i][j] = match toks[i] {
+                    Tok::Lit(l) => j < m && name[j] == l && dp[i + 1][j + 1],
+                    Tok::Plus => dp[i + 1][j] || (j < m && name[j] != b'.' && dp[i][j + 1]),
+                    Tok::Hash => dp[i + 1][j] || (j < m && name[j] != b'$' && dp[i][j + 1]),
+                };
+            }
+        }
+        dp[0][0]
+    }
+
+    #[test]
+    fn the_automaton_agrees_with_the_definition() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (sel_chars, name_chars) = (b"ab.$+#", b"ab.$");
+        let mut matched = 0;
+        for _ in 0..200_000 {
+            let sl = rng.random_range(1..10);
+            let sel: String = (0..sl).map(|_| sel_chars[rng.random_range(0..sel_chars.len())] as char).collect();
+            let nl = rng.random_range(0..12);
+            let name: String = (0..nl).map(|_| name_chars[rng.random_range(0..name_chars.len())] as char).collect();
+            let Ok(s) = Selector::new(&sel) else { continue };
+            let want = oracle(&s.toks, name.as_bytes());
+            assert_eq!(s.matches(&name), want, "selector {sel:?} vs name {name:?}");
+            matched += usize::from(want);
+        }
+        assert!(matched > 5_000, "the random cases must exercise matches too: {matched}");
     }
 
     #[test]

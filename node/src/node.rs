@@ -51,7 +51,7 @@ impl Io for Arc<Inner> {
         (!relays.is_empty()).then(|| crate::wire::PeerAddrs { id: self.id, addrs: self.punch_addrs(), relays })
     }
     fn queue_limit(&self) -> usize {
-        self.settings.queue_limit
+        self.settings.queue_limit.load(std::sync::atomic::Ordering::Relaxed)
     }
     fn leaving(&self) -> bool {
         self.is_leaving()
@@ -69,14 +69,16 @@ impl Io for Arc<Inner> {
 
 /// Starts a node. See [`crate::Bus::join`].
 pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
+    cfg.validate()?;
     // The revocation list in force, shared by both verifiers and `set_revocations`.
     let revoked = partybus_pki::RevokedSet::new(&cfg.hood);
     if let Some(list) = &cfg.revoked {
         revoked.apply(list, "the configured revocation list")?;
         info!(sequence = list.sequence(), revoked = list.len(), "revocation list in force");
     }
-    let server = crate::tls::server_config(&cfg, &revoked)?;
-    let client = crate::tls::client_config(&cfg, &revoked)?;
+    let identity = Arc::new(crate::identity::SwapIdentity::new(cfg.identity.clone()).map_err(crate::tls::TlsSetupError::from)?);
+    let server = crate::tls::server_config_with(&cfg, Some(identity.clone()), &revoked)?;
+    let client = crate::tls::client_config_with(&cfg, Some(identity.clone()), &revoked)?;
     let (server_on_host, client_on_host) = crate::tls::on_host(&cfg, server.clone(), client.clone());
     let sock = crate::udp::bind(cfg.bind, cfg.port.ports(), cfg.socket_buffer)?;
     let runtime = quinn::default_runtime().ok_or_else(|| JoinError::Endpoint(std::io::Error::other("no async runtime")))?;
@@ -84,11 +86,14 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     let raw = sock.try_clone().map_err(JoinError::Endpoint)?;
     let real = runtime.wrap_udp_socket(sock).map_err(JoinError::Endpoint)?;
     let name = cfg.identity.name().to_owned();
+    // The name peers read from our certificate (`tls::peer_cert_name`).
+    let bound_name = partybus_pki::peer_name(cfg.identity.cert_der()).unwrap_or_else(|| "?".to_owned());
     let prover: crate::path::paths::Prover = {
-        let (identity, hood) = (Arc::new(cfg.identity), cfg.hood.clone());
+        // The identity in use at each registration: a rotated certificate proves membership from then on.
+        let (identity, hood) = (identity.clone(), cfg.hood.clone());
         Arc::new(move |cookie, id| {
             let msg = crate::relay::server::proof_message(cookie, id);
-            partybus_pki::relay_proof(&identity, &hood, &msg).unwrap_or_else(|e| {
+            partybus_pki::relay_proof(&identity.identity(), &hood, &msg).unwrap_or_else(|e| {
                 warn!(error = %e, "cannot sign a relay registration; relays that serve only some hoods will refuse it");
                 Vec::new()
             })
@@ -117,7 +122,8 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
         None => None,
     };
 
-    let id = NodeId::random();
+    let id_nonce: crate::id::IdNonce = rand::random();
+    let id = NodeId::bound(&bound_name, &id_nonce);
     let me = Arc::new(PeerInfo { id, name, addr: None, local: true });
     let (dispatch_tx, dispatch_rx) = mpsc::channel(256);
     let (discovery_stop, stop_signal) = StopSignal::new();
@@ -137,12 +143,16 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     );
     let inner = Arc::new(Inner {
         id,
+        id_nonce,
         me: me.clone(),
         fingerprint: cfg.hood.fingerprint().to_owned(),
+        identity,
+        hood: cfg.hood.clone(),
+        started: std::time::Instant::now(),
         settings: Settings {
             handshake_timeout: cfg.handshake_timeout,
-            queue_limit: cfg.queue_limit,
-            max_event_size: cfg.max_event_size,
+            queue_limit: cfg.queue_limit.into(),
+            max_event_size: cfg.max_event_size.into(),
             allow_non_global: cfg.allow_non_global,
             advertise: cfg.advertise.clone(),
         },
@@ -166,7 +176,6 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
         routes_tx: watch::channel(Vec::new()).0,
         revoked,
         metrics_addr: metrics.as_ref().map(|(_, a)| *a),
-        hood: cfg.hood.clone(),
     });
     if let Some((listener, addr)) = metrics {
         let me = Arc::downgrade(&inner);
@@ -248,19 +257,17 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
                 }
                 DiscoveryEvent::External { addr, source } => {
                     info!(%addr, %source, "reachable at external address");
-                    me.plane.counters.external(&source, addr, true);
                     {
                         let mut a = relock(&me.addrs);
-                        if !a.external.contains(&addr) {
-                            a.external.push(addr);
-                        }
+                        // The same address from another service: the latest says who holds it.
+                        a.external.retain(|e| e.addr != addr);
+                        a.external.push(crate::bus::ExternalAddr { addr, source });
                     }
                     me.update_reachable();
                 }
                 DiscoveryEvent::ExternalLost { addr, source } => {
                     info!(%addr, %source, "external address withdrawn");
-                    me.plane.counters.external(&source, addr, false);
-                    relock(&me.addrs).external.retain(|a| *a != addr);
+                    relock(&me.addrs).external.retain(|e| !(e.addr == addr && e.source == source));
                     me.update_reachable();
                 }
                 DiscoveryEvent::Relay { addr, source } => {

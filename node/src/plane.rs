@@ -21,6 +21,7 @@ use crate::metrics::Counters;
 use crate::name::NameError;
 use crate::peers::Direction;
 use crate::queue::{PushError, Pushed, SendQueue};
+use crate::ratelog::{RateLog, LOG_EVERY};
 use crate::subs::{NameCache, SubTable};
 use crate::wire::{self, close, Frame, PeerAddrs, WireSub};
 
@@ -60,6 +61,8 @@ pub(crate) struct State {
     emit_last: Option<Arc<EmitRoute>>,
     pub(crate) links: HashMap<NodeId, Link>,
     observers: Vec<(String, watch::Sender<usize>)>,
+    /// Refused subscriptions, logged once per peer per interval.
+    refusals: RateLog<NodeId>,
 }
 
 /// A route with the neighbours' queues resolved: what `emit` needs.
@@ -149,6 +152,7 @@ impl Plane {
                 emit_last: None,
                 links: HashMap::new(),
                 observers: Vec::new(),
+                refusals: RateLog::new(LOG_EVERY),
             }),
             generation: AtomicU64::new(0),
             next_sub_id: AtomicU64::new(1),
@@ -218,6 +222,7 @@ impl Plane {
             link.queue.close();
         }
         st.subs.remove_peer(peer);
+        st.refusals.forget(&peer);
         let n = st.links.len();
         self.changed(&mut st);
         self.count_tx.send_replace(n);
@@ -298,9 +303,16 @@ impl Plane {
     /// A neighbour's subscriptions changed (its reader got the frame).
     pub(crate) fn remote_subs(&self, peer: NodeId, add: Vec<WireSub>, remove: Vec<u64>) {
         let mut st = self.state();
+        let (mut refused, mut first) = (0, None);
         for s in add {
             if let Err(e) = st.subs.add_remote(peer, s.id, &s.selector, s.spy) {
-                warn!(peer = %peer.short(), error = %e, "subscription refused");
+                refused += 1;
+                first.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first {
+            if let Some(count) = st.refusals.note(peer, refused, std::time::Instant::now()) {
+                warn!(peer = %peer.short(), count, first = %e, "subscriptions refused (logged at most every {LOG_EVERY:?} per peer)");
             }
         }
         for id in remove {
@@ -400,7 +412,7 @@ impl Plane {
                     continue;
                 }
                 FullPolicy::Block => None,
-                FullPolicy::Disconnect(d) => Some(tokio::time::Instant::now() + d),
+                FullPolicy::Disconnect(d) => Some(d),
             };
             loop {
                 let notified = q.space_notified();
@@ -413,9 +425,12 @@ impl Plane {
                     Err(PushError::Closed) => break,
                     Err(PushError::Full) => match deadline {
                         None => notified.await,
-                        Some(dl) => {
-                            if tokio::time::timeout_at(dl, notified).await.is_err() {
-                                warn!(peer = %peer.short(), "neighbour stuck with a full send queue too long: disconnecting (policy disconnect)");
+                        // A fresh wait after every drain: only a queue that
+                        // does not move at all for `stuck` is stuck (a slow
+                        // path moving a large event is not).
+                        Some(stuck) => {
+                            if tokio::time::timeout(stuck, notified).await.is_err() {
+                                warn!(peer = %peer.short(), ?stuck, "neighbour's send queue full and not draining: disconnecting it (full policy disconnect)");
                                 if let Some(l) = self.state().links.get(&peer) {
                                     l.conn.close(close::STUCK.into(), b"stuck");
                                     Counters::add(&self.counters.stuck_closed, 1);

@@ -253,6 +253,13 @@ impl SendQueue {
         self.lock().queued()
     }
 
+    /// (bytes queued now, event frames queued since it was made, the limit):
+    /// for `status`, now and then.
+    pub fn fill(&self) -> (usize, u64, usize) {
+        let g = self.lock();
+        (g.queued(), g.events, self.limit)
+    }
+
     pub fn note_dropped(&self) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
     }

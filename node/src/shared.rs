@@ -3,7 +3,7 @@
 //! one task set with one cancellation token.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -26,11 +26,15 @@ use crate::plane::Plane;
 use crate::wire::{PeerAddrs, RelayRoute};
 
 /// Settings copied out of [`Config`] (the rest is consumed by `join`).
-#[derive(Clone, Debug)]
+/// The two limits are atomics: a reload changes them (`Bus::set_limits`)
+/// while the data plane reads them without a lock.
+#[derive(Debug)]
 pub(crate) struct Settings {
     pub handshake_timeout: Duration,
-    pub queue_limit: usize,
-    pub max_event_size: usize,
+    /// Bytes a new neighbour's send queue may hold.
+    pub queue_limit: AtomicUsize,
+    /// Largest event accepted (emit, and connections opened from now on).
+    pub max_event_size: AtomicUsize,
     pub allow_non_global: bool,
     pub advertise: Vec<SocketAddr>,
 }
@@ -47,7 +51,8 @@ pub(crate) enum Phase {
 /// Addresses: ours as others see them, and mapped ones.
 #[derive(Default)]
 pub(crate) struct Addresses {
-    pub(crate) external: Vec<SocketAddr>,
+    /// Mapped addresses and the service (protocol) that mapped each.
+    pub(crate) external: Vec<crate::bus::ExternalAddr>,
     observed: Vec<SocketAddr>,
     stats: ConnStats,
 }
@@ -55,8 +60,16 @@ pub(crate) struct Addresses {
 /// What a node's tasks share.
 pub(crate) struct Inner {
     pub(crate) id: NodeId,
+    /// Sent in our hello: with our certificate's name it proves `id`.
+    pub(crate) id_nonce: crate::id::IdNonce,
     pub(crate) me: Arc<PeerInfo>,
     pub(crate) fingerprint: String,
+    /// Our certificate and key, swapped by a rotation (`Bus::rotate_identity`).
+    pub(crate) identity: Arc<crate::identity::SwapIdentity>,
+    /// The hood (its CA certificate, for `status` and rotation checks).
+    pub(crate) hood: partybus_pki::Hood,
+    /// When the node joined (for `status`).
+    pub(crate) started: std::time::Instant,
     pub(crate) settings: Settings,
     pub(crate) local_addr: SocketAddr,
     /// Dropped at the end of `leave`, releasing the UDP port.
@@ -85,8 +98,6 @@ pub(crate) struct Inner {
     pub(crate) routes_tx: watch::Sender<Vec<partybus_discovery::RelayRoute>>,
     /// The revocation list in force; the TLS verifiers read it at every handshake.
     pub(crate) revoked: partybus_pki::RevokedSet,
-    /// The hood, to check revocation lists from neighbours.
-    pub(crate) hood: partybus_pki::Hood,
     /// Where metrics are served (`Config::metrics`, bound).
     pub(crate) metrics_addr: Option<SocketAddr>,
 }
@@ -118,6 +129,12 @@ fn interface_addrs(local: SocketAddr) -> Vec<SocketAddr> {
     out.sort_by_key(|a| std::cmp::Reverse(peers::scope(a.ip())));
     out.dedup();
     out
+}
+
+impl Settings {
+    pub(crate) fn max_event_size(&self) -> usize {
+        self.max_event_size.load(Ordering::Relaxed)
+    }
 }
 
 impl Inner {
@@ -184,7 +201,7 @@ impl Inner {
         // Interfaces are read (a system call) before taking the lock.
         let ifs = interface_addrs(self.local_addr);
         let mut v = self.settings.advertise.clone();
-        v.extend(relock(&self.addrs).external.iter().copied());
+        v.extend(relock(&self.addrs).external.iter().map(|e| e.addr));
         v.extend(ifs);
         // A handful of addresses: a linear check beats building a set (once per connection).
         let mut out: Vec<SocketAddr> = Vec::with_capacity(v.len());
@@ -278,6 +295,33 @@ impl Inner {
             cwnd: stats.cwnd,
             path: key.and_then(|k| self.path_kind(k)),
         })
+    }
+
+    /// Every neighbour with its traffic figures.
+    pub(crate) fn neighbour_stats(&self) -> Vec<crate::mesh::NeighbourStats> {
+        // Copied out under the plane's lock; quinn's and the queue's figures read after it.
+        let links: Vec<_> = {
+            let st = self.plane.state();
+            st.links.values().map(|l| (l.info(), l.conn.clone(), l.queue.clone(), l.drain.clone())).collect()
+        };
+        links
+            .into_iter()
+            .map(|(info, conn, queue, drain)| {
+                let stats = conn.stats();
+                let (queue_bytes, events_out, queue_limit) = queue.fill();
+                crate::mesh::NeighbourStats {
+                    info: self.with_path(info),
+                    rtt: stats.path.rtt,
+                    bytes_out: stats.udp_tx.bytes,
+                    bytes_in: stats.udp_rx.bytes,
+                    events_out,
+                    events_in: drain.count(),
+                    queue_bytes,
+                    queue_limit,
+                    cert_fingerprint: crate::tls::peer_cert_fingerprint(&conn),
+                }
+            })
+            .collect()
     }
 
     /// The path of the connection known by `key` (its remote address as quinn sees it).

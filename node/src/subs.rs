@@ -14,6 +14,15 @@ use crate::name::Selector;
 /// Most event names whose routes are cached at once.
 pub const ROUTE_CACHE_MAX: usize = 4096;
 
+/// The [`Selector::match_cost`] one neighbour's wildcard subscriptions may
+/// add up to. Routing a new event name steps at most this many automaton
+/// states per byte of the name for that neighbour (so at most ~4 M steps
+/// for a 1 KiB name), however it subscribes: once, 10,000 selectors of
+/// `+#` repeated froze a node for 19 s per new name. 4 K is ~140 typical
+/// wildcard selectors (`sensor.+.temp`) or 3 of the longest (1 KiB of
+/// wildcards); literal selectors cost nothing against it.
+pub const MAX_WILDCARD_COST_PER_PEER: usize = 4 * 1024;
+
 /// A bounded map from event name to something derived from the
 /// subscriptions. Everything in it is dropped on any change (callers call
 /// [`NameCache::clear`]) and when it reaches [`ROUTE_CACHE_MAX`] names.
@@ -97,23 +106,36 @@ pub enum SubLimitError {
     TooMany { peer: NodeId, max: usize },
     #[error("peer {peer:?} sent a bad selector: {err}")]
     BadSelector { peer: NodeId, err: crate::name::NameError },
+    #[error(
+        "peer {peer:?}: wildcard selector {selector:?}... would take its matching cost to {cost}, over the limit of {max} \
+         (MAX_WILDCARD_COST_PER_PEER: fewer or shorter wildcard selectors)"
+    )]
+    WildcardBudget { peer: NodeId, selector: String, cost: usize, max: usize },
 }
 
 /// Local and remote subscriptions.
 pub struct SubTable {
     local: BTreeMap<u64, Sub>,
     remote: HashMap<NodeId, BTreeMap<u64, Sub>>,
+    /// The sum of `match_cost` of each neighbour's subscriptions.
+    remote_cost: HashMap<NodeId, usize>,
     cache: NameCache<Arc<Route>>,
     max_per_peer: usize,
 }
 
 impl SubTable {
     pub fn new(max_per_peer: usize) -> SubTable {
-        SubTable { local: BTreeMap::new(), remote: HashMap::new(), cache: NameCache::new(), max_per_peer }
+        SubTable { local: BTreeMap::new(), remote: HashMap::new(), remote_cost: HashMap::new(), cache: NameCache::new(), max_per_peer }
     }
 
     fn changed(&mut self) {
         self.cache.clear();
+    }
+
+    /// A new limit for subscriptions added from now on (a reload); a peer
+    /// over it keeps what it has.
+    pub fn set_max_per_peer(&mut self, max: usize) {
+        self.max_per_peer = max;
     }
 
     pub fn add_local(&mut self, id: u64, selector: Selector, spy: bool) {
@@ -147,6 +169,18 @@ impl SubTable {
         if !subs.contains_key(&id) && subs.len() >= self.max_per_peer {
             return Err(SubLimitError::TooMany { peer, max: self.max_per_peer });
         }
+        let cost = self.remote_cost.entry(peer).or_default();
+        let replaced = subs.get(&id).map_or(0, |s| s.selector.match_cost());
+        let new_cost = *cost - replaced + selector.match_cost();
+        if new_cost > MAX_WILDCARD_COST_PER_PEER && selector.match_cost() > replaced {
+            return Err(SubLimitError::WildcardBudget {
+                peer,
+                selector: selector.as_str().chars().take(64).collect(),
+                cost: new_cost,
+                max: MAX_WILDCARD_COST_PER_PEER,
+            });
+        }
+        *cost = new_cost;
         subs.insert(id, Sub { selector, spy });
         self.changed();
         Ok(())
@@ -154,7 +188,10 @@ impl SubTable {
 
     pub fn remove_remote(&mut self, peer: NodeId, id: u64) {
         if let Some(subs) = self.remote.get_mut(&peer) {
-            if subs.remove(&id).is_some() {
+            if let Some(s) = subs.remove(&id) {
+                if let Some(c) = self.remote_cost.get_mut(&peer) {
+                    *c -= s.selector.match_cost();
+                }
                 self.changed();
             }
         }
@@ -162,6 +199,7 @@ impl SubTable {
 
     /// Forgets everything a neighbour subscribed to (it is gone).
     pub fn remove_peer(&mut self, peer: NodeId) {
+        self.remote_cost.remove(&peer);
         if self.remote.remove(&peer).is_some() {
             self.changed();
         }
@@ -253,6 +291,52 @@ mod tests {
         t.remove_remote(a, 1);
         t.remove_remote(a, 1);
         assert_eq!(t.remote_len(a), 1);
+    }
+
+    #[test]
+    fn a_neighbours_wildcards_have_a_matching_budget() {
+        let a = NodeId([1; 16]);
+        let b = NodeId([2; 16]);
+        let mut t = SubTable::new(10_000);
+        // The attack of old: 1 KiB selectors of `+#`, then new long names.
+        let hostile = "+#".repeat(512);
+        let mut taken = 0;
+        for id in 0..10_000 {
+            match t.add_remote(a, id, &hostile, false) {
+                Ok(()) => taken += 1,
+                Err(SubLimitError::WildcardBudget { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(taken, MAX_WILDCARD_COST_PER_PEER / (1024 + 16));
+        // Literal selectors cost nothing against it; another neighbour has its own.
+        t.add_remote(a, 20_000, "exact.name", false).unwrap();
+        t.add_remote(b, 1, "sensor.+.temp", false).unwrap();
+        // Re-subscribing an id with a cheaper selector is always allowed,
+        // and removing frees the budget.
+        let hostile_cost = 1024 + 16;
+        t.add_remote(a, 0, "x.+", false).unwrap();
+        let room = MAX_WILDCARD_COST_PER_PEER - (taken - 1) * hostile_cost - (3 + 16);
+        let more = (10_001..10_100).take_while(|id| t.add_remote(a, *id, &hostile, false).is_ok()).count();
+        assert_eq!(more, room / hostile_cost);
+        t.remove_remote(a, 1);
+        t.add_remote(a, 10_200, &hostile, false).unwrap();
+        let e = t.add_remote(a, 10_201, &hostile, false).unwrap_err().to_string();
+        assert!(e.len() < 400 && e.contains("MAX_WILDCARD_COST_PER_PEER"), "{e}");
+        t.remove_peer(a);
+        t.add_remote(a, 1, &hostile, false).unwrap();
+
+        // Routing a fresh 1 KiB name past a full budget is bounded work.
+        let mut t = SubTable::new(10_000);
+        for id in 0..10_000 {
+            let _ = t.add_remote(a, id, &hostile, false);
+        }
+        let started = std::time::Instant::now();
+        for i in 0..10 {
+            let name = format!("{i}{}", "a".repeat(1000));
+            assert_eq!(t.route(&name).remote, vec![(a, taken)]);
+        }
+        eprintln!("10 routes of fresh 1 KiB names past a full wildcard budget: {:?}", started.elapsed());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use partybus_pki::RevokedSet;
 
 use crate::config::Config;
+use crate::identity::SwapIdentity;
 use crate::wire::ALPN;
 
 /// Errors building the QUIC configuration.
@@ -16,6 +17,8 @@ pub enum TlsSetupError {
     Pki(#[from] partybus_pki::PkiError),
     #[error("TLS configuration is not usable for QUIC: {0}")]
     Quic(String),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::RotateError),
 }
 
 /// Transport settings. `peer_on_host`: for a connection to a peer on this
@@ -104,9 +107,23 @@ pub fn endpoint_config() -> quinn::EndpointConfig {
     e
 }
 
-/// The QUIC server configuration; its verifier refuses clients in `revoked`.
-pub fn server_config(cfg: &Config, revoked: &RevokedSet) -> Result<quinn::ServerConfig, TlsSetupError> {
+/// The QUIC server configuration (no revocation list).
+pub fn server_config(cfg: &Config) -> Result<quinn::ServerConfig, TlsSetupError> {
+    server_config_with(cfg, None, &RevokedSet::new(&cfg.hood))
+}
+
+/// [`server_config`], presenting the certificate `identity` holds at each
+/// handshake (rotation) instead of `cfg.identity` for good, and refusing
+/// clients in `revoked`.
+pub(crate) fn server_config_with(
+    cfg: &Config,
+    identity: Option<Arc<SwapIdentity>>,
+    revoked: &RevokedSet,
+) -> Result<quinn::ServerConfig, TlsSetupError> {
     let mut tls = partybus_pki::server_config_with(&cfg.identity, &cfg.hood, revoked)?;
+    if let Some(id) = identity {
+        tls.cert_resolver = id;
+    }
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.max_early_data_size = 0;
     // No session resumption. Every peer is dialled with the one server name
@@ -126,9 +143,22 @@ pub fn server_config(cfg: &Config, revoked: &RevokedSet) -> Result<quinn::Server
     Ok(sc)
 }
 
-/// The QUIC client configuration; its verifier refuses servers in `revoked`.
-pub fn client_config(cfg: &Config, revoked: &RevokedSet) -> Result<quinn::ClientConfig, TlsSetupError> {
+/// The QUIC client configuration (no revocation list).
+pub fn client_config(cfg: &Config) -> Result<quinn::ClientConfig, TlsSetupError> {
+    client_config_with(cfg, None, &RevokedSet::new(&cfg.hood))
+}
+
+/// [`client_config`] with a swappable identity (see [`server_config_with`]),
+/// refusing servers in `revoked`.
+pub(crate) fn client_config_with(
+    cfg: &Config,
+    identity: Option<Arc<SwapIdentity>>,
+    revoked: &RevokedSet,
+) -> Result<quinn::ClientConfig, TlsSetupError> {
     let mut tls = partybus_pki::client_config_with(&cfg.identity, &cfg.hood, revoked)?;
+    if let Some(id) = identity {
+        tls.client_auth_cert_resolver = id;
+    }
     tls.alpn_protocols = vec![ALPN.to_vec()];
     // No session resumption: see `server_config`.
     tls.resumption = rustls::client::Resumption::disabled();
@@ -159,6 +189,13 @@ pub fn peer_cert(conn: &quinn::Connection) -> Option<rustls_pki_types::Certifica
 /// Whether the certificate a connection's peer presented is revoked now.
 pub fn peer_revoked(conn: &quinn::Connection, revoked: &RevokedSet) -> bool {
     peer_cert(conn).is_some_and(|c| revoked.is_revoked(&c))
+}
+
+/// The SHA-256 (hex) of the certificate a connection's peer presented.
+pub(crate) fn peer_cert_fingerprint(conn: &quinn::Connection) -> Option<String> {
+    let chain = conn.peer_identity()?.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok()?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, chain.first()?.as_ref());
+    Some(hex::encode(digest.as_ref()))
 }
 
 /// The CN of the certificate a connection's peer presented.

@@ -30,10 +30,18 @@ pub const MAGIC: [u8; 4] = *b"PBUS";
 /// agree on).
 /// 3: [`Frame::Resume`] (in-order delivery across a connection switch).
 /// 4: relay routes in [`Hello::relays`] and [`PeerAddrs::relays`].
-/// 5: [`Frame::Revocations`] (a hood's signed revocation list spreads through the mesh).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// 5: [`Hello::nonce`]: node ids are bound to the certificate's name.
+/// 6: [`Frame::Revocations`] (a hood's signed revocation list spreads through the mesh).
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Bytes of magic + version.
 pub const PREAMBLE_LEN: usize = 6;
+/// The largest hello accepted (one of [`MAX_PEER_ADDRS`] addresses and
+/// [`MAX_PEER_RELAYS`] relays takes well under 2 KiB).
+pub const MAX_HELLO: usize = 64 * 1024;
+/// Addresses one hello or gossip entry may name; the rest are dropped.
+pub const MAX_PEER_ADDRS: usize = 32;
+/// Relay routes one hello or gossip entry may name; the rest are dropped.
+pub const MAX_PEER_RELAYS: usize = 4;
 /// Frame bytes on top of an event's name and payload that `max_frame` allows.
 pub const FRAME_OVERHEAD: usize = 64 * 1024;
 
@@ -84,8 +92,11 @@ pub struct PeerAddrs {
 /// The first frame on every stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
-    /// Random id of the sending node (new at every start).
+    /// Id of the sending node (new at every start):
+    /// `NodeId::bound(name in its certificate, nonce)`, checked by the receiver.
     pub id: NodeId,
+    /// The random part of `id`.
+    pub nonce: crate::id::IdNonce,
     /// The sender's UDP port (its QUIC endpoint).
     pub port: u16,
     /// Addresses the sender believes it can be reached at, and (for hole
@@ -101,6 +112,42 @@ pub struct Hello {
     /// Both ends rank duplicate connections by it
     /// (`peers::Rank`). The accepting side sends 0.
     pub dial: u64,
+}
+
+/// Keeps the first [`MAX_PEER_ADDRS`] distinct addresses and
+/// [`MAX_PEER_RELAYS`] distinct relay routes: what a peer says about itself
+/// or others costs bounded memory and time, however long its lists.
+fn bound_lists(addrs: &mut Vec<SocketAddr>, relays: &mut Vec<RelayRoute>) {
+    fn dedup_truncate<T: Copy + Eq + std::hash::Hash>(v: &mut Vec<T>, max: usize) {
+        let mut seen = std::collections::HashSet::with_capacity(max);
+        let mut kept = 0;
+        for i in 0..v.len() {
+            if kept == max {
+                break;
+            }
+            if seen.insert(v[i]) {
+                v.swap(kept, i);
+                kept += 1;
+            }
+        }
+        v.truncate(kept);
+    }
+    dedup_truncate(addrs, MAX_PEER_ADDRS);
+    dedup_truncate(relays, MAX_PEER_RELAYS);
+}
+
+impl Hello {
+    /// See [`bound_lists`].
+    pub fn bound(&mut self) {
+        bound_lists(&mut self.addrs, &mut self.relays);
+    }
+}
+
+impl PeerAddrs {
+    /// See [`bound_lists`].
+    pub fn bound(&mut self) {
+        bound_lists(&mut self.addrs, &mut self.relays);
+    }
 }
 
 /// One protocol frame.
@@ -304,6 +351,12 @@ impl FrameDecoder {
         FrameDecoder { chunk: Bytes::new(), partial: BytesMut::new(), max_frame, preamble_done: false }
     }
 
+    /// Changes the largest frame accepted from now on (the hello has a
+    /// smaller limit than the events after it).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
     /// Hands over the next bytes of the stream. Take the frames before
     /// pushing more: only then are frames slices of the chunk they came in.
     pub fn push(&mut self, chunk: Bytes) {
@@ -398,10 +451,29 @@ impl FrameDecoder {
 mod tests {
     use super::*;
 
+    #[test]
+    fn peer_lists_are_bounded_keeping_the_first_distinct_entries() {
+        let a = |i: u32| SocketAddr::from((std::net::Ipv4Addr::from(0xCB00_7100 + i), 4816));
+        let r = |i: u8| RelayRoute { relay: a(200), id: [i; 16] };
+        // Duplicates everywhere, far more than the bound.
+        let mut p = PeerAddrs {
+            id: NodeId([1; 16]),
+            addrs: (0..100_000).map(|i| a(i % 40)).collect(),
+            relays: (0..50).map(|i| r(i % 6)).collect(),
+        };
+        p.bound();
+        assert_eq!(p.addrs, (0..MAX_PEER_ADDRS as u32).map(a).collect::<Vec<_>>());
+        assert_eq!(p.relays, (0..MAX_PEER_RELAYS as u8).map(r).collect::<Vec<_>>());
+        let mut short = PeerAddrs { id: NodeId([1; 16]), addrs: vec![a(3), a(1), a(3), a(2)], relays: vec![] };
+        short.bound();
+        assert_eq!(short.addrs, vec![a(3), a(1), a(2)]);
+    }
+
     fn sample() -> Vec<Frame<'static>> {
         vec![
             Frame::Hello(Hello {
                 id: NodeId([7; 16]),
+                nonce: [9; 16],
                 port: 4816,
                 addrs: vec!["127.0.0.1:4816".parse().unwrap(), "[::1]:4816".parse().unwrap()],
                 relays: vec![RelayRoute { relay: "203.0.113.1:4000".parse().unwrap(), id: [5; 16] }],

@@ -416,3 +416,31 @@ async fn emit_without_neighbours_reaches_local_listeners_only() {
     assert_eq!(ev_src[0].id, a.id());
     a.leave().await;
 }
+
+/// `Bus::external_addrs` says which service (for port mappings: which
+/// protocol) reported which address, and forgets one when it is withdrawn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_addrs_name_the_protocol_that_mapped_them() {
+    use partybus::discovery::FnDiscovery;
+    use partybus::ExternalAddr;
+
+    let pcp: std::net::SocketAddr = "203.0.113.7:4816".parse().unwrap();
+    let pmp: std::net::SocketAddr = "198.51.100.9:30000".parse().unwrap();
+    let (lose_tx, lose_rx) = tokio::sync::oneshot::channel::<()>();
+    let mapper = FnDiscovery::new("mapper", move |_ctx, sink, mut stop| {
+        Box::pin(async move {
+            sink.external(pcp, "pcp");
+            sink.external(pmp, "natpmp");
+            let _ = lose_rx.await;
+            sink.external_lost(pcp, "pcp");
+            stop.stopped().await;
+        })
+    });
+    let b = node_named("mapped", None, |c| c.discovery.push(Box::new(mapper))).await;
+    let want =
+        |v: &[(std::net::SocketAddr, &str)]| v.iter().map(|(a, s)| ExternalAddr { addr: *a, source: s.to_string() }).collect::<Vec<_>>();
+    assert!(wait_until(|| b.external_addrs() == want(&[(pcp, "pcp"), (pmp, "natpmp")]), GUARD).await, "{:?}", b.external_addrs());
+    lose_tx.send(()).unwrap();
+    assert!(wait_until(|| b.external_addrs() == want(&[(pmp, "natpmp")]), GUARD).await, "{:?}", b.external_addrs());
+    b.leave().await;
+}

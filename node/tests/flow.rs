@@ -129,7 +129,14 @@ async fn a_slow_subscriber_blocks_the_emitter_and_loses_nothing() {
     let _g = heavy().await;
     const N: usize = 20_000;
     const SIZE: usize = 1024;
-    let (a, b) = pair(|c| c.queue_limit = 64 << 10, |_| {}).await;
+    let (a, b) = pair(
+        |c| {
+            c.queue_limit = 64 << 10;
+            c.full_policy = FullPolicy::Block;
+        },
+        |_| {},
+    )
+    .await;
     let mut sub = b.subscribe("bp").unwrap();
     wait_listeners(&a, "bp", 1).await;
 

@@ -59,7 +59,7 @@ async fn refused_both_ways(what: &str, cert: &str, key: &str, why: &str) {
         }
         Ok(conn) => {
             // Should not happen; still try to become a neighbour.
-            let _s = send_hello(&conn, wire_version()).await;
+            let _s = send_hello(&conn, wire_version(), "rogue").await;
             let e = closed_within(&conn, Duration::from_secs(5)).await;
             panic!("{what}: a accepted the rogue server's certificate (then {e:?})");
         }
@@ -77,7 +77,7 @@ async fn refused_both_ways(what: &str, cert: &str, key: &str, why: &str) {
             // certificate; the server must then close the connection.
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
                 if let Ok(mut s) = conn.open_uni().await {
-                    let _ = s.write_all(&hello_bytes(conn.remote_address(), wire_version())).await;
+                    let _ = s.write_all(&hello_bytes(conn.remote_address(), wire_version(), "rogue")).await;
                 }
             })
             .await;

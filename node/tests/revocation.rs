@@ -161,7 +161,7 @@ async fn a_forged_list_from_a_neighbour_is_refused_and_disconnects_it() {
 
     let ep = client_endpoint(valid_client_config("fa-rogue"));
     let conn = connect_to_node(&ep, &a).await;
-    let mut s = send_hello(&conn, wire::PROTOCOL_VERSION).await;
+    let mut s = send_hello(&conn, wire::PROTOCOL_VERSION, "fa-rogue").await;
     assert!(wait_until(|| a.neighbours().len() == 1, GUARD).await, "the rogue is a neighbour first");
     s.write_all(&frame(&Frame::Revocations(&forged))).await.unwrap();
     let e = closed_within(&conn, GUARD).await.expect("a forged list closes the connection");

@@ -21,7 +21,7 @@ async fn rogue(target: &Bus) -> (quinn::Endpoint, quinn::Connection) {
 /// node to close the connection with `code`.
 async fn expect_closed(a: &Bus, what: &str, version: u16, tail: &[u8], code: u32) {
     let (ep, conn) = rogue(a).await;
-    let mut s = send_hello(&conn, version).await;
+    let mut s = send_hello(&conn, version, "rogue").await;
     if !tail.is_empty() {
         let _ = s.write_all(tail).await; // may fail once the node closed
     }
@@ -73,6 +73,10 @@ async fn protocol_breakers_are_disconnected_and_the_node_keeps_working() {
     expect_closed(&a, "invalid event name", v, &bad_event, close::PROTOCOL).await;
     let wild_event = frame(&Frame::Event { name: "alive.#", payload: b"\xc0" });
     expect_closed(&a, "wildcard in event name", v, &wild_event, close::PROTOCOL).await;
+    // The first event of a stream with an empty name (the batch decoder
+    // once started from a "known" empty name and skipped the check).
+    let empty_event = frame(&Frame::Event { name: "", payload: b"\xc0" });
+    expect_closed(&a, "empty event name", v, &empty_event, close::PROTOCOL).await;
     n += 1;
     still_works(&a, &b, &got, n).await;
 
@@ -103,7 +107,7 @@ async fn protocol_breakers_are_disconnected_and_the_node_keeps_working() {
         assert_eq!(app_code(&e), Some(close::PROTOCOL), "{e}");
         ep.close(0u32.into(), b"");
     }
-    let second_hello = hello_bytes("127.0.0.1:1".parse().unwrap(), v)[wire::PREAMBLE_LEN..].to_vec();
+    let second_hello = hello_bytes("127.0.0.1:1".parse().unwrap(), v, "rogue")[wire::PREAMBLE_LEN..].to_vec();
     expect_closed(&a, "second hello", v, &second_hello, close::PROTOCOL).await;
     // An event over the receiver's limit.
     let big = vec![0u8; (16 << 20) + 1000]; // frame within max_frame, event over max_event_size
@@ -121,7 +125,7 @@ async fn protocol_breakers_are_disconnected_and_the_node_keeps_working() {
 async fn a_peer_cannot_hold_more_subscriptions_than_the_limit() {
     let a = node(0, None, |c| c.max_subscriptions_per_peer = 5).await;
     let (ep, conn) = rogue(&a).await;
-    let mut s = send_hello(&conn, wire::PROTOCOL_VERSION).await;
+    let mut s = send_hello(&conn, wire::PROTOCOL_VERSION, "rogue").await;
     let subs =
         |ids: std::ops::Range<u64>| frame(&Frame::Subscribe(ids.map(|id| WireSub { id, selector: "lim".into(), spy: false }).collect()));
     s.write_all(&subs(1..9)).await.unwrap(); // 8 > 5
@@ -158,4 +162,170 @@ async fn a_peer_cannot_hold_more_subscriptions_than_the_limit() {
     assert_eq!(partybus::payload::decode::<u8>(&found.1).unwrap(), 42);
     ep.close(0u32.into(), b"");
     a.leave().await;
+}
+
+/// A member with a valid certificate says hello with another node's id
+/// (learnt from gossip) and a huge dial number, to become that node for
+/// its victim and take its traffic. The id is not the one its certificate
+/// proves: refused, and the real neighbour keeps its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_pass_for_another_node() {
+    let (a, b) = pair(|_| {}, |_| {}).await;
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let g = got.clone();
+    let _h = b.on("alive", move |_| {
+        g.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    wait_listeners(&a, "alive", 1).await;
+    for (what, claim) in [
+        ("b's id, any nonce", Claim { id: b.id(), nonce: rand::random() }),
+        // An id that b's certificate name would prove, from the rogue's.
+        ("an id of b's certificate name", Claim::fresh(&a.neighbours()[0].name)),
+    ] {
+        let (ep, conn) = rogue(&a).await;
+        let _s = send_hello_as(&conn, claim, u64::MAX / 2).await;
+        let e = closed_within(&conn, GUARD).await.unwrap_or_else(|| panic!("{what}: the node kept the impostor"));
+        assert_eq!(app_code(&e), Some(close::PROTOCOL), "{what}: {e}");
+        assert!(e.to_string().contains("unproven node id"), "{what}: {e}");
+        ep.close(0u32.into(), b"");
+    }
+    still_works(&a, &b, &got, 1).await;
+    assert_eq!(a.listeners("alive").unwrap().len(), 1);
+    // The rogue's own id is fine: it becomes a neighbour of its own.
+    let (ep, conn) = rogue(&a).await;
+    let _s = send_hello(&conn, wire::PROTOCOL_VERSION, "rogue").await;
+    assert!(wait_until(|| a.neighbours().len() == 2, GUARD).await, "{:?}", a.neighbours());
+    assert!(a.neighbours().iter().any(|n| n.id == b.id()));
+    ep.close(0u32.into(), b"");
+    a.leave().await;
+    b.leave().await;
+}
+
+/// Long address lists cost bounded time and memory: a hello naming 320,000
+/// addresses (2.6 MB; once a 50 s freeze) is over the hello's size limit
+/// and refused; gossip of 10,000 entries of 64 addresses each is cut to the
+/// first distinct ones per entry. The node answers its honest neighbour
+/// throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_address_lists_cost_bounded_time() {
+    let (a, b) = pair(|_| {}, |_| {}).await;
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let g = got.clone();
+    let _h = b.on("alive", move |_| {
+        g.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    wait_listeners(&a, "alive", 1).await;
+    let addr = |i: u32| std::net::SocketAddr::from((std::net::Ipv4Addr::from(0xC612_0000 + (i & 0xffff)), 1 + (i >> 16) as u16));
+
+    // The hello.
+    let (ep, conn) = rogue(&a).await;
+    let claim = Claim::fresh("rogue");
+    let hello = wire::Hello {
+        id: claim.id,
+        nonce: claim.nonce,
+        port: 0,
+        addrs: (0..320_000).map(addr).collect(),
+        relays: vec![],
+        observed: conn.remote_address(),
+        dial: 1,
+    };
+    let mut b2 = bytes::BytesMut::new();
+    wire::put_preamble(&mut b2);
+    wire::put_frame(&mut b2, &Frame::Hello(hello));
+    assert!(b2.len() > 1_000_000, "{} bytes", b2.len());
+    let mut s = conn.open_uni().await.unwrap();
+    let _ = s.write_all(&b2).await;
+    let e = closed_within(&conn, GUARD).await.expect("an oversized hello closes");
+    assert_eq!(app_code(&e), Some(close::PROTOCOL), "{e}");
+    ep.close(0u32.into(), b"");
+    still_works(&a, &b, &got, 1).await;
+
+    // Gossip.
+    let (ep, conn) = rogue(&a).await;
+    let mut s = send_hello(&conn, wire::PROTOCOL_VERSION, "rogue").await;
+    assert!(wait_until(|| a.neighbours().len() == 2, GUARD).await);
+    let list: Vec<wire::PeerAddrs> = (0..10_000u32)
+        .map(|i| {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            wire::PeerAddrs { id: partybus::NodeId(id), addrs: (0..64).map(|j| addr(i * 64 + j)).collect(), relays: vec![] }
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    s.write_all(&frame(&Frame::Peers(list))).await.unwrap();
+    // Honest traffic goes on while the node digests it.
+    assert_eq!(a.emit("alive", &2).await.unwrap(), 1);
+    assert!(wait_until(|| got.load(std::sync::atomic::Ordering::SeqCst) >= 2, GUARD).await);
+    eprintln!("gossip flood: honest event through after {:?}", started.elapsed());
+    ep.close(0u32.into(), b"");
+    a.leave().await;
+    b.leave().await;
+}
+
+/// A member that subscribes and then never reads (withholding QUIC
+/// flow-control credit) once stopped `emit` for everyone under the default
+/// policy. Now the default lets it go after 10 s without progress, and the
+/// honest neighbour gets every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_never_reads_is_let_go_by_default() {
+    let _g = heavy().await;
+    const N: usize = 200;
+    let (a, b) = pair(|_| {}, |_| {}).await;
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let g = got.clone();
+    let _h = b.on("bulk", move |_| {
+        g.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    let (ep, conn) = rogue(&a).await;
+    let mut s = send_hello(&conn, wire::PROTOCOL_VERSION, "rogue").await;
+    s.write_chunk(frame(&Frame::Subscribe(vec![WireSub { id: 1, selector: "bulk".into(), spy: false }]))).await.unwrap();
+    wait_listeners(&a, "bulk", 2).await;
+    // The rogue never accepts the node's stream: 200 x 64 KiB fill its
+    // receive window and then the node's send queue.
+    let a2 = a.clone();
+    let started = std::time::Instant::now();
+    let emitter = tokio::spawn(async move {
+        let payload = vec![7u8; 64 << 10];
+        for _ in 0..N {
+            a2.emit_bytes("bulk", &payload).await.unwrap();
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(60), emitter).await.expect("emit must not wait for ever on a stuck member").unwrap();
+    eprintln!("200 events emitted in {:?} with a stuck member", started.elapsed());
+    let e = closed_within(&conn, GUARD).await.expect("the stuck member is disconnected");
+    assert_eq!(app_code(&e), Some(close::STUCK), "{e}");
+    assert!(wait_until(|| got.load(std::sync::atomic::Ordering::SeqCst) == N, GUARD).await, "b got {got:?}");
+    ep.close(0u32.into(), b"");
+    a.leave().await;
+    b.leave().await;
+}
+
+/// A member subscribes 10,000 selectors of 1 KiB of wildcards (once a 19 s
+/// freeze per new event name): past its wildcard budget they are refused,
+/// and emitting fresh 1 KiB names to an honest neighbour goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_selectors_cost_bounded_matching() {
+    let (a, b) = pair(|_| {}, |_| {}).await;
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let g = got.clone();
+    let _h = b.on("#", move |_| {
+        g.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    let (ep, conn) = rogue(&a).await;
+    let mut s = send_hello(&conn, wire::PROTOCOL_VERSION, "rogue").await;
+    let hostile = "+#".repeat(512);
+    let subs: Vec<WireSub> = (0..10_000).map(|id| WireSub { id, selector: hostile.clone(), spy: false }).collect();
+    s.write_all(&frame(&Frame::Subscribe(subs))).await.unwrap();
+    // The rogue holds what its budget allows (3 of them), b its one.
+    let name = |i: usize| format!("n{i}.{}", "a".repeat(1000));
+    assert!(wait_until(|| a.listeners(&name(0)).map_or(0, |l| l.len()) == 4, GUARD).await, "{:?}", a.listeners(&name(0)).map(|l| l.len()));
+    let started = std::time::Instant::now();
+    for i in 1..=20 {
+        assert_eq!(a.emit(&name(i), &i).await.unwrap(), 4);
+    }
+    assert!(wait_until(|| got.load(std::sync::atomic::Ordering::SeqCst) == 20, GUARD).await);
+    eprintln!("20 fresh 1 KiB names routed past a full wildcard budget in {:?}", started.elapsed());
+    ep.close(0u32.into(), b"");
+    a.leave().await;
+    b.leave().await;
 }

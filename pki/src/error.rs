@@ -19,6 +19,20 @@ pub enum PkiError {
         path: PathBuf,
     },
 
+    /// The private key file grants permissions to every user (like ssh,
+    /// the node refuses it unless told otherwise).
+    #[error(
+        "{path}: private key can be read or changed by any user of this machine (mode {mode:04o}); \
+         make it private with `chmod 600 {path}` (or `chmod 640` and a dedicated group), \
+         or accept it explicitly with --allow-readable-key (config `allow_readable_key = true`)"
+    )]
+    KeyOpenToOthers {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+
     /// The file exists but could not be read (permissions, a directory, ...).
     #[error("{path}: cannot read: {source}; check that it is a regular file readable by this user")]
     Unreadable {

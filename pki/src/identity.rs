@@ -11,8 +11,21 @@ use crate::hood::Hood;
 use crate::key::{self, KeyKind, LoadedKey};
 use crate::pemfile;
 
+/// What [`Identity::load_with`] asks of the private key file's permissions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyFileCheck {
+    /// Refuse a key file that every user of the machine may read or change
+    /// (any of the mode's "other" bits), as ssh does. The default.
+    #[default]
+    Private,
+    /// Load it whatever its mode (`--allow-readable-key`).
+    AnyMode,
+}
+
 /// A peer's own identity: its certificate and private key, checked to belong
-/// together and to be issued by the hood.
+/// together and to be issued by the hood. A clone shares the key's signer.
+#[derive(Clone)]
 pub struct Identity {
     cert: CertificateDer<'static>,
     key: LoadedKey,
@@ -38,10 +51,23 @@ impl Identity {
     /// Loads `HOOD.NAME.crt` and `HOOD.NAME.key` and checks that the key
     /// belongs to the certificate, that the hood issued the certificate, and
     /// that it is valid now.
+    ///
+    /// A key file any user of the machine may read is refused
+    /// ([`PkiError::KeyOpenToOthers`]); [`Identity::load_with`] can allow it.
     pub fn load(cert_path: &Path, key_path: &Path, hood: &Hood) -> Result<Identity, PkiError> {
+        Self::load_with(cert_path, key_path, hood, KeyFileCheck::Private)
+    }
+
+    /// [`Identity::load`] with a choice about the key file's permissions.
+    pub fn load_with(cert_path: &Path, key_path: &Path, hood: &Hood, check: KeyFileCheck) -> Result<Identity, PkiError> {
         let cert_pem = pemfile::read_file(cert_path)?;
         let key_pem = pemfile::read_file(key_path)?;
-        Self::build(&cert_pem, &key_pem, hood, &cert_path.display().to_string(), &key_path.display().to_string())
+        let identity = Self::build(&cert_pem, &key_pem, hood, &cert_path.display().to_string(), &key_path.display().to_string())?;
+        // After the contents: a swapped or wrong file is the better news.
+        if check == KeyFileCheck::Private {
+            pemfile::check_private(key_path)?;
+        }
+        Ok(identity)
     }
 
     /// Like [`Identity::load`], from PEM in memory; `origin` names the source

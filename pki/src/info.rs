@@ -33,6 +33,9 @@ pub struct CertInfo {
     pub cn: Option<String>,
     /// Organization: the hood name.
     pub o: Option<String>,
+    /// End of validity, seconds since 1970 (for expiry warnings; not in `cert show`).
+    #[serde(skip)]
+    pub not_after_unix: i64,
 }
 
 impl CertInfo {
@@ -46,6 +49,12 @@ impl CertInfo {
     /// Like [`CertInfo::from_file`], from PEM in memory; `origin` names the source in errors.
     pub fn from_pem(pem: &[u8], origin: &str) -> Result<CertInfo, PkiError> {
         let der = pemfile::cert_from_pem(pem, origin)?;
+        Self::from_der(&der, origin)
+    }
+
+    /// Like [`CertInfo::from_pem`], from one DER certificate.
+    pub fn from_der(der: &rustls_pki_types::CertificateDer<'_>, origin: &str) -> Result<CertInfo, PkiError> {
+        let der = der.clone().into_owned();
         let facts = CertFacts::parse(&der).map_err(|reason| PkiError::InvalidCertificate { origin: origin.to_string(), reason })?;
         let is_ca = facts.basic_ca == Some(true) || (facts.basic_ca.is_none() && facts.version == 0 && facts.self_issued());
         Ok(CertInfo {
@@ -54,6 +63,7 @@ impl CertInfo {
             serial: facts.serial.clone(),
             not_before: cert::rfc3339(facts.not_before),
             not_after: cert::rfc3339(facts.not_after),
+            not_after_unix: facts.not_after,
             key_type: match &facts.key_kind {
                 Ok(kind) => kind.to_string(),
                 Err(other) => other.clone(),

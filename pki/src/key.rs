@@ -88,6 +88,12 @@ pub(crate) struct LoadedKey {
     pub spki: Vec<u8>,
 }
 
+impl Clone for LoadedKey {
+    fn clone(&self) -> Self {
+        LoadedKey { der: self.der.clone_key(), signer: self.signer.clone(), spki: self.spki.clone() }
+    }
+}
+
 impl LoadedKey {
     pub(crate) fn from_der(der: PrivateKeyDer<'static>, origin: &str) -> Result<Self, PkiError> {
         let signer = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| {

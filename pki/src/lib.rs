@@ -119,7 +119,7 @@ mod verified;
 pub use create::{create_hood, create_hood_with, create_peer, create_peer_with, CreatedFiles};
 pub use error::PkiError;
 pub use hood::Hood;
-pub use identity::Identity;
+pub use identity::{Identity, KeyFileCheck};
 pub use info::CertInfo;
 pub use key::KeyKind;
 pub use proof::{relay_proof, verify_relay_proof, ProofError, ProvenMember};

@@ -15,6 +15,27 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, PkiError> {
     })
 }
 
+/// Refuses a key file that grants any permission to every user of the
+/// machine (ssh's rule, but group permissions pass: a key owned by root and
+/// readable by a service's group is the usual way to hand it to a daemon).
+pub(crate) fn check_private(path: &Path) -> Result<(), PkiError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => PkiError::NotFound { path: path.to_path_buf() },
+            _ => PkiError::Unreadable { path: path.to_path_buf(), source },
+        })?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o007 != 0 {
+            return Err(PkiError::KeyOpenToOthers { path: path.to_path_buf(), mode });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// All PEM blocks in `input`; `NotPem` if there are none.
 fn blocks(input: &[u8], origin: &str, expected: &'static str, convert: &'static str) -> Result<Vec<pem::Pem>, PkiError> {
     let not_pem = || PkiError::NotPem { origin: origin.to_string(), expected, convert };

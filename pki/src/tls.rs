@@ -138,7 +138,6 @@ impl std::error::Error for Refused {}
 struct HoodVerifier {
     hood: Hood,
     provider: Arc<CryptoProvider>,
-    hints: Vec<DistinguishedName>,
     revoked: RevokedSet,
 }
 
@@ -150,7 +149,7 @@ impl fmt::Debug for HoodVerifier {
 
 impl HoodVerifier {
     fn new(hood: &Hood, provider: Arc<CryptoProvider>, revoked: RevokedSet) -> Self {
-        HoodVerifier { hints: vec![DistinguishedName::from(hood.facts.subject_raw.clone())], hood: hood.clone(), provider, revoked }
+        HoodVerifier { hood: hood.clone(), provider, revoked }
     }
 
     fn check(&self, end_entity: &CertificateDer<'_>, now: UnixTime, purpose: Purpose) -> Result<(), Error> {
@@ -273,8 +272,11 @@ impl ClientCertVerifier for HoodClientVerifier {
         true
     }
 
+    /// None: the CertificateRequest goes out before the client has proved
+    /// anything, and the hood CA's subject in it would tell any scanner the
+    /// hood's name. Our clients hold one certificate and send it anyway.
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &self.0.hints
+        &[]
     }
 
     fn verify_client_cert(

@@ -221,3 +221,44 @@ fn stolen_server(cert: &str, key: &str) -> rustls::ServerConfig {
     config.cert_resolver = std::sync::Arc::new(Fixed(certified_key(cert, key)));
     config
 }
+
+/// A client resolver that records the CA names the server hinted at and
+/// presents no certificate.
+#[derive(Debug, Default)]
+struct RecordHints(std::sync::Mutex<Option<Vec<Vec<u8>>>>);
+
+impl rustls::client::ResolvesClientCert for RecordHints {
+    fn resolve(
+        &self,
+        root_hint_subjects: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+        *self.0.lock().unwrap() = Some(root_hint_subjects.iter().map(|s| s.to_vec()).collect());
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn certificate_request_does_not_name_the_hood() {
+    // Anyone can start a handshake: the server's CertificateRequest comes
+    // before the client proves anything, so it must not carry the hood CA's
+    // subject (which holds the hood's name).
+    let lab = TestHood::new("secret-hood-name");
+    let me = lab.peer("me");
+    let (_, my_server) = configs(&me, &lab.hood);
+    let hints = std::sync::Arc::new(RecordHints::default());
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(partybus_testkit::AcceptAnything))
+        .with_client_cert_resolver(hints.clone());
+    // Refused (no client certificate), but only after the request was seen.
+    assert!(handshake(client, my_server).is_err());
+    let seen = hints.0.lock().unwrap().clone().expect("the server asked for a client certificate");
+    assert!(seen.is_empty(), "CertificateRequest named {} CA(s)", seen.len());
+}

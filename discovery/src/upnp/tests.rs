@@ -5,66 +5,13 @@ fn sa(s: &str) -> SocketAddr {
 }
 
 #[test]
-fn renew_and_retry_schedule() {
-    assert_eq!(renew_delay(Duration::from_secs(3600)), Duration::from_secs(1800));
-    assert_eq!(renew_delay(Duration::from_secs(1)), Duration::from_secs(1));
-    assert_eq!(renew_delay(Duration::ZERO), PERMANENT_RECHECK);
-    assert_eq!(retry_delay(1), FIRST_RETRY);
-    assert_eq!(retry_delay(2), FIRST_RETRY * 2);
-    assert_eq!(retry_delay(3), FIRST_RETRY * 4);
-    assert_eq!(retry_delay(100), MAX_RETRY);
-    assert_eq!(lease_secs(Duration::ZERO), 0);
-    assert_eq!(lease_secs(Duration::from_millis(10)), 1);
-    assert_eq!(lease_secs(Duration::from_secs(3600)), 3600);
-}
-
-#[test]
-fn machine_reports_renews_and_replaces() {
-    let mut m = MappingMachine::new();
-    let a = sa("203.0.113.21:4816");
-    let lease = Duration::from_secs(600);
-    assert_eq!(m.on_attempt(Attempt::Mapped { ext: a, lease }), (vec![Effect::External(a)], lease / 2));
-    // Renewal to the same address: nothing to say.
-    assert_eq!(m.on_attempt(Attempt::Mapped { ext: a, lease }), (vec![], lease / 2));
-    // The router restarted and gave us another port / IP.
-    let b = sa("198.51.100.22:5000");
-    let (fx, _) = m.on_attempt(Attempt::Mapped { ext: b, lease });
-    assert_eq!(fx, vec![Effect::ExternalLost(a), Effect::External(b)]);
-    assert_eq!(m.advertised(), Some(b));
-}
-
-#[test]
-fn machine_failures_back_off_and_rediscover() {
-    let mut m = MappingMachine::new();
-    let a = sa("203.0.113.21:4816");
-    m.on_attempt(Attempt::Mapped { ext: a, lease: Duration::ZERO });
-    let (fx, d) = m.on_attempt(Attempt::Failed);
-    assert_eq!(fx, vec![Effect::ExternalLost(a)]);
-    assert_eq!(d, FIRST_RETRY);
-    let (fx, d) = m.on_attempt(Attempt::Failed);
-    assert!(fx.is_empty());
-    assert_eq!(d, FIRST_RETRY * 2);
-    let (fx, _) = m.on_attempt(Attempt::Failed);
-    assert_eq!(fx, vec![Effect::Rediscover]);
-    assert_eq!(m.failures(), 3);
-    let (fx, d) = m.on_attempt(Attempt::Mapped { ext: a, lease: Duration::from_secs(60) });
-    assert_eq!(fx, vec![Effect::External(a)]);
-    assert_eq!(d, Duration::from_secs(30));
-    assert_eq!(m.failures(), 0);
-}
-
-#[test]
-fn machine_unusable_warns_once_and_withdraws() {
-    let mut m = MappingMachine::new();
-    let a = sa("203.0.113.21:4816");
-    m.on_attempt(Attempt::Mapped { ext: a, lease: Duration::from_secs(60) });
-    let ip: IpAddr = "100.64.1.2".parse().unwrap();
-    let (fx, d) = m.on_attempt(Attempt::Unusable { ext_ip: ip });
-    assert_eq!(fx, vec![Effect::ExternalLost(a), Effect::WarnUnusable(ip)]);
-    assert_eq!(d, PERMANENT_RECHECK);
-    let (fx, _) = m.on_attempt(Attempt::Unusable { ext_ip: ip });
-    assert!(fx.is_empty(), "warned once");
-    assert_eq!(m.advertised(), None);
+fn uptime_from_get_status_info() {
+    let body = b"<s:Envelope><s:Body><u:GetStatusInfoResponse xmlns:u=\"urn:schemas-upnp-org:service:WANIPConnection:1\">\
+<NewConnectionStatus>Connected</NewConnectionStatus><NewLastConnectionError>ERROR_NONE</NewLastConnectionError>\
+<NewUptime>42</NewUptime></u:GetStatusInfoResponse></s:Body></s:Envelope>";
+    assert_eq!(parse_uptime(body), Ok(42));
+    assert!(parse_uptime(b"<NewUptime>soon</NewUptime>").unwrap_err().contains("not a number"));
+    assert!(parse_uptime(b"<x/>").is_err());
 }
 
 #[test]

@@ -216,12 +216,8 @@ fn handshakes(h: &Harness) {
         let sock = |_: ()| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let rt = quinn::default_runtime().expect("runtime");
         // Loopback: the settings partybus uses for peers on this host.
-        let rb = partybus::pki::RevokedSet::new(&b.hood);
-        let ra = partybus::pki::RevokedSet::new(&a.hood);
-        let (server, _) =
-            tls::on_host(&b, tls::server_config(&b, &rb).expect("server config"), tls::client_config(&b, &rb).expect("client config"));
-        let (_, client) =
-            tls::on_host(&a, tls::server_config(&a, &ra).expect("server config"), tls::client_config(&a, &ra).expect("client config"));
+        let (server, _) = tls::on_host(&b, tls::server_config(&b).expect("server config"), tls::client_config(&b).expect("client config"));
+        let (_, client) = tls::on_host(&a, tls::server_config(&a).expect("server config"), tls::client_config(&a).expect("client config"));
         let srv = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), sock(()), rt.clone()).expect("endpoint");
         let mut cli = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, sock(()), rt).expect("endpoint");
         cli.set_default_client_config(client);

@@ -1,4 +1,4 @@
-//! `partybus node|listen|emit|dht`.
+//! `partybus listen|emit|dht`, and what `partybus node` (`node_cmd`) shares with them.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -16,7 +16,7 @@ use super::NodeOpts;
 /// resolves on either. Call it before printing "ready": a handler that is
 /// only installed when first polled leaves a window in which SIGTERM kills
 /// the process with the default action (exit 143) instead of a clean leave.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+pub(super) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -49,7 +49,7 @@ fn out(v: serde_json::Value) {
     out_line(&v.to_string());
 }
 
-fn out_line(line: &str) {
+pub(super) fn out_line(line: &str) {
     let mut o = std::io::stdout().lock();
     let _ = writeln!(o, "{line}");
     let _ = o.flush();
@@ -70,7 +70,7 @@ struct NeighbourLine<'a> {
     reason: Option<&'a str>,
 }
 
-fn neighbour_line(kind: &str, n: &NeighbourInfo, count: usize, reason: Option<&str>) -> String {
+pub(super) fn neighbour_line(kind: &str, n: &NeighbourInfo, count: usize, reason: Option<&str>) -> String {
     let line = NeighbourLine {
         addr: n.addr.to_string(),
         count,
@@ -85,7 +85,7 @@ fn neighbour_line(kind: &str, n: &NeighbourInfo, count: usize, reason: Option<&s
 
 /// `{"path":"direct"|"relayed","id":...,"name":...,"addr":...,"via":...}`: a
 /// neighbour's network path (printed when it is found and when it changes).
-fn path_line(n: &NeighbourInfo) -> Option<String> {
+pub(super) fn path_line(n: &NeighbourInfo) -> Option<String> {
     #[derive(serde::Serialize)]
     struct PathLine<'a> {
         path: &'a str,
@@ -106,7 +106,7 @@ fn path_line(n: &NeighbourInfo) -> Option<String> {
 }
 
 /// The first line of `partybus node`.
-fn ready_line(bus: &Bus) -> String {
+pub(super) fn ready_line(bus: &Bus) -> String {
     #[derive(serde::Serialize)]
     struct Ready<'a> {
         fingerprint: &'a str,
@@ -127,57 +127,15 @@ async fn join(opts: &NodeOpts) -> Result<Bus> {
     Bus::join(cfg).await.context("cannot join the hood")
 }
 
-pub async fn node(opts: NodeOpts) -> Result<ExitCode> {
-    let bus = join(&opts).await?;
-    let mut events = bus.neighbour_events();
-    let stop = shutdown_signal();
-    out_line(&ready_line(&bus));
-    tokio::pin!(stop);
-    // Counted from the events themselves, so each line's count is the
-    // neighbour count right after that event.
-    let mut count = 0usize;
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            ev = events.recv() => match ev {
-                Ok(NeighbourEvent::Found(n)) => {
-                    count += 1;
-                    out_line(&neighbour_line("found", &n, count, None));
-                    if let Some(l) = path_line(&n) {
-                        out_line(&l);
-                    }
-                }
-                Ok(NeighbourEvent::Path(n)) => {
-                    if let Some(l) = path_line(&n) {
-                        out_line(&l);
-                    }
-                }
-                Ok(NeighbourEvent::Lost { info, reason }) => {
-                    count = count.saturating_sub(1);
-                    out_line(&neighbour_line("lost", &info, count, Some(&reason)));
-                }
-                // A kind of event this version does not print.
-                Ok(_) => count = bus.neighbours().len(),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    // Lines were lost; the count need not be.
-                    count = bus.neighbours().len();
-                    tracing::warn!(missed = n, neighbours = count, "neighbour events missed (printing fell behind)");
-                }
-                Err(_) => break,
-            },
-        }
-    }
-    bus.leave().await;
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn listen(opts: NodeOpts, selectors: Vec<String>, paths: bool) -> Result<ExitCode> {
+pub async fn listen(opts: NodeOpts, selectors: Vec<String>, paths: bool, control: Option<std::path::PathBuf>) -> Result<ExitCode> {
     // Check selectors before joining: a typo should not cost a handshake.
     for s in &selectors {
         partybus::Selector::new(s).with_context(|| format!("bad selector {s:?}"))?;
     }
     let stop = shutdown_signal();
+    let socket = control.as_deref().map(super::control::server::ControlSocket::bind).transpose()?;
     let bus = join(&opts).await?;
+    let control_task = socket.map(|s| tokio::spawn(s.serve(bus.clone(), None)));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<partybus::Event>(4096);
     let mut subs = Vec::new();
     let parsed: Vec<partybus::Selector> = selectors.iter().map(|s| partybus::Selector::new(s)).collect::<Result<_, _>>()?;
@@ -239,6 +197,10 @@ pub async fn listen(opts: NodeOpts, selectors: Vec<String>, paths: bool) -> Resu
                 out_line(&serde_json::to_string(&line).unwrap_or_default());
             }
         }
+    }
+    if let Some(t) = control_task {
+        t.abort();
+        let _ = t.await;
     }
     bus.leave().await;
     for s in subs {
@@ -347,6 +309,15 @@ pub async fn emit(args: EmitArgs) -> Result<ExitCode> {
             let deadline = tokio::time::Instant::now() + args.timeout;
             if tokio::time::timeout(args.timeout, bus.wait_neighbours(1)).await.is_ok() {
                 settle(&bus, &args.event, deadline.min(tokio::time::Instant::now() + SETTLE_MAX)).await?;
+            } else {
+                // Only this process's own listeners (none) can be reached: a
+                // script must not take that for success.
+                timed_out = true;
+                eprintln!(
+                    "partybus: no neighbour found within {:?}; emitting anyway (reaches no one). \
+                     Check --connect / --dht / --mdns and that a node of the hood is running, or raise --timeout",
+                    args.timeout
+                );
             }
         }
     }

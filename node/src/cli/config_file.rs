@@ -6,7 +6,8 @@
 //! ```toml
 //! ca = "hood.crt"            # paths are relative to this file
 //! cert = "hood.vps1.crt"
-//! key = "hood.vps1.key"
+//! key = "hood.vps1.key"          # must not be readable by every user (chmod 600)
+//! # allow_readable_key = false    # true: load it anyway
 //! port = "4816-4819"
 //! # bind = "::"
 //! # advertise = ["203.0.113.5:4816"]
@@ -20,6 +21,8 @@
 //! # relay_total_rate = "50MB/s"    # all clients together
 //! # revoked = "hood.revoked"       # the hood's revocation list (`partybus cert revoke`)
 //! # metrics = "127.0.0.1:9464"     # serve http://127.0.0.1:9464/metrics (unauthenticated: keep it local)
+//! # control = "/run/partybus/node.sock"   # control socket of `partybus node` (see `partybus status`)
+//! # log = "info"                  # log filter, e.g. "partybus=debug"; RUST_LOG overrides it
 //!
 //! [discovery]
 //! connect = ["peer.example.org:4816"]
@@ -27,14 +30,17 @@
 //! mdns = false
 //! dht = ["dht.example.org:4816"]
 //! # dht_serve = true        # default: on when this host has a global address
-//! upnp = false
+//! # port_mapping = "auto"         # or "upnp", "natpmp", "pcp", "off" (default)
+//! # port_mapping_gateway = "198.18.1.1"   # NAT-PMP/PCP router; default: the default route's
+//! # port_mapping_lease = "1h"     # renewed at half-life
+//! upnp = false                    # true: the same as port_mapping = "upnp"
 //! # upnp_url = "http://198.18.1.1:5000/rootDesc.xml"
-//! # upnp_lease = "1h"             # renewed at half-life
 //!
 //! [limits]
 //! # queue_limit = 4194304          # bytes per neighbour
 //! # socket_buffer = 4194304        # UDP kernel buffer per direction; 0: system default
-//! # full_policy = "block"          # or "drop", "disconnect"
+//! # full_policy = "disconnect"     # or "block", "drop"
+//! # stuck_timeout = "10s"          # "disconnect": a queue full this long without draining
 //! # stuck_timeout = "10s"          # for "disconnect"
 //! # max_event_size = 16777216
 //! # max_subscriptions_per_peer = 10000
@@ -71,6 +77,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub advertise: Vec<SocketAddr>,
     pub allow_non_global: Option<bool>,
+    pub allow_readable_key: Option<bool>,
     pub idle_timeout: Option<Dur>,
     pub keep_alive: Option<Dur>,
     /// Serve as a relay (default true).
@@ -88,6 +95,10 @@ pub struct FileConfig {
     pub metrics: Option<SocketAddr>,
     pub discovery: Option<DiscoveryConfig>,
     pub limits: Option<Limits>,
+    /// The control socket of `partybus node` (relative to this file).
+    pub control: Option<PathBuf>,
+    /// Log filter (tracing's `EnvFilter` syntax); reloadable.
+    pub log: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug, Clone)]
@@ -104,7 +115,11 @@ pub struct DiscoveryConfig {
     #[serde(default)]
     pub upnp: bool,
     pub upnp_url: Option<String>,
+    /// Older spelling of `port_mapping_lease`.
     pub upnp_lease: Option<Dur>,
+    pub port_mapping: Option<String>,
+    pub port_mapping_gateway: Option<IpAddr>,
+    pub port_mapping_lease: Option<Dur>,
 }
 
 #[derive(Deserialize, Default, Debug, Clone)]

@@ -9,10 +9,16 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod commands;
 mod config_file;
+mod control;
+mod logs;
+mod node_cmd;
+mod notify;
 mod opts;
 mod pki_cmd;
 mod relay_opts;
+mod reload;
 mod revoke_cmd;
+mod status;
 
 pub use opts::NodeOpts;
 
@@ -40,11 +46,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: pki_cmd::CertCmd,
     },
-    /// Run a node until Ctrl-C/SIGTERM; prints neighbour changes as JSON lines.
+    /// Run a node until Ctrl-C/SIGTERM; prints neighbour changes as JSON lines. SIGHUP reloads the config file.
     Node {
         #[command(flatten)]
         node: NodeOpts,
+        /// Control socket for `partybus status` (default with --config: derived from the config file's path; see README).
+        #[arg(long, value_name = "PATH")]
+        control: Option<std::path::PathBuf>,
     },
+    /// Ask a running node (over its control socket) what it is doing, or make it reload its config.
+    Status(status::StatusArgs),
     /// Print every event matching the selectors as one JSON line.
     Listen {
         #[command(flatten)]
@@ -56,6 +67,9 @@ enum Cmd {
         /// lines, `{"path":"direct"|"relayed",...}`), when it is found and when it changes.
         #[arg(long)]
         paths: bool,
+        /// Control socket for `partybus status` (none by default).
+        #[arg(long, value_name = "PATH")]
+        control: Option<std::path::PathBuf>,
     },
     /// Emit one event (or one per stdin line with '-') and print the listener count.
     Emit(commands::EmitArgs),
@@ -96,13 +110,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Hood { cmd } => pki_cmd::hood(cmd),
         Cmd::Peer { cmd } => pki_cmd::peer(cmd),
         Cmd::Cert { cmd } => pki_cmd::cert(cmd),
-        Cmd::Node { node } => {
-            init_logs("info");
-            runtime()?.block_on(commands::node(node))
+        Cmd::Node { node, control } => {
+            let logs = logs::init("info");
+            runtime()?.block_on(node_cmd::node(node, control, logs))
         }
-        Cmd::Listen { node, selectors, paths } => {
+        Cmd::Status(args) => runtime()?.block_on(status::run(args)),
+        Cmd::Listen { node, selectors, paths, control } => {
             init_logs("warn");
-            runtime()?.block_on(commands::listen(node, selectors, paths))
+            runtime()?.block_on(commands::listen(node, selectors, paths, control))
         }
         Cmd::Emit(args) => {
             init_logs("warn");

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use partybus::discovery::portmap::{Mode, PortMapDiscovery, PortMapOptions, Protocol};
 use partybus::{Config, FullPolicy, PortSpec};
+use partybus_pki::KeyFileCheck;
 
 use super::config_file::FileConfig;
 use super::relay_opts::{self, RelayLimitArgs};
@@ -49,18 +51,27 @@ pub struct NodeOpts {
     /// Replaces the config file's `dht` list.
     #[arg(long, value_name = "HOST:PORT")]
     pub dht: Vec<String>,
-    /// Map our UDP port on the home router with UPnP IGD.
+    /// Map our UDP port on the home router: `auto` probes PCP, NAT-PMP and UPnP IGD together and
+    /// keeps the first of them (in that order) that answers; `upnp`, `natpmp`, `pcp`: only that one;
+    /// `off` (default).
+    #[arg(long, value_name = "auto|upnp|natpmp|pcp|off", conflicts_with_all = ["upnp", "no_upnp"])]
+    pub port_mapping: Option<String>,
+    /// Map our UDP port with UPnP IGD only (the same as `--port-mapping upnp`).
     #[arg(long, overrides_with = "no_upnp")]
     pub upnp: bool,
-    /// No UPnP, even if the config file turns it on or names a gateway (`upnp_url`).
+    /// No port mapping, even if the config file turns it on or names a UPnP gateway (`upnp_url`).
     #[arg(long, overrides_with = "upnp", conflicts_with = "upnp_url")]
     pub no_upnp: bool,
     /// UPnP gateway description URL (skips SSDP search), e.g. http://ROUTER:PORT/rootDesc.xml.
     #[arg(long, value_name = "URL")]
     pub upnp_url: Option<String>,
-    /// Lease of the UPnP port mapping (default 1h; renewed at half-life), e.g. 10m; 0s asks for a permanent one.
-    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-    pub upnp_lease: Option<Duration>,
+    /// The router to ask with NAT-PMP and PCP (default: the default route's gateway).
+    #[arg(long, value_name = "IP")]
+    pub port_mapping_gateway: Option<IpAddr>,
+    /// Lease of the port mapping (default 1h; renewed at half of what the router grants), e.g. 10m;
+    /// 0s asks UPnP for a permanent one.
+    #[arg(long, visible_alias = "upnp-lease", value_name = "DUR", value_parser = humantime::parse_duration)]
+    pub port_mapping_lease: Option<Duration>,
     /// Serve the DHT to others (default: on when this host has a global address, as on a VPS).
     #[arg(long, overrides_with = "no_dht_serve")]
     pub dht_serve: bool,
@@ -73,6 +84,9 @@ pub struct NodeOpts {
     /// Keep to global addresses, even if the config file says `allow_non_global = true`.
     #[arg(long, overrides_with = "allow_non_global")]
     pub no_allow_non_global: bool,
+    /// Load the private key even if every user of this machine may read it (refused by default, as ssh does).
+    #[arg(long)]
+    pub allow_readable_key: bool,
     /// Neighbour idle timeout (e.g. 20s).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     pub idle_timeout: Option<Duration>,
@@ -108,6 +122,24 @@ fn switch(on: bool, off: bool) -> Option<bool> {
     }
 }
 
+/// Port mapping as resolved from flags and file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PortMapping {
+    pub mode: Mode,
+    pub upnp_url: Option<String>,
+    pub gateway: Option<IpAddr>,
+    /// None: the default lease.
+    pub lease: Option<Duration>,
+}
+
+/// `auto|upnp|natpmp|pcp|off` (`None` for off); `what` names the setting in errors.
+fn port_mapping_mode(text: &str, what: &str) -> Result<Option<Mode>> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse::<Mode>().map(Some).map_err(|e| anyhow::anyhow!("{what}: {e}"))
+}
+
 /// A list from the command line replaces the config file's list.
 fn list<T: Clone>(flags: &[T], file: &[T]) -> Vec<T> {
     if flags.is_empty() {
@@ -126,8 +158,8 @@ fn check_target(t: &str, what: &str) -> Result<()> {
     if host.is_empty() {
         bail!("{what} {t:?} has no host: {fix}");
     }
-    if port.parse::<u16>().is_err() {
-        bail!("{what} {t:?}: {port:?} is not a port number (0-65535): {fix}");
+    if port.parse::<u16>().map_or(true, |p| p == 0) {
+        bail!("{what} {t:?}: {port:?} is not a port number (1-65535): {fix}");
     }
     if let Some(inner) = host.strip_prefix('[') {
         let Some(ip) = inner.strip_suffix(']') else { bail!("{what} {t:?}: unbalanced '[': {fix}") };
@@ -153,13 +185,14 @@ pub struct Resolved {
     pub bind: Option<IpAddr>,
     pub advertise: Vec<SocketAddr>,
     pub allow_non_global: bool,
+    pub allow_readable_key: bool,
     pub idle_timeout: Option<Duration>,
     pub keep_alive: Option<Duration>,
     pub connect: Vec<String>,
     pub connect_interval: Duration,
     pub mdns: bool,
-    /// UPnP on, with its gateway URL and lease (None: the default lease).
-    pub upnp: Option<(Option<String>, Option<Duration>)>,
+    /// Port mapping on (None: off).
+    pub port_mapping: Option<PortMapping>,
     pub dht: Vec<String>,
     /// None: serve when this host has a global address.
     pub dht_serve: Option<bool>,
@@ -178,6 +211,10 @@ pub struct Resolved {
     pub revoked: Option<PathBuf>,
     /// Where to serve metrics.
     pub metrics: Option<SocketAddr>,
+    /// The config file's control socket (resolved against the file's folder).
+    pub control: Option<PathBuf>,
+    /// The config file's log filter.
+    pub log: Option<String>,
 }
 
 /// Does any local interface have a global (Internet-routable) address?
@@ -221,6 +258,7 @@ impl NodeOpts {
         r.bind = self.bind.or(file.bind);
         r.advertise = list(&self.advertise, &file.advertise);
         r.allow_non_global = switch(self.allow_non_global, self.no_allow_non_global).or(file.allow_non_global).unwrap_or(false);
+        r.allow_readable_key = self.allow_readable_key || file.allow_readable_key.unwrap_or(false);
         r.idle_timeout = self.idle_timeout.or(file.idle_timeout.map(|d| d.0));
         r.keep_alive = self.keep_alive.or(file.keep_alive.map(|d| d.0));
         if let Some(l) = &file.limits {
@@ -228,11 +266,13 @@ impl NodeOpts {
             r.socket_buffer = l.socket_buffer;
             r.max_event_size = l.max_event_size;
             r.max_subscriptions_per_peer = l.max_subscriptions_per_peer;
+            let stuck = l.stuck_timeout.map(|d| d.0);
             r.full_policy = match l.full_policy.as_deref() {
-                None => None,
+                // The default policy is "disconnect": a stuck_timeout alone tunes it.
+                None => stuck.map(FullPolicy::Disconnect),
                 Some("block") => Some(FullPolicy::Block),
                 Some("drop") => Some(FullPolicy::Drop),
-                Some("disconnect") => Some(FullPolicy::Disconnect(l.stuck_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)))),
+                Some("disconnect") => Some(FullPolicy::Disconnect(stuck.unwrap_or(FullPolicy::STUCK))),
                 Some(other) => bail!("config `limits.full_policy = {other:?}` is not one of \"block\", \"drop\", \"disconnect\""),
             };
         }
@@ -244,15 +284,7 @@ impl NodeOpts {
         }
         r.connect_interval = disc.connect_interval.map(|d| d.0).unwrap_or(Duration::from_secs(60));
         r.mdns = switch(self.mdns, self.no_mdns).unwrap_or(disc.mdns);
-        let upnp_url = self.upnp_url.clone().or(disc.upnp_url.clone());
-        let upnp = match switch(self.upnp, self.no_upnp) {
-            Some(on) => on,
-            // A gateway URL in the file (or on the command line) implies UPnP.
-            None => disc.upnp || upnp_url.is_some(),
-        };
-        if upnp {
-            r.upnp = Some((upnp_url, self.upnp_lease.or(disc.upnp_lease.map(|d| d.0))));
-        }
+        r.port_mapping = self.port_mapping_setting(&disc)?;
         r.dht = list(&self.dht, &disc.dht);
         for t in &r.dht {
             check_target(t, if self.dht.is_empty() { "config `discovery.dht` entry" } else { "--dht" })?;
@@ -279,6 +311,8 @@ impl NodeOpts {
         }
         r.revoked = self.revoked.clone().or_else(|| file.revoked.clone().map(|p| rel(base, p)));
         r.metrics = self.metrics.or(file.metrics);
+        r.control = file.control.clone().map(|p| rel(base, p));
+        r.log = file.log.clone();
         r.relays = list(&self.relays, &file.relays);
         for t in &r.relays {
             check_target(t, if self.relays.is_empty() { "config `relays` entry" } else { "--relay" })?;
@@ -286,10 +320,39 @@ impl NodeOpts {
         Ok(r)
     }
 
+    /// Port mapping: `--port-mapping`, else `--upnp`/`--no-upnp`, else the
+    /// file's `port_mapping`, else its `upnp` (or a `upnp_url`: UPnP).
+    fn port_mapping_setting(&self, disc: &super::config_file::DiscoveryConfig) -> Result<Option<PortMapping>> {
+        let upnp_url = self.upnp_url.clone().or(disc.upnp_url.clone());
+        let mode = if let Some(m) = &self.port_mapping {
+            port_mapping_mode(m, "--port-mapping")?
+        } else if let Some(on) = switch(self.upnp, self.no_upnp) {
+            on.then_some(Mode::Only(Protocol::Upnp))
+        } else if let Some(m) = &disc.port_mapping {
+            port_mapping_mode(m, "config `discovery.port_mapping`")?
+        } else {
+            // A gateway URL in the file (or on the command line) implies UPnP.
+            (disc.upnp || upnp_url.is_some()).then_some(Mode::Only(Protocol::Upnp))
+        };
+        Ok(mode.map(|mode| PortMapping {
+            mode,
+            upnp_url,
+            gateway: self.port_mapping_gateway.or(disc.port_mapping_gateway),
+            lease: self.port_mapping_lease.or(disc.port_mapping_lease.or(disc.upnp_lease).map(|d| d.0)),
+        }))
+    }
+
     /// Merges the config file (if any) and the flags into a library config.
     pub fn to_config(&self) -> Result<Config> {
-        let r = self.resolve()?;
-        let mut cfg = Config::from_files(&r.ca, &r.cert, &r.key)?;
+        Self::config_from(self.resolve()?, None)
+    }
+
+    /// A library config from resolved options. With `static_peers`, the
+    /// static peer list is that watch (always present, so that a reload can
+    /// add peers to a node started without any); the caller sends `r.connect`.
+    pub fn config_from(r: Resolved, static_peers: Option<tokio::sync::watch::Receiver<Vec<String>>>) -> Result<Config> {
+        let check = if r.allow_readable_key { KeyFileCheck::AnyMode } else { KeyFileCheck::Private };
+        let mut cfg = Config::from_files_with(&r.ca, &r.cert, &r.key, check)?;
         if let Some(path) = &r.revoked {
             // Checked against the hood now: a forged or foreign list stops the start.
             let list = partybus::pki::RevocationList::load(path, &cfg.hood).context("option --revoked / config `revoked`")?;
@@ -326,18 +389,22 @@ impl NodeOpts {
         // Config::new serves a relay for the node's own hood; the limits are ours to set.
         cfg.relay.serve = if r.relay_serve { cfg.relay.serve.take().map(|c| r.relay_limits.apply(c)) } else { None };
         cfg.relay.use_relays = r.relays;
-        if !r.connect.is_empty() {
-            cfg.discovery.push(Box::new(partybus::discovery::StaticDiscovery::new(r.connect, r.connect_interval)));
+        match static_peers {
+            Some(rx) => cfg.discovery.push(Box::new(partybus::discovery::StaticDiscovery::watched(rx, r.connect_interval))),
+            None if !r.connect.is_empty() => {
+                cfg.discovery.push(Box::new(partybus::discovery::StaticDiscovery::new(r.connect, r.connect_interval)))
+            }
+            None => {}
         }
         if r.mdns {
             cfg.discovery.push(Box::new(partybus::discovery::MdnsDiscovery::new()));
         }
-        if let Some((gateway_url, lease)) = r.upnp {
-            let mut opts = partybus::discovery::upnp::UpnpOptions { gateway_url, ..Default::default() };
-            if let Some(lease) = lease {
+        if let Some(pm) = r.port_mapping {
+            let mut opts = PortMapOptions { mode: pm.mode, upnp_url: pm.upnp_url, gateway: pm.gateway, ..Default::default() };
+            if let Some(lease) = pm.lease {
                 opts.lease = lease;
             }
-            cfg.discovery.push(Box::new(partybus::discovery::upnp::UpnpDiscovery::new(opts)));
+            cfg.discovery.push(Box::new(PortMapDiscovery::new(opts)));
         }
         // A node with a global address (a VPS) serves the DHT by default:
         // it is what others bootstrap from.
@@ -382,7 +449,7 @@ mod tests {
         type Case = (&'static str, &'static str, fn(&Resolved) -> bool);
         let cases: [Case; 4] = [
             ("[discovery]\nmdns = true", "mdns", |r| r.mdns),
-            ("[discovery]\nupnp = true", "upnp", |r| r.upnp.is_some()),
+            ("[discovery]\nupnp = true", "upnp", |r| r.port_mapping.is_some()),
             ("[discovery]\ndht_serve = true", "dht-serve", |r| r.dht_serve == Some(true)),
             ("allow_non_global = true", "allow-non-global", |r| r.allow_non_global),
         ];
@@ -400,20 +467,48 @@ mod tests {
         }
         // Without anything: off, and the DHT's serving left to the host's addresses.
         let r = ok("", &[]);
-        assert!(!r.mdns && r.upnp.is_none() && !r.allow_non_global && r.dht_serve.is_none(), "{r:?}");
+        assert!(!r.mdns && r.port_mapping.is_none() && !r.allow_non_global && r.dht_serve.is_none(), "{r:?}");
         assert_eq!(ok("", &["--no-dht-serve"]).dht_serve, Some(false));
     }
 
     #[test]
     fn upnp_url_implies_upnp_unless_no_upnp() {
         let url = "[discovery]\nupnp_url = \"http://127.0.0.1:5000/rootDesc.xml\"\nupnp_lease = \"10m\"";
-        let r = ok(url, &[]);
-        assert_eq!(r.upnp, Some((Some("http://127.0.0.1:5000/rootDesc.xml".to_owned()), Some(Duration::from_secs(600)))));
-        assert_eq!(ok(url, &["--upnp-lease", "1m"]).upnp.unwrap().1, Some(Duration::from_secs(60)));
-        assert_eq!(ok(url, &["--no-upnp"]).upnp, None);
+        let r = ok(url, &[]).port_mapping.unwrap();
+        assert_eq!(r.mode, Mode::Only(Protocol::Upnp));
+        assert_eq!(r.upnp_url.as_deref(), Some("http://127.0.0.1:5000/rootDesc.xml"));
+        assert_eq!(r.lease, Some(Duration::from_secs(600)));
+        assert_eq!(ok(url, &["--upnp-lease", "1m"]).port_mapping.unwrap().lease, Some(Duration::from_secs(60)));
+        assert_eq!(ok(url, &["--no-upnp"]).port_mapping, None);
         // --no-upnp with a gateway URL on the same command line is a contradiction.
         let e = resolve("", &["--no-upnp", "--upnp-url", "http://127.0.0.1:1/x.xml"]).unwrap_err().to_string();
         assert!(e.contains("--no-upnp") && e.contains("--upnp-url"), "{e}");
+    }
+
+    #[test]
+    fn port_mapping_from_flag_and_file() {
+        let mode = |toml: &str, flags: &[&str]| ok(toml, flags).port_mapping.map(|p| p.mode);
+        assert_eq!(mode("", &["--port-mapping", "auto"]), Some(Mode::Auto));
+        assert_eq!(mode("", &["--port-mapping", "natpmp"]), Some(Mode::Only(Protocol::NatPmp)));
+        assert_eq!(mode("", &["--port-mapping", "off"]), None);
+        let file = "[discovery]\nport_mapping = \"pcp\"\nport_mapping_gateway = \"198.18.1.1\"\nport_mapping_lease = \"30s\"";
+        let r = ok(file, &[]).port_mapping.unwrap();
+        assert_eq!(
+            (r.mode, r.gateway, r.lease),
+            (Mode::Only(Protocol::Pcp), Some("198.18.1.1".parse().unwrap()), Some(Duration::from_secs(30)))
+        );
+        // Flags win: --port-mapping, --upnp (UPnP only), --no-upnp (off).
+        assert_eq!(mode(file, &["--port-mapping", "upnp"]), Some(Mode::Only(Protocol::Upnp)));
+        assert_eq!(mode(file, &["--upnp"]), Some(Mode::Only(Protocol::Upnp)));
+        assert_eq!(mode(file, &["--no-upnp"]), None);
+        assert_eq!(ok(file, &["--port-mapping-gateway", "198.18.2.1"]).port_mapping.unwrap().gateway, Some("198.18.2.1".parse().unwrap()));
+        // Bad values name the setting and the choices.
+        let e = resolve("", &["--port-mapping", "igd"]).unwrap_err().to_string();
+        assert!(e.contains("--port-mapping") && e.contains("auto, upnp, natpmp, pcp or off"), "{e}");
+        let e = resolve("[discovery]\nport_mapping = \"nat\"", &[]).unwrap_err().to_string();
+        assert!(e.contains("discovery.port_mapping") && e.contains("natpmp"), "{e}");
+        // --port-mapping and --upnp together: a contradiction.
+        assert!(resolve("", &["--port-mapping", "pcp", "--upnp"]).is_err());
     }
 
     #[test]
@@ -502,6 +597,8 @@ mod tests {
             ("--connect", "localhost:port", "not a port number"),
             ("--dht", ":4816", "no host"),
             ("--dht", "localhost:70000", "not a port number"),
+            ("--connect", "127.0.0.1:99999", "not a port number (1-65535)"),
+            ("--relay", "127.0.0.1:0", "not a port number (1-65535)"),
         ] {
             let e = format!("{:#}", resolve("", &[flag, bad]).unwrap_err());
             assert!(e.contains(flag) && e.contains(bad) && e.contains(says), "{flag} {bad}: {e}");

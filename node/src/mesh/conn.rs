@@ -16,6 +16,7 @@ use super::inbox::Msg;
 use super::link::{ConnCmd, ConnCtl, LEAVE_FLUSH};
 use super::proto::{ConnId, PeerHello, ReaderEnd, Teardown};
 use super::stream::{run_reader, run_writer};
+use crate::id::NodeId;
 use crate::metrics::Counters;
 use crate::path::keys::is_relay_key;
 use crate::peers::canonical;
@@ -35,6 +36,9 @@ pub(crate) async fn run(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection, 
                 Counters::add(&inner.plane.counters.hello_version, 1);
                 warn!(%remote, error = %e, "protocol mismatch");
                 conn.close(close::VERSION.into(), e.to_string().as_bytes());
+            } else if e.is_misbehaviour() {
+                warn!(%remote, error = %e, "hello refused");
+                conn.close(close::PROTOCOL.into(), b"unproven node id");
             } else {
                 Counters::add(&inner.plane.counters.hello_other, 1);
                 debug!(%remote, error = %e, "hello failed");
@@ -138,19 +142,37 @@ type Hellos = (quinn::SendStream, quinn::RecvStream, FrameDecoder, Hello);
 async fn exchange_hellos(inner: &Inner, conn: &quinn::Connection, remote: SocketAddr, dial: u64) -> Result<Hellos, HelloError> {
     // A relayed connection's remote is a relay key: nothing the peer could use.
     let observed = if is_relay_key(remote) { SocketAddr::from(([0, 0, 0, 0], 0)) } else { remote };
-    let hello_out =
-        Hello { id: inner.id, port: inner.local_addr.port(), addrs: inner.punch_addrs(), relays: inner.my_routes(), observed, dial };
+    let mut hello_out = Hello {
+        id: inner.id,
+        nonce: inner.id_nonce,
+        port: inner.local_addr.port(),
+        addrs: inner.punch_addrs(),
+        relays: inner.my_routes(),
+        observed,
+        dial,
+    };
+    hello_out.bound();
     let mut send = conn.open_uni().await?;
     let mut buf = BytesMut::new();
     wire::put_preamble(&mut buf);
     wire::put_frame(&mut buf, &Frame::Hello(hello_out));
     send.write_all(&buf).await?;
     let mut recv = conn.accept_uni().await?;
-    let mut dec = FrameDecoder::new(inner.settings.max_event_size + wire::FRAME_OVERHEAD);
+    let mut dec = FrameDecoder::new(wire::MAX_HELLO);
     loop {
         if let Some(body) = dec.next_frame()? {
             return match wire::parse(&body)? {
-                Frame::Hello(h) => Ok((send, recv, dec, h)),
+                Frame::Hello(mut h) => {
+                    // Ids are bound to the certificate's name: nobody can
+                    // pass for another node (and take its traffic).
+                    let name = crate::tls::peer_cert_name(conn);
+                    if NodeId::bound(&name, &h.nonce) != h.id {
+                        return Err(HelloError::Unproven { claimed: h.id, name });
+                    }
+                    h.bound();
+                    dec.set_max_frame(inner.settings.max_event_size() + wire::FRAME_OVERHEAD);
+                    Ok((send, recv, dec, h))
+                }
                 _ => Err(HelloError::NotHello),
             };
         }

@@ -19,6 +19,10 @@ pub(crate) enum HelloError {
     Read(#[from] quinn::ReadError),
     #[error("no hello within the handshake timeout")]
     TimedOut,
+    /// The hello's id is not the one its certificate's name and nonce give:
+    /// a member trying to pass for another node.
+    #[error("hello claims node id {claimed} that certificate {name:?} does not prove (NodeId::bound)")]
+    Unproven { claimed: crate::id::NodeId, name: String },
 }
 
 impl HelloError {
@@ -26,6 +30,11 @@ impl HelloError {
     /// worth a warning and its own close code.
     pub(crate) fn is_mismatch(&self) -> bool {
         matches!(self, HelloError::Wire(WireError::BadMagic | WireError::Version { .. }))
+    }
+
+    /// Worth a warning: a hood member misbehaving, not a network hiccup.
+    pub(crate) fn is_misbehaviour(&self) -> bool {
+        matches!(self, HelloError::Unproven { .. })
     }
 }
 

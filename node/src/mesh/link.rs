@@ -75,6 +75,11 @@ impl Drain {
         }
     }
 
+    /// Events delivered from this neighbour so far.
+    pub(crate) fn count(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
     /// Waits until `after` events were delivered, at most `bound`.
     pub(crate) async fn wait_for(&self, after: u64, bound: Duration) {
         // Counted before the check: a delivery after it sees a waiter.

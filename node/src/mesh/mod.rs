@@ -18,4 +18,4 @@ pub(crate) mod proto;
 mod report;
 mod stream;
 
-pub use report::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, NeighbourPath, PathStats, NEIGHBOUR_EVENTS};
+pub use report::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, NeighbourPath, NeighbourStats, PathStats, NEIGHBOUR_EVENTS};

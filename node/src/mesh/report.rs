@@ -60,6 +60,8 @@ pub enum NeighbourEvent {
 #[non_exhaustive]
 pub enum JoinError {
     #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
     Tls(#[from] crate::tls::TlsSetupError),
     #[error("cannot bind a UDP port: tried {tried} on {bind}: {last}; pick free ports with --port (e.g. 4816-4819, or 0 for any)")]
     Bind { tried: String, bind: String, last: std::io::Error },
@@ -112,4 +114,32 @@ pub struct PathStats {
     pub cwnd: u64,
     /// Direct, or through which relay.
     pub path: Option<NeighbourPath>,
+}
+
+/// A neighbour with its traffic figures (see [`crate::Bus::neighbour_stats`]):
+/// what `partybus status` prints. Read from counters the data plane keeps
+/// anyway (quinn's connection statistics, the send queue, the delivery
+/// counter); reading them takes the queue's lock for a moment, so call it
+/// now and then, not per event.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct NeighbourStats {
+    #[serde(flatten)]
+    pub info: NeighbourInfo,
+    /// Smoothed round-trip time of its connection.
+    pub rtt: std::time::Duration,
+    /// UDP bytes of its current connection (QUIC headers and acknowledgements
+    /// included), sent and received.
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    /// Events queued for it, and delivered from it, since it became a
+    /// neighbour (across connection switches).
+    pub events_out: u64,
+    pub events_in: u64,
+    /// Bytes waiting in its send queue, and the queue's limit.
+    pub queue_bytes: usize,
+    pub queue_limit: usize,
+    /// SHA-256 of the certificate it presented on its current connection
+    /// (hex; what `partybus cert show` calls the fingerprint).
+    pub cert_fingerprint: Option<String>,
 }

@@ -16,7 +16,7 @@ use crate::event::{BatchBuilder, PeerInfo};
 use crate::metrics::Counters;
 use crate::queue::SendQueue;
 use crate::shared::Inner;
-use crate::wire::{self, close, Frame, FrameDecoder};
+use crate::wire::{self, close, Frame, FrameDecoder, PeerAddrs};
 
 /// How long a reader waits for the events of the connection it replaces;
 /// past that they are taken as lost with it.
@@ -35,7 +35,7 @@ pub(super) async fn run_reader(
     drain: &Drain,
 ) -> ReaderEnd {
     let mut batch = BatchBuilder::new();
-    let max_event = inner.settings.max_event_size;
+    let max_event = inner.settings.max_event_size();
     let mut got_retire = false;
     // Events the peer sent on earlier connections before this one (a switch).
     let mut resume_after: Option<u64> = None;
@@ -130,10 +130,11 @@ async fn control(inner: &Arc<Inner>, conn: ConnId, info: &PeerInfo, frame: Frame
     match frame {
         Frame::Subscribe(subs) => inner.plane.remote_subs(info.id, subs, Vec::new()),
         Frame::Unsubscribe(ids) => inner.plane.remote_subs(info.id, Vec::new(), ids),
-        Frame::Peers(list) => {
+        Frame::Peers(mut list) => {
             if list.len() > MAX_GOSSIP {
                 return Err(ProtocolError::GossipTooLong(list.len()));
             }
+            list.iter_mut().for_each(PeerAddrs::bound);
             // Bounded channel: a peer flooding gossip waits here, not in memory.
             // The neighbour on its own relays (registered after its hello).
             if let (Some(me), Some(key)) = (list.iter().find(|p| p.id == info.id), info.addr) {

@@ -92,6 +92,15 @@ pub(crate) fn render(inner: &Inner) -> String {
     out
 }
 
+/// External addresses in force by the service that reported them.
+fn externals(inner: &Inner) -> Vec<(String, u64)> {
+    let mut by: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for e in &crate::shared::relock(&inner.addrs).external {
+        *by.entry(e.source.clone()).or_default() += 1;
+    }
+    by.into_iter().collect()
+}
+
 fn snapshot(inner: &Inner) -> Snapshot {
     let c: &Counters = &inner.plane.counters;
     let get = Counters::get;
@@ -110,7 +119,7 @@ fn snapshot(inner: &Inner) -> Snapshot {
             1.0,
         )],
     );
-    s.gauge("partybus_uptime", "Time since the node joined.", Some(Unit::Seconds), c.started.0.elapsed().as_secs_f64());
+    s.gauge("partybus_uptime", "Time since the node joined.", Some(Unit::Seconds), inner.started.elapsed().as_secs_f64());
 
     // Neighbours, by network path, and what waits in their send queues.
     let (mut direct, mut relayed, mut unknown, mut queued) = (0u32, 0u32, 0u32, 0usize);
@@ -137,7 +146,12 @@ fn snapshot(inner: &Inner) -> Snapshot {
         ],
     );
     s.gauge("partybus_queue", "Bytes waiting in the neighbours' send queues, all together.", Some(Unit::Bytes), queued as f64);
-    s.gauge("partybus_queue_limit", "The send queue limit of each neighbour.", Some(Unit::Bytes), inner.settings.queue_limit as f64);
+    s.gauge(
+        "partybus_queue_limit",
+        "The send queue limit of each neighbour.",
+        Some(Unit::Bytes),
+        inner.settings.queue_limit.load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
     s.counter("partybus_neighbours_found", "Neighbours found (connections that became a neighbour's).", None, get(&c.neighbours_found));
     s.family(
         "partybus_neighbours_lost",
@@ -203,9 +217,9 @@ fn snapshot(inner: &Inner) -> Snapshot {
     );
     s.family(
         "partybus_external_addresses",
-        "Addresses this node is reachable at from outside, by the service that found them (upnp: a router port mapping).",
+        "Addresses this node is reachable at from outside, by the service that found them (upnp, natpmp, pcp: a router port mapping).",
         false,
-        c.externals().into_iter().map(|(src, v)| (label("source", src), v as f64)).collect(),
+        externals(inner).into_iter().map(|(src, v)| (label("source", src), v as f64)).collect(),
     );
 
     // Relays: this node as a relay server, and as a client of relays.

@@ -2,11 +2,9 @@
 //! the data path (emit, reader, writer) are relaxed atomic adds, one per
 //! emit or per batch; the rest are control-plane events.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
 
 /// How a TLS handshake ended, as counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,8 +63,6 @@ pub(crate) const LOST_REASONS: [&str; 7] = ["left", "closed", "timeout", "protoc
 /// Node-wide counters since the node joined.
 #[derive(Default)]
 pub(crate) struct Counters {
-    /// When the node started.
-    pub started: Started,
     /// `emit` calls.
     pub emits: AtomicU64,
     /// Event copies queued for neighbours (one per interested neighbour).
@@ -92,17 +88,6 @@ pub(crate) struct Counters {
     pub stuck_closed: AtomicU64,
     /// Addresses discovery services named, by service.
     candidates: Mutex<BTreeMap<String, u64>>,
-    /// External addresses in force, by the service that reported them (UPnP's mapping, ...).
-    external: Mutex<BTreeMap<String, BTreeSet<SocketAddr>>>,
-}
-
-/// The time a node started.
-pub(crate) struct Started(pub Instant);
-
-impl Default for Started {
-    fn default() -> Self {
-        Started(Instant::now())
-    }
 }
 
 impl Counters {
@@ -163,24 +148,6 @@ impl Counters {
         if m.len() < 32 || m.contains_key(source) {
             *m.entry(source.to_owned()).or_default() += 1;
         }
-    }
-
-    /// An external address reported (`on`) or withdrawn by discovery service `source`.
-    pub(crate) fn external(&self, source: &str, addr: SocketAddr, on: bool) {
-        let mut m = self.external.lock().unwrap_or_else(|p| p.into_inner());
-        if on && (m.len() < 32 || m.contains_key(source)) {
-            let set = m.entry(source.to_owned()).or_default();
-            if set.len() < 64 {
-                set.insert(addr);
-            }
-        } else if let Some(set) = m.get_mut(source) {
-            set.remove(&addr);
-        }
-    }
-
-    /// External addresses in force by source (sources seen once stay, at 0).
-    pub(crate) fn externals(&self) -> Vec<(String, u64)> {
-        self.external.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), v.len() as u64)).collect()
     }
 
     pub(crate) fn candidates(&self) -> Vec<(String, u64)> {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use partybus::__private::wire::{self, Frame, Hello};
+use partybus::id::IdNonce;
 use partybus::{Bus, Config, NeighbourEvent, NodeId, PortSpec};
 pub use partybus_testkit::TestHood;
 
@@ -164,28 +165,59 @@ pub fn server_endpoint(cfg: quinn::ServerConfig) -> quinn::Endpoint {
     quinn::Endpoint::server(cfg, (LOCALHOST, 0).into()).unwrap()
 }
 
-/// Preamble + hello as the node expects them, from a random id.
-pub fn hello_bytes(observed: SocketAddr, version: u16) -> BytesMut {
-    hello_bytes_as(observed, version, NodeId::random(), 1)
+/// A node id and the nonce that goes with it in a hello: what a peer whose
+/// certificate is named `name` can prove ([`NodeId::bound`]), or, built by
+/// hand, a claim it cannot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub id: NodeId,
+    pub nonce: IdNonce,
 }
 
-/// Preamble + hello from node `id`, numbering the connection `dial`.
-pub fn hello_bytes_as(observed: SocketAddr, version: u16, id: NodeId, dial: u64) -> BytesMut {
+impl Claim {
+    /// A new id for the certificate name `name`.
+    pub fn fresh(name: &str) -> Claim {
+        let nonce: IdNonce = rand::random();
+        Claim { id: NodeId::bound(name, &nonce), nonce }
+    }
+
+    /// A new id for `name` that orders below (or above) `other`: tries
+    /// nonces until one does (each has a 1 in 2 chance).
+    pub fn ordered(name: &str, other: NodeId, below: bool) -> Claim {
+        loop {
+            let c = Claim::fresh(name);
+            if (c.id < other) == below {
+                return c;
+            }
+        }
+    }
+}
+
+/// Preamble + hello as the node expects them, from a fresh id of the peer
+/// whose certificate is named `name`.
+pub fn hello_bytes(observed: SocketAddr, version: u16, name: &str) -> BytesMut {
+    hello_bytes_as(observed, version, Claim::fresh(name), 1)
+}
+
+/// Preamble + hello making `claim`, numbering the connection `dial`.
+pub fn hello_bytes_as(observed: SocketAddr, version: u16, claim: Claim, dial: u64) -> BytesMut {
     let mut b = BytesMut::new();
     b.extend_from_slice(&wire::MAGIC);
     b.extend_from_slice(&version.to_le_bytes());
-    wire::put_frame(&mut b, &Frame::Hello(Hello { id, port: 0, addrs: vec![], relays: vec![], observed, dial }));
+    let hello = Hello { id: claim.id, nonce: claim.nonce, port: 0, addrs: vec![], relays: vec![], observed, dial };
+    wire::put_frame(&mut b, &Frame::Hello(hello));
     b
 }
 
-/// After a handshake: open our stream, send the hello (protocol `version`).
-pub async fn send_hello(conn: &quinn::Connection, version: u16) -> quinn::SendStream {
-    send_hello_bytes(conn, hello_bytes(conn.remote_address(), version)).await
+/// After a handshake: open our stream, send the hello (protocol `version`)
+/// of the peer whose certificate is named `name`.
+pub async fn send_hello(conn: &quinn::Connection, version: u16, name: &str) -> quinn::SendStream {
+    send_hello_bytes(conn, hello_bytes(conn.remote_address(), version, name)).await
 }
 
-/// [`send_hello`] as node `id`, numbering the connection `dial`.
-pub async fn send_hello_as(conn: &quinn::Connection, id: NodeId, dial: u64) -> quinn::SendStream {
-    send_hello_bytes(conn, hello_bytes_as(conn.remote_address(), wire::PROTOCOL_VERSION, id, dial)).await
+/// [`send_hello`] making `claim`, numbering the connection `dial`.
+pub async fn send_hello_as(conn: &quinn::Connection, claim: Claim, dial: u64) -> quinn::SendStream {
+    send_hello_bytes(conn, hello_bytes_as(conn.remote_address(), wire::PROTOCOL_VERSION, claim, dial)).await
 }
 
 async fn send_hello_bytes(conn: &quinn::Connection, hello: BytesMut) -> quinn::SendStream {

@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::pacing::Backoff;
-use super::{Conn, ConnId, Dialled, Known, Mesh, Output, Timer, MAX_DIAL_JOBS, MAX_GOSSIP_ADDRS, MAX_KNOWN};
+use super::pacing::{Backoff, DialClass};
+use super::{Conn, ConnId, Dialled, Known, Mesh, Output, Timer, MAX_DIAL_JOBS, MAX_GOSSIP_ADDRS, MAX_GOSSIP_DIAL_JOBS, MAX_KNOWN};
 use crate::id::NodeId;
 use crate::path::keys::is_relay_key;
 use crate::peers::{self, canonical, DialFailure, Direction, SecondDial};
@@ -21,8 +21,9 @@ pub(crate) struct Attempt(pub u64);
 pub(crate) struct JobId(u64);
 
 pub(super) enum Target {
-    /// An address, hoping to find `expect` there (a re-dial).
-    Addr { addr: SocketAddr, expect: Option<NodeId>, retry: bool },
+    /// An address, hoping to find `expect` there (a re-dial); `gossip`:
+    /// a relay route gossip named (not one of our own discovery's).
+    Addr { addr: SocketAddr, expect: Option<NodeId>, retry: bool, gossip: bool },
     /// A node learnt through gossip.
     Peer(PeerDial),
 }
@@ -65,8 +66,14 @@ pub(super) struct DialJob {
 }
 
 impl DialJob {
-    fn second(&self) -> bool {
-        matches!(&self.target, Target::Peer(p) if p.second)
+    /// Which handshake-slot queue the job waits in.
+    fn class(&self) -> DialClass {
+        match &self.target {
+            Target::Addr { gossip: false, .. } => DialClass::Member,
+            Target::Addr { gossip: true, .. } => DialClass::Gossip,
+            Target::Peer(p) if p.second => DialClass::GossipSecond,
+            Target::Peer(_) => DialClass::Gossip,
+        }
     }
 }
 
@@ -83,20 +90,33 @@ impl Mesh {
         self.next_job += 1;
         let id = JobId(self.next_job);
         let backoff = Backoff::new(self.cfg.redial_base, self.cfg.redial_max);
-        self.jobs.insert(id, DialJob { target, stage, attempts: 1, backoff });
+        let job = DialJob { target, stage, attempts: 1, backoff };
+        if job.class() != DialClass::Member {
+            self.gossip_jobs += 1;
+        }
+        self.jobs.insert(id, job);
         id
     }
 
-    /// Dials `addr` unless connected or dialling there already.
-    pub(super) fn dial_addr(&mut self, addr: SocketAddr, expect: Option<NodeId>, retry: bool, now: Instant) {
+    /// Is there room for another dial job of `class`? Gossip may fill the
+    /// table only up to [`MAX_GOSSIP_DIAL_JOBS`]: the rest stays for our own
+    /// discovery's candidates and re-dials.
+    fn room_for(&self, class: DialClass) -> bool {
+        self.jobs.len() < MAX_DIAL_JOBS && (class == DialClass::Member || self.gossip_jobs < MAX_GOSSIP_DIAL_JOBS)
+    }
+
+    /// Dials `addr` unless connected or dialling there already; `gossip`:
+    /// a neighbour named it (it waits behind our own discovery's dials).
+    pub(super) fn dial_addr(&mut self, addr: SocketAddr, expect: Option<NodeId>, retry: bool, gossip: bool, now: Instant) {
         let addr = canonical(addr);
         if addr.port() == 0 || addr.ip().is_unspecified() || !self.dial_wanted(addr, expect) {
             return;
         }
-        if self.jobs.len() >= MAX_DIAL_JOBS || !self.dialing_addrs.insert(addr) {
+        let class = if gossip { DialClass::Gossip } else { DialClass::Member };
+        if !self.room_for(class) || !self.dialing_addrs.insert(addr) {
             return;
         }
-        let job = self.new_job(Target::Addr { addr, expect, retry }, Stage::WaitingSlot);
+        let job = self.new_job(Target::Addr { addr, expect, retry, gossip }, Stage::WaitingSlot);
         self.request_slot(job, now);
     }
 
@@ -119,7 +139,7 @@ impl Mesh {
                 // (`RouteBook::join` puts such a peer's own address first.)
                 if !p.addrs.first().is_some_and(|a| canonical(*a).ip().is_loopback()) {
                     for a in p.addrs.iter().copied().filter(|a| is_relay_key(*a)).take(4) {
-                        self.dial_addr(a, Some(p.id), false, now);
+                        self.dial_addr(a, Some(p.id), false, true, now);
                     }
                 }
                 continue;
@@ -129,7 +149,7 @@ impl Mesh {
             if p.id == self.me || self.neighbours.contains_key(&p.id) || self.dialing_ids.contains(&p.id) || self.shut_out(&p.id) {
                 continue;
             }
-            if self.jobs.len() >= MAX_DIAL_JOBS || (self.known.len() >= MAX_KNOWN && !self.known.contains_key(&p.id)) {
+            if !self.room_for(DialClass::Gossip) || (self.known.len() >= MAX_KNOWN && !self.known.contains_key(&p.id)) {
                 tracing::debug!(peer = %p.id.short(), "gossip ignored: too many peers known or being dialled");
                 continue;
             }
@@ -157,7 +177,7 @@ impl Mesh {
     fn request_slot(&mut self, job: JobId, now: Instant) {
         let Some(j) = self.jobs.get_mut(&job) else { return };
         j.stage = Stage::WaitingSlot;
-        let second = j.second();
+        let second = j.class();
         if self.slots.request(job, second).is_some() {
             self.slot_granted(job, now);
         }
@@ -165,15 +185,15 @@ impl Mesh {
 
     /// A handshake is over: its slot goes to the next waiting jobs (slots
     /// granted to jobs that ended meanwhile are passed on).
-    fn release_slot(&mut self, second: bool, now: Instant) {
-        let mut freed = vec![second];
+    fn release_slot(&mut self, class: DialClass, now: Instant) {
+        let mut freed = vec![class];
         let mut granted = Vec::new();
-        while let Some(second) = freed.pop() {
-            for (job, second) in self.slots.release(second) {
+        while let Some(class) = freed.pop() {
+            for (job, class) in self.slots.release(class) {
                 if self.jobs.get(&job).is_some_and(|j| j.stage == Stage::WaitingSlot) {
                     granted.push(job);
                 } else {
-                    freed.push(second);
+                    freed.push(class);
                 }
             }
         }
@@ -184,7 +204,7 @@ impl Mesh {
 
     fn slot_granted(&mut self, job: JobId, now: Instant) {
         let Some(j) = self.jobs.get(&job) else { return };
-        let second = j.second();
+        let second = j.class();
         match &j.target {
             Target::Addr { addr, expect, .. } => {
                 let (addr, expect) = (*addr, *expect);
@@ -276,7 +296,7 @@ impl Mesh {
             return;
         };
         let Some(j) = self.jobs.get(&job) else { return };
-        let second = j.second();
+        let second = j.class();
         self.release_slot(second, now);
         match result {
             Ok(Dialled { conn, dial, remote }) => {
@@ -390,7 +410,7 @@ impl Mesh {
                     self.dialing_addrs.remove(&a);
                 }
             }
-            self.release_slot(true, now);
+            self.release_slot(DialClass::GossipSecond, now);
             self.wait_for_incoming(job, now);
         }
     }
@@ -419,6 +439,9 @@ impl Mesh {
     /// timers and slots granted to it find it gone.
     pub(super) fn finish_job(&mut self, job: JobId) {
         let Some(j) = self.jobs.remove(&job) else { return };
+        if j.class() != DialClass::Member {
+            self.gossip_jobs -= 1;
+        }
         if let Stage::Connecting(a) = j.stage {
             self.attempts.remove(&a);
         }

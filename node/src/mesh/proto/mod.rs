@@ -71,6 +71,9 @@ pub(crate) const ANNOUNCE_BATCH: Duration = Duration::from_millis(15);
 pub(crate) const MAX_KNOWN: usize = 4096;
 /// Dial jobs at most (each waits for a handshake slot); more gossip is ignored until some end.
 pub(crate) const MAX_DIAL_JOBS: usize = 1024;
+/// Of those, dial jobs that gossip made at most: a neighbour's gossip never
+/// fills the table for our own discovery's candidates and re-dials.
+pub(crate) const MAX_GOSSIP_DIAL_JOBS: usize = MAX_DIAL_JOBS * 3 / 4;
 /// Departed ids remembered at most (then forgotten at once: a stale dial is harmless, only wasteful).
 pub(crate) const MAX_DEPARTED: usize = 4096;
 /// Addresses taken from one gossip entry at most.
@@ -213,6 +216,8 @@ pub(crate) struct Mesh {
     observed: Vec<SocketAddr>,
 
     jobs: HashMap<JobId, DialJob>,
+    /// Of `jobs`, those not of `DialClass::Member`.
+    gossip_jobs: usize,
     next_job: u64,
     attempts: HashMap<Attempt, JobId>,
     next_attempt: u64,
@@ -248,6 +253,7 @@ impl Mesh {
             self_addrs: HashSet::new(),
             observed: Vec::new(),
             jobs: HashMap::new(),
+            gossip_jobs: 0,
             next_job: 0,
             attempts: HashMap::new(),
             next_attempt: 0,
@@ -263,7 +269,7 @@ impl Mesh {
     /// Feeds one input that happened at `now`; read the outputs with [`Mesh::poll_output`].
     pub(crate) fn handle(&mut self, input: Input, now: Instant) {
         match input {
-            Input::Candidate { addr, retry } => self.dial_addr(addr, None, retry, now),
+            Input::Candidate { addr, retry } => self.dial_addr(addr, None, retry, false, now),
             Input::Dialled { attempt, result } => self.on_dialled(attempt, result, now),
             Input::IncomingStarted { conn, addr } => self.on_incoming_started(conn, addr, now),
             Input::IncomingDone { conn, result } => self.on_incoming_done(conn, result, now),
@@ -403,7 +409,7 @@ impl Mesh {
         let addrs = r.addrs.clone();
         tracing::debug!(peer = %peer.short(), attempt = r.backoff.attempts(), "re-dialling lost neighbour");
         for addr in addrs {
-            self.dial_addr(addr, Some(peer), false, now);
+            self.dial_addr(addr, Some(peer), false, false, now);
         }
         let unit = self.unit();
         let r = self.redials.get_mut(&peer).expect("checked above");

@@ -5,9 +5,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use partybus_discovery::Discovery;
-use partybus_pki::{Hood, Identity, RevocationList};
+use partybus_pki::{Hood, Identity, KeyFileCheck, RevocationList};
 
 use crate::relay::server::{RelayConfig, RelayPolicy};
+
+mod checks;
+pub use checks::ConfigError;
 
 /// Which UDP port(s) to try, in order; the first free one is used.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,19 +68,35 @@ impl std::str::FromStr for PortSpec {
 }
 
 /// What `emit` does when a neighbour's send queue is full.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FullPolicy {
-    /// Wait until the queue has room (default): nothing is lost, a slow
-    /// receiver slows the emitter down.
-    #[default]
+    /// Wait until the queue has room, however long: nothing is lost, a slow
+    /// receiver slows the emitter down, and one that never reads stops
+    /// `emit` for everyone.
     Block,
     /// Drop the event for that neighbour (counted in
     /// [`NeighbourInfo::dropped`](crate::NeighbourInfo)); it is then not
     /// counted in `emit`'s result.
     Drop,
-    /// Wait up to the given time, then disconnect the stuck neighbour.
+    /// Wait like `Block` while the neighbour makes progress; when its queue
+    /// has not drained at all for the given time, disconnect it (logged)
+    /// and go on. The default, with [`FullPolicy::STUCK`]: a slow neighbour
+    /// slows emitters down, a stuck one (buggy, or withholding QUIC credit
+    /// on purpose) cannot stop them for longer than that.
     Disconnect(Duration),
+}
+
+impl FullPolicy {
+    /// How long the default policy lets a neighbour's queue stay full
+    /// without any progress.
+    pub const STUCK: Duration = Duration::from_secs(10);
+}
+
+impl Default for FullPolicy {
+    fn default() -> Self {
+        FullPolicy::Disconnect(FullPolicy::STUCK)
+    }
 }
 
 /// Relaying: serving as a relay for others, and the relays this node uses.
@@ -192,7 +211,7 @@ impl Config {
             dial_concurrency: 4,
             queue_limit: 4 << 20,
             socket_buffer: 4 << 20,
-            full_policy: FullPolicy::Block,
+            full_policy: FullPolicy::default(),
             max_event_size: 16 << 20,
             max_subscriptions_per_peer: 10_000,
             allow_non_global: false,
@@ -203,10 +222,17 @@ impl Config {
         }
     }
 
-    /// Loads the hood CA, certificate and key (PEM).
+    /// Loads the hood CA, certificate and key (PEM). A key file that every
+    /// user of the machine may read is refused, as ssh does; see
+    /// [`Config::from_files_with`].
     pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Config, partybus_pki::PkiError> {
+        Self::from_files_with(ca, cert, key, KeyFileCheck::Private)
+    }
+
+    /// [`Config::from_files`] with a choice about the key file's permissions.
+    pub fn from_files_with(ca: &Path, cert: &Path, key: &Path, check: KeyFileCheck) -> Result<Config, partybus_pki::PkiError> {
         let hood = Hood::load(ca)?;
-        let identity = Identity::load(cert, key, &hood)?;
+        let identity = Identity::load_with(cert, key, &hood, check)?;
         Ok(Config::new(hood, identity))
     }
 
