@@ -72,8 +72,8 @@ pub mod __private {
     /// The wire protocol: frames, their encoding and decoding.
     pub mod wire {
         pub use crate::wire::{
-            close, event_frame_len, parse, put_event, put_frame, put_preamble, Frame, FrameDecoder, Hello, PeerAddrs, WireSub, ALPN, MAGIC,
-            PREAMBLE_LEN, PROTOCOL_VERSION,
+            close, event_frame_len, event_parts, parse, put_event, put_frame, put_preamble, Frame, FrameDecoder, Hello, PeerAddrs,
+            RelayRoute, WireSub, ALPN, DECODE_LIMIT, MAGIC, MAX_HELLO, MAX_PEER_ADDRS, MAX_PEER_RELAYS, PREAMBLE_LEN, PROTOCOL_VERSION,
         };
     }
 }

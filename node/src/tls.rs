@@ -138,8 +138,11 @@ pub(crate) fn server_config_with(
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
     sc.transport_config(transport(cfg, false));
     // Addresses are validated by the TLS handshake itself; a retry round
-    // trip would only slow mesh formation down.
+    // trip would only slow mesh formation down (the accept loop asks for
+    // one only under load: `mesh::admission`).
     sc.migration(true);
+    // Handshakes not yet taken by the accept loop (which bounds its own).
+    sc.max_incoming(1024);
     Ok(sc)
 }
 

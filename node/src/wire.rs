@@ -203,6 +203,19 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// What decoding one frame body may claim in all (lengths of strings and
+/// lists): bincode reserves what a length says before reading it, so
+/// without a limit a 20-byte frame claiming a 2^60-byte string aborted the
+/// process. Above the largest control frame a node sends (10,000
+/// subscriptions of 1 KiB); events take [`event_parts`] and are bounded by
+/// `max_frame` alone.
+pub const DECODE_LIMIT: usize = 16 << 20;
+
+fn decode_config(
+) -> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Varint, bincode::config::Limit<DECODE_LIMIT>> {
+    config().with_limit::<DECODE_LIMIT>()
+}
+
 /// Writes magic and version.
 pub fn put_preamble(buf: &mut BytesMut) {
     buf.put_slice(&MAGIC);
@@ -319,12 +332,16 @@ pub fn parse(body: &[u8]) -> Result<Frame<'_>, WireError> {
         return Ok(f);
     }
     let (frame, used): (Frame<'_>, usize) =
-        bincode::serde::borrow_decode_from_slice(body, config()).map_err(|e| WireError::Malformed(e.to_string()))?;
+        bincode::serde::borrow_decode_from_slice(body, decode_config()).map_err(|e| WireError::Malformed(e.to_string()))?;
     if used != body.len() {
         return Err(WireError::Malformed(format!("{} trailing bytes after the frame", body.len() - used)));
     }
     Ok(frame)
 }
+
+/// What a frame split across chunks gets reserved at once; larger frames
+/// grow (by doubling) as their bytes arrive.
+const RESERVE_AHEAD: usize = 256 * 1024;
 
 /// Splits an incoming byte stream into frame bodies (sans I/O): feed it the
 /// chunks QUIC hands over with [`FrameDecoder::push`], take frames with
@@ -376,14 +393,18 @@ impl FrameDecoder {
     }
 
     /// The first `n` bytes of the stream, if `n` have arrived. When they
-    /// are not in one piece, they are gathered in `partial` (which then
-    /// reserves `n`, the whole frame once its length is known).
+    /// are not in one piece, they are gathered in `partial`.
     fn front(&mut self, n: usize) -> Option<&[u8]> {
         if self.partial.is_empty() && self.chunk.len() >= n {
             return Some(&self.chunk[..n]);
         }
-        // One allocation for the whole frame, not growth by doubling.
-        self.partial.reserve(n.saturating_sub(self.partial.len()));
+        // Room for the whole frame at once up to `RESERVE_AHEAD` (one
+        // allocation, no growth by doubling, for every event up to that
+        // size); beyond, room for twice what has arrived: a header alone
+        // announcing 16 MB once pinned 16 MB per connection.
+        let have = self.partial.len() + self.chunk.len();
+        let room = n.min(have.saturating_mul(2).max(RESERVE_AHEAD));
+        self.partial.reserve(room.saturating_sub(self.partial.len()));
         let need = n.saturating_sub(self.partial.len()).min(self.chunk.len());
         if need > 0 {
             self.partial.extend_from_slice(&self.chunk[..need]);
@@ -450,6 +471,43 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_header_alone_reserves_little() {
+        let mut dec = FrameDecoder::new(32 << 20);
+        let mut head = BytesMut::new();
+        put_preamble(&mut head);
+        head.put_u32_le(16 << 20);
+        head.put_u8(2);
+        dec.push(head.freeze());
+        dec.push(Bytes::from_static(b"x"));
+        assert_eq!(dec.next_frame(), Ok(None));
+        assert!(dec.partial.capacity() <= 2 * RESERVE_AHEAD, "{} bytes reserved for 2 received", dec.partial.capacity());
+        // The rest arrives in pieces: the frame is whole and right.
+        let mut sent = 2;
+        while sent < 16 << 20 {
+            let n = (1 << 20).min((16 << 20) - sent);
+            dec.push(Bytes::from(vec![sent as u8; n]));
+            sent += n;
+            assert!(dec.partial.capacity() <= 2 * sent.max(RESERVE_AHEAD) + 64, "{} reserved for {sent}", dec.partial.capacity());
+        }
+        let f = dec.next_frame().unwrap().unwrap();
+        assert_eq!(f.len(), 16 << 20);
+        assert_eq!(&f[..2], &[2, b'x']);
+    }
+
+    #[test]
+    fn a_length_claim_past_the_limit_is_an_error_not_an_allocation() {
+        // Subscribe, one entry, id 1, its selector's length claimed as 2^60
+        // (a 20-byte frame once aborted the process: "memory allocation of
+        // 1152921504606846976 bytes failed"), then 16 MiB + 1.
+        for claim in [1u64 << 60, u32::MAX as u64, DECODE_LIMIT as u64 + 1] {
+            let mut body = vec![2u8, 1, 1, 0xfd];
+            body.extend_from_slice(&claim.to_le_bytes());
+            body.extend_from_slice(b"abc");
+            assert!(matches!(parse(&body), Err(WireError::Malformed(_))), "{claim}");
+        }
+    }
 
     #[test]
     fn peer_lists_are_bounded_keeping_the_first_distinct_entries() {

@@ -329,3 +329,42 @@ async fn hostile_selectors_cost_bounded_matching() {
     a.leave().await;
     b.leave().await;
 }
+
+/// 600 handshakes started from one address that then goes silent (its QUIC
+/// stack gone mid-handshake: half-open, each held until the handshake
+/// timeout; 6,000 once cost a node 255 MB it kept). The node holds at most
+/// its per-source share of them, and an honest newcomer from another
+/// address joins at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_handshakes_are_bounded() {
+    let _g = heavy().await;
+    let (a, b) = pair(|_| {}, |_| {}).await;
+    let target = std::net::SocketAddr::from((LOCALHOST, a.port()));
+    // The flood, from 127.0.0.2, on a runtime of its own that is then
+    // dropped: its endpoint never answers the node again.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut ep = quinn::Endpoint::client((std::net::Ipv4Addr::new(127, 0, 0, 2), 0).into()).unwrap();
+            ep.set_default_client_config(valid_client_config("flood"));
+            let pending: Vec<_> = (0..600).filter_map(|_| ep.connect(target, "partybus").ok()).collect();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            std::mem::forget(pending);
+            std::mem::forget(ep);
+        });
+        rt.shutdown_background();
+    })
+    .join()
+    .unwrap();
+    let started = std::time::Instant::now();
+    let c = node(2, Some(a.port()), |_| {}).await;
+    assert!(wait_until(|| a.neighbours().len() == 2, GUARD).await, "{:?}", a.neighbours());
+    eprintln!("an honest node joined {:?} after a flood of 600 half-open handshakes", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let stats = a.conn_stats();
+    eprintln!("accepts {} of which ok {}", stats.accepts, stats.accepts_ok);
+    assert!(stats.accepts <= 32 + 4, "the node took on {} handshakes from one source", stats.accepts);
+    c.leave().await;
+    a.leave().await;
+    b.leave().await;
+}

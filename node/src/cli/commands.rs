@@ -175,26 +175,24 @@ pub async fn listen(opts: NodeOpts, selectors: Vec<String>, paths: bool, control
             }
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
-                let payload = ev.to_json().unwrap_or_else(|_| {
-                    use base64::Engine as _;
-                    json!({"$raw": base64::engine::general_purpose::STANDARD.encode(ev.raw())})
-                });
+                // Keys in the documented order (event, source, payload); the
+                // payload is transcoded straight to text (bounded memory,
+                // whatever its shape: `payload::write_json`).
                 let src = ev.source();
-                // Keys in the documented order (event, source, payload):
-                // `json!` objects sort their keys.
-                #[derive(serde::Serialize)]
-                struct Source<'a> {
-                    id: String,
-                    name: &'a str,
+                let mut line = Vec::with_capacity(64 + ev.name().len() + 2 * ev.raw().len());
+                line.extend_from_slice(b"{\"event\":");
+                let _ = serde_json::to_writer(&mut line, ev.name());
+                let _ = write!(line, ",\"source\":{{\"id\":\"{}\",\"name\":", src.id.to_hex());
+                let _ = serde_json::to_writer(&mut line, &src.name);
+                line.extend_from_slice(b"},\"payload\":");
+                let at = line.len();
+                if partybus::payload::write_json(ev.raw(), &mut line).is_err() {
+                    use base64::Engine as _;
+                    line.truncate(at);
+                    let _ = write!(line, "{{\"$raw\":\"{}\"}}", base64::engine::general_purpose::STANDARD.encode(ev.raw()));
                 }
-                #[derive(serde::Serialize)]
-                struct Line<'a> {
-                    event: &'a str,
-                    source: Source<'a>,
-                    payload: serde_json::Value,
-                }
-                let line = Line { event: ev.name(), source: Source { id: src.id.to_hex(), name: &src.name }, payload };
-                out_line(&serde_json::to_string(&line).unwrap_or_default());
+                line.push(b'}');
+                out_line(&String::from_utf8_lossy(&line));
             }
         }
     }

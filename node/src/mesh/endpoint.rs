@@ -3,27 +3,75 @@
 //! to the actor.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
 use tracing::{debug, warn};
 
+use super::admission::{Admission, Admit};
 use super::conn;
 use super::inbox::Msg;
 use super::proto::{Attempt, Dialled};
 use crate::metrics::Handshake;
 use crate::peers::{canonical, DialFailure};
+use crate::ratelog::{RateLog, LOG_EVERY};
 use crate::shared::Inner;
+
+/// Incoming handshakes that failed, logged once per kind per interval with a
+/// count: anyone can start handshakes, and each would be a warning.
+type Complaints = Arc<Mutex<RateLog<&'static str>>>;
+
+fn complain(log: &Complaints, kind: &'static str, remote: SocketAddr, reason: &dyn std::fmt::Display) {
+    let due = log.lock().unwrap_or_else(|p| p.into_inner()).note(kind, 1, std::time::Instant::now());
+    if let Some(count) = due {
+        warn!(%remote, %reason, count, "{kind} (of this kind: {count} since the last such line, logged at most every {LOG_EVERY:?})");
+    }
+}
+
+/// Ends an admitted handshake's share of the budget when dropped.
+struct Admitted {
+    admission: Arc<Mutex<Admission>>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.admission.lock().unwrap_or_else(|p| p.into_inner()).done(self.ip);
+    }
+}
 
 /// Accepts incoming connections until the endpoint closes.
 pub(crate) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
+    let admission = Arc::new(Mutex::new(Admission::default()));
+    let complaints: Complaints = Arc::new(Mutex::new(RateLog::new(LOG_EVERY)));
     while let Some(incoming) = endpoint.accept().await {
         if inner.is_leaving() {
             incoming.refuse();
             continue;
         }
         let remote = canonical(incoming.remote_address());
+        let verdict = admission.lock().unwrap_or_else(|p| p.into_inner()).admit(
+            remote.ip(),
+            incoming.remote_address_validated(),
+            incoming.may_retry(),
+        );
+        match verdict {
+            Admit::Accept => {}
+            Admit::Retry => {
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().refuse();
+                }
+                continue;
+            }
+            Admit::Refuse => {
+                complain(&complaints, "incoming handshake refused: too many in progress", remote, &"busy");
+                incoming.refuse();
+                continue;
+            }
+        }
+        let admitted = Admitted { admission: admission.clone(), ip: remote.ip() };
+        let complaints = complaints.clone();
         let id = inner.next_conn();
         let connecting = if remote.ip().is_loopback() { incoming.accept_with(inner.server_on_host.clone()) } else { incoming.accept() };
         // Reported before the handshake goes on, so a second dialer of this
@@ -33,7 +81,9 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
         inner.spawn_conn(async move {
             let connecting = async move { connecting?.await };
             let counters = &me.plane.counters;
-            let conn = match tokio::time::timeout(me.settings.handshake_timeout, connecting).await {
+            let handshake = tokio::time::timeout(me.settings.handshake_timeout, connecting).await;
+            drop(admitted);
+            let conn = match handshake {
                 Ok(Ok(c)) => {
                     counters.handshake(true, Handshake::Ok);
                     c
@@ -46,14 +96,14 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                     if matches!(&e, quinn::ConnectionError::ConnectionClosed(c) if c.error_code == quinn::TransportErrorCode::APPLICATION_ERROR) {
                         debug!(%remote, "the dialer gave its handshake up");
                     } else {
-                        warn!(%remote, reason = %e, "refused incoming connection");
+                        complain(&complaints, "refused incoming connection", remote, &e);
                     }
                     me.report(Msg::IncomingDone { conn: id, result: Err(DialFailure::Refused) }).await;
                     return;
                 }
                 Err(_) => {
                     counters.handshake(true, Handshake::TimedOut);
-                    warn!(%remote, "incoming handshake timed out");
+                    complain(&complaints, "incoming handshake timed out", remote, &"no answer");
                     me.report(Msg::IncomingDone { conn: id, result: Err(DialFailure::TimedOut) }).await;
                     return;
                 }

@@ -9,6 +9,7 @@
 //! - [`report`]: what the library reports about the mesh.
 
 pub(crate) mod actor;
+mod admission;
 pub(crate) mod conn;
 pub(crate) mod endpoint;
 pub(crate) mod errors;

@@ -10,6 +10,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod transcode;
+pub use transcode::{write_json, MAX_DEPTH};
+
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
@@ -125,7 +128,8 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
-/// Converts a payload to JSON for display. Values JSON cannot hold keep a
+/// Converts a payload to JSON for display ([`write_json`] writes the same as
+/// text without building a tree, in bounded memory). Values JSON cannot hold keep a
 /// marker: binary becomes `{"$base64": "..."}`, a timestamp
 /// `{"$date": "RFC 3339"}`, another extension `{"$ext": type, "$base64": ...}`,
 /// non-string map keys are rendered as JSON text.
@@ -136,6 +140,19 @@ pub fn to_json(bytes: &[u8]) -> Result<serde_json::Value, PayloadError> {
         return Err(PayloadError::Invalid(format!("{} bytes after the value", rd.len())));
     }
     Ok(value_to_json(&v))
+}
+
+/// A timestamp extension as RFC 3339 text (milliseconds when not whole
+/// seconds); `None` for another extension or a time before 1970.
+fn date_text(tag: i8, body: &[u8]) -> Option<String> {
+    if tag != EXT_TIMESTAMP {
+        return None;
+    }
+    let d = ts_decode(body)?.duration_since(UNIX_EPOCH).ok()?;
+    let secs = UNIX_EPOCH + Duration::from_secs(d.as_secs());
+    let base = humantime::format_rfc3339_seconds(secs).to_string();
+    let ms = d.subsec_millis();
+    Some(if ms == 0 { base } else { format!("{}.{:03}Z", base.trim_end_matches('Z'), ms) })
 }
 
 fn b64(b: &[u8]) -> String {
@@ -175,16 +192,8 @@ fn value_to_json(v: &rmpv::Value) -> serde_json::Value {
             J::Object(o)
         }
         V::Ext(tag, body) => {
-            if *tag == EXT_TIMESTAMP {
-                if let Some(t) = ts_decode(body) {
-                    if let Ok(d) = t.duration_since(UNIX_EPOCH) {
-                        let secs = UNIX_EPOCH + Duration::from_secs(d.as_secs());
-                        let base = humantime::format_rfc3339_seconds(secs).to_string();
-                        let ms = d.subsec_millis();
-                        let text = if ms == 0 { base } else { format!("{}.{:03}Z", base.trim_end_matches('Z'), ms) };
-                        return serde_json::json!({ "$date": text });
-                    }
-                }
+            if let Some(text) = date_text(*tag, body) {
+                return serde_json::json!({ "$date": text });
             }
             serde_json::json!({ "$ext": tag, "$base64": b64(body) })
         }
