@@ -217,6 +217,11 @@ impl Bus {
     pub fn metrics_text(&self) -> String {
         crate::metrics::render(&self.inner)
     }
+    /// Events received and dropped because the sender's certificate does
+    /// not allow it to emit them (`partybus peer create --emit`).
+    pub fn forbidden_events(&self) -> u64 {
+        self.inner.forbidden_events.load(std::sync::atomic::Ordering::Relaxed)
+    }
     /// Addresses mapped for us by a discovery service (a port mapping);
     /// [`Bus::external_addrs`] also says which protocol made each.
     pub fn mapped_addrs(&self) -> Vec<SocketAddr> {

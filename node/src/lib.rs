@@ -38,6 +38,7 @@ mod metrics;
 mod node;
 mod path;
 mod peers;
+mod perms;
 mod plane;
 mod queue;
 mod ratelog;

@@ -171,6 +171,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
         tracker: TaskTracker::new(),
         cancel: CancellationToken::new(),
         next_conn: AtomicU64::new(0),
+        forbidden_events: AtomicU64::new(0),
         dial_seq: AtomicU64::new(0),
         paths,
         routes_tx: watch::channel(Vec::new()).0,

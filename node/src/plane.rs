@@ -205,6 +205,7 @@ impl Plane {
             let _ = link.queue.push_control(|b| wire::put_frame(b, &Frame::Peers(others)));
         }
         let info = link.info();
+        st.subs.set_permissions(peer, crate::perms::PeerPerms::of_conn(&link.conn));
         st.links.insert(peer, link);
         let n = st.links.len();
         self.changed(&mut st);

@@ -91,6 +91,8 @@ pub(crate) struct Inner {
     pub(crate) tracker: TaskTracker,
     pub(crate) cancel: CancellationToken,
     pub(crate) next_conn: AtomicU64,
+    /// Events dropped because the sender's certificate does not allow them.
+    pub(crate) forbidden_events: AtomicU64,
     pub(crate) dial_seq: AtomicU64,
     /// Network paths: relays, punched paths ([`crate::path`]).
     pub(crate) paths: Arc<PathShared>,

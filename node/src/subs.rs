@@ -111,6 +111,8 @@ pub enum SubLimitError {
          (MAX_WILDCARD_COST_PER_PEER: fewer or shorter wildcard selectors)"
     )]
     WildcardBudget { peer: NodeId, selector: String, cost: usize, max: usize },
+    #[error("peer {peer:?} may not listen to {selector:?} (its certificate's permissions)")]
+    NotPermitted { peer: NodeId, selector: String },
 }
 
 /// Local and remote subscriptions.
@@ -119,13 +121,22 @@ pub struct SubTable {
     remote: HashMap<NodeId, BTreeMap<u64, Sub>>,
     /// The sum of `match_cost` of each neighbour's subscriptions.
     remote_cost: HashMap<NodeId, usize>,
+    /// Neighbours whose certificates restrict what they may listen to.
+    restricted: HashMap<NodeId, Arc<crate::perms::PeerPerms>>,
     cache: NameCache<Arc<Route>>,
     max_per_peer: usize,
 }
 
 impl SubTable {
     pub fn new(max_per_peer: usize) -> SubTable {
-        SubTable { local: BTreeMap::new(), remote: HashMap::new(), remote_cost: HashMap::new(), cache: NameCache::new(), max_per_peer }
+        SubTable {
+            local: BTreeMap::new(),
+            remote: HashMap::new(),
+            remote_cost: HashMap::new(),
+            restricted: HashMap::new(),
+            cache: NameCache::new(),
+            max_per_peer,
+        }
     }
 
     fn changed(&mut self) {
@@ -165,6 +176,12 @@ impl SubTable {
     /// Adds a neighbour's subscription (idempotent by id), within limits.
     pub fn add_remote(&mut self, peer: NodeId, id: u64, selector: &str, spy: bool) -> Result<(), SubLimitError> {
         let selector = Selector::new(selector).map_err(|err| SubLimitError::BadSelector { peer, err })?;
+        // A literal subscription to a name the peer may not listen to is
+        // refused; a wildcard one is taken, and only the events it may
+        // listen to are ever routed to it (see `compute`).
+        if selector.match_cost() == 0 && self.restricted.get(&peer).is_some_and(|p| !p.may_listen(selector.as_str())) {
+            return Err(SubLimitError::NotPermitted { peer, selector: selector.as_str().chars().take(64).collect() });
+        }
         let subs = self.remote.entry(peer).or_default();
         if !subs.contains_key(&id) && subs.len() >= self.max_per_peer {
             return Err(SubLimitError::TooMany { peer, max: self.max_per_peer });
@@ -197,9 +214,20 @@ impl SubTable {
         }
     }
 
+    /// What a neighbour may listen to, from its certificate: events it may
+    /// not are never routed to it, whatever it subscribes.
+    pub(crate) fn set_permissions(&mut self, peer: NodeId, perms: Option<Arc<crate::perms::PeerPerms>>) {
+        match perms.filter(|p| p.listen_restricted()) {
+            Some(p) => self.restricted.insert(peer, p),
+            None => self.restricted.remove(&peer),
+        };
+        self.changed();
+    }
+
     /// Forgets everything a neighbour subscribed to (it is gone).
     pub fn remove_peer(&mut self, peer: NodeId) {
         self.remote_cost.remove(&peer);
+        self.restricted.remove(&peer);
         if self.remote.remove(&peer).is_some() {
             self.changed();
         }
@@ -213,12 +241,17 @@ impl SubTable {
 
     /// Who wants `name` (cached).
     pub fn route(&mut self, name: &str) -> Arc<Route> {
-        let SubTable { cache, local, remote, .. } = self;
-        cache.get_or_insert_with(name, || Arc::new(compute(local, remote, name)))
+        let SubTable { cache, local, remote, restricted, .. } = self;
+        cache.get_or_insert_with(name, || Arc::new(compute(local, remote, restricted, name)))
     }
 }
 
-fn compute(local: &BTreeMap<u64, Sub>, remote: &HashMap<NodeId, BTreeMap<u64, Sub>>, name: &str) -> Route {
+fn compute(
+    local: &BTreeMap<u64, Sub>,
+    remote: &HashMap<NodeId, BTreeMap<u64, Sub>>,
+    restricted: &HashMap<NodeId, Arc<crate::perms::PeerPerms>>,
+    name: &str,
+) -> Route {
     let mut route = Route::default();
     for (id, s) in local {
         if s.selector.matches(name) {
@@ -227,6 +260,9 @@ fn compute(local: &BTreeMap<u64, Sub>, remote: &HashMap<NodeId, BTreeMap<u64, Su
         }
     }
     for (peer, subs) in remote {
+        if restricted.get(peer).is_some_and(|p| !p.may_listen(name)) {
+            continue;
+        }
         let mut any = false;
         let mut counted = 0;
         for s in subs.values() {

@@ -37,6 +37,8 @@ pub(crate) struct CertFacts {
     pub key_cert_sign: Option<bool>,
     /// extendedKeyUsage (server_auth, client_auth), `None` if absent or anyExtendedKeyUsage.
     pub eku: Option<(bool, bool)>,
+    /// The permissions extension, `None` if absent, `Err` if unreadable.
+    pub permissions: Option<Result<crate::Permissions, String>>,
 }
 
 fn first_str<'a>(mut it: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>) -> Option<String> {
@@ -60,6 +62,8 @@ impl CertFacts {
             .extended_key_usage()
             .map_err(|e| format!("bad extendedKeyUsage: {e}"))?
             .and_then(|e| (!e.value.any).then_some((e.value.server_auth, e.value.client_auth)));
+        let perm_oid = x509_parser::oid_registry::Oid::from(crate::PERMISSIONS_OID).map_err(|_| "bad permissions OID".to_string())?;
+        let permissions = cert.extensions().iter().find(|e| e.oid == perm_oid).map(|e| crate::Permissions::from_der(e.value));
         Ok(CertFacts {
             subject_raw: cert.subject().as_raw().to_vec(),
             issuer_raw: cert.issuer().as_raw().to_vec(),
@@ -76,6 +80,7 @@ impl CertFacts {
             basic_ca,
             key_cert_sign,
             eku,
+            permissions,
         })
     }
 

@@ -16,6 +16,7 @@ use crate::error::PkiError;
 use crate::hood::Hood;
 use crate::key::{self, KeyKind, LoadedKey, RcgenSigner};
 use crate::pemfile;
+use crate::permissions::Permissions;
 
 /// The two files [`create_hood`] or [`create_peer`] wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,6 +67,19 @@ pub fn create_peer(hood: &str, name: &str, dir: &Path, days: u32) -> Result<Crea
 
 /// [`create_peer`] with a chosen key kind ([`KeyKind::EcdsaP256`] or [`KeyKind::Ed25519`]).
 pub fn create_peer_with(hood: &str, name: &str, dir: &Path, days: u32, kind: KeyKind) -> Result<CreatedFiles, PkiError> {
+    create_peer_with_permissions(hood, name, dir, days, kind, &Permissions::default())
+}
+
+/// [`create_peer_with`], writing `permissions` into the certificate
+/// ([`crate::PERMISSIONS_OID`]; none when they allow everything).
+pub fn create_peer_with_permissions(
+    hood: &str,
+    name: &str,
+    dir: &Path,
+    days: u32,
+    kind: KeyKind,
+    permissions: &Permissions,
+) -> Result<CreatedFiles, PkiError> {
     check_name(hood)?;
     check_name(name)?;
     let files = CreatedFiles { cert: dir.join(format!("{hood}.{name}.crt")), key: dir.join(format!("{hood}.{name}.key")) };
@@ -98,6 +112,10 @@ pub fn create_peer_with(hood: &str, name: &str, dir: &Path, days: u32, kind: Key
     }
     set_validity(&mut params, days, &what())?;
     params.serial_number = Some(random_serial(&what())?);
+    permissions.check().map_err(|reason| PkiError::Generate { what: what(), reason })?;
+    if !permissions.unrestricted() {
+        params.custom_extensions.push(rcgen::CustomExtension::from_oid_content(crate::PERMISSIONS_OID, permissions.to_der()));
+    }
     let cert = params.signed_by(&key, &issuer).map_err(|e| PkiError::Generate { what: what(), reason: e.to_string() })?;
 
     // Safety net: the new certificate must pass the same check peers will do.

@@ -33,6 +33,10 @@ pub struct CertInfo {
     pub cn: Option<String>,
     /// Organization: the hood name.
     pub o: Option<String>,
+    /// What the hood allows this peer (the permissions extension); `None`:
+    /// everything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<crate::Permissions>,
     /// End of validity, seconds since 1970 (for expiry warnings; not in `cert show`).
     #[serde(skip)]
     pub not_after_unix: i64,
@@ -64,6 +68,10 @@ impl CertInfo {
             not_before: cert::rfc3339(facts.not_before),
             not_after: cert::rfc3339(facts.not_after),
             not_after_unix: facts.not_after,
+            permissions: facts
+                .permissions
+                .clone()
+                .map(|p| p.unwrap_or(crate::Permissions { emit: Some(Vec::new()), listen: Some(Vec::new()) })),
             key_type: match &facts.key_kind {
                 Ok(kind) => kind.to_string(),
                 Err(other) => other.clone(),
@@ -86,6 +94,9 @@ impl fmt::Display for CertInfo {
         writeln!(f, "  valid from:  {}", self.not_before)?;
         writeln!(f, "  valid until: {}", self.not_after)?;
         writeln!(f, "  key:         {}", self.key_type)?;
+        if let Some(p) = &self.permissions {
+            writeln!(f, "  permissions: {p}")?;
+        }
         if self.is_ca {
             write!(f, "  hood fingerprint: {}", self.fingerprint)
         } else {

@@ -109,6 +109,7 @@ mod identity;
 mod info;
 mod key;
 mod pemfile;
+mod permissions;
 mod proof;
 pub mod revocation;
 mod signature;
@@ -116,16 +117,17 @@ mod temp;
 mod tls;
 mod verified;
 
-pub use create::{create_hood, create_hood_with, create_peer, create_peer_with, CreatedFiles};
+pub use create::{create_hood, create_hood_with, create_peer, create_peer_with, create_peer_with_permissions, CreatedFiles};
 pub use error::PkiError;
 pub use hood::Hood;
 pub use identity::{Identity, KeyFileCheck};
 pub use info::CertInfo;
 pub use key::KeyKind;
+pub use permissions::{Permissions, PERMISSIONS_OID};
 pub use proof::{relay_proof, verify_relay_proof, ProofError, ProvenMember};
 pub use revocation::{RevocationError, RevocationList, RevokedSet};
 pub use temp::TempHood;
-pub use tls::{client_config, client_config_with, peer_name, server_config, server_config_with};
+pub use tls::{client_config, client_config_with, peer_name, peer_permissions, server_config, server_config_with};
 
 /// Default validity of a new hood: 10 years (as tubemail's `createHood.sh`).
 pub const DEFAULT_HOOD_DAYS: u32 = 3650;

@@ -100,6 +100,15 @@ pub fn peer_name(cert: &CertificateDer<'_>) -> Option<String> {
     verified::facts(cert).ok()?.cn.clone()
 }
 
+/// The permissions written in a peer's certificate (`None`: none written,
+/// everything allowed; an extension that cannot be read allows nothing).
+pub fn peer_permissions(cert: &CertificateDer<'_>) -> Option<crate::Permissions> {
+    match verified::facts(cert).ok()?.permissions.clone()? {
+        Ok(p) => Some(p),
+        Err(_) => Some(crate::Permissions { emit: Some(Vec::new()), listen: Some(Vec::new()) }),
+    }
+}
+
 pub(crate) fn same_hood(identity: &Identity, hood: &Hood) -> Result<(), PkiError> {
     if identity.hood_fingerprint() == hood.fingerprint() {
         Ok(())

@@ -50,6 +50,14 @@ pub enum PeerCmd {
         days: u32,
         #[arg(long, value_enum, default_value = "ecdsa")]
         key_type: KeyType,
+        /// The peer may emit only events matching these selectors (repeatable;
+        /// written into its certificate, enforced by every node). Default: any.
+        #[arg(long = "emit", value_name = "SEL")]
+        emit: Vec<String>,
+        /// The peer may listen only to events matching these selectors
+        /// (repeatable; written into its certificate). Default: any.
+        #[arg(long = "listen", value_name = "SEL")]
+        listen: Vec<String>,
     },
 }
 
@@ -79,8 +87,13 @@ pub fn hood(cmd: HoodCmd) -> Result<ExitCode> {
 }
 
 pub fn peer(cmd: PeerCmd) -> Result<ExitCode> {
-    let PeerCmd::Create { hood, name, dir, days, key_type } = cmd;
-    let files = partybus_pki::create_peer_with(&hood, &name, &dir, days, key_type.into())?;
+    let PeerCmd::Create { hood, name, dir, days, key_type, emit, listen } = cmd;
+    for (flag, sel) in emit.iter().map(|s| ("--emit", s)).chain(listen.iter().map(|s| ("--listen", s))) {
+        partybus::name::validate_selector(sel).with_context(|| format!("{flag} {sel:?}"))?;
+    }
+    let some = |v: Vec<String>| (!v.is_empty()).then_some(v);
+    let permissions = partybus_pki::Permissions { emit: some(emit), listen: some(listen) };
+    let files = partybus_pki::create_peer_with_permissions(&hood, &name, &dir, days, key_type.into(), &permissions)?;
     println!("{}", files.cert.display());
     println!("{}", files.key.display());
     Ok(ExitCode::SUCCESS)

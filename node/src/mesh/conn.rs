@@ -81,7 +81,8 @@ pub(crate) async fn run(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection, 
             run_writer(send, queue, ctl, conn, counters).await
         })
     };
-    let end = run_reader(&inner, id, &start.info, recv, dec, &start.drain).await;
+    let perms = crate::perms::PeerPerms::of_conn(&conn);
+    let end = run_reader(&inner, id, &start.info, recv, dec, &start.drain, perms).await;
     if let ReaderEnd::Protocol(e) = &end {
         warn!(peer = %hello.id.short(), name = %start.info.name, addr = %remote, error = %e, "peer broke the protocol; disconnecting");
         conn.close(close::PROTOCOL.into(), e.to_string().as_bytes());

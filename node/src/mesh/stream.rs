@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::errors::ProtocolError;
 use super::inbox::Msg;
@@ -14,7 +14,9 @@ use super::link::{ConnCtl, Drain};
 use super::proto::{ConnId, ReaderEnd};
 use crate::event::{BatchBuilder, PeerInfo};
 use crate::metrics::Counters;
+use crate::perms::PeerPerms;
 use crate::queue::SendQueue;
+use crate::ratelog::{RateLog, LOG_EVERY};
 use crate::shared::Inner;
 use crate::wire::{self, close, Frame, FrameDecoder, PeerAddrs};
 
@@ -33,8 +35,13 @@ pub(super) async fn run_reader(
     mut recv: quinn::RecvStream,
     mut dec: FrameDecoder,
     drain: &Drain,
+    perms: Option<Arc<PeerPerms>>,
 ) -> ReaderEnd {
     let mut batch = BatchBuilder::new();
+    // Events the peer's certificate does not allow it to emit: dropped,
+    // counted (as processed, for the resume count of a switch) and logged.
+    let mut emit_ok: Option<(Vec<u8>, bool)> = None;
+    let (mut skipped, mut forbidden_log) = (0u64, RateLog::new(LOG_EVERY));
     let max_event = inner.settings.max_event_size();
     let mut got_retire = false;
     // Events the peer sent on earlier connections before this one (a switch).
@@ -71,6 +78,25 @@ pub(super) async fn run_reader(
             if size > max_event {
                 return ReaderEnd::Protocol(ProtocolError::EventTooLarge { size, max: max_event });
             }
+            if let Some(p) = &perms {
+                let ok = match &emit_ok {
+                    Some((last, ok)) if last.as_slice() == name => *ok,
+                    // An invalid name is set_name's to refuse.
+                    _ => std::str::from_utf8(name).map_or(true, |n| p.may_emit(n)),
+                };
+                if emit_ok.as_ref().is_none_or(|(last, _)| last.as_slice() != name) {
+                    emit_ok = Some((name.to_vec(), ok));
+                }
+                if !ok {
+                    skipped += 1;
+                    inner.forbidden_events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(count) = forbidden_log.note((), 1, std::time::Instant::now()) {
+                        warn!(peer = %info.id.short(), name = %info.name, event = %String::from_utf8_lossy(name), count,
+                            "event dropped: the peer's certificate does not allow it to emit this (logged at most every 10 s)");
+                    }
+                    continue;
+                }
+            }
             if let Err(e) = batch.set_name(name) {
                 return ReaderEnd::Protocol(ProtocolError::BadName(e));
             }
@@ -92,6 +118,9 @@ pub(super) async fn run_reader(
                 return ReaderEnd::Eof;
             }
             drain.delivered(n);
+        }
+        if skipped > 0 {
+            drain.delivered(std::mem::take(&mut skipped));
         }
         match recv.read_chunk(256 * 1024, true).await {
             // Clean end of stream: retire (a switch) or leave.

@@ -164,6 +164,12 @@ fn snapshot(inner: &Inner) -> Snapshot {
     s.counter("partybus_emits", "emit calls on this node.", None, get(&c.emits));
     s.counter("partybus_events_sent", "Event copies queued for neighbours (one per interested neighbour).", None, get(&c.events_sent));
     s.counter("partybus_events_received", "Events received from neighbours.", None, get(&c.events_received));
+    s.counter(
+        "partybus_events_forbidden",
+        "Events received and dropped because the sender's certificate does not allow it to emit them.",
+        None,
+        inner.forbidden_events.load(std::sync::atomic::Ordering::Relaxed),
+    );
     s.family(
         "partybus_events_dropped",
         "Event copies dropped for a neighbour whose send queue was full, by full policy.",
