@@ -34,6 +34,7 @@ mod bus;
 mod congestion;
 mod identity;
 mod mesh;
+mod metrics;
 mod node;
 mod path;
 mod peers;

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use partybus_pki::RevokedSet;
+
 use crate::config::Config;
 use crate::identity::SwapIdentity;
 use crate::wire::ALPN;
@@ -105,14 +107,20 @@ pub fn endpoint_config() -> quinn::EndpointConfig {
     e
 }
 
+/// The QUIC server configuration (no revocation list).
 pub fn server_config(cfg: &Config) -> Result<quinn::ServerConfig, TlsSetupError> {
-    server_config_with(cfg, None)
+    server_config_with(cfg, None, &RevokedSet::new(&cfg.hood))
 }
 
 /// [`server_config`], presenting the certificate `identity` holds at each
-/// handshake (rotation) instead of `cfg.identity` for good.
-pub(crate) fn server_config_with(cfg: &Config, identity: Option<Arc<SwapIdentity>>) -> Result<quinn::ServerConfig, TlsSetupError> {
-    let mut tls = partybus_pki::server_config(&cfg.identity, &cfg.hood)?;
+/// handshake (rotation) instead of `cfg.identity` for good, and refusing
+/// clients in `revoked`.
+pub(crate) fn server_config_with(
+    cfg: &Config,
+    identity: Option<Arc<SwapIdentity>>,
+    revoked: &RevokedSet,
+) -> Result<quinn::ServerConfig, TlsSetupError> {
+    let mut tls = partybus_pki::server_config_with(&cfg.identity, &cfg.hood, revoked)?;
     if let Some(id) = identity {
         tls.cert_resolver = id;
     }
@@ -138,13 +146,19 @@ pub(crate) fn server_config_with(cfg: &Config, identity: Option<Arc<SwapIdentity
     Ok(sc)
 }
 
+/// The QUIC client configuration (no revocation list).
 pub fn client_config(cfg: &Config) -> Result<quinn::ClientConfig, TlsSetupError> {
-    client_config_with(cfg, None)
+    client_config_with(cfg, None, &RevokedSet::new(&cfg.hood))
 }
 
-/// [`client_config`] with a swappable identity (see [`server_config_with`]).
-pub(crate) fn client_config_with(cfg: &Config, identity: Option<Arc<SwapIdentity>>) -> Result<quinn::ClientConfig, TlsSetupError> {
-    let mut tls = partybus_pki::client_config(&cfg.identity, &cfg.hood)?;
+/// [`client_config`] with a swappable identity (see [`server_config_with`]),
+/// refusing servers in `revoked`.
+pub(crate) fn client_config_with(
+    cfg: &Config,
+    identity: Option<Arc<SwapIdentity>>,
+    revoked: &RevokedSet,
+) -> Result<quinn::ClientConfig, TlsSetupError> {
+    let mut tls = partybus_pki::client_config_with(&cfg.identity, &cfg.hood, revoked)?;
     if let Some(id) = identity {
         tls.client_auth_cert_resolver = id;
     }
@@ -166,6 +180,18 @@ pub fn on_host(
     server.transport_config(transport(cfg, true));
     client.transport_config(transport(cfg, true));
     (server, client)
+}
+
+/// The certificate (DER) a connection's peer presented.
+pub fn peer_cert(conn: &quinn::Connection) -> Option<rustls_pki_types::CertificateDer<'static>> {
+    conn.peer_identity()
+        .and_then(|id| id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().cloned())
+}
+
+/// Whether the certificate a connection's peer presented is revoked now.
+pub fn peer_revoked(conn: &quinn::Connection, revoked: &RevokedSet) -> bool {
+    peer_cert(conn).is_some_and(|c| revoked.is_revoked(&c))
 }
 
 /// The SHA-256 (hex) of the certificate a connection's peer presented.

@@ -19,6 +19,8 @@
 //! # relay_max_clients = 1024
 //! # relay_client_rate = "2MB/s"    # per client; also "500KiB/s", "16Mbit/s"
 //! # relay_total_rate = "50MB/s"    # all clients together
+//! # revoked = "hood.revoked"       # the hood's revocation list (`partybus cert revoke`)
+//! # metrics = "127.0.0.1:9464"     # serve http://127.0.0.1:9464/metrics (unauthenticated: keep it local)
 //! # control = "/run/partybus/node.sock"   # control socket of `partybus node` (see `partybus status`)
 //! # log = "info"                  # log filter, e.g. "partybus=debug"; RUST_LOG overrides it
 //!
@@ -87,6 +89,10 @@ pub struct FileConfig {
     /// A rate like "2MB/s" (checked when resolved, naming the key).
     pub relay_client_rate: Option<String>,
     pub relay_total_rate: Option<String>,
+    /// The hood's revocation list (`HOOD.revoked`).
+    pub revoked: Option<PathBuf>,
+    /// Serve metrics on this TCP address.
+    pub metrics: Option<SocketAddr>,
     pub discovery: Option<DiscoveryConfig>,
     pub limits: Option<Limits>,
     /// The control socket of `partybus node` (relative to this file).

@@ -103,6 +103,13 @@ pub struct NodeOpts {
     pub relays: Vec<String>,
     #[command(flatten)]
     pub relay_limits: RelayLimitArgs,
+    /// The hood's revocation list (HOOD.revoked, made by `partybus cert revoke`): refuse the peers it names.
+    #[arg(long, value_name = "FILE")]
+    pub revoked: Option<PathBuf>,
+    /// Serve metrics (Prometheus text format) at http://ADDR/metrics, e.g. 127.0.0.1:9464.
+    /// Unauthenticated: keep it on loopback or a private interface.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A `--flag` / `--no-flag` pair as the command line gave it: `None` when
@@ -200,6 +207,10 @@ pub struct Resolved {
     pub relay_limits: RelayLimitArgs,
     /// Relays to use.
     pub relays: Vec<String>,
+    /// The revocation list file.
+    pub revoked: Option<PathBuf>,
+    /// Where to serve metrics.
+    pub metrics: Option<SocketAddr>,
     /// The config file's control socket (resolved against the file's folder).
     pub control: Option<PathBuf>,
     /// The config file's log filter.
@@ -298,6 +309,8 @@ impl NodeOpts {
         if r.relay_limits.relay_max_clients == Some(0) {
             bail!("config `relay_max_clients = 0`: a relay takes at least 1 client (or turn it off with `relay = false`)");
         }
+        r.revoked = self.revoked.clone().or_else(|| file.revoked.clone().map(|p| rel(base, p)));
+        r.metrics = self.metrics.or(file.metrics);
         r.control = file.control.clone().map(|p| rel(base, p));
         r.log = file.log.clone();
         r.relays = list(&self.relays, &file.relays);
@@ -340,6 +353,12 @@ impl NodeOpts {
     pub fn config_from(r: Resolved, static_peers: Option<tokio::sync::watch::Receiver<Vec<String>>>) -> Result<Config> {
         let check = if r.allow_readable_key { KeyFileCheck::AnyMode } else { KeyFileCheck::Private };
         let mut cfg = Config::from_files_with(&r.ca, &r.cert, &r.key, check)?;
+        if let Some(path) = &r.revoked {
+            // Checked against the hood now: a forged or foreign list stops the start.
+            let list = partybus::pki::RevocationList::load(path, &cfg.hood).context("option --revoked / config `revoked`")?;
+            cfg.revoked = Some(list);
+        }
+        cfg.metrics = r.metrics;
         if let Some(p) = r.port {
             cfg.port = p;
         }
@@ -517,6 +536,20 @@ mod tests {
         assert_eq!(r.ca, PathBuf::from("/x/ca.crt"));
         // The file's paths are relative to the file.
         assert!(r.cert.ends_with("h.a.crt") && r.cert.is_absolute(), "{:?}", r.cert);
+    }
+
+    #[test]
+    fn revoked_and_metrics_from_file_and_flags() {
+        let r = ok("", &[]);
+        assert_eq!((r.revoked.clone(), r.metrics), (None, None));
+        let r = ok("revoked = \"h.revoked\"\nmetrics = \"127.0.0.1:9464\"", &[]);
+        // The file's path is relative to the file.
+        assert!(r.revoked.as_ref().is_some_and(|p| p.is_absolute() && p.ends_with("h.revoked")), "{:?}", r.revoked);
+        assert_eq!(r.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        let r = ok("revoked = \"h.revoked\"\nmetrics = \"127.0.0.1:9464\"", &["--revoked", "/x/other.revoked", "--metrics", "[::1]:1"]);
+        assert_eq!(r.revoked, Some(PathBuf::from("/x/other.revoked")));
+        assert_eq!(r.metrics, Some("[::1]:1".parse().unwrap()));
+        assert!(resolve("", &["--metrics", "localhost"]).is_err());
     }
 
     #[test]

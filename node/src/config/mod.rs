@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use partybus_discovery::Discovery;
-use partybus_pki::{Hood, Identity, KeyFileCheck};
+use partybus_pki::{Hood, Identity, KeyFileCheck, RevocationList};
 
 use crate::relay::server::{RelayConfig, RelayPolicy};
 
@@ -182,6 +182,14 @@ pub struct Config {
     pub allow_non_global: bool,
     /// Relaying for others and through others.
     pub relay: RelaySettings,
+    /// The hood's revocation list to start with (`--revoked FILE`): peers
+    /// whose certificate it names are refused at every handshake. Replace it
+    /// at run time with [`crate::Bus::set_revocations`].
+    pub revoked: Option<RevocationList>,
+    /// Serve metrics in the Prometheus text format at `GET /metrics` on this
+    /// TCP address (`--metrics 127.0.0.1:9464`); `None` (default): do not.
+    /// Unauthenticated: keep it on loopback or a private interface.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Config {
@@ -208,6 +216,8 @@ impl Config {
             max_subscriptions_per_peer: 10_000,
             allow_non_global: false,
             relay: RelaySettings::for_hood(&hood),
+            revoked: None,
+            metrics: None,
             hood,
         }
     }

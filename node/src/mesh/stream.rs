@@ -13,6 +13,7 @@ use super::inbox::Msg;
 use super::link::{ConnCtl, Drain};
 use super::proto::{ConnId, ReaderEnd};
 use crate::event::{BatchBuilder, PeerInfo};
+use crate::metrics::Counters;
 use crate::perms::PeerPerms;
 use crate::queue::SendQueue;
 use crate::ratelog::{RateLog, LOG_EVERY};
@@ -112,6 +113,7 @@ pub(super) async fn run_reader(
                 drain.wait_for(after, RESUME_WAIT).await;
             }
             let n = deliveries.events.len() as u64;
+            Counters::add(&inner.plane.counters.events_received, n);
             if inner.plane.dispatch_tx.send(deliveries).await.is_err() {
                 return ReaderEnd::Eof;
             }
@@ -123,7 +125,10 @@ pub(super) async fn run_reader(
         match recv.read_chunk(256 * 1024, true).await {
             // Clean end of stream: retire (a switch) or leave.
             Ok(None) => return if got_retire { ReaderEnd::Retired } else { ReaderEnd::Eof },
-            Ok(Some(chunk)) => dec.push(chunk.bytes),
+            Ok(Some(chunk)) => {
+                Counters::add(&inner.plane.counters.bytes_received, chunk.bytes.len() as u64);
+                dec.push(chunk.bytes)
+            }
             Err(quinn::ReadError::ConnectionLost(e)) => return closed(&e),
             Err(e) => return ReaderEnd::Protocol(ProtocolError::Stream(e.to_string())),
         }
@@ -139,6 +144,7 @@ fn closed(e: &quinn::ConnectionError) -> ReaderEnd {
         E::ApplicationClosed(c) if c.error_code == close::PROTOCOL.into() => {
             format!("closed by peer: protocol error ({})", String::from_utf8_lossy(&c.reason))
         }
+        E::ApplicationClosed(c) if c.error_code == close::REVOKED.into() => "certificate revoked".into(),
         E::ApplicationClosed(c) if c.error_code == close::STUCK.into() => {
             "closed by peer: stuck (its send queue to us stayed full too long; its full policy is disconnect)".into()
         }
@@ -167,6 +173,7 @@ async fn control(inner: &Arc<Inner>, conn: ConnId, info: &PeerInfo, frame: Frame
             let peers = inner.mesh_peers(list);
             inner.report(Msg::Gossip { conn, peers }).await;
         }
+        Frame::Revocations(der) => inner.revocations_from(info, der)?,
         // The peer sends nothing more here; EOF follows.
         Frame::Retire => return Ok(true),
         Frame::Resume { .. } => unreachable!("the reader takes resumes before calling this"),
@@ -193,6 +200,7 @@ pub(super) async fn run_writer(
     queue: Option<(Arc<SendQueue>, Arc<tokio::sync::Mutex<()>>)>,
     ctl: Arc<ConnCtl>,
     conn: quinn::Connection,
+    counters: Arc<Counters>,
 ) {
     let retire_frame = || {
         let mut b = BytesMut::new();
@@ -234,6 +242,7 @@ pub(super) async fn run_writer(
             _ = ctl.retire_notified() => continue,
             data = queue.take() => match data {
                 Some(mut parts) => {
+                    Counters::add(&counters.bytes_sent, parts.iter().map(|p| p.len() as u64).sum());
                     if let Err(e) = send.write_all_chunks(&mut parts).await {
                         debug!(error = %e, "write failed");
                         return;
