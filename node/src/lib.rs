@@ -78,6 +78,7 @@ pub mod __private {
 
 pub use bus::{Bus, EmitError, ListenOptions, ListenerHandle, Subscription};
 pub use config::{Config, FullPolicy, PortSpec, RelaySettings};
+pub use congestion::{Congestion, UnknownCongestion};
 pub use event::{Event, PeerInfo};
 pub use id::NodeId;
 pub use mesh::{ConnStats, JoinError, NeighbourEvent, NeighbourInfo, NeighbourPath, PathStats, NEIGHBOUR_EVENTS};

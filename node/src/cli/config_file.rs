@@ -13,6 +13,7 @@
 //! # allow_non_global = false
 //! # idle_timeout = "20s"
 //! # keep_alive = "5s"
+//! # congestion = "bbr"             # or "cubic", "newreno"
 //! # relay = true                  # serve as a relay for this hood's members (on the node's UDP port)
 //! # relays = ["relay.example.org:4816"]   # relays to use (UDP HOST:PORT)
 //! # relay_max_clients = 1024
@@ -71,6 +72,8 @@ pub struct FileConfig {
     pub allow_non_global: Option<bool>,
     pub idle_timeout: Option<Dur>,
     pub keep_alive: Option<Dur>,
+    /// "bbr", "cubic" or "newreno" (checked when resolved, naming the key).
+    pub congestion: Option<String>,
     /// Serve as a relay (default true).
     pub relay: Option<bool>,
     /// Relays to use, `HOST:PORT`.
