@@ -11,16 +11,20 @@ Lab (root only; everything lives in three namespaces it makes and removes):
 r forwards between them and drops random packets with nftables
 (`numgen random`): LOSS % on each of two uplinks, i.e. 1-(1-LOSS)^2 per
 direction, as in issue 16's lab (two NATed hosts, each uplink lossy). A rate
-limit is a tbf on both of r's egress interfaces. Delay comes from one
-user-space linkemu.py (this kernel has no netem); its own ceiling is the
-`ceiling` path (no delay, no loss): read the figures against it.
+limit is a tbf on both of r's egress interfaces. Delay comes from a
+user-space emulator between two TAPs (this kernel has no netem):
+linkemu_fast.c (compiled here with gcc; the default) or linkemu.py
+(`--emulator py`, which tops out near 30 MB/s on the 2-core lab machines).
+The `ceiling` path (no delay, no loss) measures the emulator itself: read
+the other figures against it.
 
     sudo integration/tools/wan_bench.py --bin new=target/release/partybus \\
         --bin main=/work/bin/partybus-main-wan --congestion bbr,cubic,newreno \\
         --json wan.jsonl
 
 A --bin given as LABEL=PATH@legacy is run without --congestion (a build that
-predates the option; it runs its built-in controller once per path).
+predates the option; it runs its built-in controller once per path);
+LABEL=PATH@bbr+cubic runs that build with those controllers only.
 Each partybus run is bounded (--timeout), every process is started by this
 script and stopped by its pid, and the namespaces go at exit.
 """
@@ -115,8 +119,9 @@ class Lines:
 
 
 class Lab:
-    def __init__(self, prefix):
+    def __init__(self, prefix, emulator):
         self.p = prefix
+        self.emulator = emulator  # argv prefix; the script appends the ends and the delay
         self.ns = {n: f"{prefix}-{n}" for n in ("h1", "r", "h2")}
         self.emu = None
 
@@ -148,9 +153,11 @@ table inet lab {{
         if rate:
             for dev in ("lan1", "lan2"):
                 sh(f"tc -n {r} qdisc add dev {dev} root tbf rate {rate}mbit burst 32kbit latency 50ms")
-        self.emu = subprocess.Popen([sys.executable, os.path.join(HERE, "linkemu.py"), "--a", f"{r}:lan2", "--b",
-                                     f"{h2}:eth0", "--delay-ms", str(rtt / 2), "--limit", "20000"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if self.emulator[0].endswith("linkemu.py"):
+            argv = self.emulator + ["--a", f"{r}:lan2", "--b", f"{h2}:eth0", "--delay-ms", str(rtt / 2), "--limit", "20000"]
+        else:
+            argv = self.emulator + [r, "lan2", h2, "eth0", str(int(rtt * 500))]
+        self.emu = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(self.emu)
         for _ in range(50):
             if sh(f"ip netns exec {h2} ping -c1 -W1 {H1}", check=False).returncode == 0:
@@ -278,7 +285,7 @@ def dead_neighbour(lab, binary, extra, soak):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bin", action="append", required=True, help="LABEL=PATH (or LABEL=PATH@legacy)")
+    ap.add_argument("--bin", action="append", required=True, help="LABEL=PATH, LABEL=PATH@legacy or LABEL=PATH@bbr+cubic")
     ap.add_argument("--congestion", default="bbr,cubic,newreno", help="controllers to run the non-legacy builds with")
     ap.add_argument("--paths", default=",".join(PATHS), help="of: " + ", ".join(PATHS))
     ap.add_argument("--duration", type=float, default=6, help="seconds of emitting per payload size")
@@ -286,7 +293,9 @@ def main():
     ap.add_argument("--round-trips", type=int, default=40)
     ap.add_argument("--timeout", type=int, default=40, help="bound on each wait of a bench end")
     ap.add_argument("--soak", type=float, default=20, help="seconds a connected pair idles before the cut")
+    ap.add_argument("--no-liveness", action="store_true", help="skip the dead-neighbour runs")
     ap.add_argument("--liveness", default="", help="extra node flags for the liveness runs, e.g. '--idle-timeout 10s'")
+    ap.add_argument("--emulator", choices=("fast", "py"), default="fast", help="delay emulator: linkemu_fast.c or linkemu.py")
     ap.add_argument("--json", help="also append the JSON lines to this file")
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -297,14 +306,21 @@ def main():
     bins = []
     for spec in a.bin:
         label, _, path = spec.partition("=")
-        legacy = path.endswith("@legacy")
-        path = os.path.realpath(path.removesuffix("@legacy"))
+        path, _, only = path.partition("@")
+        path = os.path.realpath(path)
         if not os.access(path, os.X_OK):
             sys.exit(f"--bin {spec}: {path} is not an executable")
-        bins.append((label, path, legacy))
+        bins.append((label, path, only))
     ccs = [c for c in a.congestion.split(",") if c]
-    lab = Lab(f"wb{os.getpid()}")
     work = tempfile.mkdtemp(prefix="wan-bench-")
+    if a.emulator == "py":
+        emulator = [sys.executable, os.path.join(HERE, "linkemu.py")]
+    else:
+        if not shutil.which("gcc"):
+            sys.exit("gcc is missing: apt-get install gcc, or use --emulator py")
+        emulator = [os.path.join(work, "linkemu-fast")]
+        sh(f"gcc -O2 -o {emulator[0]} {os.path.join(HERE, 'linkemu_fast.c')}")
+    lab = Lab(f"wb{os.getpid()}", emulator)
     os.chdir(work)
     out_json = open(a.json, "a") if a.json else None
     rows = []
@@ -331,22 +347,31 @@ def main():
         for pname in a.paths.split(","):
             rtt, loss, rate = PATHS[pname]
             lab.build(rtt, loss, rate)
-            base = {"path": pname, "rtt_ms": rtt, "loss_pct_each_uplink": loss, "rate_mbit": rate}
+            base = {"path": pname, "rtt_ms": rtt, "loss_pct_each_uplink": loss, "rate_mbit": rate, "emulator": a.emulator}
             for cc in ("cubic", "bbr"):
                 emit({**base, **iperf(lab, cc, a.iperf_seconds)})
             if pname == "ceiling":
                 continue
-            for label, path, legacy in bins:
-                for cc in ([None] if legacy else ccs):
+            for label, path, only in bins:
+                legacy = only == "legacy"
+                for cc in ([None] if legacy else only.split("+") if only else ccs):
                     extra = [] if cc is None else ["--congestion", cc]
                     row = {**base, "variant": f"partybus {label}" + (f" {cc}" if cc else ""), "binary": path}
-                    tp = bench_pair(lab, path, "throughput", "receiver", "emitter", extra,
-                                    ["--payload", "1024,65536", "--duration", f"{a.duration}s"], a.timeout)
+                    # One pair of processes per size: a count that comes back late
+                    # must not be read as the next size's.
+                    tp = [r for size in (1024, 65536) for r in bench_pair(
+                        lab, path, "throughput", "receiver", "emitter", extra,
+                        ["--payload", str(size), "--duration", f"{a.duration}s"], a.timeout)]
                     for r in tp:
                         if "error" in r:
                             row["error"] = r["error"]
                             continue
                         k = "1k" if r["payload_bytes"] == 1024 else "64k"
+                        if r.get("answers", 1) == 0:
+                            # The receiver's count did not come back within --timeout:
+                            # the queues were still draining; nothing to count.
+                            row[f"drain_timeout_{k}"] = True
+                            continue
                         row[f"mb_per_s_{k}"] = r["mb_per_s"]
                         row[f"lost_{k}"] = r["lost"]
                         row[f"packets_lost_{k}"] = r["packets_lost"]
@@ -373,7 +398,7 @@ def main():
                                             "small_behind_bulk_n": r["events"],
                                             "bulk_mb_per_s": r.get("bulk_mb_per_s")})
                     row["first_event_s"] = first_event(lab, path, extra)
-                    if cc in (None, ccs[0]):
+                    if cc in (None, ccs[0]) and not a.no_liveness and (legacy or not only):
                         live = a.liveness.split() if a.liveness and not legacy else []
                         row.update(dead_neighbour(lab, path, extra + live, a.soak))
                     emit(row)
@@ -408,7 +433,8 @@ def table(rows):
             dead = "dropped while healthy"
         err = " (" + "; ".join(str(r[k])[:80] for k in r if k.startswith("error")) + ")" if any(
             k.startswith("error") for k in r) else ""
-        out.append(f"| {r['path']} | {r['variant']}{err} | {f(r.get('mb_per_s_1k'))} | {f(r.get('mb_per_s_64k'))} | "
+        tp = {k: f(r.get(f"mb_per_s_{k}")) if not r.get(f"drain_timeout_{k}") else "no answer in time" for k in ("1k", "64k")}
+        out.append(f"| {r['path']} | {r['variant']}{err} | {tp['1k']} | {tp['64k']} | "
                    f"{f(lost)} | {rtt} | {f(r.get('first_event_s'))} | {dead} | {bulk} |")
     return "\n".join(out)
 

@@ -11,8 +11,8 @@
 //! # bind = "::"
 //! # advertise = ["203.0.113.5:4816"]
 //! # allow_non_global = false
-//! # idle_timeout = "20s"
-//! # keep_alive = "5s"
+//! # idle_timeout = "10s"
+//! # keep_alive = "2s"
 //! # congestion = "bbr"             # or "cubic", "newreno"
 //! # relay = true                  # serve as a relay for this hood's members (on the node's UDP port)
 //! # relays = ["relay.example.org:4816"]   # relays to use (UDP HOST:PORT)
