@@ -98,10 +98,9 @@ impl PunchTolerant {
 impl ControllerFactory for PunchTolerant {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
         let inner = match self.kind {
-            Congestion::Bbr => Box::new(loss_filter::LossFilter::new(
-                Arc::new(BbrConfig::default()).build(now, current_mtu),
-                loss_filter::LOSS_THRESHOLD,
-            )),
+            Congestion::Bbr => {
+                Box::new(loss_filter::LossFilter::new(Arc::new(BbrConfig::default()).build(now, current_mtu), loss_filter::LOSS_THRESHOLD))
+            }
             Congestion::Cubic => Arc::new(CubicConfig::default()).build(now, current_mtu),
             Congestion::NewReno => Arc::new(NewRenoConfig::default()).build(now, current_mtu),
         };

@@ -73,10 +73,10 @@ pub struct NodeOpts {
     /// Keep to global addresses, even if the config file says `allow_non_global = true`.
     #[arg(long, overrides_with = "allow_non_global")]
     pub no_allow_non_global: bool,
-    /// Neighbour idle timeout (e.g. 20s).
+    /// Neighbour idle timeout (default 10s).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     pub idle_timeout: Option<Duration>,
-    /// QUIC keep-alive interval (e.g. 5s).
+    /// QUIC keep-alive interval (default 2s).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     pub keep_alive: Option<Duration>,
     /// Congestion controller: bbr (default), cubic or newreno.

@@ -111,7 +111,7 @@ pub struct BenchArgs {
     pub warmup: usize,
     /// latency (--role pinger): while pinging, also stream events of this many
     /// bytes to the ponger as fast as its queue takes them, to measure small
-    /// events behind bulk ones (issue 16); each ping then waits up to --timeout.
+    /// events behind bulk ones (issue 16).
     #[arg(long, value_name = "BYTES")]
     pub bulk: Option<usize>,
     /// memory: neighbours of the measured node.
@@ -172,6 +172,9 @@ impl BenchArgs {
             v.extend(["--duration".into(), humantime::format_duration(d).to_string()]);
         }
         v.extend(["--round-trips".into(), self.round_trips.to_string(), "--warmup".into(), self.warmup.to_string()]);
+        if let Some(b) = self.bulk {
+            v.extend(["--bulk".into(), b.to_string()]);
+        }
         v.into_iter().map(OsString::from).collect()
     }
 }

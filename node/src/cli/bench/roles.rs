@@ -284,8 +284,11 @@ pub async fn pinger(args: &BenchArgs) -> Result<()> {
     if let Some((size, sent, task, t0)) = bulk {
         task.abort();
         let n = sent.load(Ordering::Relaxed);
-        merge(&mut v, json!({"bulk_payload_bytes": size, "bulk_events_queued": n,
-            "bulk_mb_per_s": r1(n as f64 * size as f64 / t0.elapsed().as_secs_f64() / 1e6)}));
+        merge(
+            &mut v,
+            json!({"bulk_payload_bytes": size, "bulk_events_queued": n,
+            "bulk_mb_per_s": r1(n as f64 * size as f64 / t0.elapsed().as_secs_f64() / 1e6)}),
+        );
     }
     merge(&mut v, rss_json("pinger"));
     out(json!({"result": v}));
