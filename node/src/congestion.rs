@@ -25,8 +25,6 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Instant;
 
-mod loss_filter;
-
 use quinn::congestion::{BbrConfig, Controller, ControllerFactory, ControllerMetrics, CubicConfig, NewRenoConfig};
 
 /// A congestion controller (`Config::congestion`, `congestion = "..."` in the
@@ -35,9 +33,7 @@ use quinn::congestion::{BbrConfig, Controller, ControllerFactory, ControllerMetr
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Congestion {
-    /// Model-based (quinn's BBR, with losses passed on only when more than
-    /// 10 % of a round trip's packets are lost): random loss is not read as
-    /// congestion.
+    /// Model-based (quinn's BBR): random loss is not read as congestion.
     #[default]
     Bbr,
     /// Loss-based (quinn's Cubic): every loss halves the rate's growth.
@@ -98,9 +94,7 @@ impl PunchTolerant {
 impl ControllerFactory for PunchTolerant {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
         let inner = match self.kind {
-            Congestion::Bbr => {
-                Box::new(loss_filter::LossFilter::new(Arc::new(BbrConfig::default()).build(now, current_mtu), loss_filter::LOSS_THRESHOLD))
-            }
+            Congestion::Bbr => Arc::new(BbrConfig::default()).build(now, current_mtu),
             Congestion::Cubic => Arc::new(CubicConfig::default()).build(now, current_mtu),
             Congestion::NewReno => Arc::new(NewRenoConfig::default()).build(now, current_mtu),
         };
