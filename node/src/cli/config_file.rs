@@ -12,8 +12,9 @@
 //! # bind = "::"
 //! # advertise = ["203.0.113.5:4816"]
 //! # allow_non_global = false
-//! # idle_timeout = "20s"
-//! # keep_alive = "5s"
+//! # idle_timeout = "10s"
+//! # keep_alive = "2s"
+//! # congestion = "bbr"             # or "cubic", "newreno"
 //! # relay = true                  # serve as a relay for this hood's members (on the node's UDP port)
 //! # relays = ["relay.example.org:4816"]   # relays to use (UDP HOST:PORT)
 //! # relay_max_clients = 1024
@@ -80,6 +81,8 @@ pub struct FileConfig {
     pub allow_readable_key: Option<bool>,
     pub idle_timeout: Option<Dur>,
     pub keep_alive: Option<Dur>,
+    /// "bbr", "cubic" or "newreno" (checked when resolved, naming the key).
+    pub congestion: Option<String>,
     /// Serve as a relay (default true).
     pub relay: Option<bool>,
     /// Relays to use, `HOST:PORT`.

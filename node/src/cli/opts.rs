@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use partybus::discovery::portmap::{Mode, PortMapDiscovery, PortMapOptions, Protocol};
-use partybus::{Config, FullPolicy, PortSpec};
+use partybus::{Config, Congestion, FullPolicy, PortSpec};
 use partybus_pki::KeyFileCheck;
 
 use super::config_file::FileConfig;
@@ -87,12 +87,15 @@ pub struct NodeOpts {
     /// Load the private key even if every user of this machine may read it (refused by default, as ssh does).
     #[arg(long)]
     pub allow_readable_key: bool,
-    /// Neighbour idle timeout (e.g. 20s).
+    /// Neighbour idle timeout (default 10s).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     pub idle_timeout: Option<Duration>,
-    /// QUIC keep-alive interval (e.g. 5s).
+    /// QUIC keep-alive interval (default 2s).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     pub keep_alive: Option<Duration>,
+    /// Congestion controller: bbr (default), cubic or newreno.
+    #[arg(long, value_name = "NAME", value_parser = parse_congestion)]
+    pub congestion: Option<Congestion>,
     /// Do not serve as a relay for others (default: serve members of this node's hood on its UDP port).
     /// Relays given with --relay are still used.
     #[arg(long)]
@@ -110,6 +113,10 @@ pub struct NodeOpts {
     /// Unauthenticated: keep it on loopback or a private interface.
     #[arg(long, value_name = "IP:PORT")]
     pub metrics: Option<SocketAddr>,
+}
+
+fn parse_congestion(s: &str) -> Result<Congestion, String> {
+    s.parse().map_err(|e: partybus::UnknownCongestion| e.to_string())
 }
 
 /// A `--flag` / `--no-flag` pair as the command line gave it: `None` when
@@ -188,6 +195,7 @@ pub struct Resolved {
     pub allow_readable_key: bool,
     pub idle_timeout: Option<Duration>,
     pub keep_alive: Option<Duration>,
+    pub congestion: Option<Congestion>,
     pub connect: Vec<String>,
     pub connect_interval: Duration,
     pub mdns: bool,
@@ -261,6 +269,11 @@ impl NodeOpts {
         r.allow_readable_key = self.allow_readable_key || file.allow_readable_key.unwrap_or(false);
         r.idle_timeout = self.idle_timeout.or(file.idle_timeout.map(|d| d.0));
         r.keep_alive = self.keep_alive.or(file.keep_alive.map(|d| d.0));
+        r.congestion = match (self.congestion, &file.congestion) {
+            (Some(c), _) => Some(c),
+            (None, Some(text)) => Some(text.parse::<Congestion>().context("config `congestion`")?),
+            (None, None) => None,
+        };
         if let Some(l) = &file.limits {
             r.queue_limit = l.queue_limit;
             r.socket_buffer = l.socket_buffer;
@@ -370,6 +383,9 @@ impl NodeOpts {
         }
         if let Some(d) = r.keep_alive {
             cfg.keep_alive = d;
+        }
+        if let Some(c) = r.congestion {
+            cfg.congestion = c;
         }
         if let Some(q) = r.queue_limit {
             cfg.queue_limit = q;
@@ -522,6 +538,17 @@ mod tests {
         assert_eq!(r.connect, ["[::1]:7", "127.0.0.1:8"]);
         assert_eq!(r.dht, ["localhost:9"]);
         assert_eq!(r.advertise, ["127.0.0.10:1".parse::<SocketAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn congestion_from_file_and_flag() {
+        assert_eq!(ok("", &[]).congestion, None);
+        assert_eq!(ok("congestion = \"cubic\"", &[]).congestion, Some(Congestion::Cubic));
+        assert_eq!(ok("congestion = \"cubic\"", &["--congestion", "newreno"]).congestion, Some(Congestion::NewReno));
+        let e = format!("{:#}", resolve("congestion = \"vegas\"", &[]).unwrap_err());
+        assert!(e.contains("config `congestion`") && e.contains("\"bbr\", \"cubic\" or \"newreno\""), "{e}");
+        let e = resolve("", &["--congestion", "vegas"]).unwrap_err().to_string();
+        assert!(e.contains("--congestion") && e.contains("\"vegas\""), "{e}");
     }
 
     #[test]

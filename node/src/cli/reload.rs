@@ -61,6 +61,7 @@ fn restart_needed(old: &Resolved, new: &Resolved) -> Vec<String> {
         allow_non_global,
         idle_timeout,
         keep_alive,
+        congestion,
         connect_interval,
         mdns,
         port_mapping,

@@ -24,6 +24,8 @@ pub const DONE: &str = "bench.ctl.done";
 pub const QUIT: &str = "bench.ctl.quit";
 pub const PING: &str = "bench.ping";
 pub const PONG: &str = "bench.pong";
+/// latency with --bulk: pinger -> ponger, the bulk stream small pings wait behind.
+pub const BULK: &str = "bench.bulk";
 
 async fn join(args: &BenchArgs) -> Result<Bus> {
     let cfg = args.node.to_config()?;
@@ -176,6 +178,12 @@ pub async fn emitter(args: &BenchArgs) -> Result<()> {
 pub async fn ponger(args: &BenchArgs) -> Result<()> {
     let bus = join(args).await?;
     let mut ping = bus.subscribe(PING)?;
+    // Bulk events (pinger --bulk) are only counted: the cheapest handler.
+    let bulk = Arc::new(AtomicU64::new(0));
+    let b = bulk.clone();
+    let _h = bus.on(BULK, move |_| {
+        b.fetch_add(1, Ordering::Relaxed);
+    })?;
     let mut quit = bus.subscribe(QUIT)?;
     let mut stop = stdin_closed(args.exit_on_stdin_eof);
     ready(&bus);
@@ -217,6 +225,32 @@ pub async fn pinger(args: &BenchArgs) -> Result<()> {
         }
     }
     let bound = Instant::now() + args.timeout.max(Duration::from_secs(60));
+    // With --bulk, a task keeps the ponger's queue full of bulk events while
+    // we ping (bounded: it stops with the pings, at `bound` at the latest).
+    let bulk = match args.bulk {
+        Some(size) => {
+            wait_listeners(&bus, BULK, 1, args.timeout).await?;
+            let (bus, data) = (bus.clone(), payload(size)?);
+            let sent = Arc::new(AtomicU64::new(0));
+            let count = sent.clone();
+            let task = tokio::spawn(async move {
+                while Instant::now() < bound {
+                    if bus.emit_raw(BULK, data.clone()).await.is_err() {
+                        break;
+                    }
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            // Let the queue fill before the first measured ping.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Some((size, sent, task, Instant::now()))
+        }
+        None => None,
+    };
+    // Events are reliable: a pong that is late is slow, not lost. Waiting
+    // for it (up to --timeout) keeps it from being taken for the next
+    // ping's (a 1 s bound read as 5 µs round trips on a 200 ms lossy path).
+    let wait = args.timeout;
     let mut samples = Vec::with_capacity(args.round_trips);
     let mut lost = 0u64;
     for i in 0..(args.warmup + args.round_trips) {
@@ -225,7 +259,7 @@ pub async fn pinger(args: &BenchArgs) -> Result<()> {
         }
         let t = Instant::now();
         bus.emit_raw(PING, data.clone()).await?;
-        match tokio::time::timeout(Duration::from_secs(1), pong.recv()).await {
+        match tokio::time::timeout(wait, pong.recv()).await {
             Ok(Some(_)) => {
                 if i >= args.warmup {
                     samples.push(t.elapsed().as_secs_f64() * 1e6);
@@ -247,6 +281,15 @@ pub async fn pinger(args: &BenchArgs) -> Result<()> {
         "max_us": r1(samples.last().copied().unwrap_or(0.0)),
         "min_us": r1(samples.first().copied().unwrap_or(0.0)),
     });
+    if let Some((size, sent, task, t0)) = bulk {
+        task.abort();
+        let n = sent.load(Ordering::Relaxed);
+        merge(
+            &mut v,
+            json!({"bulk_payload_bytes": size, "bulk_events_queued": n,
+            "bulk_mb_per_s": r1(n as f64 * size as f64 / t0.elapsed().as_secs_f64() / 1e6)}),
+        );
+    }
     merge(&mut v, rss_json("pinger"));
     out(json!({"result": v}));
     let _ = bus.emit(QUIT, &()).await;
