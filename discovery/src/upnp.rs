@@ -101,6 +101,10 @@ pub(crate) struct Client {
     opts: PortMapOptions,
     internal_port: u16,
     held: Option<u16>,
+    /// The external port of an AddPortMapping sent but not answered: the
+    /// router may have made it even if the node stopped waiting (a
+    /// short-lived node that leaves mid-request), so `unmap` removes it too.
+    pending: Option<u16>,
     /// Set once the router said it only does permanent mappings (725).
     permanent_only: bool,
 }
@@ -110,7 +114,7 @@ impl Client {
     pub(crate) async fn find(opts: &PortMapOptions, internal_port: u16) -> Option<Client> {
         let gateway = find_gateway(opts).await?;
         tracing::info!(gateway = %gateway.addr, "upnp: gateway found");
-        Some(Client { gateway, opts: opts.clone(), internal_port, held: None, permanent_only: false })
+        Some(Client { gateway, opts: opts.clone(), internal_port, held: None, pending: None, permanent_only: false })
     }
 
     /// Search the gateway again (after repeated failures).
@@ -140,6 +144,9 @@ impl Client {
 
     /// Delete the mapping we hold.
     pub(crate) async fn unmap(&mut self) -> Result<(), ClientError> {
+        if let Some(p) = self.pending.take().filter(|p| Some(*p) != self.held) {
+            let _ = timeout(REQUEST_TIMEOUT, self.gateway.remove_port(PortMappingProtocol::UDP, p)).await;
+        }
         let Some(port) = self.held.take() else { return Ok(()) };
         match timeout(REQUEST_TIMEOUT, self.gateway.remove_port(PortMappingProtocol::UDP, port)).await {
             Ok(Ok(())) => Ok(()),
@@ -178,9 +185,11 @@ impl Client {
         while i < ports.len() && tries < MAX_PORT_TRIES + 2 {
             tries += 1;
             let port = ports[i];
+            self.pending = Some(port);
             let res =
                 timeout(REQUEST_TIMEOUT, self.gateway.add_port(PortMappingProtocol::UDP, port, local, lease_secs(lease), DESCRIPTION))
                     .await;
+            self.pending = None;
             match res {
                 Ok(Ok(())) => {
                     if let Some(old) = self.held.filter(|p| *p != port) {

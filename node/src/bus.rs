@@ -190,6 +190,33 @@ impl Bus {
     pub fn path(&self, id: NodeId) -> Option<PathStats> {
         self.inner.path(id)
     }
+    /// Puts a newer revocation list of this node's hood in force (a reload
+    /// calls this): handshakes with peers whose certificate it revokes are
+    /// refused from now on, in both directions; connections to such peers
+    /// are closed at once, and they are never dialled or gossipped again.
+    ///
+    /// Refused, leaving the list in force as it was: a list for another hood
+    /// ([`partybus_pki::RevocationError::OtherHood`]) or an older one (a
+    /// smaller sequence number, [`partybus_pki::RevocationError::Older`]).
+    /// A list's signature is checked when it is loaded
+    /// ([`partybus_pki::RevocationList::load`]), so a forged one never gets here.
+    pub fn set_revocations(&self, list: &partybus_pki::RevocationList) -> Result<(), partybus_pki::RevocationError> {
+        self.inner.set_revocations(list)
+    }
+    /// The sequence number of the revocation list in force (0: none).
+    pub fn revocation_sequence(&self) -> u64 {
+        self.inner.revoked.sequence()
+    }
+    /// Where this node serves its metrics ([`Config::metrics`], with the
+    /// port the system picked for port 0), if it does.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.inner.metrics_addr
+    }
+    /// The node's metrics now, in the Prometheus text format (OpenMetrics),
+    /// exactly as `GET /metrics` returns them.
+    pub fn metrics_text(&self) -> String {
+        crate::metrics::render(&self.inner)
+    }
     /// Events received and dropped because the sender's certificate does
     /// not allow it to emit them (`partybus peer create --emit`).
     pub fn forbidden_events(&self) -> u64 {

@@ -1,12 +1,13 @@
-//! Congestion control of the mesh's connections: quinn's Cubic, except that
-//! a loss of packets sent before the peer had acknowledged anything on the
+//! Congestion control of the mesh's connections: the controller chosen per
+//! node ([`Congestion`]: quinn's Cubic, NewReno or BBR), wrapped so that a
+//! loss of packets sent before the peer had acknowledged anything on the
 //! connection is not taken as congestion.
 //!
-//! Why: a hole-punched connection starts with a loss that says nothing about
-//! the path. Two hosts behind NATs that dial each other at once each send a
-//! first Initial before the other's NAT has a mapping for them; the NAT drops
-//! the first one to arrive (that drop is how a punch works) and its
-//! retransmission gets through. Cubic took that loss as congestion before
+//! Why the wrapper: a hole-punched connection starts with a loss that says
+//! nothing about the path. Two hosts behind NATs that dial each other at once
+//! each send a first Initial before the other's NAT has a mapping for them;
+//! the NAT drops the first one to arrive (that drop is how a punch works) and
+//! its retransmission gets through. Cubic took that loss as congestion before
 //! anything was acknowledged: window and slow-start threshold went to 0.7 of
 //! the initial window (8400 bytes), so there was no slow start, and
 //! congestion avoidance from 6 packets took about 10 s at an 80 ms RTT to
@@ -24,18 +25,80 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Instant;
 
-use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics, CubicConfig};
+use quinn::congestion::{BbrConfig, Controller, ControllerFactory, ControllerMetrics, CubicConfig, NewRenoConfig};
 
-/// The factory for [`quinn::TransportConfig::congestion_controller_factory`].
-#[derive(Debug, Default, Clone)]
-pub(crate) struct PunchTolerantCubic {
-    cubic: CubicConfig,
+/// A congestion controller (`Config::congestion`, `congestion = "..."` in the
+/// config file, `--congestion`). See BENCHMARKS.md, "Issue 16", for how they
+/// compare on long and lossy paths.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Congestion {
+    /// Model-based (quinn's BBR): random loss is not read as congestion.
+    #[default]
+    Bbr,
+    /// Loss-based (quinn's Cubic): every loss halves the rate's growth.
+    Cubic,
+    /// Loss-based (quinn's NewReno).
+    NewReno,
 }
 
-impl ControllerFactory for PunchTolerantCubic {
+impl Congestion {
+    pub const NAMES: [&'static str; 3] = ["bbr", "cubic", "newreno"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Congestion::Bbr => "bbr",
+            Congestion::Cubic => "cubic",
+            Congestion::NewReno => "newreno",
+        }
+    }
+}
+
+impl std::fmt::Display for Congestion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown congestion controller name.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0:?} is not a congestion controller: use \"bbr\", \"cubic\" or \"newreno\"")]
+pub struct UnknownCongestion(pub String);
+
+impl std::str::FromStr for Congestion {
+    type Err = UnknownCongestion;
+
+    fn from_str(s: &str) -> Result<Congestion, UnknownCongestion> {
+        match s.to_ascii_lowercase().as_str() {
+            "bbr" => Ok(Congestion::Bbr),
+            "cubic" => Ok(Congestion::Cubic),
+            "newreno" | "new_reno" | "reno" => Ok(Congestion::NewReno),
+            _ => Err(UnknownCongestion(s.to_owned())),
+        }
+    }
+}
+
+/// The factory for [`quinn::TransportConfig::congestion_controller_factory`]:
+/// the chosen controller behind the punch-loss rule.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct PunchTolerant {
+    kind: Congestion,
+}
+
+impl PunchTolerant {
+    pub(crate) fn new(kind: Congestion) -> PunchTolerant {
+        PunchTolerant { kind }
+    }
+}
+
+impl ControllerFactory for PunchTolerant {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
-        let inner = Arc::new(self.cubic.clone()).build(now, current_mtu);
-        Box::new(PunchTolerant { inner, first_ack: FirstAck::default() })
+        let inner = match self.kind {
+            Congestion::Bbr => Arc::new(BbrConfig::default()).build(now, current_mtu),
+            Congestion::Cubic => Arc::new(CubicConfig::default()).build(now, current_mtu),
+            Congestion::NewReno => Arc::new(NewRenoConfig::default()).build(now, current_mtu),
+        };
+        Box::new(PunchTolerantController { inner, first_ack: FirstAck::default() })
     }
 }
 
@@ -56,12 +119,12 @@ impl FirstAck {
     }
 }
 
-struct PunchTolerant {
+struct PunchTolerantController {
     inner: Box<dyn Controller>,
     first_ack: FirstAck,
 }
 
-impl Controller for PunchTolerant {
+impl Controller for PunchTolerantController {
     fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
         self.inner.on_sent(now, bytes, last_packet_number)
     }
@@ -99,7 +162,7 @@ impl Controller for PunchTolerant {
     }
 
     fn clone_box(&self) -> Box<dyn Controller> {
-        Box::new(PunchTolerant { inner: self.inner.clone_box(), first_ack: self.first_ack })
+        Box::new(PunchTolerantController { inner: self.inner.clone_box(), first_ack: self.first_ack })
     }
 
     fn initial_window(&self) -> u64 {
@@ -133,7 +196,7 @@ mod tests {
     #[test]
     fn the_punch_loss_leaves_the_window_alone() {
         let t0 = Instant::now();
-        let factory = Arc::new(PunchTolerantCubic::default());
+        let factory = Arc::new(PunchTolerant::new(Congestion::Cubic));
         let mut cc = factory.clone().build(t0, 1200);
         let initial = cc.window();
         assert_eq!(initial, cc.initial_window());
@@ -159,5 +222,29 @@ mod tests {
         let t3 = t2 + Duration::from_secs(1);
         copy.on_congestion_event(t3 + Duration::from_millis(200), t3, false, 1200);
         assert!(copy.window() < cc.window());
+    }
+
+    #[test]
+    fn names_parse_and_print() {
+        for name in Congestion::NAMES {
+            let c: Congestion = name.parse().unwrap();
+            assert_eq!(c.to_string(), name);
+        }
+        assert_eq!("BBR".parse::<Congestion>(), Ok(Congestion::Bbr));
+        let e = "vegas".parse::<Congestion>().unwrap_err().to_string();
+        assert!(e.contains("\"vegas\"") && e.contains("\"bbr\", \"cubic\" or \"newreno\""), "{e}");
+    }
+
+    #[test]
+    fn every_controller_builds_and_ignores_the_punch_loss() {
+        let t0 = Instant::now();
+        for name in Congestion::NAMES {
+            let mut cc = Arc::new(PunchTolerant::new(name.parse().unwrap())).build(t0, 1200);
+            let initial = cc.window();
+            assert!(initial >= 10 * 1200, "{name}: initial window {initial}");
+            cc.on_sent(t0, 1200, 0);
+            cc.on_congestion_event(t0 + Duration::from_secs(1), t0, false, 1200);
+            assert_eq!(cc.window(), initial, "{name}");
+        }
     }
 }

@@ -34,6 +34,7 @@ mod bus;
 mod congestion;
 mod identity;
 mod mesh;
+mod metrics;
 mod node;
 mod path;
 mod peers;
@@ -81,6 +82,7 @@ pub mod __private {
 
 pub use bus::{Bus, EmitError, ExternalAddr, ListenOptions, ListenerHandle, Subscription};
 pub use config::{Config, ConfigError, FullPolicy, PortSpec, RelaySettings};
+pub use congestion::{Congestion, UnknownCongestion};
 pub use event::{Event, PeerInfo};
 pub use id::NodeId;
 pub use identity::RotateError;

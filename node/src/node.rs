@@ -65,14 +65,23 @@ impl Io for Arc<Inner> {
     fn actor(&self) -> &Actor {
         &self.actor
     }
+    fn revoked(&self) -> &partybus_pki::RevokedSet {
+        &self.revoked
+    }
 }
 
 /// Starts a node. See [`crate::Bus::join`].
 pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     cfg.validate()?;
+    // The revocation list in force, shared by both verifiers and `set_revocations`.
+    let revoked = partybus_pki::RevokedSet::new(&cfg.hood);
+    if let Some(list) = &cfg.revoked {
+        revoked.apply(list, "the configured revocation list")?;
+        info!(sequence = list.sequence(), revoked = list.len(), "revocation list in force");
+    }
     let identity = Arc::new(crate::identity::SwapIdentity::new(cfg.identity.clone()).map_err(crate::tls::TlsSetupError::from)?);
-    let server = crate::tls::server_config_with(&cfg, Some(identity.clone()))?;
-    let client = crate::tls::client_config_with(&cfg, Some(identity.clone()))?;
+    let server = crate::tls::server_config_with(&cfg, Some(identity.clone()), &revoked)?;
+    let client = crate::tls::client_config_with(&cfg, Some(identity.clone()), &revoked)?;
     let (server_on_host, client_on_host) = crate::tls::on_host(&cfg, server.clone(), client.clone());
     let sock = crate::udp::bind(cfg.bind, cfg.port.ports(), cfg.socket_buffer)?;
     let runtime = quinn::default_runtime().ok_or_else(|| JoinError::Endpoint(std::io::Error::other("no async runtime")))?;
@@ -93,7 +102,12 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
             })
         })
     };
-    let relay = cfg.relay.serve.clone().map(|rc| SocketRelay::new(crate::relay::server::RelayServer::new(rc, rand::random())));
+    // The node's relay refuses revoked members of its hood too.
+    let relay = cfg
+        .relay
+        .serve
+        .clone()
+        .map(|rc| SocketRelay::new(crate::relay::server::RelayServer::new(rc, rand::random()).with_revocations(revoked.clone())));
     let serving = relay.as_ref().map(|_| "on");
     let paths = PathShared::new(Paths::new(rand::random(), Some(prover), rand::random()), relay);
     let path_socket = PathSocket::new(real, raw, paths.clone()).map_err(JoinError::Endpoint)?;
@@ -102,6 +116,14 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
     drop(path_socket);
     endpoint.set_default_client_config(client);
     let local_addr = endpoint.local_addr().map_err(JoinError::Endpoint)?;
+    let metrics = match cfg.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| JoinError::Metrics { addr, source })?;
+            let bound = listener.local_addr().map_err(|source| JoinError::Metrics { addr, source })?;
+            Some((listener, bound))
+        }
+        None => None,
+    };
 
     let id_nonce: crate::id::IdNonce = rand::random();
     let id = NodeId::bound(&bound_name, &id_nonce);
@@ -157,7 +179,15 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
         dial_seq: AtomicU64::new(0),
         paths,
         routes_tx: watch::channel(Vec::new()).0,
+        revoked,
+        metrics_addr: metrics.as_ref().map(|(_, a)| *a),
     });
+    if let Some((listener, addr)) = metrics {
+        let me = Arc::downgrade(&inner);
+        let render = Arc::new(move || me.upgrade().map(|i| crate::metrics::render(&i)));
+        inner.spawn(crate::metrics::serve(listener, render, inner.cancel.clone()));
+        info!(%addr, "serving metrics at http://{addr}/metrics");
+    }
     inner.update_reachable();
     info!(id = %id, name = %inner.me.name, addr = %local_addr, hood = %inner.fingerprint, relay = serving.unwrap_or("off"), "joined the hood");
     // Relays named in the configuration (`--relay`), resolved until they are.
@@ -227,6 +257,7 @@ pub(crate) async fn start(cfg: Config) -> Result<Arc<Inner>, JoinError> {
             match ev {
                 DiscoveryEvent::Candidate { addr, source } => {
                     debug!(%addr, %source, "candidate");
+                    me.plane.counters.candidate(&source);
                     me.report(Msg::Candidate { addr, retry: true }).await;
                 }
                 DiscoveryEvent::External { addr, source } => {

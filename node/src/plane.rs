@@ -17,6 +17,7 @@ use crate::event::{Deliveries, DeliveryTx, Listener, ListenerLookup, PeerInfo};
 use crate::id::NodeId;
 use crate::mesh::link::{ConnCtl, Drain};
 use crate::mesh::NeighbourInfo;
+use crate::metrics::Counters;
 use crate::name::NameError;
 use crate::peers::Direction;
 use crate::queue::{PushError, SendQueue};
@@ -123,6 +124,8 @@ pub(crate) struct Plane {
     pub(crate) next_sub_id: AtomicU64,
     pub(crate) dispatch_tx: DeliveryTx,
     pub(crate) full_policy: FullPolicy,
+    /// The node's counters (metrics); the data path only adds to them.
+    pub(crate) counters: Arc<Counters>,
     /// Neighbour count, for [`crate::Bus::wait_neighbours`].
     pub(crate) count_tx: watch::Sender<usize>,
 }
@@ -143,6 +146,7 @@ impl Plane {
             }),
             generation: AtomicU64::new(0),
             next_sub_id: AtomicU64::new(1),
+            counters: Arc::default(),
             dispatch_tx,
             full_policy,
             count_tx: watch::channel(0).0,
@@ -214,6 +218,22 @@ impl Plane {
         self.changed(&mut st);
         self.count_tx.send_replace(n);
         Some((link.info(), n))
+    }
+
+    /// Queues a revocation list for every neighbour but those it revokes
+    /// (their connections are closing), or for `only` that one.
+    pub(crate) fn push_revocations(&self, der: &[u8], revoked: &partybus_pki::RevokedSet) {
+        self.push_revocations_to(der, revoked, None);
+    }
+
+    pub(crate) fn push_revocations_to(&self, der: &[u8], revoked: &partybus_pki::RevokedSet, only: Option<NodeId>) {
+        let st = self.state();
+        for (id, l) in &st.links {
+            if only.is_some_and(|o| o != *id) || crate::tls::peer_revoked(&l.conn, revoked) {
+                continue;
+            }
+            let _ = l.queue.push_control(|b| wire::put_frame(b, &Frame::Revocations(der)));
+        }
     }
 
     pub(crate) fn push_peers(&self, peer: NodeId, peers: Vec<PeerAddrs>) {
@@ -330,6 +350,7 @@ impl Plane {
         let flen = wire::event_frame_len(name, payload);
         let mut full: Vec<(Arc<SendQueue>, usize, NodeId)> = Vec::new();
         let mut batch_ready = false;
+        let mut queued = 0u64;
         let (count, local) = {
             let mut st = self.state();
             let route = st.emit_route(name)?;
@@ -338,6 +359,7 @@ impl Plane {
                 match queue.push_event(name, payload, flen) {
                     Ok(p) => {
                         count += n;
+                        queued += 1;
                         batch_ready |= p.batch_ready;
                     }
                     Err(PushError::Full) => full.push((queue.clone(), *n, *peer)),
@@ -346,6 +368,10 @@ impl Plane {
             }
             (count, route.local)
         };
+        Counters::add(&self.counters.emits, 1);
+        if queued > 0 {
+            Counters::add(&self.counters.events_sent, queued);
+        }
         let mut local_wait = None;
         if local {
             let d = Deliveries::one(self.me.clone(), name.into(), payload.clone());
@@ -372,6 +398,7 @@ impl Plane {
             let deadline = match self.full_policy {
                 FullPolicy::Drop => {
                     q.note_dropped();
+                    Counters::add(&self.counters.events_dropped, 1);
                     debug!(peer = %peer.short(), event = name, "send queue full: event dropped for this neighbour (policy drop)");
                     continue;
                 }
@@ -383,6 +410,7 @@ impl Plane {
                 match q.push_event(name, &payload, flen) {
                     Ok(_) => {
                         count += n;
+                        Counters::add(&self.counters.events_sent, 1);
                         break;
                     }
                     Err(PushError::Closed) => break,
@@ -396,6 +424,7 @@ impl Plane {
                                 warn!(peer = %peer.short(), ?stuck, "neighbour's send queue full and not draining: disconnecting it (full policy disconnect)");
                                 if let Some(l) = self.state().links.get(&peer) {
                                     l.conn.close(close::STUCK.into(), b"stuck");
+                                    Counters::add(&self.counters.stuck_closed, 1);
                                 }
                                 break;
                             }

@@ -456,8 +456,8 @@ impl SendQueue {
         self.space.notify_waiters();
     }
 
-    #[cfg(test)]
-    fn queued_bytes(&self) -> usize {
+    /// Bytes waiting to be sent (metrics).
+    pub(crate) fn queued_bytes(&self) -> usize {
         self.lock().queued()
     }
 

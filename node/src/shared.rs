@@ -101,6 +101,10 @@ pub(crate) struct Inner {
     pub(crate) paths: Arc<PathShared>,
     /// Our relay routes, for discovery services that announce us.
     pub(crate) routes_tx: watch::Sender<Vec<partybus_discovery::RelayRoute>>,
+    /// The revocation list in force; the TLS verifiers read it at every handshake.
+    pub(crate) revoked: partybus_pki::RevokedSet,
+    /// Where metrics are served (`Config::metrics`, bound).
+    pub(crate) metrics_addr: Option<SocketAddr>,
 }
 
 pub(crate) fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -235,6 +239,47 @@ impl Inner {
     /// Dials `addr` (timeouts retried with backoff) unless connected or dialling there.
     pub(crate) fn connect(self: &Arc<Self>, addr: SocketAddr) {
         self.actor.post(self, Msg::Candidate { addr, retry: true });
+    }
+
+    /// Puts a newer revocation list in force: new handshakes with revoked
+    /// peers fail from now on, and the actor closes every connection whose
+    /// peer it revokes (and never dials or gossips those peers again).
+    pub(crate) fn set_revocations(self: &Arc<Self>, list: &partybus_pki::RevocationList) -> Result<(), partybus_pki::RevocationError> {
+        let newer = self.revoked.apply(list, &format!("revocation list sequence {}", list.sequence()))?;
+        tracing::info!(sequence = list.sequence(), revoked = list.len(), "revocation list applied");
+        self.actor.post(self, Msg::Revoke);
+        if let Some(relay) = &self.paths.relay_service {
+            let dropped = relay.drop_revoked();
+            if dropped > 0 {
+                tracing::info!(dropped, "relay: dropped the registrations of revoked members");
+            }
+        }
+        if newer {
+            // Every node passes a newer list on once: the hood learns it in
+            // one wave, and a list it has seen stops there.
+            self.plane.push_revocations(list.as_der(), &self.revoked);
+        }
+        Ok(())
+    }
+
+    /// A neighbour's revocation list: applied if newer than ours and signed
+    /// by our hood's key; one that is not signed so is a protocol error (a
+    /// member cannot make one, so the sender forged or mangled it).
+    pub(crate) fn revocations_from(self: &Arc<Self>, from: &PeerInfo, der: &[u8]) -> Result<(), crate::mesh::errors::ProtocolError> {
+        // Only a newer list is worth a signature check.
+        match partybus_pki::revocation::claimed_sequence(der) {
+            Some(seq) if seq <= self.revoked.sequence() => return Ok(()),
+            _ => {}
+        }
+        let origin = format!("the revocation list from neighbour \"{}\"", from.name);
+        let refused = |e: partybus_pki::RevocationError| crate::mesh::errors::ProtocolError::BadRevocations(e.to_string());
+        let list = partybus_pki::RevocationList::from_der(der, &self.hood, &origin).map_err(refused)?;
+        match self.set_revocations(&list) {
+            Ok(()) => Ok(()),
+            // Another neighbour's copy won the race: nothing to do.
+            Err(partybus_pki::RevocationError::Older { .. }) => Ok(()),
+            Err(e) => Err(refused(e)),
+        }
     }
 
     pub(crate) fn neighbour_count_rx(&self) -> watch::Receiver<usize> {

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use partybus_pki::RevokedSet;
+
 use crate::config::Config;
 use crate::identity::SwapIdentity;
 use crate::wire::ALPN;
@@ -35,13 +37,38 @@ pub fn transport(cfg: &Config, peer_on_host: bool) -> Arc<quinn::TransportConfig
     t.max_concurrent_bidi_streams(0u32.into());
     t.max_concurrent_uni_streams(4u32.into());
     t.datagram_receive_buffer_size(None);
-    // Cubic that does not take a hole punch's lost first flight for congestion.
-    t.congestion_controller_factory(Arc::new(crate::congestion::PunchTolerantCubic::default()));
+    // The chosen controller, which does not take a hole punch's lost first
+    // flight for congestion.
+    t.congestion_controller_factory(Arc::new(crate::congestion::PunchTolerant::new(cfg.congestion)));
+    // Flow control sized for the bandwidth-delay product of a long path.
+    t.stream_receive_window(STREAM_WINDOW.into());
+    t.receive_window(CONNECTION_WINDOW.into());
+    t.send_window(u64::from(SEND_WINDOW));
     if peer_on_host {
         t.initial_mtu(loopback_mtu());
     }
     Arc::new(t)
 }
+
+/// Bytes one stream may have in flight to us, counted from the first byte
+/// not yet read in order. A sender can never have more than its receiver's
+/// window outstanding, so this caps a connection's rate at window / RTT:
+/// quinn's default of 1.25 MB held an 80 ms path to ~15 MB/s (13.1 MB/s
+/// measured, issue 16) and a 200 ms one to ~6 MB/s. 10 MB is the
+/// bandwidth-delay product of 50 MB/s over 200 ms; on a lossy path a lost
+/// packet holds the window's start back for another round trip while later
+/// data keeps arriving, so it takes about twice that to keep the rate. It is
+/// also what a peer can make us buffer on a stream we do not read fast enough.
+const STREAM_WINDOW: u32 = 16 << 20;
+/// All streams of a connection together (quinn's default is unlimited):
+/// the data stream's window plus room for the others' control frames, so
+/// that what a neighbour can make us buffer stays bounded per neighbour
+/// whatever streams it opens.
+const CONNECTION_WINDOW: u32 = STREAM_WINDOW + (2 << 20);
+/// Bytes quinn holds for us unacknowledged or unsent on a connection
+/// (quinn's default: 10 MB). Sending faster than window / RTT is impossible,
+/// so it is the same product.
+const SEND_WINDOW: u32 = STREAM_WINDOW;
 
 /// The UDP payload size for peers on this host.
 ///
@@ -105,14 +132,20 @@ pub fn endpoint_config() -> quinn::EndpointConfig {
     e
 }
 
+/// The QUIC server configuration (no revocation list).
 pub fn server_config(cfg: &Config) -> Result<quinn::ServerConfig, TlsSetupError> {
-    server_config_with(cfg, None)
+    server_config_with(cfg, None, &RevokedSet::new(&cfg.hood))
 }
 
 /// [`server_config`], presenting the certificate `identity` holds at each
-/// handshake (rotation) instead of `cfg.identity` for good.
-pub(crate) fn server_config_with(cfg: &Config, identity: Option<Arc<SwapIdentity>>) -> Result<quinn::ServerConfig, TlsSetupError> {
-    let mut tls = partybus_pki::server_config(&cfg.identity, &cfg.hood)?;
+/// handshake (rotation) instead of `cfg.identity` for good, and refusing
+/// clients in `revoked`.
+pub(crate) fn server_config_with(
+    cfg: &Config,
+    identity: Option<Arc<SwapIdentity>>,
+    revoked: &RevokedSet,
+) -> Result<quinn::ServerConfig, TlsSetupError> {
+    let mut tls = partybus_pki::server_config_with(&cfg.identity, &cfg.hood, revoked)?;
     if let Some(id) = identity {
         tls.cert_resolver = id;
     }
@@ -138,13 +171,19 @@ pub(crate) fn server_config_with(cfg: &Config, identity: Option<Arc<SwapIdentity
     Ok(sc)
 }
 
+/// The QUIC client configuration (no revocation list).
 pub fn client_config(cfg: &Config) -> Result<quinn::ClientConfig, TlsSetupError> {
-    client_config_with(cfg, None)
+    client_config_with(cfg, None, &RevokedSet::new(&cfg.hood))
 }
 
-/// [`client_config`] with a swappable identity (see [`server_config_with`]).
-pub(crate) fn client_config_with(cfg: &Config, identity: Option<Arc<SwapIdentity>>) -> Result<quinn::ClientConfig, TlsSetupError> {
-    let mut tls = partybus_pki::client_config(&cfg.identity, &cfg.hood)?;
+/// [`client_config`] with a swappable identity (see [`server_config_with`]),
+/// refusing servers in `revoked`.
+pub(crate) fn client_config_with(
+    cfg: &Config,
+    identity: Option<Arc<SwapIdentity>>,
+    revoked: &RevokedSet,
+) -> Result<quinn::ClientConfig, TlsSetupError> {
+    let mut tls = partybus_pki::client_config_with(&cfg.identity, &cfg.hood, revoked)?;
     if let Some(id) = identity {
         tls.client_auth_cert_resolver = id;
     }
@@ -166,6 +205,18 @@ pub fn on_host(
     server.transport_config(transport(cfg, true));
     client.transport_config(transport(cfg, true));
     (server, client)
+}
+
+/// The certificate (DER) a connection's peer presented.
+pub fn peer_cert(conn: &quinn::Connection) -> Option<rustls_pki_types::CertificateDer<'static>> {
+    conn.peer_identity()
+        .and_then(|id| id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().cloned())
+}
+
+/// Whether the certificate a connection's peer presented is revoked now.
+pub fn peer_revoked(conn: &quinn::Connection, revoked: &RevokedSet) -> bool {
+    peer_cert(conn).is_some_and(|c| revoked.is_revoked(&c))
 }
 
 /// The SHA-256 (hex) of the certificate a connection's peer presented.

@@ -36,7 +36,7 @@ pub const MAGIC: [u8; 4] = *b"PBUS";
 /// 3: [`Frame::Resume`] (in-order delivery across a connection switch).
 /// 4: relay routes in [`Hello::relays`] and [`PeerAddrs::relays`].
 /// 5: [`Hello::nonce`]: node ids are bound to the certificate's name.
-/// 6: (reserved: revocation lists)
+/// 6: [`Frame::Revocations`] (a hood's signed revocation list spreads through the mesh).
 /// 7: the express stream ([`Hello::express`], [`Frame::After`]).
 pub const PROTOCOL_VERSION: u16 = 7;
 /// Bytes of magic + version.
@@ -65,6 +65,8 @@ pub mod close {
     pub const VERSION: u32 = 0x14;
     /// The peer stayed stuck too long with a full send queue (policy `Disconnect`).
     pub const STUCK: u32 = 0x15;
+    /// The peer's certificate is revoked by the hood's revocation list.
+    pub const REVOKED: u32 = 0x16;
 }
 
 /// A subscription as it travels: an id unique per sender (never reused
@@ -185,6 +187,12 @@ pub enum Frame<'a> {
     Resume {
         after: u64,
     },
+    /// The hood's revocation list in force at the sender (its signed
+    /// encoding, `partybus_pki::RevocationList::as_der`): sent to every
+    /// neighbour when a newer list is applied, and to a new neighbour. The
+    /// receiver applies it if it is newer than its own and signed by the
+    /// hood's key; a list that is not is a protocol error.
+    Revocations(#[serde(with = "serde_bytes", borrow)] &'a [u8]),
     /// A barrier between the sender's two streams: the events that follow
     /// on this stream are delivered only once `other` events of the
     /// sender's other stream (main or express; counted like
@@ -556,6 +564,7 @@ mod tests {
             Frame::Event { name: "big", payload: &[0u8; 70_000] },
             Frame::Retire,
             Frame::Resume { after: 12345 },
+            Frame::Revocations(b"PBRL\x01 and the rest"),
             Frame::After { other: 77 },
         ]
     }

@@ -62,6 +62,13 @@ fn bench_scenarios_count_what_arrived() {
     assert_eq!((num(v, "events"), num(v, "lost")), (100.0, 0.0), "{v}");
     let p: Vec<f64> = ["min_us", "p50_us", "p90_us", "p99_us", "max_us"].iter().map(|k| num(v, k)).collect();
     assert!(p[0] > 0.0 && p.windows(2).all(|w| w[0] <= w[1]), "{v}");
+    // Small events behind bulk ones (issue 16): every ping answered while
+    // 64 KiB events fill the queue ahead of it, and the bulk stream counted.
+    let rows = bench_json(&["latency", "--round-trips", "20", "--warmup", "2", "--bulk", "65536"]);
+    let v = &rows[0];
+    assert_eq!((num(v, "events"), num(v, "lost")), (20.0, 0.0), "{v}");
+    assert_eq!(num(v, "bulk_payload_bytes"), 65536.0, "{v}");
+    assert!(num(v, "bulk_events_queued") > 0.0 && num(v, "bulk_mb_per_s") > 0.0, "{v}");
     // Memory: idle and with neighbours.
     let rows = bench_json(&["memory", "--neighbours", "2"]);
     let v = &rows[0];

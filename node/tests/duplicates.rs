@@ -54,7 +54,9 @@ impl NodeStream {
                     Frame::Subscribe(s) => Got::Subscribe(s.into_iter().map(|s| s.selector).collect()),
                     Frame::Event { name, payload } => Got::Event(name.to_owned(), payload.to_vec()),
                     Frame::Retire => Got::Retire,
-                    Frame::Peers(_) | Frame::Unsubscribe(_) | Frame::Resume { .. } | Frame::After { .. } => Got::Other,
+                    Frame::Peers(_) | Frame::Unsubscribe(_) | Frame::Resume { .. } | Frame::After { .. } | Frame::Revocations(_) => {
+                        Got::Other
+                    }
                 };
             }
             match tokio::time::timeout(GUARD, self.recv.read_chunk(64 * 1024, true)).await.expect("a frame from the node in time") {

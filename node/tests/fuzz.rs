@@ -140,6 +140,8 @@ fn generated_seeds() -> Vec<Vec<u8>> {
         Frame::Resume { after: 42 },
         Frame::After { other: 7 },
         Frame::Retire,
+        // A revocation list's header (magic, version 1, hood fingerprint, sequence 7) and no more.
+        Frame::Revocations(&REVOCATIONS_SEED),
     ];
     let mut seeds = Vec::new();
     let mut all = BytesMut::new();
@@ -271,3 +273,16 @@ fn decoders_survive_mutated_input() {
     eprintln!("fuzz: {n} inputs in {:?} (seed {seed}), {} corpus entries", started.elapsed(), corpus.len());
     assert!(n > 1000 || max_inputs < 1000, "the fuzzer barely ran: {n} inputs");
 }
+
+/// The start of a revocation list (`PBRL`, version 1, a hood fingerprint,
+/// sequence 7, issued at 0, no entries) without its signature.
+const REVOCATIONS_SEED: [u8; 57] = {
+    let mut b = [0u8; 57];
+    b[0] = b'P';
+    b[1] = b'B';
+    b[2] = b'R';
+    b[3] = b'L';
+    b[4] = 1;
+    b[44] = 7;
+    b
+};

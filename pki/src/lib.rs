@@ -73,6 +73,14 @@
 //! check as a handshake. Relays use them to serve only some hoods without
 //! holding any hood certificate.
 //!
+//! ## Revocation
+//!
+//! [`revocation::revoke`] adds a peer certificate to `HOOD.revoked`, a
+//! [`RevocationList`] signed with the hood's key; a node loads it with
+//! [`RevocationList::load`] (which checks the signature), puts it in force
+//! in a [`RevokedSet`], and [`server_config_with`] / [`client_config_with`]
+//! refuse revoked certificates at every handshake (`CertificateError::Revoked`).
+//!
 //! ```no_run
 //! use std::path::Path;
 //! use partybus_pki::{create_hood, create_peer, Hood, Identity, DEFAULT_HOOD_DAYS, DEFAULT_PEER_DAYS};
@@ -103,6 +111,8 @@ mod key;
 mod pemfile;
 mod permissions;
 mod proof;
+pub mod revocation;
+mod signature;
 mod temp;
 mod tls;
 mod verified;
@@ -115,8 +125,9 @@ pub use info::CertInfo;
 pub use key::KeyKind;
 pub use permissions::{Permissions, PERMISSIONS_OID};
 pub use proof::{relay_proof, verify_relay_proof, ProofError, ProvenMember};
+pub use revocation::{RevocationError, RevocationList, RevokedSet};
 pub use temp::TempHood;
-pub use tls::{client_config, peer_name, peer_permissions, server_config};
+pub use tls::{client_config, client_config_with, peer_name, peer_permissions, server_config, server_config_with};
 
 /// Default validity of a new hood: 10 years (as tubemail's `createHood.sh`).
 pub const DEFAULT_HOOD_DAYS: u32 = 3650;

@@ -34,18 +34,8 @@ use crate::cert::{self, Problem, Purpose};
 use crate::error::PkiError;
 use crate::hood::Hood;
 use crate::identity::Identity;
+use crate::signature;
 use crate::verified;
-
-/// The schemes a proof may be signed with: TLS 1.3's, in the order of
-/// preference of a signer (the key's kind picks one).
-const TLS13_SCHEMES: [SignatureScheme; 6] = [
-    SignatureScheme::ECDSA_NISTP256_SHA256,
-    SignatureScheme::ECDSA_NISTP384_SHA384,
-    SignatureScheme::ED25519,
-    SignatureScheme::RSA_PSS_SHA256,
-    SignatureScheme::RSA_PSS_SHA384,
-    SignatureScheme::RSA_PSS_SHA512,
-];
 
 /// Who a valid proof was made by.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +44,9 @@ pub struct ProvenMember {
     pub hood_fingerprint: String,
     /// The peer's name: its certificate's common name (CN).
     pub name: String,
+    /// The peer certificate's fingerprint (lowercase hex SHA-256 of its
+    /// DER), to check against a revocation list.
+    pub certificate: String,
 }
 
 /// Why a membership proof was refused.
@@ -106,13 +99,8 @@ pub enum ProofError {
 pub fn relay_proof(identity: &Identity, hood: &Hood, message: &[u8]) -> Result<Vec<u8>, PkiError> {
     crate::tls::same_hood(identity, hood)?;
     let fail = |reason: String| PkiError::Generate { what: format!("a membership proof for \"{}\"", identity.name()), reason };
-    // One scheme at a time, in our order (rustls' RSA key would pick SHA-512 first).
-    let signer = TLS13_SCHEMES
-        .iter()
-        .find_map(|s| identity.signing_key().choose_scheme(&[*s]))
-        .ok_or_else(|| fail(format!("a {} key has no TLS 1.3 signature scheme", identity.key_kind())))?;
-    let scheme = signer.scheme();
-    let signature = signer.sign(message).map_err(|e| fail(e.to_string()))?;
+    let (scheme, signature) =
+        signature::sign(identity.signing_key(), message).map_err(|e| fail(format!("a {} key cannot sign: {e}", identity.key_kind())))?;
     let (leaf, ca) = (identity.cert_der().as_ref(), hood.der().as_ref());
     let mut out = Vec::with_capacity(8 + signature.len() + leaf.len() + ca.len());
     out.extend_from_slice(&u16::from(scheme).to_be_bytes());
@@ -161,23 +149,16 @@ pub fn verify_relay_proof(
     let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
     cert::check_use(&facts, &hood, now_secs, Purpose::Client).map_err(|p| refusal(p, &hood))?;
 
-    if !TLS13_SCHEMES.contains(&parts.scheme) {
-        return Err(ProofError::UnsupportedScheme(u16::from(parts.scheme)));
-    }
-    let key = crate::der::spki_parts(&facts.spki).ok_or(ProofError::BadCertificate("its public key cannot be parsed".into()))?;
-    // As rustls' verify_tls13_signature: the first algorithm of the scheme,
-    // and it must be one for the certificate's key type.
-    let alg = algs
-        .mapping
-        .iter()
-        .find(|(s, _)| *s == parts.scheme)
-        .and_then(|(_, a)| a.first())
-        .ok_or(ProofError::UnsupportedScheme(u16::from(parts.scheme)))?;
-    if alg.public_key_alg_id().as_ref() != key.alg {
-        return Err(ProofError::BadSignature);
-    }
-    alg.verify_signature(key.key, message, parts.signature).map_err(|_| ProofError::BadSignature)?;
-    Ok(ProvenMember { hood_fingerprint: fingerprint, name: facts.cn.clone().unwrap_or_else(|| facts.subject.clone()) })
+    signature::verify(&facts.spki, parts.scheme, message, parts.signature).map_err(|r| match r {
+        signature::Refused::UnsupportedScheme => ProofError::UnsupportedScheme(u16::from(parts.scheme)),
+        signature::Refused::BadKey => ProofError::BadCertificate("its public key cannot be parsed".into()),
+        signature::Refused::BadSignature => ProofError::BadSignature,
+    })?;
+    Ok(ProvenMember {
+        hood_fingerprint: fingerprint,
+        name: facts.cn.clone().unwrap_or_else(|| facts.subject.clone()),
+        certificate: crate::sha256_hex(parts.leaf),
+    })
 }
 
 fn refusal(p: Problem, hood: &Hood) -> ProofError {

@@ -24,6 +24,7 @@ use crate::cert::{self, Problem, Purpose};
 use crate::error::PkiError;
 use crate::hood::Hood;
 use crate::identity::Identity;
+use crate::revocation::RevokedSet;
 use crate::verified;
 
 /// The one crypto provider this crate uses: rustls' *ring* provider, with
@@ -47,9 +48,16 @@ fn provider() -> Arc<CryptoProvider> {
 /// A TLS 1.3 server configuration for `identity` that requires every client
 /// to present a certificate issued by `hood`. ALPN is left to the caller.
 pub fn server_config(identity: &Identity, hood: &Hood) -> Result<rustls::ServerConfig, PkiError> {
+    server_config_with(identity, hood, &RevokedSet::new(hood))
+}
+
+/// [`server_config`] that also refuses clients whose certificate is in
+/// `revoked` (read at every handshake, so a list applied later counts from
+/// the next handshake on).
+pub fn server_config_with(identity: &Identity, hood: &Hood, revoked: &RevokedSet) -> Result<rustls::ServerConfig, PkiError> {
     same_hood(identity, hood)?;
     let provider = provider();
-    let verifier = Arc::new(HoodClientVerifier(HoodVerifier::new(hood, provider.clone())));
+    let verifier = Arc::new(HoodClientVerifier(HoodVerifier::new(hood, provider.clone(), revoked.clone())));
     Ok(rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_error(identity, e))?
@@ -61,9 +69,14 @@ pub fn server_config(identity: &Identity, hood: &Hood) -> Result<rustls::ServerC
 /// and accepts only servers whose certificate was issued by `hood` (no host
 /// name check). ALPN is left to the caller.
 pub fn client_config(identity: &Identity, hood: &Hood) -> Result<rustls::ClientConfig, PkiError> {
+    client_config_with(identity, hood, &RevokedSet::new(hood))
+}
+
+/// [`client_config`] that also refuses servers whose certificate is in `revoked`.
+pub fn client_config_with(identity: &Identity, hood: &Hood, revoked: &RevokedSet) -> Result<rustls::ClientConfig, PkiError> {
     same_hood(identity, hood)?;
     let provider = provider();
-    let verifier = Arc::new(HoodServerVerifier(HoodVerifier::new(hood, provider.clone())));
+    let verifier = Arc::new(HoodServerVerifier(HoodVerifier::new(hood, provider.clone(), revoked.clone())));
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_error(identity, e))?
@@ -134,6 +147,7 @@ impl std::error::Error for Refused {}
 struct HoodVerifier {
     hood: Hood,
     provider: Arc<CryptoProvider>,
+    revoked: RevokedSet,
 }
 
 impl fmt::Debug for HoodVerifier {
@@ -143,8 +157,8 @@ impl fmt::Debug for HoodVerifier {
 }
 
 impl HoodVerifier {
-    fn new(hood: &Hood, provider: Arc<CryptoProvider>) -> Self {
-        HoodVerifier { hood: hood.clone(), provider }
+    fn new(hood: &Hood, provider: Arc<CryptoProvider>, revoked: RevokedSet) -> Self {
+        HoodVerifier { hood: hood.clone(), provider, revoked }
     }
 
     fn check(&self, end_entity: &CertificateDer<'_>, now: UnixTime, purpose: Purpose) -> Result<(), Error> {
@@ -163,7 +177,12 @@ impl HoodVerifier {
             }
         };
         // Validity, purpose, not a CA: at every handshake.
-        cert::check_use(&facts, &self.hood, now_secs, purpose).map_err(|p| self.to_rustls(p, now))
+        cert::check_use(&facts, &self.hood, now_secs, purpose).map_err(|p| self.to_rustls(p, now))?;
+        // Revocation last: only a certificate of this hood can be revoked by it.
+        if self.revoked.is_revoked(end_entity) {
+            return Err(Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(())
     }
 
     fn to_rustls(&self, p: Problem, now: UnixTime) -> Error {

@@ -242,7 +242,12 @@ async fn run(opts: PortMapOptions, ctx: DiscoveryContext, sink: DiscoverySink, m
             Action::Map => {
                 let res = tokio::select! {
                     r = client.map(want, opts.lease, ctx.allow_non_global) => r,
-                    _ = stop.stopped() => break,
+                    _ = stop.stopped() => {
+                        // The router may have made the mapping we stopped
+                        // waiting for: remove it on the way out.
+                        held = true;
+                        break;
+                    }
                 };
                 let attempt = match res {
                     Ok(m) => {

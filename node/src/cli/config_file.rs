@@ -12,13 +12,16 @@
 //! # bind = "::"
 //! # advertise = ["203.0.113.5:4816"]
 //! # allow_non_global = false
-//! # idle_timeout = "20s"
-//! # keep_alive = "5s"
+//! # idle_timeout = "10s"
+//! # keep_alive = "2s"
+//! # congestion = "bbr"             # or "cubic", "newreno"
 //! # relay = true                  # serve as a relay for this hood's members (on the node's UDP port)
 //! # relays = ["relay.example.org:4816"]   # relays to use (UDP HOST:PORT)
 //! # relay_max_clients = 1024
 //! # relay_client_rate = "2MB/s"    # per client; also "500KiB/s", "16Mbit/s"
 //! # relay_total_rate = "50MB/s"    # all clients together
+//! # revoked = "hood.revoked"       # the hood's revocation list (`partybus cert revoke`)
+//! # metrics = "127.0.0.1:9464"     # serve http://127.0.0.1:9464/metrics (unauthenticated: keep it local)
 //! # control = "/run/partybus/node.sock"   # control socket of `partybus node` (see `partybus status`)
 //! # log = "info"                  # log filter, e.g. "partybus=debug"; RUST_LOG overrides it
 //!
@@ -79,6 +82,8 @@ pub struct FileConfig {
     pub allow_readable_key: Option<bool>,
     pub idle_timeout: Option<Dur>,
     pub keep_alive: Option<Dur>,
+    /// "bbr", "cubic" or "newreno" (checked when resolved, naming the key).
+    pub congestion: Option<String>,
     /// Serve as a relay (default true).
     pub relay: Option<bool>,
     /// Relays to use, `HOST:PORT`.
@@ -88,6 +93,10 @@ pub struct FileConfig {
     /// A rate like "2MB/s" (checked when resolved, naming the key).
     pub relay_client_rate: Option<String>,
     pub relay_total_rate: Option<String>,
+    /// The hood's revocation list (`HOOD.revoked`).
+    pub revoked: Option<PathBuf>,
+    /// Serve metrics on this TCP address.
+    pub metrics: Option<SocketAddr>,
     pub discovery: Option<DiscoveryConfig>,
     pub limits: Option<Limits>,
     /// The control socket of `partybus node` (relative to this file).

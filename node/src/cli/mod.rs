@@ -17,6 +17,7 @@ mod opts;
 mod pki_cmd;
 mod relay_opts;
 mod reload;
+mod revoke_cmd;
 mod status;
 
 pub use opts::NodeOpts;
@@ -40,7 +41,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: pki_cmd::PeerCmd,
     },
-    /// Inspect certificates.
+    /// Inspect certificates and revocation lists; revoke peer certificates.
     Cert {
         #[command(subcommand)]
         cmd: pki_cmd::CertCmd,

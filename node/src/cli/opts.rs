@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use partybus::discovery::portmap::{Mode, PortMapDiscovery, PortMapOptions, Protocol};
-use partybus::{Config, FullPolicy, PortSpec};
+use partybus::{Config, Congestion, FullPolicy, PortSpec};
 use partybus_pki::KeyFileCheck;
 
 use super::config_file::FileConfig;
@@ -87,12 +87,15 @@ pub struct NodeOpts {
     /// Load the private key even if every user of this machine may read it (refused by default, as ssh does).
     #[arg(long)]
     pub allow_readable_key: bool,
-    /// Neighbour idle timeout (e.g. 20s).
+    /// Neighbour idle timeout (default 10s).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     pub idle_timeout: Option<Duration>,
-    /// QUIC keep-alive interval (e.g. 5s).
+    /// QUIC keep-alive interval (default 2s).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     pub keep_alive: Option<Duration>,
+    /// Congestion controller: bbr (default), cubic or newreno.
+    #[arg(long, value_name = "NAME", value_parser = parse_congestion)]
+    pub congestion: Option<Congestion>,
     /// Do not serve as a relay for others (default: serve members of this node's hood on its UDP port).
     /// Relays given with --relay are still used.
     #[arg(long)]
@@ -103,6 +106,17 @@ pub struct NodeOpts {
     pub relays: Vec<String>,
     #[command(flatten)]
     pub relay_limits: RelayLimitArgs,
+    /// The hood's revocation list (HOOD.revoked, made by `partybus cert revoke`): refuse the peers it names.
+    #[arg(long, value_name = "FILE")]
+    pub revoked: Option<PathBuf>,
+    /// Serve metrics (Prometheus text format) at http://ADDR/metrics, e.g. 127.0.0.1:9464.
+    /// Unauthenticated: keep it on loopback or a private interface.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics: Option<SocketAddr>,
+}
+
+fn parse_congestion(s: &str) -> Result<Congestion, String> {
+    s.parse().map_err(|e: partybus::UnknownCongestion| e.to_string())
 }
 
 /// A `--flag` / `--no-flag` pair as the command line gave it: `None` when
@@ -181,6 +195,7 @@ pub struct Resolved {
     pub allow_readable_key: bool,
     pub idle_timeout: Option<Duration>,
     pub keep_alive: Option<Duration>,
+    pub congestion: Option<Congestion>,
     pub connect: Vec<String>,
     pub connect_interval: Duration,
     pub mdns: bool,
@@ -201,6 +216,10 @@ pub struct Resolved {
     pub relay_limits: RelayLimitArgs,
     /// Relays to use.
     pub relays: Vec<String>,
+    /// The revocation list file.
+    pub revoked: Option<PathBuf>,
+    /// Where to serve metrics.
+    pub metrics: Option<SocketAddr>,
     /// The config file's control socket (resolved against the file's folder).
     pub control: Option<PathBuf>,
     /// The config file's log filter.
@@ -251,6 +270,11 @@ impl NodeOpts {
         r.allow_readable_key = self.allow_readable_key || file.allow_readable_key.unwrap_or(false);
         r.idle_timeout = self.idle_timeout.or(file.idle_timeout.map(|d| d.0));
         r.keep_alive = self.keep_alive.or(file.keep_alive.map(|d| d.0));
+        r.congestion = match (self.congestion, &file.congestion) {
+            (Some(c), _) => Some(c),
+            (None, Some(text)) => Some(text.parse::<Congestion>().context("config `congestion`")?),
+            (None, None) => None,
+        };
         if let Some(l) = &file.limits {
             r.queue_limit = l.queue_limit;
             r.express_max = l.express_max;
@@ -300,6 +324,8 @@ impl NodeOpts {
         if r.relay_limits.relay_max_clients == Some(0) {
             bail!("config `relay_max_clients = 0`: a relay takes at least 1 client (or turn it off with `relay = false`)");
         }
+        r.revoked = self.revoked.clone().or_else(|| file.revoked.clone().map(|p| rel(base, p)));
+        r.metrics = self.metrics.or(file.metrics);
         r.control = file.control.clone().map(|p| rel(base, p));
         r.log = file.log.clone();
         r.relays = list(&self.relays, &file.relays);
@@ -342,6 +368,12 @@ impl NodeOpts {
     pub fn config_from(r: Resolved, static_peers: Option<tokio::sync::watch::Receiver<Vec<String>>>) -> Result<Config> {
         let check = if r.allow_readable_key { KeyFileCheck::AnyMode } else { KeyFileCheck::Private };
         let mut cfg = Config::from_files_with(&r.ca, &r.cert, &r.key, check)?;
+        if let Some(path) = &r.revoked {
+            // Checked against the hood now: a forged or foreign list stops the start.
+            let list = partybus::pki::RevocationList::load(path, &cfg.hood).context("option --revoked / config `revoked`")?;
+            cfg.revoked = Some(list);
+        }
+        cfg.metrics = r.metrics;
         if let Some(p) = r.port {
             cfg.port = p;
         }
@@ -353,6 +385,9 @@ impl NodeOpts {
         }
         if let Some(d) = r.keep_alive {
             cfg.keep_alive = d;
+        }
+        if let Some(c) = r.congestion {
+            cfg.congestion = c;
         }
         if let Some(q) = r.queue_limit {
             cfg.queue_limit = q;
@@ -511,6 +546,17 @@ mod tests {
     }
 
     #[test]
+    fn congestion_from_file_and_flag() {
+        assert_eq!(ok("", &[]).congestion, None);
+        assert_eq!(ok("congestion = \"cubic\"", &[]).congestion, Some(Congestion::Cubic));
+        assert_eq!(ok("congestion = \"cubic\"", &["--congestion", "newreno"]).congestion, Some(Congestion::NewReno));
+        let e = format!("{:#}", resolve("congestion = \"vegas\"", &[]).unwrap_err());
+        assert!(e.contains("config `congestion`") && e.contains("\"bbr\", \"cubic\" or \"newreno\""), "{e}");
+        let e = resolve("", &["--congestion", "vegas"]).unwrap_err().to_string();
+        assert!(e.contains("--congestion") && e.contains("\"vegas\""), "{e}");
+    }
+
+    #[test]
     fn scalars_from_flags_win() {
         let file = "port = \"4816\"\nbind = \"127.0.0.1\"\nidle_timeout = \"20s\"\nkeep_alive = \"5s\"";
         let r = ok(file, &[]);
@@ -522,6 +568,20 @@ mod tests {
         assert_eq!(r.ca, PathBuf::from("/x/ca.crt"));
         // The file's paths are relative to the file.
         assert!(r.cert.ends_with("h.a.crt") && r.cert.is_absolute(), "{:?}", r.cert);
+    }
+
+    #[test]
+    fn revoked_and_metrics_from_file_and_flags() {
+        let r = ok("", &[]);
+        assert_eq!((r.revoked.clone(), r.metrics), (None, None));
+        let r = ok("revoked = \"h.revoked\"\nmetrics = \"127.0.0.1:9464\"", &[]);
+        // The file's path is relative to the file.
+        assert!(r.revoked.as_ref().is_some_and(|p| p.is_absolute() && p.ends_with("h.revoked")), "{:?}", r.revoked);
+        assert_eq!(r.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        let r = ok("revoked = \"h.revoked\"\nmetrics = \"127.0.0.1:9464\"", &["--revoked", "/x/other.revoked", "--metrics", "[::1]:1"]);
+        assert_eq!(r.revoked, Some(PathBuf::from("/x/other.revoked")));
+        assert_eq!(r.metrics, Some("[::1]:1".parse().unwrap()));
+        assert!(resolve("", &["--metrics", "localhost"]).is_err());
     }
 
     #[test]

@@ -63,13 +63,19 @@ pub enum PeerCmd {
 
 #[derive(Subcommand)]
 pub enum CertCmd {
-    /// Print subject, issuer, validity, key type and fingerprint.
+    /// Print subject, issuer, validity, key type and fingerprint; or a revocation list (HOOD.revoked).
     Show {
         file: PathBuf,
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// For a revocation list: the hood certificate to check its signature with
+        /// (default: HOOD.crt next to HOOD.revoked, if there is one).
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
     },
+    /// Revoke a peer certificate: add it to DIR/HOOD.revoked, signed with DIR/HOOD.key.
+    Revoke(super::revoke_cmd::RevokeArgs),
 }
 
 pub fn hood(cmd: HoodCmd) -> Result<ExitCode> {
@@ -94,7 +100,15 @@ pub fn peer(cmd: PeerCmd) -> Result<ExitCode> {
 }
 
 pub fn cert(cmd: CertCmd) -> Result<ExitCode> {
-    let CertCmd::Show { file, json } = cmd;
+    let (file, json, ca) = match cmd {
+        CertCmd::Show { file, json, ca } => (file, json, ca),
+        CertCmd::Revoke(args) => return super::revoke_cmd::revoke_cmd(args),
+    };
+    if let Ok(pem) = std::fs::read(&file) {
+        if super::revoke_cmd::is_list(&pem) {
+            return super::revoke_cmd::show(&file, &pem, ca.as_deref(), json);
+        }
+    }
     let info = CertInfo::from_file(&file)?;
     if json {
         println!("{}", serde_json::to_string(&info).context("cannot encode JSON")?);

@@ -6,7 +6,8 @@
 //!
 //! What a reload applies ([`Reloadable`]): the static peer list (`connect`),
 //! the limits `queue_limit`, `max_event_size`, `max_subscriptions_per_peer`,
-//! the log filter (`log`), and the node's certificate and key (rotation).
+//! the log filter (`log`), the node's certificate and key (rotation), and
+//! the revocation list (`revoked`).
 //! Everything else (port, bind, discovery services, relays, the hood CA,
 //! ...) needs a restart: a reload that changes it says so and leaves it.
 
@@ -23,16 +24,16 @@ use super::opts::{NodeOpts, Resolved};
 /// [`Reloader::load`] (fail there, not later) and apply it in
 /// [`Reloader::apply`].
 ///
-/// Hook for the revocation list: the `revoked` file (`--revoked FILE` /
-/// config `revoked`) is to be read and its signature checked in `load` into
-/// a field here, and handed to the bus in `apply`, so that a bad list is
-/// refused like any other bad config.
+/// The revocation list (`--revoked FILE` / config `revoked`) is read and its
+/// signature checked in `load` (by `NodeOpts::config_from`), so a forged
+/// list is refused like any other bad config.
 pub struct Reloadable {
     resolved: Resolved,
     queue_limit: usize,
     max_event_size: usize,
     max_subscriptions_per_peer: usize,
     identity: partybus::pki::Identity,
+    revoked: Option<partybus::pki::RevocationList>,
 }
 
 /// A node's reload state: the flags it started with, what is in force.
@@ -60,6 +61,7 @@ fn restart_needed(old: &Resolved, new: &Resolved) -> Vec<String> {
         allow_non_global,
         idle_timeout,
         keep_alive,
+        congestion,
         connect_interval,
         mdns,
         port_mapping,
@@ -71,7 +73,8 @@ fn restart_needed(old: &Resolved, new: &Resolved) -> Vec<String> {
         relay_serve,
         relay_limits,
         relays,
-        control
+        control,
+        metrics
     );
     out
 }
@@ -112,6 +115,7 @@ impl Reloader {
             max_event_size: cfg.max_event_size,
             max_subscriptions_per_peer: cfg.max_subscriptions_per_peer,
             identity: cfg.identity,
+            revoked: cfg.revoked,
             resolved,
         })
     }
@@ -146,6 +150,20 @@ impl Reloader {
                 "limits: queue_limit {} (for new neighbours), max_event_size {}, max_subscriptions_per_peer {}",
                 new.queue_limit, new.max_event_size, new.max_subscriptions_per_peer
             ));
+        }
+        if let Some(list) = &new.revoked {
+            let current = bus.revocation_sequence();
+            if list.sequence() > current {
+                bus.set_revocations(list).context("cannot apply the revocation list")?;
+                out.applied.push(format!(
+                    "revoked: sequence {} ({} certificates) replaces sequence {current}",
+                    list.sequence(),
+                    list.len()
+                ));
+            } else if list.sequence() < current {
+                // A newer list reached the node from a neighbour meanwhile.
+                out.applied.push(format!("revoked: keeping sequence {current}, newer than the file's {}", list.sequence()));
+            }
         }
         if let Some(logs) = &self.logs {
             if logs.apply(r.log.as_deref(), "info")? {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use partybus_discovery::Discovery;
-use partybus_pki::{Hood, Identity, KeyFileCheck};
+use partybus_pki::{Hood, Identity, KeyFileCheck, RevocationList};
 
 use crate::relay::server::{RelayConfig, RelayPolicy};
 
@@ -140,10 +140,17 @@ pub struct Config {
     pub advertise: Vec<SocketAddr>,
     /// Discovery services (static, mDNS, DHT, UPnP, your own).
     pub discovery: Vec<Box<dyn Discovery>>,
-    /// QUIC keep-alive; short enough to keep NAT mappings open.
+    /// QUIC keep-alive; short enough to keep NAT mappings open (default 2 s).
     pub keep_alive: Duration,
-    /// A neighbour silent this long is lost.
+    /// A neighbour silent this long is lost (default 10 s). With a keep-alive
+    /// every 2 s, a lost one is sent again within a probe timeout (about
+    /// 1.5 round trips), so a healthy path never goes 10 s without a packet
+    /// even at a 200 ms round trip and 4 % loss each way (issue 16's lab);
+    /// a dead one is noticed 8-10 s after its last packet (20 s before).
     pub idle_timeout: Duration,
+    /// Congestion controller of every connection (default BBR; see
+    /// BENCHMARKS.md, "Issue 16").
+    pub congestion: crate::Congestion,
     /// TLS + hello must complete within this.
     pub handshake_timeout: Duration,
     /// First re-dial delay after a neighbour is lost (doubles, with jitter).
@@ -188,6 +195,14 @@ pub struct Config {
     pub allow_non_global: bool,
     /// Relaying for others and through others.
     pub relay: RelaySettings,
+    /// The hood's revocation list to start with (`--revoked FILE`): peers
+    /// whose certificate it names are refused at every handshake. Replace it
+    /// at run time with [`crate::Bus::set_revocations`].
+    pub revoked: Option<RevocationList>,
+    /// Serve metrics in the Prometheus text format at `GET /metrics` on this
+    /// TCP address (`--metrics 127.0.0.1:9464`); `None` (default): do not.
+    /// Unauthenticated: keep it on loopback or a private interface.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Config {
@@ -199,8 +214,9 @@ impl Config {
             bind: None,
             advertise: Vec::new(),
             discovery: Vec::new(),
-            keep_alive: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(20),
+            keep_alive: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
+            congestion: crate::Congestion::default(),
             handshake_timeout: Duration::from_secs(10),
             redial_base: Duration::from_secs(1),
             redial_max: Duration::from_secs(120),
@@ -215,6 +231,8 @@ impl Config {
             max_subscriptions_per_peer: 10_000,
             allow_non_global: false,
             relay: RelaySettings::for_hood(&hood),
+            revoked: None,
+            metrics: None,
             hood,
         }
     }

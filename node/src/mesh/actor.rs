@@ -50,6 +50,8 @@ pub(crate) trait Io {
     /// The actor's figures, for the synchronous accessors.
     fn publish(&self, stats: ConnStats, observed: &[SocketAddr]);
     fn actor(&self) -> &Actor;
+    /// The revocation list in force.
+    fn revoked(&self) -> &partybus_pki::RevokedSet;
 }
 
 /// Messages waiting at most; a reporter past that waits for room (a peer
@@ -136,7 +138,7 @@ impl Actor {
                 }
                 self.space.notify_waiters();
                 for msg in batch {
-                    st.on_msg(msg);
+                    st.on_msg(io, msg);
                 }
             }
             st.fire_timers();
@@ -198,7 +200,7 @@ impl State {
         }
     }
 
-    fn on_msg(&mut self, msg: Msg) {
+    fn on_msg(&mut self, io: &impl Io, msg: Msg) {
         let now = Instant::now();
         let input = match msg {
             Msg::Candidate { addr, retry } => Input::Candidate { addr, retry },
@@ -230,6 +232,7 @@ impl State {
             }
             Msg::Gossip { conn, peers } => Input::Gossip { conn, peers },
             Msg::ReaderEnded { conn, end } => Input::ReaderEnded { conn, end },
+            Msg::Revoke => Input::Revoked { peers: self.close_revoked(io) },
             Msg::Leave => Input::Leave,
         };
         self.mesh.handle(input, now);
@@ -262,6 +265,7 @@ impl State {
                     let (code, reason): (u32, &'static [u8]) = match why {
                         CloseWhy::SelfConnect => (close::SELF_CONNECT, b"self"),
                         CloseWhy::Leaving => (close::GOODBYE, b"leaving"),
+                        CloseWhy::Revoked => (close::REVOKED, b"certificate revoked"),
                     };
                     self.command(conn, ConnCmd::Close { code, reason });
                     self.conns.remove(&conn);
@@ -269,6 +273,7 @@ impl State {
                 Output::Lost { peer, reason, .. } => {
                     // Leaving: the queue stays open for leave's flush.
                     if let Some((info, n)) = io.plane().remove_link(peer, !io.leaving()) {
+                        io.plane().counters.lost(&reason.to_string());
                         info!(peer = %peer.short(), name = %info.name, addr = %info.addr, reason = %reason, neighbours = n, "neighbour lost");
                         io.neighbour_event(NeighbourEvent::Lost { info, reason: reason.to_string() });
                     }
@@ -283,6 +288,26 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Closes every connection (neighbour, handshake or hello in progress)
+    /// whose peer's certificate is revoked now; returns the node ids of
+    /// those whose hello told us theirs. Their tasks report the end as usual.
+    fn close_revoked(&mut self, io: &impl Io) -> Vec<NodeId> {
+        let mut ids = Vec::new();
+        for c in self.conns.values().filter(|c| crate::tls::peer_revoked(&c.conn, io.revoked())) {
+            let peer = c.hello.as_ref().map(|(info, _)| info.clone());
+            info!(
+                peer = %peer.as_ref().map(|p| p.id.short().to_string()).unwrap_or_default(),
+                name = %crate::tls::peer_cert_name(&c.conn),
+                addr = %c.conn.remote_address(),
+                "certificate revoked: closing the connection"
+            );
+            c.conn.close(close::REVOKED.into(), b"certificate revoked");
+            crate::metrics::Counters::add(&io.plane().counters.revoked_closed, 1);
+            ids.extend(peer.map(|p| p.id));
+        }
+        ids
     }
 
     fn command(&self, conn: ConnId, cmd: ConnCmd) {
@@ -309,6 +334,11 @@ impl State {
         let mut peers = io.wire_peers(peers);
         peers.extend(io.introduce());
         let ninfo = io.plane().add_link(peer, link, peers);
+        // A new neighbour learns the revocation list in force (it ignores an older one).
+        if let Some(list) = io.revoked().list() {
+            io.plane().push_revocations_to(list.as_der(), io.revoked(), Some(peer));
+        }
+        crate::metrics::Counters::add(&io.plane().counters.neighbours_found, 1);
         let n = self.mesh.neighbour_count();
         info!(peer = %peer.short(), name = %ninfo.name, addr = %ninfo.addr, direction = %c.dir, neighbours = n, "neighbour found");
         self.command(conn, ConnCmd::Start(Start { info, queue: Some((queue, writer_lock)), drain }));

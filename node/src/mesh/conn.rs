@@ -17,6 +17,7 @@ use super::link::{ConnCmd, ConnCtl, LEAVE_FLUSH};
 use super::proto::{ConnId, PeerHello, ReaderEnd, Teardown};
 use super::stream::{run_readers, run_writer};
 use crate::id::NodeId;
+use crate::metrics::Counters;
 use crate::path::keys::is_relay_key;
 use crate::peers::canonical;
 use crate::relay::wire::Token;
@@ -32,12 +33,14 @@ pub(crate) async fn run(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection, 
         res => {
             let e = res.unwrap_or(Err(HelloError::TimedOut)).err().expect("not Ok");
             if e.is_mismatch() {
+                Counters::add(&inner.plane.counters.hello_version, 1);
                 warn!(%remote, error = %e, "protocol mismatch");
                 conn.close(close::VERSION.into(), e.to_string().as_bytes());
             } else if e.is_misbehaviour() {
                 warn!(%remote, error = %e, "hello refused");
                 conn.close(close::PROTOCOL.into(), b"unproven node id");
             } else {
+                Counters::add(&inner.plane.counters.hello_other, 1);
                 debug!(%remote, error = %e, "hello failed");
                 conn.close(close::PROTOCOL.into(), b"hello failed");
             }
@@ -45,6 +48,14 @@ pub(crate) async fn run(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection, 
             return;
         }
     };
+    // A revocation list applied while this handshake went on (the verifier
+    // saw the older list): the actor's sweep may have missed it.
+    if crate::tls::peer_revoked(&conn, &inner.revoked) {
+        warn!(%remote, name = %crate::tls::peer_cert_name(&conn), "certificate revoked: closing the connection");
+        conn.close(close::REVOKED.into(), b"certificate revoked");
+        inner.report(Msg::HelloFailed { conn: id }).await;
+        return;
+    }
     let Hellos { send, express_send, recv, express_recv, hello } = hello;
     // The connection's paths: probe token, the peer's relays and addresses.
     let token = probe_token(&conn);
@@ -64,10 +75,11 @@ pub(crate) async fn run(inner: Arc<Inner>, id: ConnId, conn: quinn::Connection, 
     };
     let mut writer = {
         let (ctl, conn, queue, inner2) = (ctl.clone(), conn.clone(), start.queue, inner.clone());
+        let counters = inner.plane.counters.clone();
         inner.spawn_conn(async move {
             // Dropped with the task, even one aborted before it first ran.
             let _alive = writer_alive;
-            run_writer(inner2, send, express_send, queue, ctl, conn).await
+            run_writer(inner2, send, express_send, queue, ctl, conn, counters).await
         })
     };
     // Both lanes' readers drop the events the peer may not emit.

@@ -13,6 +13,7 @@ use super::admission::{Admission, Admit};
 use super::conn;
 use super::inbox::Msg;
 use super::proto::{Attempt, Dialled};
+use crate::metrics::Handshake;
 use crate::peers::{canonical, DialFailure};
 use crate::ratelog::{RateLog, LOG_EVERY};
 use crate::shared::Inner;
@@ -79,11 +80,16 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
         let me = inner.clone();
         inner.spawn_conn(async move {
             let connecting = async move { connecting?.await };
+            let counters = &me.plane.counters;
             let handshake = tokio::time::timeout(me.settings.handshake_timeout, connecting).await;
             drop(admitted);
             let conn = match handshake {
-                Ok(Ok(c)) => c,
+                Ok(Ok(c)) => {
+                    counters.handshake(true, Handshake::Ok);
+                    c
+                }
                 Ok(Err(e)) => {
+                    counters.handshake(true, Handshake::of_error(&e));
                     // The dialer's application closed the handshake: a second
                     // dialer giving its dial up because ours reached it first,
                     // or a node leaving. Nothing to warn about.
@@ -96,6 +102,7 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                     return;
                 }
                 Err(_) => {
+                    counters.handshake(true, Handshake::TimedOut);
                     complain(&complaints, "incoming handshake timed out", remote, &"no answer");
                     me.report(Msg::IncomingDone { conn: id, result: Err(DialFailure::TimedOut) }).await;
                     return;
@@ -144,9 +151,14 @@ async fn connect(inner: &Inner, addr: SocketAddr) -> Result<quinn::Connection, D
         debug!(%addr, error = %e, "cannot dial");
         DialFailure::Refused
     })?;
+    let counters = &inner.plane.counters;
     match tokio::time::timeout(inner.settings.handshake_timeout, connecting).await {
-        Ok(Ok(c)) => Ok(c),
+        Ok(Ok(c)) => {
+            counters.handshake(false, Handshake::Ok);
+            Ok(c)
+        }
         Ok(Err(e)) => {
+            counters.handshake(false, Handshake::of_error(&e));
             // TLS refusals are worth a warning: they name the reason.
             if matches!(e, quinn::ConnectionError::TransportError(_) | quinn::ConnectionError::ConnectionClosed(_)) {
                 warn!(%addr, reason = %e, "connection refused");
@@ -156,6 +168,7 @@ async fn connect(inner: &Inner, addr: SocketAddr) -> Result<quinn::Connection, D
             Err(if matches!(e, quinn::ConnectionError::TimedOut) { DialFailure::TimedOut } else { DialFailure::Refused })
         }
         Err(_) => {
+            counters.handshake(false, Handshake::TimedOut);
             debug!(%addr, "handshake timed out");
             Err(DialFailure::TimedOut)
         }

@@ -52,6 +52,8 @@ pub(crate) enum ProtocolError {
     GossipTooLong(usize),
     #[error("second hello")]
     SecondHello,
+    #[error("sent a revocation list that is refused: {0}")]
+    BadRevocations(String),
     #[error("stream error: {0}")]
     Stream(String),
 }

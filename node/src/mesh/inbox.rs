@@ -10,7 +10,8 @@ use super::proto::{Attempt, ConnId, Dialled, PeerHello, ReaderEnd};
 use crate::peers::DialFailure;
 use crate::wire::PeerAddrs;
 
-/// What tasks report to the actor.
+/// What tasks report to the actor (`Revoke`: a new revocation list is in
+/// force, close the connections of revoked peers).
 pub(crate) enum Msg {
     Candidate { addr: SocketAddr, retry: bool },
     Dialled { attempt: Attempt, result: Result<(Dialled, quinn::Connection, mpsc::UnboundedSender<ConnCmd>), DialFailure> },
@@ -20,5 +21,6 @@ pub(crate) enum Msg {
     HelloFailed { conn: ConnId },
     Gossip { conn: ConnId, peers: Vec<PeerAddrs> },
     ReaderEnded { conn: ConnId, end: ReaderEnd },
+    Revoke,
     Leave,
 }

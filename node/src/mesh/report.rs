@@ -67,6 +67,10 @@ pub enum JoinError {
     Bind { tried: String, bind: String, last: std::io::Error },
     #[error("cannot start the QUIC endpoint: {0}")]
     Endpoint(std::io::Error),
+    #[error(transparent)]
+    Revocation(#[from] partybus_pki::RevocationError),
+    #[error("cannot serve metrics on {addr}: {source}; pick a free TCP address with --metrics (e.g. 127.0.0.1:9464)")]
+    Metrics { addr: SocketAddr, source: std::io::Error },
 }
 
 /// Connection counters of one node since it joined (see [`crate::Bus::conn_stats`]).

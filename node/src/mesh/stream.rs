@@ -14,6 +14,7 @@ use super::inbox::Msg;
 use super::link::{ConnCtl, Drain};
 use super::proto::{ConnId, ReaderEnd};
 use crate::event::{BatchBuilder, PeerInfo};
+use crate::metrics::Counters;
 use crate::perms::PeerPerms;
 use crate::queue::{Lane, SendQueue};
 use crate::ratelog::{RateLog, LOG_EVERY};
@@ -130,7 +131,9 @@ async fn deliver(
     }
     let mut n = std::mem::take(skipped);
     if let Some(deliveries) = deliveries {
-        n += deliveries.events.len() as u64;
+        let events = deliveries.events.len() as u64;
+        n += events;
+        Counters::add(&inner.plane.counters.events_received, events);
         if inner.plane.dispatch_tx.send(deliveries).await.is_err() {
             return false;
         }
@@ -238,7 +241,10 @@ async fn run_reader(
         match recv.read_chunk(256 * 1024, true).await {
             // Clean end of stream: retire (a switch) or leave.
             Ok(None) => return if got_retire { ReaderEnd::Retired } else { ReaderEnd::Eof },
-            Ok(Some(chunk)) => dec.push(chunk.bytes),
+            Ok(Some(chunk)) => {
+                Counters::add(&inner.plane.counters.bytes_received, chunk.bytes.len() as u64);
+                dec.push(chunk.bytes)
+            }
             Err(quinn::ReadError::ConnectionLost(e)) => return closed(&e),
             Err(e) => return ReaderEnd::Protocol(ProtocolError::Stream(e.to_string())),
         }
@@ -254,6 +260,7 @@ fn closed(e: &quinn::ConnectionError) -> ReaderEnd {
         E::ApplicationClosed(c) if c.error_code == close::PROTOCOL.into() => {
             format!("closed by peer: protocol error ({})", String::from_utf8_lossy(&c.reason))
         }
+        E::ApplicationClosed(c) if c.error_code == close::REVOKED.into() => "certificate revoked".into(),
         E::ApplicationClosed(c) if c.error_code == close::STUCK.into() => {
             "closed by peer: stuck (its send queue to us stayed full too long; its full policy is disconnect)".into()
         }
@@ -282,6 +289,7 @@ async fn control(inner: &Arc<Inner>, conn: ConnId, info: &PeerInfo, frame: Frame
             let peers = inner.mesh_peers(list);
             inner.report(Msg::Gossip { conn, peers }).await;
         }
+        Frame::Revocations(der) => inner.revocations_from(info, der)?,
         // The peer sends nothing more here; EOF follows.
         Frame::Retire => return Ok(true),
         Frame::Resume { .. } | Frame::After { .. } => unreachable!("the reader takes resumes and barriers before calling this"),
@@ -322,6 +330,7 @@ pub(super) async fn run_writer(
     queue: Option<(Arc<SendQueue>, Arc<tokio::sync::Mutex<()>>)>,
     ctl: Arc<ConnCtl>,
     conn: quinn::Connection,
+    counters: Arc<Counters>,
 ) {
     let Some((queue, lock)) = queue else {
         return retire_both(main, express).await;
@@ -343,17 +352,17 @@ pub(super) async fn run_writer(
     let express = express.map(|x| {
         // QUIC sends the express stream's data before the main one's.
         let _ = x.set_priority(1);
-        let (queue, ctl) = (queue.clone(), ctl.clone());
-        AbortOnDrop(inner.spawn_conn(async move { write_lane(x, Lane::Express, &queue, &ctl).await }))
+        let (queue, ctl, counters) = (queue.clone(), ctl.clone(), counters.clone());
+        AbortOnDrop(inner.spawn_conn(async move { write_lane(x, Lane::Express, &queue, &ctl, &counters).await }))
     });
-    write_lane(main, Lane::Bulk, &queue, &ctl).await;
+    write_lane(main, Lane::Bulk, &queue, &ctl, &counters).await;
     if let Some(mut x) = express {
         let _ = (&mut x.0).await;
     }
 }
 
 /// One lane of the queue onto its stream.
-async fn write_lane(mut send: quinn::SendStream, lane: Lane, queue: &SendQueue, ctl: &ConnCtl) {
+async fn write_lane(mut send: quinn::SendStream, lane: Lane, queue: &SendQueue, ctl: &ConnCtl, counters: &Counters) {
     // Continuing another connection's queue: say how many events it sent,
     // so that the peer delivers ours after them.
     let after = queue.taken_events(lane);
@@ -376,6 +385,7 @@ async fn write_lane(mut send: quinn::SendStream, lane: Lane, queue: &SendQueue, 
             data = queue.take(lane) => match data {
                 Some(t) => {
                     let mut parts = t.parts;
+                    Counters::add(&counters.bytes_sent, parts.iter().map(|p| p.len() as u64).sum());
                     if let Err(e) = send.write_all_chunks(&mut parts).await {
                         debug!(error = %e, ?lane, "write failed");
                         return;

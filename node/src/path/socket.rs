@@ -46,6 +46,16 @@ impl SocketRelay {
         SocketRelay(Mutex::new(server))
     }
 
+    /// Drops the registrations of revoked members (a new list is in force).
+    pub(crate) fn drop_revoked(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).drop_revoked()
+    }
+
+    /// The relay server's counters (metrics).
+    pub(crate) fn stats(&self) -> crate::relay::server::RelayStats {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).stats()
+    }
+
     /// `buf[..len]` is a `Register` or `Send` from `src`: returns where to
     /// send `buf[..n]` (rewritten in place), if anywhere.
     fn on_datagram(&self, src: SocketAddr, buf: &mut [u8], len: usize) -> Option<(SocketAddr, usize)> {

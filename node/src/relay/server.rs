@@ -283,6 +283,8 @@ impl Bucket {
 struct Client {
     addr: SocketAddr,
     expires: Instant,
+    /// The fingerprint of the certificate its membership proof showed (hood policy).
+    cert: Option<String>,
     bytes: Bucket,
     unknown: Bucket,
 }
@@ -311,6 +313,8 @@ pub struct RelayServer {
     next_sweep: Option<Instant>,
     stats: RelayStats,
     scratch: Vec<u8>,
+    /// A hood relay's revocation list: revoked members may not register.
+    revoked: Option<partybus_pki::RevokedSet>,
 }
 
 impl RelayServer {
@@ -333,8 +337,33 @@ impl RelayServer {
             next_sweep: None,
             stats: RelayStats::default(),
             scratch: Vec::with_capacity(64),
+            revoked: None,
             cfg,
         }
+    }
+
+    /// Refuses members whose certificate `revoked` names (the node's list in
+    /// force, shared): at registration, and at [`RelayServer::drop_revoked`].
+    pub fn with_revocations(mut self, revoked: partybus_pki::RevokedSet) -> Self {
+        self.revoked = Some(revoked);
+        self
+    }
+
+    /// Drops the registrations of members revoked now (a new list was
+    /// applied); returns how many. Their packets are then answered as from
+    /// unregistered senders, and registering again is refused.
+    pub fn drop_revoked(&mut self) -> usize {
+        let Some(revoked) = &self.revoked else { return 0 };
+        let gone: Vec<RelayId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.cert.as_deref().is_some_and(|fp| revoked.is_revoked_fingerprint(fp)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &gone {
+            self.remove(*id);
+        }
+        gone.len()
     }
 
     /// The configuration it runs with.
@@ -435,6 +464,7 @@ impl RelayServer {
             self.stats.refused_full += 1;
             return Answer::Refused(Refusal::Full);
         }
+        let mut cert = None;
         if let RelayPolicy::Hoods(hoods) = &self.cfg.policy {
             if proof.is_empty() {
                 self.stats.refused_not_allowed += 1;
@@ -447,7 +477,11 @@ impl RelayServer {
             self.stats.proofs_checked += 1;
             // Certificate validity needs the wall clock; the rest of the relay does not.
             match partybus_pki::verify_relay_proof(proof, &proof_message(&cookie, &id), hoods, UnixTime::now()) {
-                Ok(_) => {}
+                Ok(member) if self.revoked.as_ref().is_some_and(|r| r.is_revoked_fingerprint(&member.certificate)) => {
+                    self.stats.refused_not_allowed += 1;
+                    return Answer::Refused(Refusal::NotAllowed);
+                }
+                Ok(member) => cert = Some(member.certificate),
                 Err(partybus_pki::ProofError::NotAllowed { .. }) => {
                     self.stats.refused_not_allowed += 1;
                     return Answer::Refused(Refusal::NotAllowed);
@@ -467,11 +501,13 @@ impl RelayServer {
                 // Moves with its buckets: re-registering is no way to a fresh burst.
                 let old = std::mem::replace(&mut c.addr, src);
                 c.expires = expires;
+                c.cert = cert;
                 self.forget_addr(id, old);
                 self.stats.moved += 1;
             }
             None => {
-                let c = Client { addr: src, expires, bytes: Bucket::full(self.cfg.client_burst), unknown: Bucket::full(UNKNOWN_BURST) };
+                let c =
+                    Client { addr: src, expires, cert, bytes: Bucket::full(self.cfg.client_burst), unknown: Bucket::full(UNKNOWN_BURST) };
                 self.clients.insert(id, c);
             }
         }

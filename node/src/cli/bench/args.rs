@@ -109,11 +109,11 @@ pub struct BenchArgs {
     /// latency: round trips before measuring.
     #[arg(long, default_value_t = 1_000, value_name = "N")]
     pub warmup: usize,
-    /// latency: meanwhile, the pinger streams events of this many bytes to
-    /// the ponger as fast as its send queue takes them (small events behind
-    /// big ones; the result's scenario is `latency-under-bulk`).
-    #[arg(long, value_name = "BYTES")]
-    pub under_bulk: Option<usize>,
+    /// latency (--role pinger): while pinging, also stream events of this many
+    /// bytes to the ponger as fast as its queue takes them, to measure small
+    /// events behind bulk ones (issue 16).
+    #[arg(long, value_name = "BYTES", alias = "under-bulk")]
+    pub bulk: Option<usize>,
     /// memory: neighbours of the measured node.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub neighbours: usize,
@@ -172,8 +172,8 @@ impl BenchArgs {
             v.extend(["--duration".into(), humantime::format_duration(d).to_string()]);
         }
         v.extend(["--round-trips".into(), self.round_trips.to_string(), "--warmup".into(), self.warmup.to_string()]);
-        if let Some(b) = self.under_bulk {
-            v.extend(["--under-bulk".into(), b.to_string()]);
+        if let Some(b) = self.bulk {
+            v.extend(["--bulk".into(), b.to_string()]);
         }
         v.into_iter().map(OsString::from).collect()
     }

@@ -24,6 +24,8 @@ pub const DONE: &str = "bench.ctl.done";
 pub const QUIT: &str = "bench.ctl.quit";
 pub const PING: &str = "bench.ping";
 pub const PONG: &str = "bench.pong";
+/// latency with --bulk: pinger -> ponger, the bulk stream small pings wait behind.
+pub const BULK: &str = "bench.bulk";
 
 async fn join(args: &BenchArgs) -> Result<Bus> {
     let cfg = args.node.to_config()?;
@@ -182,15 +184,16 @@ pub async fn emitter(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Answers every ping with a pong carrying the same payload (and, with
-/// `--under-bulk`, takes the bulk events with the cheapest handler).
+/// Answers every ping with a pong carrying the same payload.
 pub async fn ponger(args: &BenchArgs) -> Result<()> {
     let bus = join(args).await?;
-    let _bulk = match args.under_bulk {
-        Some(_) => Some(bus.on(DATA, |_| {})?),
-        None => None,
-    };
     let mut ping = bus.subscribe(PING)?;
+    // Bulk events (pinger --bulk) are only counted: the cheapest handler.
+    let bulk = Arc::new(AtomicU64::new(0));
+    let b = bulk.clone();
+    let _h = bus.on(BULK, move |_| {
+        b.fetch_add(1, Ordering::Relaxed);
+    })?;
     let mut quit = bus.subscribe(QUIT)?;
     let mut stop = stdin_closed(args.exit_on_stdin_eof);
     ready(&bus);
@@ -212,24 +215,8 @@ pub async fn ponger(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Emits `size`-byte DATA events until `stop`; counts the bytes queued.
-fn spawn_bulk(bus: &Bus, size: usize, stop: Arc<std::sync::atomic::AtomicBool>) -> Result<tokio::task::JoinHandle<u64>> {
-    let data = payload(size)?;
-    let bus = bus.clone();
-    Ok(tokio::spawn(async move {
-        let mut sent = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            if bus.emit_raw(DATA, data.clone()).await.is_err() {
-                break;
-            }
-            sent += 1;
-        }
-        sent * data.len() as u64
-    }))
-}
-
 /// Warm-up, then `--round-trips` pings, one at a time; prints percentiles.
-/// With `--under-bulk`, a stream of big events to the ponger runs throughout.
+/// With `--bulk` (or `--under-bulk`), a stream of big events to the ponger runs throughout.
 pub async fn pinger(args: &BenchArgs) -> Result<()> {
     let size = args.payload.first().copied().unwrap_or(16);
     let data = payload(size)?;
@@ -237,15 +224,6 @@ pub async fn pinger(args: &BenchArgs) -> Result<()> {
     let mut pong = bus.subscribe(PONG)?;
     ready(&bus);
     wait_listeners(&bus, PING, 1, args.timeout).await?;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let bulk = match args.under_bulk {
-        Some(b) => {
-            wait_listeners(&bus, DATA, 1, args.timeout).await?;
-            Some((b, spawn_bulk(&bus, b, stop.clone())?))
-        }
-        None => None,
-    };
-    let t0 = Instant::now();
     // The first pings may find the ponger without our PONG subscription yet: retry.
     let start = tokio::time::Instant::now();
     loop {
@@ -258,6 +236,32 @@ pub async fn pinger(args: &BenchArgs) -> Result<()> {
         }
     }
     let bound = Instant::now() + args.timeout.max(Duration::from_secs(60));
+    // With --bulk, a task keeps the ponger's queue full of bulk events while
+    // we ping (bounded: it stops with the pings, at `bound` at the latest).
+    let bulk = match args.bulk {
+        Some(size) => {
+            wait_listeners(&bus, BULK, 1, args.timeout).await?;
+            let (bus, data) = (bus.clone(), payload(size)?);
+            let sent = Arc::new(AtomicU64::new(0));
+            let count = sent.clone();
+            let task = tokio::spawn(async move {
+                while Instant::now() < bound {
+                    if bus.emit_raw(BULK, data.clone()).await.is_err() {
+                        break;
+                    }
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            // Let the queue fill before the first measured ping.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Some((size, sent, task, Instant::now()))
+        }
+        None => None,
+    };
+    // Events are reliable: a pong that is late is slow, not lost. Waiting
+    // for it (up to --timeout) keeps it from being taken for the next
+    // ping's (a 1 s bound read as 5 µs round trips on a 200 ms lossy path).
+    let wait = args.timeout;
     let mut samples = Vec::with_capacity(args.round_trips);
     let mut lost = 0u64;
     for i in 0..(args.warmup + args.round_trips) {
@@ -266,7 +270,7 @@ pub async fn pinger(args: &BenchArgs) -> Result<()> {
         }
         let t = Instant::now();
         bus.emit_raw(PING, data.clone()).await?;
-        match tokio::time::timeout(Duration::from_secs(1), pong.recv()).await {
+        match tokio::time::timeout(wait, pong.recv()).await {
             Ok(Some(_)) => {
                 if i >= args.warmup {
                     samples.push(t.elapsed().as_secs_f64() * 1e6);
@@ -277,16 +281,8 @@ pub async fn pinger(args: &BenchArgs) -> Result<()> {
         }
     }
     samples.sort_by(f64::total_cmp);
-    stop.store(true, Ordering::Relaxed);
-    let secs = t0.elapsed().as_secs_f64();
-    let mut bulk_json = json!({});
-    if let Some((b, h)) = bulk {
-        // The bulk emitter may wait on a full queue: bounded.
-        let bytes = tokio::time::timeout(args.timeout, h).await.ok().and_then(|r| r.ok()).unwrap_or(0);
-        bulk_json = json!({"bulk_bytes": b, "bulk_mb_per_s": r1(bytes as f64 / secs / 1e6)});
-    }
     let mut v = json!({
-        "scenario": if args.under_bulk.is_some() { "latency-under-bulk" } else { "latency" },
+        "scenario": if args.bulk.is_some() { "latency-under-bulk" } else { "latency" },
         "payload_bytes": size,
         "events": samples.len(),
         "lost": lost,
@@ -296,7 +292,15 @@ pub async fn pinger(args: &BenchArgs) -> Result<()> {
         "max_us": r1(samples.last().copied().unwrap_or(0.0)),
         "min_us": r1(samples.first().copied().unwrap_or(0.0)),
     });
-    merge(&mut v, bulk_json);
+    if let Some((size, sent, task, t0)) = bulk {
+        task.abort();
+        let n = sent.load(Ordering::Relaxed);
+        merge(
+            &mut v,
+            json!({"bulk_payload_bytes": size, "bulk_events_queued": n,
+            "bulk_mb_per_s": r1(n as f64 * size as f64 / t0.elapsed().as_secs_f64() / 1e6)}),
+        );
+    }
     merge(&mut v, rss_json("pinger"));
     out(json!({"result": v}));
     let _ = bus.emit(QUIT, &()).await;

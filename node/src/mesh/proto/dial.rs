@@ -83,7 +83,7 @@ impl Mesh {
         !self.leaving
             && !self.self_addrs.contains(&addr)
             && !self.neighbours.values().any(|n| n.remote == addr)
-            && !expect.is_some_and(|id| self.neighbours.contains_key(&id) || self.departed.contains(&id))
+            && !expect.is_some_and(|id| self.neighbours.contains_key(&id) || self.shut_out(&id))
     }
 
     fn new_job(&mut self, target: Target, stage: Stage) -> JobId {
@@ -146,7 +146,7 @@ impl Mesh {
             }
             // In a forming mesh nearly every entry names a node we are
             // connected to or dialling already: skip those before any allocation.
-            if p.id == self.me || self.neighbours.contains_key(&p.id) || self.dialing_ids.contains(&p.id) || self.departed.contains(&p.id) {
+            if p.id == self.me || self.neighbours.contains_key(&p.id) || self.dialing_ids.contains(&p.id) || self.shut_out(&p.id) {
                 continue;
             }
             if !self.room_for(DialClass::Gossip) || (self.known.len() >= MAX_KNOWN && !self.known.contains_key(&p.id)) {
@@ -217,7 +217,7 @@ impl Mesh {
             }
             Target::Peer(p) => {
                 // Connected meanwhile, or it said goodbye: do not dial it.
-                let done = self.leaving || self.neighbours.contains_key(&p.id) || self.departed.contains(&p.id);
+                let done = self.leaving || self.neighbours.contains_key(&p.id) || self.shut_out(&p.id);
                 // Its own dial reached us (the second dialer's, after its
                 // grace period, or the first dialer's while ours waited for
                 // a slot): wait for it rather than open a crossing connection.

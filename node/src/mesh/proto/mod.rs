@@ -104,6 +104,9 @@ pub(crate) enum Input {
     Timer(Timer),
     /// Leave the hood: no more dials; connections that end now are departures.
     Leave,
+    /// These nodes' certificates are revoked (their connections are being
+    /// closed): never dial, re-dial, gossip or accept them again.
+    Revoked { peers: Vec<NodeId> },
 }
 
 /// A dial that connected: the driver's number for the connection, and the
@@ -204,6 +207,9 @@ pub(crate) struct Mesh {
     /// Nodes that said goodbye. Ids are new at every start, so gossip about
     /// these (still in flight when they left) is stale: never dial them.
     departed: HashSet<NodeId>,
+    /// Nodes whose certificates are revoked (never forgotten: one per
+    /// revoked neighbour seen, so bounded by the revocation list's size).
+    revoked: HashSet<NodeId>,
     /// Addresses that turned out to be our own.
     self_addrs: HashSet<SocketAddr>,
     /// Where peers see us, newest first.
@@ -243,6 +249,7 @@ impl Mesh {
             neighbours: HashMap::new(),
             known: HashMap::new(),
             departed: HashSet::new(),
+            revoked: HashSet::new(),
             self_addrs: HashSet::new(),
             observed: Vec::new(),
             jobs: HashMap::new(),
@@ -272,6 +279,7 @@ impl Mesh {
             Input::ReaderEnded { conn, end } => self.on_reader_ended(conn, end, now),
             Input::Timer(t) => self.on_timer(t, now),
             Input::Leave => self.leave(now),
+            Input::Revoked { peers } => self.on_revoked(peers),
         }
     }
 
@@ -351,6 +359,21 @@ impl Mesh {
         self.lose_awaiting_switch(now);
     }
 
+    /// Nodes not to dial, re-dial or take gossip about: departed or revoked.
+    fn shut_out(&self, peer: &NodeId) -> bool {
+        self.departed.contains(peer) || self.revoked.contains(peer)
+    }
+
+    fn on_revoked(&mut self, peers: Vec<NodeId>) {
+        for p in peers {
+            tracing::debug!(peer = %p.short(), "revoked: never dialled or gossipped again");
+            self.revoked.insert(p);
+            self.known.remove(&p);
+            self.redials.remove(&p);
+            self.announce.retain(|(a, _)| *a != p);
+        }
+    }
+
     /// Remembers a departed node (bounded).
     fn depart(&mut self, peer: NodeId) {
         self.known.remove(&peer);
@@ -365,7 +388,7 @@ impl Mesh {
     /// backoff, for at most `redial_for`.
     fn start_redial(&mut self, peer: NodeId, now: Instant) {
         let addrs = self.known.get(&peer).map(|k| k.addrs.clone()).unwrap_or_default();
-        if addrs.is_empty() || self.leaving {
+        if addrs.is_empty() || self.leaving || self.revoked.contains(&peer) {
             return;
         }
         let mut backoff = Backoff::new(self.cfg.redial_base, self.cfg.redial_max);

@@ -118,6 +118,8 @@ pub(crate) enum CloseWhy {
     SelfConnect,
     /// Its hellos completed while we leave.
     Leaving,
+    /// The peer's certificate was revoked (while its handshake went on).
+    Revoked,
 }
 
 impl Mesh {
@@ -186,10 +188,11 @@ impl Mesh {
             self.release_handshake(dir, remote, job, now);
             return;
         }
-        if self.leaving {
-            // No new neighbours while leaving.
+        if self.leaving || self.revoked.contains(&peer) {
+            // No new neighbours while leaving, and never a revoked one.
+            let why = if self.leaving { CloseWhy::Leaving } else { CloseWhy::Revoked };
             self.conns.remove(&conn);
-            self.out.push_back(Output::Close { conn, why: CloseWhy::Leaving });
+            self.out.push_back(Output::Close { conn, why });
             self.release_handshake(dir, remote, job, now);
             return;
         }
@@ -390,7 +393,7 @@ impl Mesh {
         self.conns.remove(&conn);
         self.out.push_back(Output::Lost { peer, conn, reason });
         self.out.push_back(Output::Teardown { conn, how });
-        if goodbye || self.leaving {
+        if goodbye || self.leaving || self.revoked.contains(&peer) {
             self.depart(peer);
         } else {
             self.start_redial(peer, now);

@@ -173,6 +173,43 @@ fn gossip_of_a_departed_peer_is_ignored() {
     assert_eq!(sim.connects_to(a, addr(2, 4816)).len(), before);
 }
 
+/// A neighbour whose certificate is revoked is lost without a re-dial
+/// (its connection does not end with a goodbye), gossip about it is
+/// ignored, and a hello from it (a handshake that raced the list) is closed.
+#[test]
+fn a_revoked_peer_is_never_dialled_again() {
+    let mut sim = Sim::new(4);
+    let a = sim.node(&[addr(1, 4816)]);
+    let b = sim.node(&[addr(2, 4816)]);
+    let c = sim.node(&[addr(3, 4816)]);
+    sim.input(a, Input::Candidate { addr: addr(2, 4816), retry: false });
+    sim.input(c, Input::Candidate { addr: addr(1, 4816), retry: false });
+    sim.run();
+    sim.assert_full_mesh();
+    let b_id = sim.id(b);
+    let before = sim.connects_to(a, addr(2, 4816)).len();
+    sim.input(a, Input::Revoked { peers: vec![b_id] });
+    // Not a goodbye: without the revocation, a would re-dial b.
+    sim.crash(b);
+    sim.run_for(Duration::from_secs(600));
+    assert_eq!(sim.mesh(a).neighbour_count(), 1);
+    assert_eq!(sim.connects_to(a, addr(2, 4816)).len(), before, "a re-dialled the revoked b");
+    let conn = sim.mesh(a).neighbour_conns().into_iter().find(|(p, _)| *p == sim.id(c)).unwrap().1;
+    sim.input(a, Input::Gossip { conn, peers: vec![PeerAddrs { id: b_id, addrs: vec![addr(2, 4816)], relays: vec![] }] });
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(sim.connects_to(a, addr(2, 4816)).len(), before, "a dialled the revoked b on gossip");
+    // A hello from b's id closes its connection.
+    let now = sim.now;
+    let m = sim.mesh_mut(a);
+    m.handle(Input::IncomingStarted { conn: ConnId(9_999), addr: addr(2, 4817) }, now);
+    m.handle(Input::IncomingDone { conn: ConnId(9_999), result: Ok(()) }, now);
+    let hello = PeerHello { id: b_id, addrs: vec![], observed: addr(1, 4816), dial: 1 };
+    m.handle(Input::Hello { conn: ConnId(9_999), hello }, now);
+    let outs: Vec<Output> = std::iter::from_fn(|| m.poll_output()).collect();
+    assert!(outs.contains(&Output::Close { conn: ConnId(9_999), why: CloseWhy::Revoked }), "{outs:?}");
+    assert_eq!(m.neighbour_count(), 1);
+}
+
 /// A neighbour flooding gossip costs bounded memory and bounded dials.
 #[test]
 fn a_flood_of_gossip_is_bounded() {

@@ -537,6 +537,31 @@ mod hoods {
     }
 
     #[test]
+    fn revoked_members_are_refused_and_dropped() {
+        let lab = TestHood::new("lab");
+        let cfg = RelayConfig { policy: RelayPolicy::Hoods(vec![lab.hood.fingerprint().to_owned()]), ..RelayConfig::default() };
+        let revoked = partybus_pki::RevokedSet::new(&lab.hood);
+        let mut r = Relay { server: RelayServer::new(cfg, [7; 32]).with_revocations(revoked.clone()), now: Instant::now() };
+        let (a, b) = (addr("203.0.113.1:1000"), addr("203.0.113.2:2000"));
+        let (cookie_a, cookie_b) = (r.cookie_for(a), r.cookie_for(b));
+        let registered = |r: &mut Relay, src, cookie, n, peer| {
+            matches!(r.register_with(src, cookie, secret(n), &proof(&lab, peer, &cookie, n)).reply().1, Msg::Registered { .. })
+        };
+        assert!(registered(&mut r, a, cookie_a, 1, "alice"));
+        assert!(registered(&mut r, b, cookie_b, 2, "bob"));
+        // Revoke bob: his registration goes, and he cannot register again; alice stays.
+        let (bob_cert, _) = lab.peer_files("bob");
+        let list = partybus_pki::revocation::revoke("lab", lab.dir(), partybus_pki::revocation::RevokeTarget::Cert(bob_cert)).unwrap().list;
+        revoked.apply(&list, "test").unwrap();
+        assert_eq!(r.server.drop_revoked(), 1);
+        assert_eq!(r.server.stats().clients, 1);
+        assert!(!registered(&mut r, b, cookie_b, 2, "bob"));
+        assert_eq!(r.register_with(b, cookie_b, secret(2), &proof(&lab, "bob", &cookie_b, 2)).refusal(), Some(Refusal::NotAllowed));
+        assert!(registered(&mut r, a, cookie_a, 1, "alice"), "alice refreshes");
+        assert_eq!(r.server.drop_revoked(), 0);
+    }
+
+    #[test]
     fn proof_checks_have_a_budget() {
         let lab = TestHood::new("lab");
         let cfg = RelayConfig {
