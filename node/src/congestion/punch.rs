@@ -1,12 +1,9 @@
-//! Congestion control of the mesh's connections: the controller chosen per
-//! node ([`Congestion`]: quinn's Cubic, NewReno or BBR), wrapped so that a
-//! loss of packets sent before the peer had acknowledged anything on the
-//! connection is not taken as congestion.
+//! Losses of a hole punch's first flight are not congestion.
 //!
-//! Why the wrapper: a hole-punched connection starts with a loss that says
-//! nothing about the path. Two hosts behind NATs that dial each other at once
-//! each send a first Initial before the other's NAT has a mapping for them;
-//! the NAT drops the first one to arrive (that drop is how a punch works) and
+//! Why: a hole-punched connection starts with a loss that says nothing
+//! about the path. Two hosts behind NATs that dial each other at once each
+//! send a first Initial before the other's NAT has a mapping for them; the
+//! NAT drops the first one to arrive (that drop is how a punch works) and
 //! its retransmission gets through. Cubic took that loss as congestion before
 //! anything was acknowledged: window and slow-start threshold went to 0.7 of
 //! the initial window (8400 bytes), so there was no slow start, and
@@ -17,90 +14,14 @@
 //! one ran at 1 MB/s instead of 12 MB/s in half of issue 14's lab runs
 //! (`integration/tests/path_change.rs`, `issue14_*`).
 //!
-//! A lost first flight costs no more than the initial window (10 packets)
-//! sent once more at the same rate; every loss after the first
-//! acknowledgement counts as before.
+//! A lost first flight costs no more than the initial window sent once more
+//! at the same rate; every loss after the first acknowledgement counts as
+//! before.
 
 use std::any::Any;
-use std::sync::Arc;
 use std::time::Instant;
 
-use quinn::congestion::{BbrConfig, Controller, ControllerFactory, ControllerMetrics, CubicConfig, NewRenoConfig};
-
-/// A congestion controller (`Config::congestion`, `congestion = "..."` in the
-/// config file, `--congestion`). See BENCHMARKS.md, "Issue 16", for how they
-/// compare on long and lossy paths.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Congestion {
-    /// Model-based (quinn's BBR): random loss is not read as congestion.
-    #[default]
-    Bbr,
-    /// Loss-based (quinn's Cubic): every loss halves the rate's growth.
-    Cubic,
-    /// Loss-based (quinn's NewReno).
-    NewReno,
-}
-
-impl Congestion {
-    pub const NAMES: [&'static str; 3] = ["bbr", "cubic", "newreno"];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Congestion::Bbr => "bbr",
-            Congestion::Cubic => "cubic",
-            Congestion::NewReno => "newreno",
-        }
-    }
-}
-
-impl std::fmt::Display for Congestion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// An unknown congestion controller name.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0:?} is not a congestion controller: use \"bbr\", \"cubic\" or \"newreno\"")]
-pub struct UnknownCongestion(pub String);
-
-impl std::str::FromStr for Congestion {
-    type Err = UnknownCongestion;
-
-    fn from_str(s: &str) -> Result<Congestion, UnknownCongestion> {
-        match s.to_ascii_lowercase().as_str() {
-            "bbr" => Ok(Congestion::Bbr),
-            "cubic" => Ok(Congestion::Cubic),
-            "newreno" | "new_reno" | "reno" => Ok(Congestion::NewReno),
-            _ => Err(UnknownCongestion(s.to_owned())),
-        }
-    }
-}
-
-/// The factory for [`quinn::TransportConfig::congestion_controller_factory`]:
-/// the chosen controller behind the punch-loss rule.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct PunchTolerant {
-    kind: Congestion,
-}
-
-impl PunchTolerant {
-    pub(crate) fn new(kind: Congestion) -> PunchTolerant {
-        PunchTolerant { kind }
-    }
-}
-
-impl ControllerFactory for PunchTolerant {
-    fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
-        let inner = match self.kind {
-            Congestion::Bbr => Arc::new(BbrConfig::default()).build(now, current_mtu),
-            Congestion::Cubic => Arc::new(CubicConfig::default()).build(now, current_mtu),
-            Congestion::NewReno => Arc::new(NewRenoConfig::default()).build(now, current_mtu),
-        };
-        Box::new(PunchTolerantController { inner, first_ack: FirstAck::default() })
-    }
-}
+use quinn::congestion::{Controller, ControllerMetrics};
 
 /// When the peer first acknowledged something, and the rule that follows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -119,9 +40,15 @@ impl FirstAck {
     }
 }
 
-struct PunchTolerantController {
+pub(super) struct PunchTolerantController {
     inner: Box<dyn Controller>,
     first_ack: FirstAck,
+}
+
+impl PunchTolerantController {
+    pub(super) fn new(inner: Box<dyn Controller>) -> PunchTolerantController {
+        PunchTolerantController { inner, first_ack: FirstAck::default() }
+    }
 }
 
 impl Controller for PunchTolerantController {
@@ -176,8 +103,12 @@ impl Controller for PunchTolerantController {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
+    use quinn::congestion::{ControllerFactory, CubicConfig};
+
+    use super::super::{Congestion, PunchTolerant};
     use super::*;
 
     #[test]

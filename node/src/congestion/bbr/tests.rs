@@ -1,0 +1,119 @@
+//! The controller over simulated bottlenecks (`sim`), in simulated time:
+//! the paths of issue 16's lab, and the yardstick a window of two BDPs
+//! gives on each (what quinn's BBR amounts to under quinn's pacer).
+
+use std::time::{Duration, Instant};
+
+use super::sim::{run, Fixed, Link, Model, Outcome, PACKET};
+use super::Bbr;
+
+const MBIT: u64 = 1_000_000 / 8;
+
+fn bbr() -> Bbr {
+    Bbr::new(Instant::now(), PACKET as u16)
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn show(what: &str, o: &Outcome) {
+    eprintln!(
+        "{what}: {:.2} MB/s, queue drops {:.2} %, queue delay {:?}, {} packets",
+        o.goodput / 1e6,
+        o.queue_drops * 100.0,
+        o.mean_queue_delay,
+        o.packets
+    );
+}
+
+/// issue 16's rate-limited path: 10 Mbit/s, 80 ms, a tbf queue of 50 ms.
+fn shallow() -> Link {
+    Link { rate: 10 * MBIT, buffer: 10 * MBIT / 20, one_way: ms(40), loss: 0.0, rate_change: None }
+}
+
+#[test]
+fn a_shallow_rate_limited_link_keeps_its_rate_without_overflowing() {
+    let link = shallow();
+    let ours = run(&mut bbr(), link, secs(30), secs(5), 1);
+    show("bbr", &ours);
+    let bdp = link.rate * 80 / 1000;
+    let two_bdp = run(&mut Fixed(2 * bdp), link, secs(30), secs(5), 1);
+    show("2 BDP window", &two_bdp);
+    assert!(ours.goodput >= 0.85 * link.rate as f64, "{ours:?}");
+    assert!(ours.queue_drops <= 0.02, "{ours:?}");
+    // The yardstick overflows the queue: the test can tell.
+    assert!(two_bdp.queue_drops >= 0.10, "{two_bdp:?}");
+}
+
+#[test]
+fn random_loss_is_not_congestion() {
+    // 80 ms, 2 % random loss (1 % on each of two uplinks), a deep queue.
+    let link = Link { rate: 100 * MBIT, buffer: 100 * MBIT / 10, one_way: ms(40), loss: 0.02, rate_change: None };
+    let o = run(&mut bbr(), link, secs(10), secs(4), 2);
+    show("bbr 2 % loss", &o);
+    assert!(o.goodput >= 0.75 * link.rate as f64, "{o:?}");
+}
+
+#[test]
+fn a_long_lossy_path_keeps_most_of_its_rate() {
+    // 200 ms, 4 % random loss.
+    let link = Link { rate: 40 * MBIT, buffer: 40 * MBIT / 5, one_way: ms(100), loss: 0.04, rate_change: None };
+    let o = run(&mut bbr(), link, secs(16), secs(8), 3);
+    show("bbr 200 ms 4 % loss", &o);
+    assert!(o.goodput >= 0.6 * link.rate as f64, "{o:?}");
+}
+
+#[test]
+fn a_deep_queue_stays_short() {
+    // 1 s of queue at 20 Mbit/s, 40 ms: a window-filling controller would
+    // wait in it; BBR keeps it to a fraction of the round trip.
+    let link = Link { rate: 20 * MBIT, buffer: 20 * MBIT, one_way: ms(20), loss: 0.0, rate_change: None };
+    let o = run(&mut bbr(), link, secs(20), secs(5), 4);
+    show("bbr deep queue", &o);
+    assert!(o.goodput >= 0.9 * link.rate as f64, "{o:?}");
+    assert!(o.mean_queue_delay <= ms(20), "{o:?}");
+    assert_eq!(o.queue_drops, 0.0);
+    let bloat = run(&mut Fixed(4 * 20 * MBIT * 40 / 1000), link, secs(20), secs(5), 4);
+    show("4 BDP window", &bloat);
+    assert!(bloat.mean_queue_delay >= ms(100), "{bloat:?}");
+}
+
+#[test]
+fn start_up_reaches_the_rate_within_a_second() {
+    let link = Link { rate: 200 * MBIT, buffer: 200 * MBIT / 10, one_way: ms(40), loss: 0.0, rate_change: None };
+    let o = run(&mut bbr(), link, ms(2000), ms(1000), 5);
+    show("bbr second 1-2", &o);
+    assert!(o.goodput >= 0.8 * link.rate as f64, "{o:?}");
+}
+
+#[test]
+fn a_slower_path_is_followed_without_lasting_loss() {
+    // 100 Mbit/s, then 10 Mbit/s (the connection fell back to a relay's
+    // capped rate): measured from 5 s after the change.
+    let mut link = shallow();
+    link.rate = 100 * MBIT;
+    link.buffer = 100 * MBIT / 20;
+    link.rate_change = Some((secs(10), 10 * MBIT));
+    let o = run(&mut bbr(), link, secs(30), secs(15), 6);
+    show("bbr after a drop to 10 Mbit/s", &o);
+    assert!(o.goodput >= 0.85 * (10 * MBIT) as f64, "{o:?}");
+    assert!(o.queue_drops <= 0.03, "{o:?}");
+}
+
+#[test]
+fn the_model_learns_the_path() {
+    let link = shallow();
+    let mut cc = bbr();
+    run(&mut cc, link, secs(20), secs(1), 7);
+    let bw = cc.bandwidth();
+    assert!((link.rate * 9 / 10..=link.rate * 11 / 10).contains(&bw), "bandwidth {bw}");
+    let rtt = cc.min_rtt.get().unwrap();
+    assert!(rtt >= ms(80) && rtt <= ms(90), "{rtt:?}");
+    let w = Model::window(&cc);
+    assert!(w < 2 * link.rate * 80 / 1000, "window {w} is below 2 BDP");
+}
