@@ -146,6 +146,11 @@ pub(crate) struct Bbr {
     bw: WindowedMax,
     min_rtt: MinRtt,
     round: u64,
+    /// Rounds that were not app-limited: the filters age by these, so that
+    /// a connection that carried only a trickle of events for a while still
+    /// knows its path when a burst comes (a trickle's rate says nothing of
+    /// the path, and re-learning it by 1.25x per probe cycle took seconds).
+    busy_round: u64,
     next_round_delivered: u64,
     full_bw: FullBw,
     round_loss: RoundLoss,
@@ -165,6 +170,7 @@ impl Bbr {
             bw: WindowedMax::new(BW_ROUNDS),
             min_rtt: MinRtt::new(now),
             round: 0,
+            busy_round: 0,
             next_round_delivered: 0,
             full_bw: FullBw::default(),
             round_loss: RoundLoss::default(),
@@ -200,13 +206,14 @@ impl Bbr {
         let round_start = s.prior_delivered >= self.next_round_delivered;
         if round_start {
             self.round += 1;
+            self.busy_round += u64::from(!s.app_limited);
             self.next_round_delivered = self.delivery.delivered();
         }
         // An app-limited sample only says the path can do at least this.
         if !s.app_limited || s.rate > self.bw.get() {
-            self.bw.update(self.round, s.rate);
+            self.bw.update(self.busy_round, s.rate);
         } else {
-            self.bw.expire(self.round);
+            self.bw.expire(self.busy_round);
         }
         if round_start {
             self.end_round(s.app_limited);
@@ -306,7 +313,7 @@ impl Bbr {
         let bw = self.bw.get();
         if bw > 0 && self.batch_acked > 0 {
             let cap = self.window.min((bw as f64 * 0.1) as u64);
-            self.aggregation.update(now, self.batch_acked, bw, self.round, cap);
+            self.aggregation.update(now, self.batch_acked, bw, self.busy_round, cap);
         }
         // An app-limited sender does not grow its window in start-up: it has
         // not shown that the path takes more.
@@ -366,7 +373,7 @@ impl Controller for Bbr {
     fn metrics(&self) -> ControllerMetrics {
         let mut m = ControllerMetrics::default();
         m.congestion_window = self.window;
-        m.pacing_rate = Some(self.bw.get().saturating_mul(8));
+        m.pacing_rate = Some(self.bandwidth().saturating_mul(8));
         m
     }
 

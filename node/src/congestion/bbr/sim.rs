@@ -69,6 +69,9 @@ pub(super) struct Link {
     pub loss: f64,
     /// From this time on, the rate is the second value (a path change).
     pub rate_change: Option<(Duration, u64)>,
+    /// Until this time the application offers only this many bytes per
+    /// second (a trickle of events), then all it can.
+    pub trickle: Option<(Duration, u64)>,
 }
 
 /// What came of a run, over the measured span.
@@ -103,7 +106,11 @@ struct Sent {
 
 /// Run `model` over `link` for `duration`; measure from `measure_from`.
 pub(super) fn run(model: &mut dyn Model, link: Link, duration: Duration, measure_from: Duration, seed: u64) -> Outcome {
-    let t0 = Instant::now();
+    run_at(model, link, Instant::now(), duration, measure_from, seed)
+}
+
+/// `run`, starting at `t0` (a model run again must see time go on).
+pub(super) fn run_at(model: &mut dyn Model, link: Link, t0: Instant, duration: Duration, measure_from: Duration, seed: u64) -> Outcome {
     let at = |ns: u64| t0 + Duration::from_nanos(ns);
     let mut rng = seed.max(1);
     let mut random = move || {
@@ -130,6 +137,7 @@ pub(super) fn run(model: &mut dyn Model, link: Link, duration: Duration, measure
     let mut last_refill = t0;
     let mut largest_acked: Option<u64> = None;
     let mut wake_at: Option<u64> = None;
+    let mut app_limited = false;
     // Bottleneck.
     let mut last_departure = 0u64;
     // Receiver.
@@ -185,7 +193,7 @@ pub(super) fn run(model: &mut dyn Model, link: Link, duration: Duration, measure
                     latest_rtt = now - sent_time;
                     srtt = Some(srtt.map_or(latest_rtt, |s| (s * 7 + latest_rtt) / 8));
                 }
-                model.end_acks(now, in_flight, false);
+                model.end_acks(now, in_flight, app_limited);
                 // Loss detection.
                 if let (Some(largest), Some(srtt)) = (largest_acked, srtt) {
                     let threshold = srtt.max(latest_rtt) * 9 / 8;
@@ -211,8 +219,22 @@ pub(super) fn run(model: &mut dyn Model, link: Link, duration: Duration, measure
                 }
             }
         }
-        // Send what the window and the pacer allow.
+        // Send what the application offers, the window and the pacer allow.
         loop {
+            if let Some((until, rate)) = link.trickle.filter(|&(until, _)| t < until.as_nanos() as u64) {
+                let offered = (t as u128 * rate as u128 / 1_000_000_000) as u64;
+                if (base_pn + sent.len() as u64) * PACKET >= offered {
+                    app_limited = true;
+                    let next = (base_pn + sent.len() as u64 + 1) * PACKET * 1_000_000_000 / rate;
+                    let wake = next.min(until.as_nanos() as u64).max(t + 1000);
+                    if wake_at.is_none_or(|w| w > wake) {
+                        wake_at = Some(wake);
+                        push(&mut events, wake, Event::Wake);
+                    }
+                    break;
+                }
+            }
+            app_limited = false;
             let window = model.window();
             if in_flight + PACKET > window {
                 break;
