@@ -376,6 +376,9 @@ def main():
                         row[f"lost_{k}"] = r["lost"]
                         row[f"packets_lost_{k}"] = r["packets_lost"]
                         row[f"packets_sent_{k}"] = r["packets_sent"]
+                        # The emitter's peak RSS: its queues and quinn's send
+                        # buffer must stay within the README's bounds.
+                        row[f"emitter_rss_kib_{k}"] = r.get("emitter_rss_kib")
                     lat = bench_pair(lab, path, "latency", "ponger", "pinger", extra,
                                      ["--payload", "16", "--round-trips", str(a.round_trips), "--warmup", "5"], a.timeout)
                     for r in lat:
@@ -418,9 +421,9 @@ def table(rows):
             return f"{v:.{d}f}"
         return str(v)
 
-    head = ("| path | variant | 1 KiB MB/s | 64 KiB MB/s | events lost | RTT p50 / p99 / max ms | first event s "
-            "| dead neighbour noticed s | 16 B behind 64 KiB p50 / p99 ms |")
-    out = [head, "|" + "---|" * 9]
+    head = ("| path | variant | 1 KiB MB/s | 64 KiB MB/s | events lost | packets lost | RTT p50 / p99 / max ms "
+            "| first event s | dead neighbour noticed s | 16 B behind 64 KiB p50 / p99 ms | emitter peak RSS MiB |")
+    out = [head, "|" + "---|" * 11]
     for r in rows:
         lost = None
         if "lost_1k" in r or "lost_64k" in r:
@@ -434,8 +437,13 @@ def table(rows):
         err = " (" + "; ".join(str(r[k])[:80] for k in r if k.startswith("error")) + ")" if any(
             k.startswith("error") for k in r) else ""
         tp = {k: f(r.get(f"mb_per_s_{k}")) if not r.get(f"drain_timeout_{k}") else "no answer in time" for k in ("1k", "64k")}
+        sent = sum(r.get(f"packets_sent_{k}") or 0 for k in ("1k", "64k"))
+        plost = sum(r.get(f"packets_lost_{k}") or 0 for k in ("1k", "64k"))
+        packets = f"{100 * plost / sent:.1f} %" if sent else "-"
+        rss = [r.get(f"emitter_rss_kib_{k}") for k in ("1k", "64k")]
+        rss = "-" if not any(rss) else f"{max(x or 0 for x in rss) / 1024:.0f}"
         out.append(f"| {r['path']} | {r['variant']}{err} | {tp['1k']} | {tp['64k']} | "
-                   f"{f(lost)} | {rtt} | {f(r.get('first_event_s'))} | {dead} | {bulk} |")
+                   f"{f(lost)} | {packets} | {rtt} | {f(r.get('first_event_s'))} | {dead} | {bulk} | {rss} |")
     return "\n".join(out)
 
 

@@ -47,17 +47,21 @@ impl WindowedMax {
     }
 }
 
-/// The smallest round trip, and when it was seen: it is kept `MIN_RTT_LIFE`
-/// and then re-measured (`ProbeRtt`).
+/// The smallest round trip, and when it was seen. It is trusted
+/// `MIN_RTT_LIFE`; then `ProbeRtt` measures it again with little in flight,
+/// and what that probe saw replaces it (a path whose round trip grew, e.g. a
+/// connection that fell back to a relay, is learnt so).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct MinRtt {
     value: Option<Duration>,
     stamp: Instant,
+    /// The smallest sample since a probe began.
+    probe: Option<Option<Duration>>,
 }
 
 impl MinRtt {
     pub(super) fn new(now: Instant) -> MinRtt {
-        MinRtt { value: None, stamp: now }
+        MinRtt { value: None, stamp: now, probe: None }
     }
 
     pub(super) fn get(&self) -> Option<Duration> {
@@ -69,17 +73,28 @@ impl MinRtt {
         now.saturating_duration_since(self.stamp) > life
     }
 
-    /// A round trip sample: kept when it is the smallest, or when the old
-    /// value has expired.
-    pub(super) fn update(&mut self, now: Instant, rtt: Duration, life: Duration) {
-        if self.value.is_none_or(|v| rtt <= v) || self.expired(now, life) {
+    /// A round trip sample.
+    pub(super) fn update(&mut self, now: Instant, rtt: Duration) {
+        if self.value.is_none_or(|v| rtt <= v) {
             self.value = Some(rtt);
             self.stamp = now;
         }
+        if let Some(best) = &mut self.probe {
+            *best = Some(best.map_or(rtt, |b| b.min(rtt)));
+        }
     }
 
-    /// The value was confirmed (a `ProbeRtt` ended): it lives on from `now`.
-    pub(super) fn refresh(&mut self, now: Instant) {
+    /// A probe begins: its samples are collected apart.
+    pub(super) fn start_probe(&mut self) {
+        self.probe = Some(None);
+    }
+
+    /// The probe ended at `now`: its smallest sample is the value from now
+    /// on (the old one if it saw none).
+    pub(super) fn end_probe(&mut self, now: Instant) {
+        if let Some(Some(best)) = self.probe.take() {
+            self.value = Some(best);
+        }
         self.stamp = now;
     }
 }
@@ -119,16 +134,31 @@ mod tests {
     }
 
     #[test]
-    fn min_rtt_expires() {
+    fn min_rtt_expires_and_a_probe_replaces_it() {
         let t0 = Instant::now();
         let life = Duration::from_secs(10);
+        let ms = Duration::from_millis;
         let mut r = MinRtt::new(t0);
-        r.update(t0, Duration::from_millis(80), life);
-        r.update(t0 + Duration::from_secs(1), Duration::from_millis(120), life);
-        assert_eq!(r.get(), Some(Duration::from_millis(80)));
-        assert!(!r.expired(t0 + Duration::from_secs(10), life));
-        assert!(r.expired(t0 + Duration::from_secs(11), life));
-        r.update(t0 + Duration::from_secs(11), Duration::from_millis(120), life);
-        assert_eq!(r.get(), Some(Duration::from_millis(120)));
+        r.update(t0, ms(80));
+        r.update(t0 + ms(1000), ms(120));
+        assert_eq!(r.get(), Some(ms(80)));
+        assert!(!r.expired(t0 + ms(10_000), life));
+        assert!(r.expired(t0 + ms(11_000), life));
+        // A larger sample alone does not replace it, even expired...
+        r.update(t0 + ms(11_000), ms(130));
+        assert_eq!(r.get(), Some(ms(80)));
+        // ...a probe's smallest sample does.
+        r.start_probe();
+        r.update(t0 + ms(11_100), ms(125));
+        r.update(t0 + ms(11_200), ms(121));
+        r.update(t0 + ms(11_300), ms(140));
+        r.end_probe(t0 + ms(11_300));
+        assert_eq!(r.get(), Some(ms(121)));
+        assert!(!r.expired(t0 + ms(21_000), life));
+        // A probe that saw nothing keeps the value and renews it.
+        r.start_probe();
+        r.end_probe(t0 + ms(30_000));
+        assert_eq!(r.get(), Some(ms(121)));
+        assert!(!r.expired(t0 + ms(39_000), life));
     }
 }

@@ -202,7 +202,7 @@ impl Bbr {
     }
 
     fn on_sample(&mut self, now: Instant, s: Sample) {
-        self.min_rtt.update(now, s.rtt, MIN_RTT_LIFE);
+        self.min_rtt.update(now, s.rtt);
         let round_start = s.prior_delivered >= self.next_round_delivered;
         if round_start {
             self.round += 1;
@@ -251,7 +251,8 @@ impl Bbr {
                 self.mode = Mode::ProbeBw { phase: (phase + 1) % PROBE_GAINS.len(), since: now };
             }
         }
-        if !matches!(self.mode, Mode::Startup | Mode::ProbeRtt { .. }) && self.min_rtt.expired(now, MIN_RTT_LIFE) {
+        if !matches!(self.mode, Mode::ProbeRtt { .. }) && self.min_rtt.expired(now, MIN_RTT_LIFE) {
+            self.min_rtt.start_probe();
             self.mode = Mode::ProbeRtt { done: None, full_bw: self.full_bw.reached };
         }
         if let Mode::ProbeRtt { done, full_bw } = self.mode {
@@ -259,7 +260,7 @@ impl Bbr {
             match done {
                 None if in_flight <= low => self.mode = Mode::ProbeRtt { done: Some((now + PROBE_RTT_TIME, self.round + 1)), full_bw },
                 Some((until, round)) if now >= until && self.round >= round => {
-                    self.min_rtt.refresh(now);
+                    self.min_rtt.end_probe(now);
                     self.mode = if full_bw { Mode::ProbeBw { phase: 2, since: now } } else { Mode::Startup };
                 }
                 _ => {}

@@ -69,6 +69,8 @@ pub(super) struct Link {
     pub loss: f64,
     /// From this time on, the rate is the second value (a path change).
     pub rate_change: Option<(Duration, u64)>,
+    /// From this time on, the delay each way is the second value.
+    pub delay_change: Option<(Duration, Duration)>,
     /// Until this time the application offers only this many bytes per
     /// second (a trickle of events), then all it can.
     pub trickle: Option<(Duration, u64)>,
@@ -148,6 +150,10 @@ pub(super) fn run_at(model: &mut dyn Model, link: Link, t0: Instant, duration: D
     let (mut delivered, mut packets, mut drops, mut queued_ns, mut queued_n) = (0u64, 0u64, 0u64, 0u128, 0u64);
 
     let end = duration.as_nanos() as u64;
+    let one_way = |t: u64| match link.delay_change {
+        Some((when, delay)) if t >= when.as_nanos() as u64 => delay.as_nanos() as u64,
+        _ => link.one_way.as_nanos() as u64,
+    };
     push(&mut events, 0, Event::Wake);
     while let Some(Reverse((t, _, event))) = events.pop() {
         if t > end {
@@ -162,7 +168,7 @@ pub(super) fn run_at(model: &mut dyn Model, link: Link, t0: Instant, duration: D
                 }
                 unacked.push(pn);
                 if unacked.len() >= 2 {
-                    push(&mut events, t + link.one_way.as_nanos() as u64, Event::Ack(std::mem::take(&mut unacked)));
+                    push(&mut events, t + one_way(t), Event::Ack(std::mem::take(&mut unacked)));
                     ack_gen += 1;
                 } else {
                     ack_gen += 1;
@@ -171,7 +177,7 @@ pub(super) fn run_at(model: &mut dyn Model, link: Link, t0: Instant, duration: D
             }
             Event::AckTimer(generation) => {
                 if generation == ack_gen && !unacked.is_empty() {
-                    push(&mut events, t + link.one_way.as_nanos() as u64, Event::Ack(std::mem::take(&mut unacked)));
+                    push(&mut events, t + one_way(t), Event::Ack(std::mem::take(&mut unacked)));
                 }
             }
             Event::Ack(pns) => {
@@ -282,7 +288,7 @@ pub(super) fn run_at(model: &mut dyn Model, link: Link, t0: Instant, duration: D
                 queued_n += 1;
             }
             last_departure = departure;
-            push(&mut events, departure + link.one_way.as_nanos() as u64, Event::Arrive(pn));
+            push(&mut events, departure + one_way(departure), Event::Arrive(pn));
         }
     }
     let span = (duration - measure_from).as_secs_f64();
