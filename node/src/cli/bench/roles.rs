@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use bytes::Bytes;
 use partybus::{Bus, NeighbourEvent};
 use serde_json::{json, Value};
 
@@ -215,19 +216,45 @@ pub async fn ponger(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The smallest ping: a MessagePack `bin` header and an 8-byte number.
+const MIN_PING: usize = 10;
+
+/// `data` with `n` in its last 8 bytes (the ponger echoes the bytes back).
+fn numbered(data: &Bytes, n: u64) -> Bytes {
+    let mut v = data.to_vec();
+    let at = v.len() - 8;
+    v[at..].copy_from_slice(&n.to_be_bytes());
+    Bytes::from(v)
+}
+
+/// The number a pong carries back.
+fn number(raw: &[u8]) -> Option<u64> {
+    let at = raw.len().checked_sub(8)?;
+    Some(u64::from_be_bytes(raw[at..].try_into().ok()?))
+}
+
 /// Warm-up, then `--round-trips` pings, one at a time; prints percentiles.
 /// With `--bulk` (or `--under-bulk`), a stream of big events to the ponger runs throughout.
 pub async fn pinger(args: &BenchArgs) -> Result<()> {
     let size = args.payload.first().copied().unwrap_or(16);
+    if size < MIN_PING {
+        bail!("bench latency needs --payload of at least {MIN_PING} bytes: each ping carries its number");
+    }
     let data = payload(size)?;
+    let ping = |n: u64| numbered(&data, n);
     let bus = join(args).await?;
     let mut pong = bus.subscribe(PONG)?;
     ready(&bus);
     wait_listeners(&bus, PING, 1, args.timeout).await?;
     // The first pings may find the ponger without our PONG subscription yet: retry.
     let start = tokio::time::Instant::now();
+    // Their pongs may all come back, late: each pong is matched to its ping
+    // by number, and the others are dropped (a pong answering an earlier
+    // ping was once read as a 7 µs round trip on a 200 ms lossy path).
+    let mut n = 0u64;
     loop {
-        bus.emit_raw(PING, data.clone()).await?;
+        n += 1;
+        bus.emit_raw(PING, ping(n)).await?;
         if tokio::time::timeout(Duration::from_millis(200), pong.recv()).await.is_ok() {
             break;
         }
@@ -269,9 +296,19 @@ pub async fn pinger(args: &BenchArgs) -> Result<()> {
             break;
         }
         let t = Instant::now();
-        bus.emit_raw(PING, data.clone()).await?;
-        match tokio::time::timeout(wait, pong.recv()).await {
-            Ok(Some(_)) => {
+        n += 1;
+        bus.emit_raw(PING, ping(n)).await?;
+        let answer = async {
+            loop {
+                match pong.recv().await {
+                    Some(ev) if number(ev.raw()) == Some(n) => return Some(()),
+                    Some(_) => continue, // a late pong of an earlier ping
+                    None => return None,
+                }
+            }
+        };
+        match tokio::time::timeout(wait, answer).await {
+            Ok(Some(())) => {
                 if i >= args.warmup {
                     samples.push(t.elapsed().as_secs_f64() * 1e6);
                 }
@@ -337,4 +374,22 @@ pub async fn node(args: &BenchArgs) -> Result<()> {
     }
     bus.leave().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ping_carries_its_number_and_stays_its_size() {
+        for size in [MIN_PING, 16, 1024] {
+            let data = payload(size).unwrap();
+            let p = numbered(&data, 0x0102_0304_0506_0708);
+            assert_eq!(p.len(), size);
+            assert_eq!(p[..2], data[..2], "the MessagePack header stays");
+            assert_eq!(number(&p), Some(0x0102_0304_0506_0708));
+            assert_ne!(number(&numbered(&data, 7)), number(&numbered(&data, 8)));
+        }
+        assert_eq!(number(b"short"), None);
+    }
 }

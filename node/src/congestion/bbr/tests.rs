@@ -53,7 +53,15 @@ fn a_shallow_rate_limited_link_keeps_its_rate_without_overflowing() {
 #[test]
 fn random_loss_is_not_congestion() {
     // 80 ms, 2 % random loss (1 % on each of two uplinks), a deep queue.
-    let link = Link { rate: 100 * MBIT, buffer: 100 * MBIT / 10, one_way: ms(40), loss: 0.02, rate_change: None, delay_change: None, trickle: None };
+    let link = Link {
+        rate: 100 * MBIT,
+        buffer: 100 * MBIT / 10,
+        one_way: ms(40),
+        loss: 0.02,
+        rate_change: None,
+        delay_change: None,
+        trickle: None,
+    };
     let o = run(&mut bbr(), link, secs(10), secs(4), 2);
     show("bbr 2 % loss", &o);
     assert!(o.goodput >= 0.75 * link.rate as f64, "{o:?}");
@@ -62,7 +70,8 @@ fn random_loss_is_not_congestion() {
 #[test]
 fn a_long_lossy_path_keeps_most_of_its_rate() {
     // 200 ms, 4 % random loss.
-    let link = Link { rate: 40 * MBIT, buffer: 40 * MBIT / 5, one_way: ms(100), loss: 0.04, rate_change: None, delay_change: None, trickle: None };
+    let link =
+        Link { rate: 40 * MBIT, buffer: 40 * MBIT / 5, one_way: ms(100), loss: 0.04, rate_change: None, delay_change: None, trickle: None };
     let o = run(&mut bbr(), link, secs(16), secs(8), 3);
     show("bbr 200 ms 4 % loss", &o);
     assert!(o.goodput >= 0.6 * link.rate as f64, "{o:?}");
@@ -72,7 +81,8 @@ fn a_long_lossy_path_keeps_most_of_its_rate() {
 fn a_deep_queue_stays_short() {
     // 1 s of queue at 20 Mbit/s, 40 ms: a window-filling controller would
     // wait in it; BBR keeps it to a fraction of the round trip.
-    let link = Link { rate: 20 * MBIT, buffer: 20 * MBIT, one_way: ms(20), loss: 0.0, rate_change: None, delay_change: None, trickle: None };
+    let link =
+        Link { rate: 20 * MBIT, buffer: 20 * MBIT, one_way: ms(20), loss: 0.0, rate_change: None, delay_change: None, trickle: None };
     let o = run(&mut bbr(), link, secs(20), secs(5), 4);
     show("bbr deep queue", &o);
     assert!(o.goodput >= 0.9 * link.rate as f64, "{o:?}");
@@ -85,7 +95,15 @@ fn a_deep_queue_stays_short() {
 
 #[test]
 fn start_up_reaches_the_rate_within_a_second() {
-    let link = Link { rate: 200 * MBIT, buffer: 200 * MBIT / 10, one_way: ms(40), loss: 0.0, rate_change: None, delay_change: None, trickle: None };
+    let link = Link {
+        rate: 200 * MBIT,
+        buffer: 200 * MBIT / 10,
+        one_way: ms(40),
+        loss: 0.0,
+        rate_change: None,
+        delay_change: None,
+        trickle: None,
+    };
     let o = run(&mut bbr(), link, ms(2000), ms(1000), 5);
     show("bbr second 1-2", &o);
     assert!(o.goodput >= 0.8 * link.rate as f64, "{o:?}");
@@ -123,7 +141,15 @@ fn a_burst_after_a_trickle_gets_the_rate_the_path_had() {
     // 8 s of bulk teach the model the path; 20 s of a 10 kB/s trickle of
     // events follow (far more than the filters' 10 rounds); then bulk again:
     // its first second is measured.
-    let link = Link { rate: 100 * MBIT, buffer: 100 * MBIT / 10, one_way: ms(40), loss: 0.0, rate_change: None, delay_change: None, trickle: None };
+    let link = Link {
+        rate: 100 * MBIT,
+        buffer: 100 * MBIT / 10,
+        one_way: ms(40),
+        loss: 0.0,
+        rate_change: None,
+        delay_change: None,
+        trickle: None,
+    };
     let t0 = Instant::now();
     let mut cc = Bbr::new(t0, PACKET as u16);
     run_at(&mut cc, link, t0, secs(8), secs(7), 8);
