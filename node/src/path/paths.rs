@@ -211,6 +211,26 @@ impl Paths {
         }
     }
 
+    /// The relays we are registered at now: the socket sends relayed packets
+    /// to these at once, and hands those for others to [`Paths::relay_send`].
+    pub(crate) fn registered_relays(&self, now: Instant) -> std::collections::HashSet<SocketAddr> {
+        self.relays.registered(now)
+    }
+
+    /// Relayed packets (whole `Send` datagrams) for `relay`, where we were
+    /// not registered when the socket last looked: sent if we are registered
+    /// there now, else held until our registration there is answered and sent
+    /// right then (registering at `relay` if we did not use it yet). A dial
+    /// through a relay made before our own registration there would
+    /// otherwise lose its Initials to the relay's challenges and wait for
+    /// quinn's backed-off retransmission ([`super::relays`]).
+    pub(crate) fn relay_send(&mut self, relay: SocketAddr, packets: Vec<Vec<u8>>, now: Instant) {
+        self.use_relay(relay, now);
+        if self.relays.hold(relay, packets, now, &mut self.out) {
+            self.events.push_back(PathEvent::Routes);
+        }
+    }
+
     /// A connection known by `key` is up: `token` is its probe token, the
     /// peer is registered at `routes` and may be reachable at `candidates`.
     pub(crate) fn add_conn(&mut self, key: SocketAddr, token: Token, routes: &[RelayRoute], candidates: &[SocketAddr], now: Instant) {
@@ -388,7 +408,7 @@ impl Paths {
                 }
             }
             Msg::Registered { id, lifetime, observed } => {
-                if self.relays.on_registered(src, id, lifetime, observed, now) {
+                if self.relays.on_registered(src, id, lifetime, observed, now, &mut self.out) {
                     self.events.push_back(PathEvent::Routes);
                 }
             }

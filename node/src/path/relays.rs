@@ -4,6 +4,21 @@
 //! and where the relays see us. Part of the path state machine
 //! ([`super::paths`]): no I/O, time passed in, datagrams to send pushed
 //! onto the caller's queue.
+//!
+//! # Packets for a relay we are not registered at
+//!
+//! A relay answers a `Send` from an address not registered there with a
+//! `Challenge` and forwards nothing, so a dial through a relay made before
+//! our own registration there was answered used to lose its Initial packets.
+//! Worse, each of those challenges prompted our next `Register` just after
+//! quinn's retransmission had been lost the same way, so a registration
+//! that got through left the handshake waiting for quinn's next probe
+//! timeout, which backs off (Initials at 0, 1, 3, 7 and 15 s): two lost
+//! registrations cost 2 s, four cost 4 s, and six the whole 10 s handshake
+//! timeout. Such packets are now held here ([`Relays::hold`], bounded by
+//! [`HELD_PACKETS`], [`HELD_BYTES`] and [`HELD_AGE`]) and sent the moment the
+//! registration is answered, and while any are held the registration is
+//! retried every [`HELD_RETRY`] instead of backing off.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -26,6 +41,19 @@ const REFUSED_RETRY: Duration = Duration::from_secs(60);
 const RELAY_IDLE: Duration = Duration::from_secs(120);
 /// Relays used at most (configured plus on demand).
 const MAX_RELAYS: usize = 16;
+/// Relayed packets held per relay while our registration there is not
+/// answered, at most: the oldest go first. A handshake's Initials and their
+/// retransmissions, for a few dials at once.
+pub(crate) const HELD_PACKETS: usize = 32;
+/// Bytes held per relay at most (so 16 relays hold at most 1 MiB).
+pub(crate) const HELD_BYTES: usize = 64 * 1024;
+/// A held packet older than this is dropped rather than sent: quinn has sent
+/// newer ones by then (its Initial retransmissions are at most 4 s apart
+/// within a 10 s handshake timeout), and a dial given up should not start a
+/// handshake at the peer.
+pub(crate) const HELD_AGE: Duration = Duration::from_secs(5);
+/// An unanswered registration is retried this often while packets wait for it.
+pub(crate) const HELD_RETRY: Duration = Duration::from_millis(500);
 
 /// Signs a registration: the membership proof for relays that serve only
 /// some hoods (empty: no proof).
@@ -47,6 +75,11 @@ struct RelayClient {
     /// The proof for the current cookie (signing costs up to milliseconds with RSA keys).
     proof: Option<(Cookie, Vec<u8>)>,
     refused_logged: bool,
+    /// The relay refused us; cleared when it registers us.
+    refused: bool,
+    /// Relayed packets (whole `Send` datagrams) waiting for our registration, oldest first.
+    held: VecDeque<(Instant, Vec<u8>)>,
+    held_bytes: usize,
 }
 
 impl RelayClient {
@@ -62,7 +95,30 @@ impl RelayClient {
             last_sent: None,
             proof: None,
             refused_logged: false,
+            refused: false,
+            held: VecDeque::new(),
+            held_bytes: 0,
         }
+    }
+
+    fn registered(&self, now: Instant) -> bool {
+        self.registered_until.is_some_and(|t| now < t)
+    }
+
+    /// Drops held packets past [`HELD_AGE`].
+    fn expire_held(&mut self, now: Instant) {
+        while let Some((at, b)) = self.held.front() {
+            if now.saturating_duration_since(*at) < HELD_AGE {
+                break;
+            }
+            self.held_bytes -= b.len();
+            self.held.pop_front();
+        }
+    }
+
+    fn clear_held(&mut self) {
+        self.held.clear();
+        self.held_bytes = 0;
     }
 }
 
@@ -112,6 +168,44 @@ impl Relays {
         self.clients.get(&canonical(relay)).is_some_and(|c| c.registered_until.is_some())
     }
 
+    /// The relays we are registered at now (relayed packets to others are held).
+    pub(crate) fn registered(&self, now: Instant) -> HashSet<SocketAddr> {
+        self.clients.iter().filter(|(_, c)| c.registered(now)).map(|(a, _)| *a).collect()
+    }
+
+    /// Relayed packets (whole `Send` datagrams) for `relay`: to `out` if we
+    /// are registered there, else held until we are (see the module docs),
+    /// with a registration sent at once if none went out in the last
+    /// [`HELD_RETRY`]. A relay we do not use (none could be added) drops them.
+    pub(crate) fn hold(&mut self, relay: SocketAddr, packets: Vec<Vec<u8>>, now: Instant, out: &mut Out) -> bool {
+        let relay = canonical(relay);
+        let Some(c) = self.clients.get_mut(&relay) else {
+            tracing::trace!(%relay, "relayed packet dropped: not a relay we use");
+            return false;
+        };
+        c.last_used = now;
+        if c.registered(now) {
+            out.extend(packets.into_iter().map(|b| (relay, b)));
+            return false;
+        }
+        c.expire_held(now);
+        for b in packets {
+            c.held_bytes += b.len();
+            c.held.push_back((now, b));
+        }
+        while c.held.len() > HELD_PACKETS || c.held_bytes > HELD_BYTES {
+            let Some((_, b)) = c.held.pop_front() else { break };
+            c.held_bytes -= b.len();
+        }
+        if c.refused {
+            // It refused us: it is asked again at its retry time, not per packet.
+            return false;
+        }
+        let resend_at = c.last_sent.map_or(now, |t| t + HELD_RETRY);
+        c.next_at = c.next_at.min(resend_at.max(now));
+        self.register_due(now, out)
+    }
+
     /// Keep registered at `relay` (a seed, or `--relay`).
     pub(crate) fn add(&mut self, relay: SocketAddr, now: Instant, out: &mut Out) -> bool {
         let relay = canonical(relay);
@@ -156,16 +250,32 @@ impl Relays {
         self.register_due(now, out)
     }
 
-    pub(crate) fn on_registered(&mut self, src: SocketAddr, id: RelayId, lifetime: u16, observed: SocketAddr, now: Instant) -> bool {
+    /// Our registration at `src` was answered: held packets go out now, in order.
+    pub(crate) fn on_registered(
+        &mut self,
+        src: SocketAddr,
+        id: RelayId,
+        lifetime: u16,
+        observed: SocketAddr,
+        now: Instant,
+        out: &mut Out,
+    ) -> bool {
         if id != self.id {
             return false;
         }
         let Some(c) = self.clients.get_mut(&src) else { return false };
         let life = Duration::from_secs(lifetime.max(1).into());
-        let was = c.registered_until.is_some_and(|t| now < t);
+        let was = c.registered(now);
         c.registered_until = Some(now + life);
         c.retry = REGISTER_RETRY;
         c.refused_logged = false;
+        c.refused = false;
+        c.expire_held(now);
+        if !c.held.is_empty() {
+            tracing::debug!(relay = %src, packets = c.held.len(), "registered: sending the relayed packets that waited for it");
+        }
+        c.held_bytes = 0;
+        out.extend(c.held.drain(..).map(|(_, b)| (src, b)));
         c.next_at = now + REFRESH.min(life / 3);
         let observed = canonical(observed);
         let moved = c.observed != Some(observed);
@@ -183,6 +293,9 @@ impl Relays {
             tracing::warn!(relay = %src, %reason, "the relay refused to relay for this node");
         }
         c.registered_until = None;
+        c.refused = true;
+        // It will not carry them.
+        c.clear_held();
         c.next_at = now + REFUSED_RETRY;
         true
     }
@@ -196,6 +309,7 @@ impl Relays {
         let mut changed = false;
         let id = self.id;
         for (addr, c) in self.clients.iter_mut() {
+            c.expire_held(now);
             if c.next_at > now {
                 continue;
             }
@@ -218,6 +332,9 @@ impl Relays {
             if c.registered_until.is_some_and(|t| now < t) {
                 // A refresh: the answer moves `next_at` on; without one, retry soon.
                 c.next_at = now + REGISTER_RETRY;
+            } else if !c.held.is_empty() && !c.refused {
+                // Packets wait for this registration: no backing off.
+                c.next_at = now + HELD_RETRY;
             } else {
                 c.next_at = now + c.retry;
                 c.retry = (c.retry * 2).min(REGISTER_RETRY_MAX);

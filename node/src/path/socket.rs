@@ -4,7 +4,9 @@
 //! Sending, a packet to a connection's key goes where [`Paths`] routes it:
 //! to the key itself (the common case, a direct connection: no lookup when
 //! no route exists at all), to the direct address a relayed connection
-//! punched, wrapped for a relay, or both. Receiving, our own datagrams
+//! punched, wrapped for a relay, or both. A packet for a relay we are not
+//! registered at (yet) goes to [`Paths::relay_send`], which holds it until
+//! the registration is answered. Receiving, our own datagrams
 //! (relay and probe messages, told from QUIC by their first byte) are
 //! handled here and hidden from quinn; relayed packets are unwrapped and
 //! presented as coming from their key, and packets from a punched direct
@@ -94,6 +96,8 @@ pub(crate) struct PathShared {
 struct Snapshot {
     routing: Routing,
     relays: HashSet<SocketAddr>,
+    /// The relays we are registered at: packets for others wait in [`Paths`].
+    registered: HashSet<SocketAddr>,
 }
 
 impl PathShared {
@@ -140,6 +144,7 @@ impl PathShared {
                     Routing { routes: routing.routes.clone(), aliases: routing.aliases.clone(), relay_in: routing.relay_in.clone() };
             }
             snap.relays = p.relay_addrs();
+            snap.registered = p.registered_relays(Instant::now());
             let active = !snap.relays.is_empty() || !snap.routing.routes.is_empty() || !snap.routing.aliases.is_empty();
             self.active.store(active, Ordering::Release);
         }
@@ -166,18 +171,23 @@ impl PathShared {
         self.events.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect()
     }
 
-    /// How to send to `dest`; `true` with a relay we are not registered at yet.
+    /// How to send to `dest`; `false` with a relay we are not registered at
+    /// (the relayed part must go through [`Paths::relay_send`]).
     fn route(&self, dest: SocketAddr) -> Option<(Route, bool)> {
         let dest = canonical(dest);
+        let snap = self.routing.read().unwrap_or_else(|e| e.into_inner());
         if self.active.load(Ordering::Acquire) {
-            if let Some(r) = self.routing.read().unwrap_or_else(|e| e.into_inner()).routing.routes.get(&dest) {
-                return Some((*r, false));
+            if let Some(r) = snap.routing.routes.get(&dest) {
+                let ready = match r {
+                    Route::Direct(_) => true,
+                    Route::Relay { relay, .. } | Route::Both { relay, .. } => snap.registered.contains(relay),
+                };
+                return Some((*r, ready));
             }
         }
         // A dial through a relay, before its connection is known to `Paths`.
         let RelayRoute { relay, id } = self.book.route(dest)?;
-        let known = self.routing.read().unwrap_or_else(|e| e.into_inner()).relays.contains(&relay);
-        Some((Route::Relay { relay, to: RelayId(id) }, !known))
+        Some((Route::Relay { relay, to: RelayId(id) }, snap.registered.contains(&relay)))
     }
 }
 
@@ -222,8 +232,23 @@ impl PathSocket {
         }
     }
 
-    fn send_relayed(&self, t: &Transmit<'_>, relay: SocketAddr, to: RelayId) -> io::Result<()> {
+    fn send_relayed(&self, t: &Transmit<'_>, relay: SocketAddr, to: RelayId, registered: bool) -> io::Result<()> {
         let seg = t.segment_size.unwrap_or(t.contents.len()).max(1);
+        if !registered {
+            // One `Send` per packet, held in `Paths` until our registration there is answered.
+            let packets = t
+                .contents
+                .chunks(seg)
+                .map(|chunk| {
+                    let mut b = vec![0; RELAY_HEADER + chunk.len()];
+                    wire::put_send_header(&mut b, to);
+                    b[RELAY_HEADER..].copy_from_slice(chunk);
+                    b
+                })
+                .collect();
+            self.shared.with(&|to, b| self.send_raw(to, b), |p| p.relay_send(relay, packets, Instant::now()));
+            return Ok(());
+        }
         let n = t.contents.len().div_ceil(seg);
         let mut buf = Vec::with_capacity(t.contents.len() + n * RELAY_HEADER);
         for chunk in t.contents.chunks(seg) {
@@ -368,14 +393,9 @@ impl AsyncUdpSocket for PathSocket {
         if !self.shared.active.load(Ordering::Acquire) && !is_relay_key(t.destination) {
             return self.inner.try_send(t);
         }
-        let route = match self.shared.route(t.destination) {
-            Some((r, new_relay)) => {
-                if let (true, Route::Relay { relay, .. }) = (new_relay, r) {
-                    self.shared.with(&|to, b| self.send_raw(to, b), |p| p.use_relay(relay, Instant::now()));
-                }
-                Some(r)
-            }
-            None => None,
+        let (route, registered) = match self.shared.route(t.destination) {
+            Some((r, registered)) => (Some(r), registered),
+            None => (None, true),
         };
         match route {
             // A relay key whose route is unknown (the route book was full):
@@ -383,13 +403,13 @@ impl AsyncUdpSocket for PathSocket {
             None if is_relay_key(t.destination) => Ok(()),
             None => self.inner.try_send(t),
             Some(Route::Direct(d)) => self.inner.try_send(&Transmit { destination: self.present(d), ..*t }),
-            Some(Route::Relay { relay, to }) => self.send_relayed(t, relay, to).or_else(quiet),
+            Some(Route::Relay { relay, to }) => self.send_relayed(t, relay, to, registered).or_else(quiet),
             Some(Route::Both { direct, relay, to }) => {
                 let direct = self.inner.try_send(&Transmit { destination: self.present(direct), ..*t });
                 if matches!(&direct, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
                     return direct;
                 }
-                self.send_relayed(t, relay, to).or_else(quiet)
+                self.send_relayed(t, relay, to, registered).or_else(quiet)
             }
         }
     }
@@ -453,3 +473,6 @@ fn quiet(e: io::Error) -> io::Result<()> {
     tracing::trace!(error = %e, "relayed packet not sent");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

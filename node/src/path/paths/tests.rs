@@ -66,6 +66,10 @@ struct World {
     /// Public addresses whose traffic to each other is dropped (a cut direct path).
     cut: bool,
     pings: usize,
+    /// Per host: how many of its next `Register` datagrams are lost on the way.
+    lose_registers: [usize; 2],
+    /// Relayed packets delivered: (host, when, payload).
+    relayed: Vec<(usize, Instant, Vec<u8>)>,
 }
 
 impl World {
@@ -82,15 +86,22 @@ impl World {
             wire: Vec::new(),
             cut: false,
             pings: 0,
+            lose_registers: [0; 2],
+            relayed: Vec::new(),
         }
     }
 
     /// Sends what the hosts' state machines want sent, through their NATs.
     fn collect(&mut self) {
-        for h in &mut self.hosts {
+        for (i, h) in self.hosts.iter_mut().enumerate() {
             while let Some((to, b)) = h.paths.poll_transmit() {
-                if matches!(wire::decode(&b), Some(Msg::Ping { .. })) {
-                    self.pings += 1;
+                match wire::decode(&b) {
+                    Some(Msg::Ping { .. }) => self.pings += 1,
+                    Some(Msg::Register { .. }) if self.lose_registers[i] > 0 => {
+                        self.lose_registers[i] -= 1;
+                        continue;
+                    }
+                    _ => {}
                 }
                 let from = h.nat.outbound(h.private, to);
                 self.wire.push((from, to, b));
@@ -122,13 +133,15 @@ impl World {
                     continue;
                 }
                 let now = self.now;
-                for h in &mut self.hosts {
+                for (i, h) in self.hosts.iter_mut().enumerate() {
                     if to.ip().to_string() != h.nat.public_ip {
                         continue;
                     }
                     if h.nat.inbound(from, to.port()).is_some() {
-                        if let Some(m) = wire::decode(&b) {
-                            h.paths.on_datagram(from, m, now);
+                        match wire::decode(&b) {
+                            Some(Msg::Recv { payload, .. }) => self.relayed.push((i, now, payload.to_vec())),
+                            Some(m) => h.paths.on_datagram(from, m, now),
+                            None => {}
                         }
                     }
                 }
@@ -259,4 +272,150 @@ fn a_pong_must_answer_a_probe() {
     // A pong with the right token but a nonce we never sent (a replay).
     p.on_datagram(sa("203.0.113.66:1"), Msg::Pong { token: [7; 16], nonce: [0; 8], observed: sa("203.0.113.1:1") }, now);
     assert_eq!(p.path_of(key), Some(PathKind::Relayed(sa(RELAY))));
+}
+
+/// A relayed packet (a `Send` to `to`) carrying `payload`.
+fn send_to(to: RelayRoute, payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    wire::encode(&Msg::Send { to: RelayId(to.id), payload }, &mut b);
+    b
+}
+
+fn registers(out: &[(SocketAddr, Vec<u8>)]) -> usize {
+    out.iter().filter(|(_, b)| matches!(wire::decode(b), Some(Msg::Register { .. }))).count()
+}
+
+fn drain(p: &mut Paths) -> Vec<(SocketAddr, Vec<u8>)> {
+    std::iter::from_fn(|| p.poll_transmit()).collect()
+}
+
+/// The issue-14 lab failure (`dht_cone_sym_loss2`): the dialler's first two
+/// registrations are lost and it dials the peer's relay route at once. Its
+/// packets wait for the registration instead of being answered with
+/// challenges, the registration is retried every `HELD_RETRY` meanwhile, and
+/// they reach the peer in the same instant the registration is answered.
+#[test]
+fn a_relayed_packet_waits_for_a_lost_registration_and_goes_when_it_is_answered() {
+    use crate::path::relays::HELD_RETRY;
+    let mut w = World::new(false, true);
+    let now = w.now;
+    w.hosts[0].paths.add_relay(sa(RELAY), now);
+    w.run_for(Duration::from_millis(200));
+    let listener = w.hosts[0].paths.my_routes(w.now)[0];
+    w.lose_registers[1] = 2;
+    let start = w.now;
+    w.hosts[1].paths.add_relay(sa(RELAY), start);
+    w.hosts[1].paths.relay_send(sa(RELAY), vec![send_to(listener, b"initial")], start);
+    w.deliver();
+    assert!(w.relayed.is_empty(), "nothing goes through the relay before we are registered there");
+    let mut registered = None;
+    while w.now < start + Duration::from_secs(5) && w.relayed.is_empty() {
+        w.run_for(Duration::from_millis(50));
+        if registered.is_none() && !w.hosts[1].paths.my_routes(w.now).is_empty() {
+            registered = Some(w.now);
+        }
+    }
+    let registered = registered.expect("the dialler registered");
+    assert_eq!(w.lose_registers[1], 0, "both lost registrations were sent");
+    // Lost at once and after HELD_RETRY; the third is answered.
+    assert!(registered <= start + 2 * HELD_RETRY + Duration::from_millis(50), "registered after {:?}", registered - start);
+    assert_eq!(w.relayed, vec![(0, registered, b"initial".to_vec())], "held until the registration, sent with it");
+    // Registered: packets go out at once, nothing is held.
+    w.hosts[1].paths.relay_send(sa(RELAY), vec![send_to(listener, b"next")], w.now);
+    w.deliver();
+    assert_eq!(w.relayed.last(), Some(&(0, w.now, b"next".to_vec())));
+}
+
+#[test]
+fn held_packets_are_bounded_in_count_bytes_and_age() {
+    use crate::path::relays::{HELD_AGE, HELD_BYTES, HELD_PACKETS};
+    let relay = sa(RELAY);
+    let peer = RelayRoute { relay, id: [2; 16] };
+    let registered = |p: &mut Paths, now| {
+        let id = RelayId::of_secret(&[1; 32]);
+        p.on_datagram(relay, Msg::Registered { id, lifetime: 60, observed: sa("203.0.113.1:4816") }, now);
+    };
+    let payloads = |out: &[(SocketAddr, Vec<u8>)]| -> Vec<Vec<u8>> {
+        out.iter()
+            .filter_map(|(to, b)| match wire::decode(b) {
+                Some(Msg::Send { payload, .. }) if *to == relay => Some(payload.to_vec()),
+                _ => None,
+            })
+            .collect()
+    };
+
+    // Count: a hundred small packets, the newest HELD_PACKETS kept, in order.
+    let t0 = Instant::now();
+    let mut p = Paths::new([1; 32], None, 1);
+    p.add_relay(relay, t0);
+    for i in 0..100u32 {
+        p.relay_send(relay, vec![send_to(peer, &i.to_be_bytes())], t0);
+    }
+    assert!(payloads(&drain(&mut p)).is_empty());
+    registered(&mut p, t0 + Duration::from_millis(10));
+    let sent = payloads(&drain(&mut p));
+    let want: Vec<Vec<u8>> = (100 - HELD_PACKETS as u32..100).map(|i| i.to_be_bytes().to_vec()).collect();
+    assert_eq!(sent, want);
+
+    // Bytes: full-size packets, no more than HELD_BYTES of them.
+    let mut p = Paths::new([1; 32], None, 1);
+    p.add_relay(relay, t0);
+    p.relay_send(relay, (0..HELD_PACKETS).map(|_| send_to(peer, &[0xc0; 4000])).collect(), t0);
+    registered(&mut p, t0);
+    let held: usize = drain(&mut p).iter().filter(|(_, b)| matches!(wire::decode(b), Some(Msg::Send { .. }))).map(|(_, b)| b.len()).sum();
+    assert!(held > 0 && held <= HELD_BYTES, "{held} bytes held");
+
+    // Age: a packet older than HELD_AGE when the registration comes is dropped.
+    let mut p = Paths::new([1; 32], None, 1);
+    p.add_relay(relay, t0);
+    p.relay_send(relay, vec![send_to(peer, b"old")], t0);
+    p.relay_send(relay, vec![send_to(peer, b"new")], t0 + HELD_AGE - Duration::from_millis(100));
+    registered(&mut p, t0 + HELD_AGE + Duration::from_millis(1));
+    assert_eq!(payloads(&drain(&mut p)), vec![b"new".to_vec()]);
+}
+
+#[test]
+fn registration_is_retried_quickly_only_while_packets_wait() {
+    use crate::path::relays::{HELD_AGE, HELD_RETRY};
+    let relay = sa(RELAY);
+    let peer = RelayRoute { relay, id: [2; 16] };
+    let t0 = Instant::now();
+    let mut p = Paths::new([1; 32], None, 1);
+    p.add_relay(relay, t0);
+    p.relay_send(relay, vec![send_to(peer, b"initial")], t0);
+    // The relay never answers: a registration every HELD_RETRY while the packet waits...
+    let count = |p: &mut Paths, from: Duration, to: Duration| {
+        let mut n = registers(&drain(p));
+        let mut t = from;
+        while t < to {
+            t += Duration::from_millis(10);
+            p.handle_timeout(t0 + t);
+            n += registers(&drain(p));
+        }
+        n
+    };
+    let early = count(&mut p, Duration::ZERO, HELD_AGE - Duration::from_millis(1));
+    let want = (HELD_AGE.as_millis() / HELD_RETRY.as_millis()) as usize;
+    assert!((want - 1..=want + 1).contains(&early), "{early} registrations in {HELD_AGE:?}, wanted about {want}");
+    // ...and backing off again (2, 4, 8, 16, 30 s) once it is too old to send.
+    let late = count(&mut p, HELD_AGE, HELD_AGE + Duration::from_secs(60));
+    assert!(late <= 6, "{late} registrations in the minute after");
+}
+
+#[test]
+fn a_relay_that_refused_us_is_not_asked_again_per_packet() {
+    let relay = sa(RELAY);
+    let peer = RelayRoute { relay, id: [2; 16] };
+    let t0 = Instant::now();
+    let mut p = Paths::new([1; 32], None, 1);
+    p.add_relay(relay, t0);
+    drain(&mut p);
+    p.on_datagram(relay, Msg::Refused { reason: wire::Refusal::Full }, t0);
+    for i in 0..50u64 {
+        let t = t0 + Duration::from_millis(100 * i);
+        p.relay_send(relay, vec![send_to(peer, b"x")], t);
+        p.handle_timeout(t);
+        let out = drain(&mut p);
+        assert!(out.is_empty(), "sent {} datagrams at {i}", out.len());
+    }
 }
