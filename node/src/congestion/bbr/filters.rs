@@ -34,6 +34,11 @@ impl WindowedMax {
         self.entries.push_back((round, value));
     }
 
+    /// Forget every value.
+    pub(super) fn reset(&mut self) {
+        self.entries.clear();
+    }
+
     /// Forget values older than the window as of `round`.
     pub(super) fn expire(&mut self, round: u64) {
         while self.entries.front().is_some_and(|&(r, _)| r + self.rounds <= round) {
