@@ -21,6 +21,10 @@
 //! NAT mapping open). The same id registered from a new address moves there
 //! (NAT rebinding): only the holder of the secret can do that. One address
 //! holds one id: a new id registered from an address replaces the old one.
+//! A client that leaves sends `Unregister` with its secret from its
+//! registered address, and its registration ends at once (not answered):
+//! peers that dial it meanwhile (a DHT record outlives it) are answered
+//! `Unknown` and give up at once, rather than at their handshake timeout.
 //!
 //! With [`RelayPolicy::Hoods`], a registration must carry a membership proof
 //! (`partybus_pki::relay_proof` over [`proof_message`]) for one of the
