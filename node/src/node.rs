@@ -326,6 +326,8 @@ fn on_path_events(inner: &Arc<Inner>, events: Vec<PathEvent>) {
                 }
             }
             PathEvent::Routes => routes_changed = true,
+            // A dial through that route would wait for the handshake timeout.
+            PathEvent::RouteGone { key } => inner.actor.post(inner, Msg::RouteGone { addr: key }),
         }
     }
     if routes_changed {
@@ -394,6 +396,10 @@ pub(crate) async fn leave(inner: &Arc<Inner>) {
         // the draining period of handshakes still in progress.
         let _ = tokio::time::timeout(Duration::from_millis(300), ep.wait_idle()).await;
     }
+    // Our relays forget us now: a peer dialling our relay route (a DHT
+    // record outlives us) hears at once that we are gone, instead of its
+    // dial holding a handshake slot until the handshake timeout.
+    inner.paths.run(|p| p.leave());
 
     // Discovery (told to stop above) gets a moment to withdraw what it
     // published; then every task stops.

@@ -164,6 +164,11 @@ pub enum DialFailure {
     /// The peer (or our own checks) refused: wrong hood, protocol, or the
     /// peer is leaving. Trying again would be refused again.
     Refused,
+    /// A dial through a relay route whose relay knows nobody under the
+    /// route's id (it answered `Unknown`): the peer left, or has not
+    /// registered there again since the relay restarted. Given up at once
+    /// rather than at the handshake timeout; retried like a timeout.
+    Gone,
 }
 
 /// Attempts (the first included) for a dial that times out, before the
@@ -175,9 +180,11 @@ pub const DIAL_ATTEMPTS: u32 = 5;
 /// (the delay comes from a `Backoff` starting at the re-dial base). Only
 /// timeouts are retried: a seed that was too busy to answer (a burst of
 /// nodes joining at once) or not up yet is tried again within seconds
-/// rather than at the next discovery round.
+/// rather than at the next discovery round. A route found gone is retried
+/// the same way: after a relay restart the peer registers again within its
+/// refresh interval.
 pub fn retry_dial(failure: DialFailure, attempts: u32) -> bool {
-    failure == DialFailure::TimedOut && attempts < DIAL_ATTEMPTS
+    matches!(failure, DialFailure::TimedOut | DialFailure::Gone) && attempts < DIAL_ATTEMPTS
 }
 
 /// Address scope for gossip filtering.

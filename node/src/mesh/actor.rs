@@ -234,6 +234,7 @@ impl State {
             Msg::ReaderEnded { conn, end } => Input::ReaderEnded { conn, end },
             Msg::Revoke => Input::Revoked { peers: self.close_revoked(io) },
             Msg::Leave => Input::Leave,
+            Msg::RouteGone { addr } => Input::RouteGone { addr },
         };
         self.mesh.handle(input, now);
     }

@@ -100,6 +100,11 @@ pub(crate) enum PathEvent {
     Changed { key: SocketAddr, path: PathKind },
     /// Our relay routes, or where relays see us, changed.
     Routes,
+    /// A relay we sent packets through for `key` (a relay key: our dial, or
+    /// a connection through it) answered that nobody is registered under
+    /// the route's id: the peer left (or has not registered there again
+    /// since the relay restarted). A dial to `key` will not be answered.
+    RouteGone { key: SocketAddr },
 }
 
 struct ConnPath {
@@ -195,6 +200,13 @@ impl Paths {
     /// The relays we use (only they may send us relay answers and relayed packets).
     pub(crate) fn relay_addrs(&self) -> std::collections::HashSet<SocketAddr> {
         self.relays.addrs()
+    }
+
+    /// The node leaves: our relays forget us now ([`Relays::leave`]). No
+    /// `Routes` event: nobody is told of routes any more (discovery is
+    /// stopping; a new record without them would only be one more to go stale).
+    pub(crate) fn leave(&mut self) {
+        self.relays.leave(&mut self.out);
     }
 
     /// Keep registered at `relay` (a seed, or `--relay`).
@@ -419,7 +431,9 @@ impl Paths {
             }
             Msg::Unknown { id } => {
                 if self.relays.knows(src) {
-                    tracing::debug!(relay = %src, peer = %id, "the relay does not know that peer (not registered there)");
+                    let key = key_of(&RelayRoute { relay: src, id: id.0 });
+                    tracing::debug!(relay = %src, peer = %id, %key, "the relay does not know that peer (not registered there)");
+                    self.events.push_back(PathEvent::RouteGone { key });
                 }
             }
             Msg::Ping { token, nonce } => self.on_ping(src, token, nonce, now),
@@ -429,7 +443,7 @@ impl Paths {
                 }
             }
             // Relay service traffic and relayed packets are not ours to handle.
-            Msg::Register { .. } | Msg::Send { .. } | Msg::Recv { .. } => {}
+            Msg::Register { .. } | Msg::Send { .. } | Msg::Recv { .. } | Msg::Unregister { .. } => {}
         }
     }
 

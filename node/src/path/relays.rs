@@ -128,11 +128,29 @@ pub(crate) struct Relays {
     id: RelayId,
     prover: Option<Prover>,
     clients: HashMap<SocketAddr, RelayClient>,
+    /// The node left ([`Relays::leave`]): no relay is used again.
+    left: bool,
 }
 
 impl Relays {
     pub(crate) fn new(secret: [u8; 32], prover: Option<Prover>) -> Relays {
-        Relays { id: RelayId::of_secret(&secret), secret, prover, clients: HashMap::new() }
+        Relays { id: RelayId::of_secret(&secret), secret, prover, clients: HashMap::new(), left: false }
+    }
+
+    /// The node leaves: every relay that registered us is told to forget us
+    /// now (`Unregister`), rather than keep forwarding to our closed port for
+    /// the rest of the registration's lifetime; a peer that dials our relay
+    /// route meanwhile (from a DHT record that outlives us) is then answered
+    /// `Unknown` and gives up at once. No relay is used afterwards.
+    pub(crate) fn leave(&mut self, out: &mut Out) {
+        self.left = true;
+        for (addr, c) in self.clients.drain() {
+            if c.registered_until.is_some() {
+                let mut b = Vec::with_capacity(1 + 32);
+                wire::encode(&Msg::Unregister { secret: self.secret }, &mut b);
+                out.push_back((addr, b));
+            }
+        }
     }
 
     /// Where we can be reached through relays (registered ones only; configured first).
@@ -213,7 +231,7 @@ impl Relays {
             c.configured = true;
             return false;
         }
-        if self.clients.len() >= MAX_RELAYS {
+        if self.left || self.clients.len() >= MAX_RELAYS {
             tracing::debug!(%relay, "too many relays; not using this one");
             return false;
         }
@@ -228,7 +246,7 @@ impl Relays {
             c.last_used = now;
             return false;
         }
-        if self.clients.len() >= MAX_RELAYS {
+        if self.left || self.clients.len() >= MAX_RELAYS {
             return false;
         }
         tracing::debug!(%relay, "registering at a peer's relay");

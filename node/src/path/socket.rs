@@ -58,7 +58,7 @@ impl SocketRelay {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).stats()
     }
 
-    /// `buf[..len]` is a `Register` or `Send` from `src`: returns where to
+    /// `buf[..len]` is a `Register`, `Send` or `Unregister` from `src`: returns where to
     /// send `buf[..n]` (rewritten in place), if anywhere.
     fn on_datagram(&self, src: SocketAddr, buf: &mut [u8], len: usize) -> Option<(SocketAddr, usize)> {
         let now = Instant::now();
@@ -270,7 +270,7 @@ impl PathSocket {
     /// Handles our datagram `d` from `src` (not a relayed packet).
     fn control(&self, src: SocketAddr, d: &mut [u8]) {
         let src = canonical(src);
-        if matches!(wire::decode(d), Some(Msg::Register { .. } | Msg::Send { .. })) {
+        if matches!(wire::decode(d), Some(Msg::Register { .. } | Msg::Send { .. } | Msg::Unregister { .. })) {
             if let Some(svc) = &self.shared.relay_service {
                 let len = d.len();
                 if let Some((to, n)) = svc.on_datagram(src, d, len) {

@@ -21,6 +21,10 @@
 //! NAT mapping open). The same id registered from a new address moves there
 //! (NAT rebinding): only the holder of the secret can do that. One address
 //! holds one id: a new id registered from an address replaces the old one.
+//! A client that leaves sends `Unregister` with its secret from its
+//! registered address, and its registration ends at once (not answered):
+//! peers that dial it meanwhile (a DHT record outlives it) are answered
+//! `Unknown` and give up at once, rather than at their handshake timeout.
 //!
 //! With [`RelayPolicy::Hoods`], a registration must carry a membership proof
 //! (`partybus_pki::relay_proof` over [`proof_message`]) for one of the
@@ -215,6 +219,8 @@ pub struct RelayStats {
     pub dropped_rate: u64,
     /// Packets dropped because all clients together were over the total rate.
     pub dropped_total_rate: u64,
+    /// Registrations ended by their clients (`Unregister`: they left).
+    pub unregistered: u64,
     /// `Send`s to an id nobody is registered under (answered `Unknown`, within its rate).
     pub unknown: u64,
     /// `Send`s from an address that is not registered (answered with a challenge, within its rate).
@@ -427,10 +433,27 @@ impl RelayServer {
                 }
             }
             Some(Msg::Send { to, .. }) => self.on_send(src, to, buf, len, now),
+            Some(Msg::Unregister { secret }) => {
+                self.on_unregister(src, &secret);
+                Verdict::Drop
+            }
             _ => {
                 self.stats.dropped_invalid += 1;
                 Verdict::Drop
             }
+        }
+    }
+
+    /// A leaving client ends its registration: only the id its secret names,
+    /// and only from the address registered under it (the client's own
+    /// socket), so nobody else can end it. Never answered.
+    fn on_unregister(&mut self, src: SocketAddr, secret: &[u8; 32]) {
+        let id = RelayId::of_secret(secret);
+        if self.clients.get(&id).is_some_and(|c| c.addr == src) {
+            self.remove(id);
+            self.stats.unregistered += 1;
+        } else {
+            self.stats.dropped_invalid += 1;
         }
     }
 

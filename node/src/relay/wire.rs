@@ -19,6 +19,7 @@
 //! | 0x05 | `Recv` | source id (16), payload (rest) |
 //! | 0x06 | `Unknown` | id (16): nobody is registered under it |
 //! | 0x07 | `Refused` | reason (u8, [`Refusal`]) |
+//! | 0x08 | `Unregister` | secret (32): the client leaves (no answer) |
 //! | 0x10 | `Ping` | token (16), nonce (8), zero padding to [`PING_LEN`] |
 //! | 0x11 | `Pong` | token (16), nonce (8), observed address |
 //!
@@ -80,6 +81,7 @@ pub enum Tag {
     Recv = 0x05,
     Unknown = 0x06,
     Refused = 0x07,
+    Unregister = 0x08,
     Ping = 0x10,
     Pong = 0x11,
 }
@@ -94,6 +96,7 @@ impl Tag {
             0x05 => Tag::Recv,
             0x06 => Tag::Unknown,
             0x07 => Tag::Refused,
+            0x08 => Tag::Unregister,
             0x10 => Tag::Ping,
             0x11 => Tag::Pong,
             _ => return None,
@@ -138,15 +141,50 @@ pub const REGISTER_MIN: usize = 1 + 16 + 32;
 /// A decoded datagram, borrowing from it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Msg<'a> {
-    Register { cookie: Cookie, secret: [u8; 32], proof: &'a [u8] },
-    Challenge { cookie: Cookie },
-    Registered { id: RelayId, lifetime: u16, observed: SocketAddr },
-    Send { to: RelayId, payload: &'a [u8] },
-    Recv { from: RelayId, payload: &'a [u8] },
-    Unknown { id: RelayId },
-    Refused { reason: Refusal },
-    Ping { token: Token, nonce: [u8; 8] },
-    Pong { token: Token, nonce: [u8; 8], observed: SocketAddr },
+    Register {
+        cookie: Cookie,
+        secret: [u8; 32],
+        proof: &'a [u8],
+    },
+    Challenge {
+        cookie: Cookie,
+    },
+    Registered {
+        id: RelayId,
+        lifetime: u16,
+        observed: SocketAddr,
+    },
+    Send {
+        to: RelayId,
+        payload: &'a [u8],
+    },
+    Recv {
+        from: RelayId,
+        payload: &'a [u8],
+    },
+    Unknown {
+        id: RelayId,
+    },
+    Refused {
+        reason: Refusal,
+    },
+    /// A leaving client ends its registration at once, rather than leaving
+    /// it to expire: a peer dialling its relay route (found in a DHT record
+    /// that outlives it) is then answered `Unknown` instead of waiting for
+    /// the handshake timeout. It carries the secret that registered, so only
+    /// the client can end its registration; the relay does not answer it.
+    Unregister {
+        secret: [u8; 32],
+    },
+    Ping {
+        token: Token,
+        nonce: [u8; 8],
+    },
+    Pong {
+        token: Token,
+        nonce: [u8; 8],
+        observed: SocketAddr,
+    },
 }
 
 /// True if `datagram` is one of ours rather than a QUIC packet.
@@ -173,6 +211,7 @@ pub fn decode(d: &[u8]) -> Option<Msg<'_>> {
         Tag::Recv => Msg::Recv { from: RelayId(r.array()?), payload: r.rest() },
         Tag::Unknown => Msg::Unknown { id: RelayId(r.array()?) },
         Tag::Refused => Msg::Refused { reason: Refusal::from_byte(r.array::<1>()?[0]) },
+        Tag::Unregister => Msg::Unregister { secret: r.array()? },
         Tag::Ping => {
             if d.len() < PING_LEN {
                 return None;
@@ -220,6 +259,10 @@ pub fn encode(msg: &Msg<'_>, out: &mut Vec<u8>) {
         Msg::Refused { reason } => {
             out.push(Tag::Refused as u8);
             out.push(*reason as u8);
+        }
+        Msg::Unregister { secret } => {
+            out.push(Tag::Unregister as u8);
+            out.extend_from_slice(secret);
         }
         Msg::Ping { token, nonce } => {
             let start = out.len();
@@ -303,6 +346,7 @@ mod tests {
             Msg::Recv { from: id, payload: b"" },
             Msg::Unknown { id },
             Msg::Refused { reason: Refusal::Full },
+            Msg::Unregister { secret: [6; 32] },
             Msg::Ping { token: [4; 16], nonce: [5; 8] },
             Msg::Pong { token: [4; 16], nonce: [5; 8], observed: "198.51.100.7:1".parse().unwrap() },
         ]

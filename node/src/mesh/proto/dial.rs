@@ -330,7 +330,7 @@ impl Mesh {
                         if let Some(a) = p.claimed.take() {
                             self.dialing_addrs.remove(&a);
                         }
-                        p.timed_out |= failure == DialFailure::TimedOut;
+                        p.timed_out |= matches!(failure, DialFailure::TimedOut | DialFailure::Gone);
                         p.next += 1;
                         if p.next < p.addrs.len() {
                             self.request_slot(job, now);
@@ -412,6 +412,34 @@ impl Mesh {
             }
             self.release_slot(DialClass::GossipSecond, now);
             self.wait_for_incoming(job, now);
+        }
+    }
+
+    /// The relay behind relay key `addr` knows nobody under its id: a dial
+    /// there would only wait for the handshake timeout, holding a handshake
+    /// slot that a live peer's dial is waiting for (DHT records outlive the
+    /// nodes that published them, and their relay routes often come first).
+    /// The dial is given up now and ends as a failed attempt
+    /// ([`DialFailure::Gone`]): a retry after backoff, or the job's next address.
+    pub(super) fn on_route_gone(&mut self, addr: SocketAddr, now: Instant) {
+        let addr = canonical(addr);
+        if !is_relay_key(addr) {
+            return; // only a relay route can be gone this way
+        }
+        let gone: Vec<Attempt> = self
+            .jobs
+            .iter()
+            .filter_map(|(id, j)| match j.stage {
+                Stage::Connecting(a) if self.job_addr(*id) == Some(addr) => Some(a),
+                _ => None,
+            })
+            .collect();
+        for attempt in gone {
+            tracing::debug!(%addr, "dial given up: the relay knows nobody under that route");
+            self.out.push_back(Output::Abandon { attempt });
+            // As an abandoned dial: one that completed all the same is counted back.
+            self.counters.dials_abandoned += 1;
+            self.on_dialled(attempt, Err(DialFailure::Gone), now);
         }
     }
 

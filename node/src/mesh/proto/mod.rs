@@ -107,6 +107,10 @@ pub(crate) enum Input {
     /// These nodes' certificates are revoked (their connections are being
     /// closed): never dial, re-dial, gossip or accept them again.
     Revoked { peers: Vec<NodeId> },
+    /// The relay behind relay key `addr` knows nobody under its id (the
+    /// path layer heard `Unknown`): a dial to `addr` in progress is given up
+    /// now, its handshake slot freed, and counted as a failed attempt.
+    RouteGone { addr: SocketAddr },
 }
 
 /// A dial that connected: the driver's number for the connection, and the
@@ -139,7 +143,8 @@ pub(crate) struct PeerHello {
 pub(crate) enum Output {
     /// Start a QUIC handshake to `addr`; answer with [`Input::Dialled`].
     Connect { attempt: Attempt, addr: SocketAddr },
-    /// Give that handshake up (the peer's own dial reached us); no answer is expected.
+    /// Give that handshake up (the peer's own dial reached us, or its relay
+    /// route is gone); no answer is expected.
     Abandon { attempt: Attempt },
     /// `conn` is `peer`'s connection, the first one: open its send queue
     /// with our subscriptions and `peers` (the rest of the mesh), start its
@@ -280,6 +285,7 @@ impl Mesh {
             Input::Timer(t) => self.on_timer(t, now),
             Input::Leave => self.leave(now),
             Input::Revoked { peers } => self.on_revoked(peers),
+            Input::RouteGone { addr } => self.on_route_gone(addr, now),
         }
     }
 

@@ -311,3 +311,50 @@ fn candidates_are_claimed_and_retried_on_timeouts_only() {
     assert_eq!(tries, crate::peers::DIAL_ATTEMPTS);
     assert!(m.is_settled());
 }
+
+/// The issue-14 outlier: the DHT names four addresses of nodes that left
+/// (two relay routes, two LAN addresses) before the live peer's. They take
+/// the four handshake slots; when the relays answer that nobody is
+/// registered under the two routes (`RouteGone`), those dials are given up
+/// at once and the live peer's address is dialled in the same instant,
+/// not after the 10 s handshake timeout. The gone routes are retried after
+/// a backoff, not at once.
+#[test]
+fn a_dial_to_a_gone_relay_route_frees_its_slot_at_once() {
+    let t0 = std::time::Instant::now();
+    let mut m = Mesh::new(NodeId([1; 16]), sim::config(), 1);
+    assert_eq!(m.cfg.dial_concurrency, 4);
+    let relay_key = |n: u8| SocketAddr::from(([240, 0, 0, n], 7000));
+    let stale = [relay_key(1), addr(21, 4816), relay_key(2), addr(22, 4816)];
+    let live = relay_key(3);
+    for a in stale.into_iter().chain([live]) {
+        m.handle(Input::Candidate { addr: a, retry: true }, t0);
+    }
+    let connects = |m: &mut Mesh| -> Vec<(Attempt, SocketAddr)> {
+        std::iter::from_fn(|| m.poll_output())
+            .filter_map(|o| if let Output::Connect { attempt, addr } = o { Some((attempt, addr)) } else { None })
+            .collect()
+    };
+    let first = connects(&mut m);
+    assert_eq!(first.iter().map(|(_, a)| *a).collect::<Vec<_>>(), stale, "the stale addresses take every slot");
+    // 20 ms later the relay's `Unknown` for the first stale route arrives.
+    let t1 = t0 + Duration::from_millis(20);
+    m.handle(Input::RouteGone { addr: relay_key(1) }, t1);
+    let outs: Vec<Output> = std::iter::from_fn(|| m.poll_output()).collect();
+    assert!(outs.contains(&Output::Abandon { attempt: first[0].0 }), "{outs:?}");
+    let started: Vec<SocketAddr> =
+        outs.iter().filter_map(|o| if let Output::Connect { addr, .. } = o { Some(*addr) } else { None }).collect();
+    assert_eq!(started, vec![live], "the live peer is dialled at once");
+    let retry_at = outs.iter().find_map(|o| if let Output::ArmTimer { at, timer: Timer::Dial(_) } = o { Some(*at) } else { None });
+    assert!(retry_at.is_some_and(|at| at >= t1 + m.cfg.redial_base / 2), "a gone route is retried after a backoff: {outs:?}");
+    // A route that is not being dialled (or a LAN address) changes nothing.
+    m.handle(Input::RouteGone { addr: relay_key(9) }, t1);
+    m.handle(Input::RouteGone { addr: addr(21, 4816) }, t1);
+    let outs: Vec<Output> = std::iter::from_fn(|| m.poll_output()).collect();
+    assert!(outs.is_empty(), "{outs:?}");
+    // The retried route's slot is free again in the same way when its retry is answered `Unknown`.
+    m.handle(Input::RouteGone { addr: relay_key(2) }, t1);
+    let outs: Vec<Output> = std::iter::from_fn(|| m.poll_output()).collect();
+    assert!(outs.contains(&Output::Abandon { attempt: first[2].0 }), "{outs:?}");
+    assert_eq!(m.counters().dials_abandoned, 2);
+}

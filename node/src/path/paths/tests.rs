@@ -419,3 +419,39 @@ fn a_relay_that_refused_us_is_not_asked_again_per_packet() {
         assert!(out.is_empty(), "sent {} datagrams at {i}", out.len());
     }
 }
+
+/// The issue-14 outlier (`dht_sym_sym`, second leg): a peer dials the relay
+/// route of a node that left a second earlier (its DHT record outlives it).
+/// The leaving node ends its registration at the relay, so the relay answers
+/// the dial's packet `Unknown`, and the dialler hears `RouteGone` for the
+/// route's key at once, rather than the handshake timing out 10 s later.
+#[test]
+fn a_node_that_leaves_unregisters_and_a_dial_to_its_route_hears_it_is_gone() {
+    let mut w = World::new(true, true);
+    let now = w.now;
+    for h in &mut w.hosts {
+        h.paths.add_relay(sa(RELAY), now);
+    }
+    w.run_for(Duration::from_millis(200));
+    let gone = w.hosts[0].paths.my_routes(w.now)[0];
+    let events = |p: &mut Paths| std::iter::from_fn(|| p.poll_event()).collect::<Vec<_>>();
+    events(&mut w.hosts[1].paths);
+    // Registered: a packet to its route is forwarded, nothing is reported.
+    w.hosts[1].paths.relay_send(sa(RELAY), vec![send_to(gone, b"before")], w.now);
+    w.deliver();
+    assert_eq!(w.relayed.len(), 1);
+    assert!(events(&mut w.hosts[1].paths).is_empty());
+    // It leaves: the relay forgets it at once, and it never registers again.
+    w.hosts[0].paths.leave();
+    w.deliver();
+    assert_eq!(w.relay.stats().unregistered, 1);
+    w.run_for(Duration::from_secs(40));
+    assert_eq!(w.relay.stats().clients, 1, "the node that left registered again");
+    assert!(w.hosts[0].paths.my_routes(w.now).is_empty());
+    // A dial to its route: `Unknown` from the relay, `RouteGone` for the key.
+    events(&mut w.hosts[1].paths);
+    w.hosts[1].paths.relay_send(sa(RELAY), vec![send_to(gone, b"initial")], w.now);
+    w.deliver();
+    assert_eq!(w.relayed.len(), 1, "nothing forwarded to a node that left");
+    assert_eq!(events(&mut w.hosts[1].paths), vec![PathEvent::RouteGone { key: key_of(&gone) }]);
+}

@@ -312,6 +312,37 @@ fn a_new_id_from_a_registered_address_replaces_the_old_one() {
     assert!(matches!(r.send(b, newest, b"p"), Out::Forward(to, _) if to == a));
 }
 
+/// A leaving client's `Unregister` ends its registration at once (a peer
+/// dialling its route is answered `Unknown`, not forwarded into the void for
+/// the rest of the lifetime); one with the wrong secret, or from another
+/// address, changes nothing; none is answered.
+#[test]
+fn unregister_ends_a_registration_only_for_its_owner() {
+    let mut r = Relay::new(RelayConfig::default());
+    let (a, b, c) = (addr("203.0.113.1:1000"), addr("203.0.113.2:2000"), addr("203.0.113.3:3000"));
+    let ida = r.register(a, 1);
+    r.register(b, 2);
+    let unregister = |n: u32| {
+        let mut d = Vec::new();
+        wire::encode(&Msg::Unregister { secret: secret(n) }, &mut d);
+        d
+    };
+    // Someone else's secret from a's address, and a's secret from elsewhere.
+    assert_eq!(r.raw(a, &unregister(2)), Out::Drop);
+    assert_eq!(r.raw(c, &unregister(1)), Out::Drop);
+    assert!(matches!(r.send(b, ida, b"p"), Out::Forward(to, _) if to == a));
+    assert_eq!(r.server.stats().clients, 2);
+    // The owner, from its address.
+    assert_eq!(r.raw(a, &unregister(1)), Out::Drop);
+    let s = r.server.stats();
+    assert_eq!((s.clients, s.unregistered), (1, 1));
+    assert_eq!(r.send(b, ida, b"p").reply().1, Msg::Unknown { id: ida });
+    // It is gone as a sender too, and may register again.
+    r.send(a, ida, b"p").challenge();
+    assert_eq!(r.register(a, 1), ida);
+    assert!(matches!(r.send(b, ida, b"p"), Out::Forward(to, _) if to == a));
+}
+
 #[test]
 fn registrations_expire_unless_refreshed() {
     let mut r = Relay::new(RelayConfig::default());
