@@ -418,6 +418,19 @@ struct Announce {
     backoff: Duration,
 }
 
+/// The first lookup gap after a start.
+const FIRST_LOOKUP_GAP: Duration = Duration::from_secs(1);
+
+/// The wait before the next lookup, after a wait of `gap`: 1, 2, 4, 8 ...
+/// seconds, then `interval`.
+fn next_lookup_gap(gap: Duration, interval: Duration) -> Duration {
+    if gap.is_zero() {
+        FIRST_LOOKUP_GAP.min(interval)
+    } else {
+        (gap * 2).min(interval)
+    }
+}
+
 async fn run_service(opts: DhtOptions, ctx: DiscoveryContext, sink: DiscoverySink, mut stop: StopSignal) -> Result<(), DhtError> {
     let record_ttl = opts.record_ttl.max(Duration::from_secs(2));
     let reannounce = opts.reannounce.clamp(Duration::from_millis(100), record_ttl / 2);
@@ -453,6 +466,11 @@ async fn run_service(opts: DhtOptions, ctx: DiscoveryContext, sink: DiscoverySin
     let mut ann =
         Announce { addrs: Vec::new(), routes: Vec::new(), put_query: None, next: Instant::now(), backoff: Duration::from_secs(1) };
     let mut next_lookup = Instant::now();
+    // Lookups come quickly after the start and slow down to
+    // `lookup_interval`: a member whose record was stored a moment late (a
+    // lost packet on the way to the DHT, a member that started just after
+    // us) is found in seconds, not at the next full interval (60 s).
+    let mut lookup_gap = Duration::ZERO;
     let mut last_lookup: Option<Instant> = None;
     // Node-record queries of the current lookup round: query -> provider.
     let mut record_queries: HashMap<kad::QueryId, PeerId> = HashMap::new();
@@ -469,7 +487,8 @@ async fn run_service(opts: DhtOptions, ctx: DiscoveryContext, sink: DiscoverySin
             announce(&mut core, &mut ann, &rdv, &own_key, (addrs, routes), record_ttl, reannounce);
         }
         if now >= next_lookup {
-            next_lookup = now + lookup_interval;
+            lookup_gap = next_lookup_gap(lookup_gap, lookup_interval);
+            next_lookup = now + lookup_gap;
             last_lookup = Some(now);
             if provider_query.is_none() {
                 seen_providers.clear();

@@ -50,3 +50,20 @@ fn multiaddr_conversion() {
     let sa: SocketAddr = "10.0.0.1:9".parse().unwrap();
     assert_eq!(multiaddr_of(sa).to_string(), "/ip4/10.0.0.1/tcp/9");
 }
+
+#[test]
+fn lookups_start_quickly_and_slow_to_the_interval() {
+    let interval = Duration::from_secs(60);
+    let mut gap = Duration::ZERO;
+    let mut at = Duration::ZERO;
+    let mut times = Vec::new();
+    for _ in 0..9 {
+        gap = next_lookup_gap(gap, interval);
+        at += gap;
+        times.push(at.as_secs());
+    }
+    assert_eq!(times, [1, 3, 7, 15, 31, 63, 123, 183, 243]);
+    // A short configured interval is never exceeded.
+    assert_eq!(next_lookup_gap(Duration::ZERO, Duration::from_millis(200)), Duration::from_millis(200));
+    assert_eq!(next_lookup_gap(Duration::from_millis(200), Duration::from_millis(200)), Duration::from_millis(200));
+}
