@@ -193,7 +193,7 @@ impl Bbr {
     fn bdp(&self) -> Option<u64> {
         let bw = self.bw.get();
         let rtt = self.min_rtt.get()?.max(MIN_PIPE_TIME);
-        (bw > 0).then(|| (bw as f64 * rtt.as_secs_f64()) as u64)
+        (bw > 0).then_some((bw as f64 * rtt.as_secs_f64()) as u64)
     }
 
     /// The window for a gain: gain x BDP, plus the ack aggregation.
