@@ -202,7 +202,8 @@ impl Bbr {
         Some(((gain * bdp as f64) as u64 + self.aggregation.get()).max(self.min_window()))
     }
 
-    /// The bandwidth estimate, bytes per second (for tests and metrics).
+    /// The bandwidth estimate, bytes per second.
+    #[cfg(test)]
     pub(crate) fn bandwidth(&self) -> u64 {
         self.bw.get()
     }
@@ -279,9 +280,8 @@ impl Bbr {
         }
         self.window = match self.mode {
             Mode::Startup => {
-                let grown = self.window + self.batch_acked;
                 let cap = self.target(STARTUP_GAIN).unwrap_or(u64::MAX).max(INITIAL_PACKETS * self.mtu);
-                grown.min(cap).max(self.window.min(cap))
+                (self.window + self.batch_acked).min(cap)
             }
             Mode::Drain => self.target(1.0).unwrap_or(self.window),
             Mode::ProbeBw { phase, .. } => self.target(PROBE_GAINS[phase]).unwrap_or(self.window),
@@ -349,7 +349,6 @@ impl Bbr {
             *self = Bbr::new(now, self.mtu as u16);
             self.min_rtt = min_rtt;
             self.window = self.min_window();
-            self.delivery.on_lost(0);
         }
     }
 }
@@ -383,9 +382,9 @@ impl Controller for Bbr {
     }
 
     fn metrics(&self) -> ControllerMetrics {
+        // No pacing rate: quinn paces by the window (see the module docs).
         let mut m = ControllerMetrics::default();
         m.congestion_window = self.window;
-        m.pacing_rate = Some(self.bandwidth().saturating_mul(8));
         m
     }
 

@@ -167,12 +167,23 @@ fn a_burst_after_a_trickle_gets_the_rate_the_path_had() {
 fn a_longer_round_trip_is_learnt() {
     // 40 ms, then 120 ms (a connection that fell back to a far relay): the
     // old minimum would hold the window to a third of the new path's BDP.
-    let link = Link { rate: 40 * MBIT, buffer: 40 * MBIT / 5, delay_change: Some((secs(5), ms(60))), ..shallow() };
-    let link = Link { one_way: ms(20), ..link };
+    let link = Link { rate: 40 * MBIT, buffer: 40 * MBIT / 5, one_way: ms(20), delay_change: Some((secs(5), ms(60))), ..shallow() };
     let mut cc = bbr();
     let o = run(&mut cc, link, secs(30), secs(20), 9);
     show("bbr after the round trip grew", &o);
     assert!(o.goodput >= 0.85 * link.rate as f64, "{o:?}");
     let rtt = cc.min_rtt.get().unwrap();
     assert!(rtt >= ms(120), "{rtt:?}");
+}
+
+#[test]
+fn persistent_congestion_starts_the_model_over_but_keeps_the_round_trip() {
+    let mut cc = bbr();
+    run(&mut cc, shallow(), secs(5), secs(1), 10);
+    let rtt = cc.min_rtt.get();
+    assert!(cc.bandwidth() > 0 && rtt.is_some());
+    cc.lost(Instant::now() + secs(6), 10 * PACKET, true);
+    assert_eq!(cc.bandwidth(), 0);
+    assert_eq!(Model::window(&cc), super::MIN_PACKETS * PACKET);
+    assert_eq!(cc.min_rtt.get(), rtt);
 }
